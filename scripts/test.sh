@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs build deps, starts the local Kafka and
+# FerretDB (scripts/services.sh), then runs formatting, lints, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+bash scripts/setup.sh
+bash scripts/services.sh up
+echo "test: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test: cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "test: cargo test"
+cargo test --all-targets --locked -- --test-threads="${SPECFLOW_TEST_THREADS:-2}"

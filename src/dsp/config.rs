@@ -1,0 +1,386 @@
+//! The `[dsp]` section of the daemon configuration and its validation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::Problem;
+
+/// Largest accepted `frame_length`, a guard against typos that would allocate huge plans.
+pub const MAX_FRAME_LENGTH: usize = 1 << 16;
+
+/// Smallest accepted `frame_length`.
+pub const MIN_FRAME_LENGTH: usize = 16;
+
+/// Feature extraction parameters, shared by every stream with the same sample rate.
+///
+/// Frame `k` covers samples `[k * hop_length, k * hop_length + frame_length)` of the stream
+/// (librosa's `center=False` framing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DspConfig {
+    /// Samples per analysis frame (also the FFT length). Any length from 16 up, not only powers of two.
+    pub frame_length: usize,
+    /// Samples between the starts of consecutive frames, `1..=frame_length`.
+    pub hop_length: usize,
+    /// Analysis window applied before the FFT (periodic, as `scipy.signal.get_window(..., fftbins=True)`).
+    pub window: WindowKind,
+    /// Features to compute: `["all"]` or a list of feature names (see [`FeatureName`]).
+    pub features: Vec<String>,
+    /// Number of mel bands.
+    pub n_mels: usize,
+    /// Lowest mel filter edge in Hz.
+    pub fmin: f64,
+    /// Highest mel filter edge in Hz; `None` means half the sample rate.
+    pub fmax: Option<f64>,
+    /// Mel scale formula.
+    pub mel_scale: MelScale,
+    /// Number of MFCC coefficients, at most `n_mels`.
+    pub n_mfcc: usize,
+    /// Fraction of the spectral magnitude below the roll-off frequency, in `(0, 1)`.
+    pub rolloff_percent: f64,
+    /// Lowest f0 the YIN pitch tracker looks for, in Hz.
+    pub pitch_fmin: f64,
+    /// Highest f0 the YIN pitch tracker looks for, in Hz.
+    pub pitch_fmax: f64,
+    /// YIN trough threshold: a frame is voiced when its normalised difference dips below it.
+    pub pitch_threshold: f64,
+    /// Frequency bands `[low, high)` in Hz for `band_energy`; bands reaching past Nyquist are clipped to it.
+    pub bands: Vec<[f64; 2]>,
+}
+
+impl Default for DspConfig {
+    fn default() -> Self {
+        Self {
+            frame_length: 512,
+            hop_length: 160,
+            window: WindowKind::Hann,
+            features: vec!["all".to_owned()],
+            n_mels: 40,
+            fmin: 0.0,
+            fmax: None,
+            mel_scale: MelScale::Slaney,
+            n_mfcc: 13,
+            rolloff_percent: 0.85,
+            pitch_fmin: 65.0,
+            pitch_fmax: 2093.0,
+            pitch_threshold: 0.1,
+            bands: vec![[0.0, 300.0], [300.0, 2000.0], [2000.0, 8000.0]],
+        }
+    }
+}
+
+/// Analysis window shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// Periodic Hann window (librosa's default).
+    #[default]
+    Hann,
+    /// Periodic Hamming window (0.54 / 0.46).
+    Hamming,
+    /// Periodic Blackman window (0.42 / 0.5 / 0.08).
+    Blackman,
+    /// No window (all ones).
+    Rectangular,
+}
+
+/// Mel scale formula, as librosa's `htk` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MelScale {
+    /// Slaney's Auditory Toolbox scale: linear below 1 kHz, logarithmic above (`htk=False`).
+    #[default]
+    Slaney,
+    /// HTK formula `2595 * log10(1 + f / 700)` (`htk=True`).
+    Htk,
+}
+
+/// A feature specflow can compute for each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FeatureName {
+    /// Root mean square of the raw (unwindowed) frame.
+    Rms,
+    /// Zero-crossing rate: crossings per sample in the frame.
+    Zcr,
+    /// Magnitude-weighted mean frequency in Hz.
+    SpectralCentroid,
+    /// Magnitude-weighted standard deviation of frequency around the centroid, in Hz.
+    SpectralBandwidth,
+    /// Frequency below which `rolloff_percent` of the magnitude lies, in Hz.
+    SpectralRolloff,
+    /// Geometric over arithmetic mean of the power spectrum.
+    SpectralFlatness,
+    /// Half-wave rectified L2 change of the magnitude spectrum since the previous frame.
+    SpectralFlux,
+    /// Frequency of the strongest spectral peak in Hz, refined by interpolation.
+    DominantFrequency,
+    /// YIN fundamental frequency in Hz (null when unvoiced); also emits `voiced`.
+    F0,
+    /// Mel power spectrum (`n_mels` values).
+    Mel,
+    /// Mel-frequency cepstral coefficients (`n_mfcc` values).
+    Mfcc,
+    /// Chroma vector (12 values, max-normalised).
+    Chroma,
+    /// Mean-square energy per configured band.
+    BandEnergy,
+    /// Frame level in dB relative to full scale, from `rms`.
+    LoudnessDbfs,
+}
+
+impl FeatureName {
+    /// Every feature, in the canonical output order.
+    pub const ALL: [FeatureName; 14] = [
+        FeatureName::Rms,
+        FeatureName::Zcr,
+        FeatureName::SpectralCentroid,
+        FeatureName::SpectralBandwidth,
+        FeatureName::SpectralRolloff,
+        FeatureName::SpectralFlatness,
+        FeatureName::SpectralFlux,
+        FeatureName::DominantFrequency,
+        FeatureName::F0,
+        FeatureName::Mel,
+        FeatureName::Mfcc,
+        FeatureName::Chroma,
+        FeatureName::BandEnergy,
+        FeatureName::LoudnessDbfs,
+    ];
+
+    /// The name used in configuration and in output records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FeatureName::Rms => "rms",
+            FeatureName::Zcr => "zcr",
+            FeatureName::SpectralCentroid => "spectral_centroid",
+            FeatureName::SpectralBandwidth => "spectral_bandwidth",
+            FeatureName::SpectralRolloff => "spectral_rolloff",
+            FeatureName::SpectralFlatness => "spectral_flatness",
+            FeatureName::SpectralFlux => "spectral_flux",
+            FeatureName::DominantFrequency => "dominant_frequency",
+            FeatureName::F0 => "f0",
+            FeatureName::Mel => "mel",
+            FeatureName::Mfcc => "mfcc",
+            FeatureName::Chroma => "chroma",
+            FeatureName::BandEnergy => "band_energy",
+            FeatureName::LoudnessDbfs => "loudness_dbfs",
+        }
+    }
+
+    /// True for features with one value per frame (`f0` included), false for vectors.
+    pub const fn is_scalar(self) -> bool {
+        !matches!(
+            self,
+            FeatureName::Mel | FeatureName::Mfcc | FeatureName::Chroma | FeatureName::BandEnergy
+        )
+    }
+
+    /// True when the feature is computed from the magnitude spectrum (needs the FFT).
+    pub const fn needs_spectrum(self) -> bool {
+        !matches!(
+            self,
+            FeatureName::Rms | FeatureName::Zcr | FeatureName::F0 | FeatureName::LoudnessDbfs
+        )
+    }
+}
+
+impl fmt::Display for FeatureName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A feature name that is not one of [`FeatureName::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown feature {0:?}")]
+pub struct UnknownFeature(pub String);
+
+impl FromStr for FeatureName {
+    type Err = UnknownFeature;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FeatureName::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownFeature(s.to_owned()))
+    }
+}
+
+impl Serialize for FeatureName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Key prefix of every problem reported by [`DspConfig::validate`].
+const KEY: &str = "dsp";
+
+fn key(field: &str) -> String {
+    format!("{KEY}.{field}")
+}
+
+impl DspConfig {
+    /// The selected features, de-duplicated, in [`FeatureName::ALL`] order.
+    /// Unknown names are skipped here; [`DspConfig::validate`] reports them.
+    pub fn selected_features(&self) -> Vec<FeatureName> {
+        let all = self.features.iter().any(|f| f == "all");
+        FeatureName::ALL
+            .into_iter()
+            .filter(|f| all || self.features.iter().any(|s| s == f.as_str()))
+            .collect()
+    }
+
+    /// Every problem that does not depend on the sample rate, keys like `dsp.hop_length`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |field: &str, value: &dyn fmt::Display, message: String| {
+            problems.push(Problem::new(key(field), value, message));
+        };
+
+        if self.frame_length < MIN_FRAME_LENGTH || self.frame_length > MAX_FRAME_LENGTH {
+            push(
+                "frame_length",
+                &self.frame_length,
+                format!("must be between {MIN_FRAME_LENGTH} and {MAX_FRAME_LENGTH}"),
+            );
+        }
+        if self.hop_length == 0 || self.hop_length > self.frame_length {
+            push("hop_length", &self.hop_length, "must be between 1 and frame_length".to_owned());
+        }
+
+        if self.features.is_empty() {
+            push("features", &"[]", "must name at least one feature (or \"all\")".to_owned());
+        }
+        for name in &self.features {
+            if name != "all" && name.parse::<FeatureName>().is_err() {
+                let known: Vec<&str> = FeatureName::ALL.iter().map(|f| f.as_str()).collect();
+                push(
+                    "features",
+                    name,
+                    format!("unknown feature; expected \"all\" or one of {}", known.join(", ")),
+                );
+            }
+        }
+
+        if self.n_mels == 0 {
+            push("n_mels", &self.n_mels, "must be at least 1".to_owned());
+        }
+        if !(self.fmin.is_finite() && self.fmin >= 0.0) {
+            push("fmin", &self.fmin, "must be a finite frequency >= 0 Hz".to_owned());
+        }
+        if let Some(fmax) = self.fmax {
+            if !(fmax.is_finite() && fmax > 0.0) {
+                push("fmax", &fmax, "must be a finite frequency > 0 Hz".to_owned());
+            } else if self.fmin.is_finite() && self.fmin >= fmax {
+                push("fmin", &self.fmin, format!("must be less than fmax ({fmax} Hz)"));
+            }
+        }
+        if self.n_mfcc == 0 {
+            push("n_mfcc", &self.n_mfcc, "must be at least 1".to_owned());
+        } else if self.n_mfcc > self.n_mels && self.n_mels > 0 {
+            push(
+                "n_mfcc",
+                &self.n_mfcc,
+                format!("must not exceed n_mels ({})", self.n_mels),
+            );
+        }
+        if !(self.rolloff_percent > 0.0 && self.rolloff_percent < 1.0) {
+            push("rolloff_percent", &self.rolloff_percent, "must be between 0 and 1 (exclusive)".to_owned());
+        }
+
+        let pitch_fmin_ok = self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0;
+        if !pitch_fmin_ok {
+            push("pitch_fmin", &self.pitch_fmin, "must be a finite frequency > 0 Hz".to_owned());
+        }
+        if !(self.pitch_fmax.is_finite() && self.pitch_fmax > 0.0) {
+            push("pitch_fmax", &self.pitch_fmax, "must be a finite frequency > 0 Hz".to_owned());
+        } else if pitch_fmin_ok && self.pitch_fmax <= self.pitch_fmin {
+            push(
+                "pitch_fmax",
+                &self.pitch_fmax,
+                format!("must be greater than pitch_fmin ({} Hz)", self.pitch_fmin),
+            );
+        }
+        if !(self.pitch_threshold.is_finite() && self.pitch_threshold > 0.0) {
+            push("pitch_threshold", &self.pitch_threshold, "must be a finite number > 0".to_owned());
+        }
+
+        for (i, [low, high]) in self.bands.iter().copied().enumerate() {
+            let field = format!("bands[{i}]");
+            let value = format!("[{low}, {high}]");
+            if !(low.is_finite() && high.is_finite() && low >= 0.0) {
+                push(&field, &value, "band edges must be finite frequencies >= 0 Hz".to_owned());
+            } else if low >= high {
+                push(&field, &value, "band low edge must be below its high edge".to_owned());
+            }
+        }
+        problems
+    }
+
+    /// Every problem for this sample rate, [`DspConfig::validate`] included.
+    ///
+    /// Pitch limits are checked against the frame only when `f0` is selected.
+    pub fn validate_for_rate(&self, sample_rate: u32) -> Vec<Problem> {
+        let mut problems = self.validate();
+        if sample_rate == 0 {
+            problems.push(Problem::new("sample_rate", 0, "must be greater than 0 Hz"));
+            return problems;
+        }
+        let rate = f64::from(sample_rate);
+        let nyquist = rate / 2.0;
+
+        match self.fmax {
+            Some(fmax) if fmax.is_finite() && fmax > nyquist => problems.push(Problem::new(
+                key("fmax"),
+                fmax,
+                format!("must not exceed the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"),
+            )),
+            None if self.fmin.is_finite() && self.fmin >= nyquist => problems.push(Problem::new(
+                key("fmin"),
+                self.fmin,
+                format!("must be below the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"),
+            )),
+            _ => {}
+        }
+
+        for (i, [low, high]) in self.bands.iter().copied().enumerate() {
+            if low.is_finite() && high.is_finite() && low < high && low >= nyquist {
+                problems.push(Problem::new(
+                    key(&format!("bands[{i}]")),
+                    format!("[{low}, {high}]"),
+                    format!("band lies entirely above the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"),
+                ));
+            }
+        }
+
+        if self.selected_features().contains(&FeatureName::F0) {
+            if self.pitch_fmax.is_finite() && self.pitch_fmax > nyquist {
+                problems.push(Problem::new(
+                    key("pitch_fmax"),
+                    self.pitch_fmax,
+                    format!("must not exceed the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"),
+                ));
+            }
+            if self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0 {
+                let period = rate / self.pitch_fmin;
+                if period >= (self.frame_length / 2) as f64 {
+                    let lowest = rate / (self.frame_length / 2) as f64;
+                    problems.push(Problem::new(
+                        key("pitch_fmin"),
+                        self.pitch_fmin,
+                        format!(
+                            "its period ({period:.1} samples at {sample_rate} Hz) must fit twice in \
+                             frame_length ({}); raise pitch_fmin above {lowest:.3} Hz or use a frame_length \
+                             of at least {}",
+                            self.frame_length,
+                            2 * (period.floor() as usize + 1)
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}

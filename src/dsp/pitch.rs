@@ -1,0 +1,202 @@
+//! YIN fundamental frequency estimation, following `librosa.yin` (0.11) on one frame.
+
+use std::sync::Arc;
+
+use realfft::num_complex::Complex;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+
+/// Plans and constants for YIN on frames of one length at one sample rate.
+pub struct Yin {
+    frame_length: usize,
+    min_period: usize,
+    max_period: usize,
+    threshold: f64,
+    sample_rate: f64,
+    fft_len: usize,
+    forward: Arc<dyn RealToComplex<f64>>,
+    inverse: Arc<dyn ComplexToReal<f64>>,
+}
+
+impl std::fmt::Debug for Yin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Yin")
+            .field("frame_length", &self.frame_length)
+            .field("min_period", &self.min_period)
+            .field("max_period", &self.max_period)
+            .field("threshold", &self.threshold)
+            .field("fft_len", &self.fft_len)
+            .finish()
+    }
+}
+
+/// Reusable buffers for [`Yin::estimate`].
+pub struct YinScratch {
+    time: Vec<f64>,
+    spectrum: Vec<Complex<f64>>,
+    fft_scratch: Vec<Complex<f64>>,
+    /// Cumulative energy of the frame: `energy[m] = sum(x[0..=m]^2)`.
+    energy: Vec<f64>,
+    /// Cumulative mean normalised difference for periods `min_period..=max_period`.
+    cmnd: Vec<f64>,
+}
+
+/// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for rustfft).
+fn fast_len(n: usize) -> usize {
+    let mut best = n.next_power_of_two();
+    let mut p5 = 1;
+    while p5 < best {
+        let mut p35 = p5;
+        while p35 < best {
+            let mut p = p35;
+            while p < n {
+                p *= 2;
+            }
+            best = best.min(p);
+            p35 *= 3;
+        }
+        p5 *= 5;
+    }
+    best
+}
+
+impl Yin {
+    /// YIN for `frame_length`-sample frames looking for f0 in `[fmin, fmax]` Hz.
+    ///
+    /// As librosa: `min_period = floor(sr / fmax)`, `max_period = min(ceil(sr / fmin), frame_length - 1)`.
+    pub fn new(sample_rate: f64, frame_length: usize, fmin: f64, fmax: f64, threshold: f64, planner: &mut RealFftPlanner<f64>) -> Self {
+        let min_period = ((sample_rate / fmax).floor() as usize).max(1);
+        let max_period = ((sample_rate / fmin).ceil() as usize).min(frame_length - 1).max(min_period + 1);
+        // Linear (not circular) autocorrelation up to lag max_period needs frame_length + max_period points.
+        let fft_len = fast_len(frame_length + max_period);
+        Self {
+            frame_length,
+            min_period,
+            max_period,
+            threshold,
+            sample_rate,
+            fft_len,
+            forward: planner.plan_fft_forward(fft_len),
+            inverse: planner.plan_fft_inverse(fft_len),
+        }
+    }
+
+    /// Buffers sized for this plan.
+    pub fn scratch(&self) -> YinScratch {
+        let scratch_len = self.forward.get_scratch_len().max(self.inverse.get_scratch_len());
+        YinScratch {
+            time: vec![0.0; self.fft_len],
+            spectrum: vec![Complex::new(0.0, 0.0); self.fft_len / 2 + 1],
+            fft_scratch: vec![Complex::new(0.0, 0.0); scratch_len],
+            energy: vec![0.0; self.max_period],
+            cmnd: vec![0.0; self.max_period - self.min_period + 1],
+        }
+    }
+
+    /// True when `scratch` was made by a plan with the same sizes.
+    pub fn fits(&self, scratch: &YinScratch) -> bool {
+        scratch.time.len() == self.fft_len
+            && scratch.energy.len() == self.max_period
+            && scratch.cmnd.len() == self.max_period - self.min_period + 1
+    }
+
+    /// The f0 of `frame` in Hz, or `None` when no trough of the cumulative mean normalised
+    /// difference falls below the threshold (unvoiced; librosa would take the global minimum).
+    pub fn estimate(&self, frame: &[f32], scratch: &mut YinScratch) -> Option<f64> {
+        debug_assert_eq!(frame.len(), self.frame_length);
+        let YinScratch { time, spectrum, fft_scratch, energy, cmnd } = scratch;
+
+        // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau].
+        for (t, &x) in time.iter_mut().zip(frame) {
+            *t = f64::from(x);
+        }
+        time[frame.len()..].fill(0.0);
+        self.forward
+            .process_with_scratch(time, spectrum, fft_scratch)
+            .expect("yin forward FFT buffers are sized by the plan");
+        for c in spectrum.iter_mut() {
+            *c = Complex::new(c.norm_sqr(), 0.0);
+        }
+        self.inverse
+            .process_with_scratch(spectrum, time, fft_scratch)
+            .expect("yin inverse FFT buffers are sized by the plan");
+        let scale = 1.0 / self.fft_len as f64;
+        let acf = &*time; // unnormalised: acf[tau] * fft_len
+
+        let mut running = 0.0;
+        for (e, &x) in energy.iter_mut().zip(frame) {
+            running += f64::from(x) * f64::from(x);
+            *e = running;
+        }
+
+        // librosa's difference: d(tau) = 2 * (acf[0] - acf[tau]) - energy[tau - 1], and the
+        // cumulative mean normalised difference d(tau) / (mean of d(1..=tau)).
+        let acf0 = acf[0] * scale;
+        let mut cumulative = 0.0;
+        for tau in 1..=self.max_period {
+            let d = 2.0 * (acf0 - acf[tau] * scale) - energy[tau - 1];
+            cumulative += d;
+            if tau >= self.min_period {
+                let mean = cumulative / tau as f64;
+                cmnd[tau - self.min_period] = d / (mean + f64::MIN_POSITIVE);
+            }
+        }
+
+        let n = cmnd.len();
+        let threshold = self.threshold;
+        let is_trough = |i: usize| -> bool {
+            if i == 0 {
+                cmnd[0] < cmnd[1]
+            } else if i == n - 1 {
+                cmnd[i] < cmnd[i - 1]
+            } else {
+                cmnd[i] < cmnd[i - 1] && cmnd[i] <= cmnd[i + 1]
+            }
+        };
+        let index = (0..n).find(|&i| cmnd[i] < threshold && is_trough(i))?;
+
+        let shift = if index == 0 || index == n - 1 {
+            0.0
+        } else {
+            let a = cmnd[index + 1] + cmnd[index - 1] - 2.0 * cmnd[index];
+            let b = (cmnd[index + 1] - cmnd[index - 1]) / 2.0;
+            if b.abs() >= a.abs() { 0.0 } else { -b / a }
+        };
+        let period = (self.min_period + index) as f64 + shift;
+        let f0 = self.sample_rate / period;
+        f0.is_finite().then_some(f0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_len_has_small_factors() {
+        assert_eq!(fast_len(759), 768);
+        assert_eq!(fast_len(1024), 1024);
+        assert_eq!(fast_len(1025), 1080);
+        let mut n = fast_len(2787);
+        assert!(n >= 2787);
+        for p in [2, 3, 5] {
+            while n % p == 0 {
+                n /= p;
+            }
+        }
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn sine_pitch() {
+        let sr = 16000.0;
+        let mut planner = RealFftPlanner::new();
+        let yin = Yin::new(sr, 1024, 65.0, 2093.0, 0.1, &mut planner);
+        let mut scratch = yin.scratch();
+        let frame: Vec<f32> = (0..1024)
+            .map(|i| (0.5 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / sr).sin()) as f32)
+            .collect();
+        let f0 = yin.estimate(&frame, &mut scratch).expect("voiced");
+        assert!((f0 - 440.0).abs() < 2.0, "{f0}");
+        assert_eq!(yin.estimate(&[0.0; 1024], &mut scratch), None);
+    }
+}

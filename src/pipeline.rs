@@ -1,0 +1,635 @@
+//! The worker: recv → decode → DSP (off the async runtime, partitions in parallel) → sinks →
+//! offsets.
+//!
+//! One batch is in flight at a time. A batch's offsets are stored only after every record of
+//! it is acknowledged by Kafka and MongoDB and every rejected message by the dead-letter
+//! topic, and never past a message whose samples a live stream still needs (see
+//! [`crate::streams`]). While a sink is down the partitions are paused and the write retried
+//! with exponential backoff; nothing moves until it succeeds.
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use futures::StreamExt as _;
+use mongodb::bson::Document;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::audio::{self, DecodeError, HEADER_START_SAMPLE};
+use crate::config::Settings;
+use crate::dsp::FrameBatch;
+use crate::record::{FeatureRecord, SourcePosition};
+use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::mongo::MongoSink;
+use crate::sinks::SinkError;
+use crate::sources::kafka::SourceContext;
+use crate::streams::{ExtractorCache, PartitionStreams, StreamError, WorkspaceSet};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+/// What became of one input message.
+enum Outcome {
+    /// Frames were computed: send this record.
+    Record(Box<EncodedRecord>),
+    /// Nothing to send (no frame completed, or frames already stored before a restart).
+    Nothing,
+    /// Malformed: send to the dead-letter topic.
+    Dead(Box<DeadLetter>, &'static str),
+}
+
+struct EncodedRecord {
+    key: String,
+    json: Vec<u8>,
+    document: Document,
+    end_ms: i64,
+}
+
+/// Handles shared by every batch.
+struct Sinks {
+    output: KafkaSink,
+    dead_letters: DeadLetterSink,
+    mongo: MongoSink,
+}
+
+/// Everything the worker loop owns between batches.
+struct Worker {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cache: Arc<ExtractorCache>,
+    tables: HashMap<i32, PartitionStreams>,
+    workspaces: Vec<(WorkspaceSet, FrameBatch, Vec<f32>)>,
+}
+
+/// Short label of a decode error for the `dead_letters_total{reason}` metric.
+fn decode_reason(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::MissingKey | DecodeError::EmptyKey | DecodeError::KeyNotUtf8 | DecodeError::KeyTooLong(_) => "bad_key",
+        DecodeError::HeaderNotUtf8(_) | DecodeError::BadHeader { .. } => "bad_header",
+        DecodeError::EmptyPayload => "empty_payload",
+        DecodeError::PayloadTooLarge { .. } => "payload_too_large",
+        DecodeError::RaggedPayload { .. } => "ragged_payload",
+        DecodeError::NonFiniteSample { .. } => "non_finite_sample",
+    }
+}
+
+fn stream_reason(error: &StreamError) -> &'static str {
+    match error {
+        StreamError::Backwards { .. } => "start_sample_backwards",
+        StreamError::Dsp { .. } => "unsupported_sample_rate",
+    }
+}
+
+fn headers_of(message: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {
+    message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default()
+}
+
+fn dead_letter(message: &OwnedMessage, error: String) -> DeadLetter {
+    DeadLetter {
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers: headers_of(message),
+        error,
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Worker {
+    /// Decodes and computes one partition's messages in order.
+    fn process_partition(
+        &self,
+        table: &mut PartitionStreams,
+        messages: &[OwnedMessage],
+        stored: &HashMap<(i32, String), u64>,
+        scratch: &mut (WorkspaceSet, FrameBatch, Vec<f32>),
+    ) -> Vec<Outcome> {
+        let (workspaces, frames, samples) = scratch;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let headers = message.headers();
+            let header_pairs = headers.iter().flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+            let timestamp = message.timestamp().to_millis();
+            let meta = match audio::decode(&self.settings.input, message.key(), message.payload(), header_pairs, timestamp, samples) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let reason = decode_reason(&e);
+                    table.mark_done(message.offset());
+                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, e.to_string())), reason));
+                    continue;
+                }
+            };
+            let stored_through = stored.get(&(message.partition(), meta.stream_id.clone())).copied();
+            let applied = table.apply(
+                &self.cache,
+                &self.settings.streams,
+                workspaces,
+                &meta,
+                samples,
+                message.offset(),
+                stored_through,
+                frames,
+            );
+            let outcome = match applied {
+                Err(e) => {
+                    let reason = stream_reason(&e);
+                    table.mark_done(message.offset());
+                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, e.to_string())), reason));
+                    continue;
+                }
+                Ok(outcome) => outcome,
+            };
+            if outcome.gap {
+                self.metrics.stream_gaps_total.inc();
+                info!(stream = %meta.stream_id, start_sample = meta.start_sample, "Gap in stream; state reset.");
+            }
+            if outcome.evicted_for_cap {
+                self.metrics.streams_evicted_total.inc();
+            }
+            if outcome.skipped_frames > 0 {
+                debug!(stream = %meta.stream_id, frames = outcome.skipped_frames, "Frames stored before restart skipped.");
+            }
+            if frames.is_empty() {
+                outcomes.push(Outcome::Nothing);
+                continue;
+            }
+            self.metrics.frames_computed_total.inc_by(frames.len() as u64);
+            let extractor_params = self.cache.config();
+            let source = SourcePosition {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let chunk_start = meta.start_sample.unwrap_or_else(|| frames.start_sample(0));
+            let record = FeatureRecord {
+                stream_id: &meta.stream_id,
+                sample_rate: meta.sample_rate,
+                frame_length: extractor_params.frame_length,
+                hop_length: extractor_params.hop_length,
+                batch: frames,
+                chunk_start_sample: chunk_start,
+                chunk_timestamp_ms: meta.timestamp_ms.unwrap_or(0),
+                source: &source,
+            };
+            let encoded = record
+                .to_json()
+                .map_err(|e| e.to_string())
+                .and_then(|json| record.to_document().map(|doc| (json, doc)).map_err(|e| e.to_string()));
+            match encoded {
+                Ok((json, document)) => outcomes.push(Outcome::Record(Box::new(EncodedRecord {
+                    key: meta.stream_id.clone(),
+                    end_ms: document.get_i64("end_ms").unwrap_or_default(),
+                    json,
+                    document,
+                }))),
+                Err(e) => {
+                    error!(stream = %meta.stream_id, error = %e, "Cannot encode record.");
+                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, format!("cannot encode record: {e}"))), "encode"));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Runs the DSP for a whole batch, partitions spread over the worker threads.
+    fn process_batch(
+        &mut self,
+        by_partition: Vec<(i32, Vec<OwnedMessage>)>,
+        stored: &HashMap<(i32, String), u64>,
+    ) -> Vec<(i32, Vec<OwnedMessage>, Vec<Outcome>)> {
+        let threads = self.settings.runtime.effective_worker_threads().min(by_partition.len()).max(1);
+        while self.workspaces.len() < threads {
+            self.workspaces.push(Default::default());
+        }
+        let mut groups: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, (partition, messages)) in by_partition.into_iter().enumerate() {
+            let table = self.tables.remove(&partition).unwrap_or_else(|| PartitionStreams::new(partition));
+            groups[i % threads].push((partition, table, messages));
+        }
+        let mut scratch: Vec<_> = self.workspaces.drain(..threads).collect();
+        let this = &*self;
+        let results: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>, Vec<Outcome>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .zip(scratch.iter_mut())
+                .map(|(group, scratch)| {
+                    scope.spawn(move || {
+                        group
+                            .into_iter()
+                            .map(|(partition, mut table, messages)| {
+                                let outcomes = this.process_partition(&mut table, &messages, stored, scratch);
+                                (partition, table, messages, outcomes)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("DSP thread panicked")).collect()
+        });
+        self.workspaces.extend(scratch);
+        let mut out = Vec::new();
+        for (partition, table, messages, outcomes) in results.into_iter().flatten() {
+            self.tables.insert(partition, table);
+            out.push((partition, messages, outcomes));
+        }
+        out
+    }
+}
+
+/// Creates `topics` when missing (for `source.create_topics`).
+pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .kafka
+        .client_config(&Default::default())
+        .map_err(|p| anyhow::anyhow!("{p}"))?
+        .create()
+        .context("cannot create Kafka admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, settings.source.topic_partitions, TopicReplication::Fixed(settings.source.topic_replication)))
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .context("cannot create topics")?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(%topic, "Topic created."),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Retries `attempt` with exponential backoff and jitter until it succeeds or `shutdown` is
+/// cancelled; while failing, partitions stay paused and readiness is false.
+#[allow(clippy::too_many_arguments)]
+async fn with_retry(
+    what: &str,
+    initial: Duration,
+    max: Duration,
+    shutdown: &CancellationToken,
+    consumer: &StreamConsumer<SourceContext>,
+    health: &Health,
+    metrics: &Metrics,
+    mut attempt: impl AsyncFnMut() -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    let mut delay = initial;
+    let mut paused: Option<TopicPartitionList> = None;
+    let result = loop {
+        match attempt().await {
+            Ok(()) => break Ok(()),
+            Err(e) if !e.retryable() => break Err(e),
+            Err(e) => {
+                if paused.is_none() {
+                    let assignment = consumer.assignment().unwrap_or_default();
+                    if let Err(pe) = consumer.pause(&assignment) {
+                        warn!(error = %pe, "Cannot pause partitions.");
+                    }
+                    metrics.paused_partitions.set(assignment.count() as i64);
+                    health.set_paused(true);
+                    paused = Some(assignment);
+                }
+                if shutdown.is_cancelled() {
+                    break Err(e);
+                }
+                let jitter = rand::random_range(0.5..1.5);
+                let wait = delay.mul_f64(jitter);
+                warn!(sink = what, error = %e, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                delay = (delay * 2).min(max);
+            }
+        }
+    };
+    if let Some(assignment) = paused {
+        if let Err(e) = consumer.resume(&assignment) {
+            warn!(error = %e, "Cannot resume partitions.");
+        }
+        metrics.paused_partitions.set(0);
+        health.set_paused(false);
+        info!(sink = what, "Sink is back; partitions resumed.");
+    }
+    result
+}
+
+/// Receives one message, noting revocations that happened during the call.
+async fn recv_tracking(
+    consumer: &StreamConsumer<SourceContext>,
+    revoked_now: &mut HashSet<i32>,
+) -> Option<Result<OwnedMessage, rdkafka::error::KafkaError>> {
+    let received = consumer.recv().await.map(|m: BorrowedMessage<'_>| m.detach());
+    let events = consumer.context().take_events();
+    revoked_now.extend(events.revoked.iter().copied());
+    for p in events.assigned {
+        revoked_now.remove(&p);
+    }
+    Some(received)
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
+pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if settings.source.create_topics {
+        let mut topics = vec![settings.source.topic.as_str(), settings.output.topic.as_str()];
+        if settings.dead_letter.enabled {
+            topics.push(settings.dead_letter.topic.as_str());
+        }
+        ensure_topics(&settings, &topics).await?;
+    }
+    let output = settings.output.build(&settings.kafka).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
+    let mongo = settings.mongo.build().await.context("cannot configure MongoDB client")?;
+    loop {
+        match mongo.ensure_indexes().await {
+            Ok(()) => break,
+            Err(e) if shutdown.is_cancelled() => return Err(e).context("MongoDB unreachable at startup"),
+            Err(e) => {
+                warn!(error = %e, "MongoDB not reachable yet; retrying.");
+                health.set_mongo_ok(false);
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => {} }
+            }
+        }
+    }
+    health.set_mongo_ok(true);
+    let sinks = Sinks { output, dead_letters, mongo };
+
+    let context = SourceContext::new(&settings.source.topic, metrics.clone());
+    let consumer = settings.source.build(&settings.kafka, context).map_err(|p| anyhow::anyhow!("{p}"))?;
+    consumer.subscribe(&[&settings.source.topic]).context("cannot subscribe")?;
+    info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
+
+    let mut worker = Worker {
+        cache: Arc::new(ExtractorCache::new(settings.dsp.clone())),
+        settings,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        tables: HashMap::new(),
+        workspaces: Vec::new(),
+    };
+    let linger = Duration::from_millis(worker.settings.source.batch_linger_ms);
+    let max_batch = worker.settings.source.batch_max_messages;
+    let idle_timeout = Duration::from_secs(worker.settings.streams.idle_timeout_secs);
+    let retry_initial = Duration::from_millis(worker.settings.mongo.retry_initial_ms);
+    let retry_max = Duration::from_millis(worker.settings.mongo.retry_max_ms);
+    let mut result = Ok(());
+
+    while !shutdown.is_cancelled() {
+        health.beat();
+        let mut revoked_now = HashSet::new();
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = tokio::time::timeout(Duration::from_secs(1), recv_tracking(&consumer, &mut revoked_now)) => r,
+        };
+        let drop_revoked = |batch: &mut Vec<OwnedMessage>, revoked: &HashSet<i32>, worker: &mut Worker| {
+            if !revoked.is_empty() {
+                batch.retain(|m| !revoked.contains(&m.partition()));
+                for p in revoked {
+                    worker.tables.remove(p);
+                }
+            }
+        };
+        match first {
+            Err(_) | Ok(None) => {
+                drop_revoked(&mut batch, &revoked_now, &mut worker);
+                sweep(&mut worker, &consumer, idle_timeout);
+                continue;
+            }
+            Ok(Some(Err(e))) => {
+                warn!(error = %e, "Kafka consumer error.");
+                health.set_kafka_ok(false);
+                continue;
+            }
+            Ok(Some(Ok(message))) => batch.push(message),
+        }
+        health.set_kafka_ok(true);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max_batch {
+            let mut revoked_during = HashSet::new();
+            match tokio::time::timeout_at(deadline, recv_tracking(&consumer, &mut revoked_during)).await {
+                Ok(Some(Ok(message))) => {
+                    drop_revoked(&mut batch, &revoked_during, &mut worker);
+                    batch.push(message);
+                }
+                _ => {
+                    drop_revoked(&mut batch, &revoked_during, &mut worker);
+                    break;
+                }
+            }
+        }
+        drop_revoked(&mut batch, &revoked_now, &mut worker);
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = handle_batch(&mut worker, batch, &sinks, &consumer, &shutdown, retry_initial, retry_max).await {
+            error!(error = %e, "Batch could not be written; its offsets were not stored and it will be replayed.");
+            result = Err(anyhow::anyhow!(e));
+            break;
+        }
+        sweep(&mut worker, &consumer, idle_timeout);
+    }
+
+    health.set_draining(true);
+    info!("Draining: flushing producer and committing offsets.");
+    if let Err(e) = sinks.output.flush(Duration::from_secs(worker.settings.shutdown.drain_timeout_secs)) {
+        warn!(error = %e, "Producer flush incomplete.");
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => info!("Offsets committed."),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => warn!(error = %e, "Final commit failed; uncommitted messages will be replayed."),
+    }
+    consumer.unsubscribe();
+    result
+}
+
+fn sweep(worker: &mut Worker, consumer: &StreamConsumer<SourceContext>, idle_timeout: Duration) {
+    let mut live = 0;
+    let mut bytes = 0;
+    for table in worker.tables.values_mut() {
+        let evicted = table.evict_idle(idle_timeout);
+        worker.metrics.streams_evicted_total.inc_by(evicted as u64);
+        live += table.len();
+        bytes += table.heap_bytes();
+    }
+    worker.metrics.live_streams.set(live as i64);
+    worker.metrics.stream_state_bytes.set(bytes as i64);
+    let assigned = consumer.assignment().map_or(0, |a| a.count());
+    worker.metrics.assigned_partitions.set(assigned as i64);
+    worker.health.set_assigned(assigned > 0);
+}
+
+/// Streams in `batch` first seen since this worker took their partition, that start mid-stream:
+/// asks MongoDB how far each was stored before (restart and rebalance recovery).
+async fn recovery_lookups(worker: &Worker, batch: &[OwnedMessage], mongo: &MongoSink) -> Result<HashMap<(i32, String), u64>, SinkError> {
+    let mut wanted: HashSet<(i32, String)> = HashSet::new();
+    for message in batch {
+        let Some(Ok(stream)) = message.key().map(std::str::from_utf8) else { continue };
+        let known = worker.tables.get(&message.partition()).is_some_and(|t| t.contains(stream));
+        let mid_stream = message.headers().is_some_and(|h| {
+            h.iter().any(|h| {
+                h.key == HEADER_START_SAMPLE
+                    && h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|s| s > 0)
+            })
+        });
+        if !known && mid_stream {
+            wanted.insert((message.partition(), stream.to_string()));
+        }
+    }
+    let found: Vec<Result<Option<((i32, String), u64)>, SinkError>> = futures::stream::iter(wanted)
+        .map(|key| async move { mongo.last_stored_frame(&key.1).await.map(|last| last.map(|l| (key, l))) })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut stored = HashMap::new();
+    for item in found {
+        if let Some((key, last)) = item? {
+            stored.insert(key, last);
+        }
+    }
+    Ok(stored)
+}
+
+async fn handle_batch(
+    worker: &mut Worker,
+    batch: Vec<OwnedMessage>,
+    sinks: &Sinks,
+    consumer: &StreamConsumer<SourceContext>,
+    shutdown: &CancellationToken,
+    retry_initial: Duration,
+    retry_max: Duration,
+) -> Result<(), SinkError> {
+    let metrics = worker.metrics.clone();
+    let health = worker.health.clone();
+    for message in &batch {
+        metrics.messages_consumed_total.inc();
+        metrics.bytes_consumed_total.inc_by(message.payload_len() as u64);
+    }
+
+    let mut stored = HashMap::new();
+    with_retry("mongodb", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
+        stored = recovery_lookups(worker, &batch, &sinks.mongo).await?;
+        Ok(())
+    })
+    .await?;
+
+    let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+    for message in batch {
+        match by_partition.iter_mut().find(|(p, _)| *p == message.partition()) {
+            Some((_, messages)) => messages.push(message),
+            None => by_partition.push((message.partition(), vec![message])),
+        }
+    }
+    let started = Instant::now();
+    let processed = tokio::task::block_in_place(|| worker.process_batch(by_partition, &stored));
+    metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+
+    let mut records: Vec<&EncodedRecord> = Vec::new();
+    let mut letters: Vec<(&DeadLetter, &'static str)> = Vec::new();
+    for (_, _, outcomes) in &processed {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Record(record) => records.push(record),
+                Outcome::Dead(letter, reason) => letters.push((letter, reason)),
+                Outcome::Nothing => {}
+            }
+        }
+    }
+
+    // Kafka: records and dead letters, all acknowledged (failed ones are re-sent).
+    let mut pending_records: Vec<&EncodedRecord> = records.clone();
+    let mut pending_letters = letters.clone();
+    with_retry("kafka", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
+        let record_sends = pending_records.iter().map(|r| sinks.output.send_record(r.key.as_bytes(), &r.json));
+        let letter_sends = pending_letters.iter().map(|(l, _)| sinks.dead_letters.send(l));
+        let (record_results, letter_results) = futures::join!(join_all(record_sends), join_all(letter_sends));
+        let mut first_error = None;
+        let mut still_records = Vec::new();
+        for (record, result) in pending_records.iter().zip(record_results) {
+            match result {
+                Ok(()) => metrics.records_produced_total.inc(),
+                Err(e) => {
+                    still_records.push(*record);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let mut still_letters = Vec::new();
+        for ((letter, reason), result) in pending_letters.iter().zip(letter_results) {
+            match result {
+                Ok(()) => {
+                    metrics.dead_letter(reason);
+                    warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
+                }
+                Err(e) => {
+                    still_letters.push((*letter, *reason));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        pending_records = still_records;
+        pending_letters = still_letters;
+        first_error.map_or(Ok(()), Err)
+    })
+    .await?;
+
+    // MongoDB: one unordered bulk insert; duplicates (replays) count as written.
+    let documents: Vec<Document> = records.iter().map(|r| r.document.clone()).collect();
+    with_retry("mongodb", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
+        let started = Instant::now();
+        let result = sinks.mongo.insert_idempotent(&documents).await;
+        metrics.mongo_write_seconds.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                metrics.mongo_documents_written_total.inc_by(documents.len() as u64);
+                health.set_mongo_ok(true);
+            }
+            Err(_) => {
+                metrics.mongo_write_errors_total.inc();
+                health.set_mongo_ok(false);
+            }
+        }
+        result
+    })
+    .await?;
+    let now = now_ms();
+    for record in &records {
+        metrics.end_to_end_latency_seconds.observe((now - record.end_ms).max(0) as f64 / 1000.0);
+    }
+
+    // Offsets: each touched partition up to its watermark.
+    let mut offsets = TopicPartitionList::new();
+    let topic = worker.settings.source.topic.clone();
+    for (partition, _, _) in &processed {
+        if let Some(offset) = worker.tables.get(partition).and_then(PartitionStreams::commit_offset) {
+            let _ = offsets.add_partition_offset(&topic, *partition, Offset::Offset(offset));
+        }
+    }
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&offsets) {
+            // Happens when a partition was revoked meanwhile; its new owner replays.
+            debug!(error = %e, "Offsets not stored.");
+        }
+    }
+    Ok(())
+}

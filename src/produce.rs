@@ -1,0 +1,172 @@
+//! `specflow produce`: a load generator that streams audio into the input topic as N
+//! concurrent streams, with every header set, at real-time pace or as fast as possible.
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::info;
+
+use crate::audio::wav::read_wav;
+use crate::audio::{HEADER_CHANNELS, HEADER_EOS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_START_SAMPLE, HEADER_TIMESTAMP_MS};
+use crate::config::Settings;
+
+/// What audio to send.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// A WAV file (sent as 16-bit PCM with its own rate and channels, looped to `duration`).
+    Wav(PathBuf),
+    /// A sine tone at this frequency (Hz), amplitude 0.5.
+    Tone(f64),
+    /// White noise, amplitude 0.5.
+    Noise,
+}
+
+/// Load-generator parameters.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    /// Audio source.
+    pub signal: Signal,
+    /// Concurrent streams.
+    pub streams: usize,
+    /// Stream ids are `<prefix><n>`.
+    pub stream_prefix: String,
+    /// Duration of each chunk in milliseconds.
+    pub chunk_ms: u64,
+    /// Seconds of audio per stream (`None`: the WAV's length, or 10 s for synthetic signals).
+    pub duration_secs: Option<f64>,
+    /// Sample rate for synthetic signals.
+    pub sample_rate: u32,
+    /// Pace chunks at wall-clock speed.
+    pub realtime: bool,
+    /// Mark each stream's last chunk with `audio.eos=1`.
+    pub eos: bool,
+    /// Topic to send to (default: `source.topic`).
+    pub topic: Option<String>,
+}
+
+/// What was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceSummary {
+    /// Messages acknowledged.
+    pub messages: u64,
+    /// Payload bytes acknowledged.
+    pub bytes: u64,
+}
+
+/// Interleaved 16-bit PCM of one stream plus its format.
+struct Pcm {
+    sample_rate: u32,
+    channels: u16,
+    samples: Vec<i16>,
+}
+
+fn synthesize(signal: &Signal, sample_rate: u32, seconds: f64, seed: u64) -> anyhow::Result<Pcm> {
+    let n = (seconds * f64::from(sample_rate)).round() as usize;
+    Ok(match signal {
+        Signal::Wav(path) => {
+            let audio = read_wav(path)?;
+            let per_stream = (seconds * f64::from(audio.sample_rate)).round() as usize * usize::from(audio.channels);
+            let samples = audio.pcm_s16.iter().copied().cycle().take(per_stream).collect();
+            Pcm { sample_rate: audio.sample_rate, channels: audio.channels, samples }
+        }
+        Signal::Tone(hz) => Pcm {
+            sample_rate,
+            channels: 1,
+            samples: (0..n)
+                .map(|i| ((2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(sample_rate)).sin() * 16_384.0) as i16)
+                .collect(),
+        },
+        Signal::Noise => {
+            let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) | 1;
+            Pcm {
+                sample_rate,
+                channels: 1,
+                samples: (0..n)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        ((state >> 48) as i16) / 2
+                    })
+                    .collect(),
+            }
+        }
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Sends the streams and waits for every acknowledgement.
+pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
+    let mut config = settings.kafka.client_config(&settings.kafka.producer).map_err(|p| anyhow::anyhow!("{p}"))?;
+    config.set("linger.ms", "5").set("enable.idempotence", "true");
+    let producer: FutureProducer = config.create().context("cannot create producer")?;
+    let topic = options.topic.clone().unwrap_or_else(|| settings.source.topic.clone());
+    let default_secs = match options.signal {
+        Signal::Wav(ref path) => {
+            let audio = read_wav(path)?;
+            audio.samples.len() as f64 / f64::from(audio.sample_rate)
+        }
+        _ => 10.0,
+    };
+    let seconds = options.duration_secs.unwrap_or(default_secs);
+    let pcm: Vec<Pcm> = (0..options.streams)
+        .map(|i| synthesize(&options.signal, options.sample_rate, seconds, i as u64 + 1))
+        .collect::<anyhow::Result<_>>()?;
+    let Some(first) = pcm.first() else {
+        return Ok(ProduceSummary { messages: 0, bytes: 0 });
+    };
+    let frames_per_chunk = ((u64::from(first.sample_rate) * options.chunk_ms) / 1000).max(1) as usize;
+    let chunks = first.samples.len().div_ceil(frames_per_chunk * usize::from(first.channels));
+    info!(streams = options.streams, chunks, chunk_ms = options.chunk_ms, %topic, "Producing.");
+    let started = Instant::now();
+    let mut summary = ProduceSummary { messages: 0, bytes: 0 };
+    for chunk in 0..chunks {
+        if options.realtime {
+            let due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let timestamp = now_ms().to_string();
+        let mut sends = Vec::with_capacity(pcm.len());
+        let mut payloads = Vec::with_capacity(pcm.len());
+        for (stream, audio) in pcm.iter().enumerate() {
+            let per_chunk = frames_per_chunk * usize::from(audio.channels);
+            let begin = chunk * per_chunk;
+            if begin >= audio.samples.len() {
+                continue;
+            }
+            let end = (begin + per_chunk).min(audio.samples.len());
+            let payload: Vec<u8> = audio.samples[begin..end].iter().flat_map(|s| s.to_le_bytes()).collect();
+            let last = end == audio.samples.len();
+            payloads.push((format!("{}{stream}", options.stream_prefix), payload, (chunk * frames_per_chunk).to_string(), last, audio));
+        }
+        for (key, payload, start, last, audio) in &payloads {
+            let rate = audio.sample_rate.to_string();
+            let channels = audio.channels.to_string();
+            let mut headers = OwnedHeaders::new()
+                .insert(Header { key: HEADER_FORMAT, value: Some("s16le") })
+                .insert(Header { key: HEADER_SAMPLE_RATE, value: Some(rate.as_str()) })
+                .insert(Header { key: HEADER_CHANNELS, value: Some(channels.as_str()) })
+                .insert(Header { key: HEADER_START_SAMPLE, value: Some(start.as_str()) })
+                .insert(Header { key: HEADER_TIMESTAMP_MS, value: Some(timestamp.as_str()) });
+            if *last && options.eos {
+                headers = headers.insert(Header { key: HEADER_EOS, value: Some("1") });
+            }
+            let record = FutureRecord::to(&topic).key(key.as_str()).payload(payload.as_slice()).headers(headers);
+            sends.push(producer.send(record, Timeout::After(Duration::from_secs(60))));
+        }
+        for (result, (_, payload, ..)) in join_all(sends).await.into_iter().zip(&payloads) {
+            result.map_err(|(e, _)| e).context("delivery failed")?;
+            summary.messages += 1;
+            summary.bytes += payload.len() as u64;
+        }
+    }
+    info!(messages = summary.messages, bytes = summary.bytes, seconds = started.elapsed().as_secs_f64(), "Produced.");
+    Ok(summary)
+}

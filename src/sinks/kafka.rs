@@ -1,0 +1,129 @@
+//! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::util::Timeout;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use super::SinkError;
+use crate::config::KafkaConfig;
+use crate::sources::kafka::valid_topic_name;
+use crate::validation::Problem;
+
+/// `[output]`: the topic that receives one JSON feature record per input message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkConfig {
+    /// Output topic for feature records (key = stream id).
+    pub topic: String,
+    /// Producer `linger.ms`: how long records wait to be batched.
+    pub linger_ms: u64,
+    /// Producer `compression.type`: none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Producer `batch.size` in bytes.
+    pub batch_size_bytes: usize,
+    /// How long a record may wait for delivery before the batch is retried, in milliseconds.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        Self {
+            topic: "audio.features".into(),
+            linger_ms: 5,
+            compression: "lz4".into(),
+            batch_size_bytes: 1_000_000,
+            delivery_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(why) = valid_topic_name(&self.topic) {
+            problems.push(Problem::new("output.topic", &self.topic, why));
+        }
+        if !matches!(self.compression.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
+            problems.push(Problem::new("output.compression", &self.compression, "must be none, gzip, snappy, lz4 or zstd"));
+        }
+        if self.delivery_timeout_ms < 1000 {
+            problems.push(Problem::new("output.delivery_timeout_ms", self.delivery_timeout_ms, "must be at least 1000"));
+        }
+        problems
+    }
+
+    /// Builds the producer (idempotent, acks=all).
+    pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, Problem> {
+        let mut config = kafka.client_config(&Default::default())?;
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("compression.type", &self.compression)
+            .set("batch.size", self.batch_size_bytes.to_string())
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
+        for (key, value) in &kafka.producer {
+            config.set(key, value);
+        }
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| Problem::new("kafka.brokers", &kafka.brokers, format!("cannot create producer: {e}")))?;
+        Ok(KafkaSink {
+            producer,
+            topic: self.topic.clone(),
+        })
+    }
+}
+
+/// The output producer.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// The output topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The underlying producer (shared with the dead-letter sink).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Sends one record to `topic` and waits for its acknowledgement.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(60)))
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| SinkError::Kafka { topic: topic.to_string(), source })
+    }
+
+    /// Sends a feature record to the output topic.
+    pub async fn send_record(&self, key: &[u8], payload: &[u8]) -> Result<(), SinkError> {
+        self.send(&self.topic, key, payload, None).await
+    }
+
+    /// Waits until everything queued is delivered, or the timeout passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|source| SinkError::Kafka { topic: self.topic.clone(), source })
+    }
+}

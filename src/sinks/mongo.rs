@@ -1,0 +1,176 @@
+//! MongoDB sink: one document per feature record, written idempotently.
+//!
+//! Each document's `_id` is `"<stream_id>:<first_frame>"`, derived from the record alone, so a
+//! replayed record maps onto the document it already wrote. Writes are unordered
+//! `insert_many`; duplicate-key errors (code 11000) count as success.
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use super::SinkError;
+use crate::config::kafka::read_secret;
+use crate::config::secret::Secret;
+use crate::validation::Problem;
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// `[mongo]`: where feature records are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoSinkConfig {
+    /// Connection string; credentials and TLS options go here (`mongodb://user:pw@host/?tls=true`).
+    pub uri: String,
+    /// File whose contents (trimmed) are the connection string; wins over `uri`.
+    pub uri_file: Option<String>,
+    /// Database name.
+    pub database: String,
+    /// Collection name.
+    pub collection: String,
+    /// Create the query indexes at startup.
+    pub create_indexes: bool,
+    /// First retry delay after a failed write, in milliseconds (doubles, with jitter).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Server selection / connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MongoSinkConfig {
+    fn default() -> Self {
+        Self {
+            uri: "mongodb://127.0.0.1:27017".into(),
+            uri_file: None,
+            database: "specflow".into(),
+            collection: "features".into(),
+            create_indexes: true,
+            retry_initial_ms: 200,
+            retry_max_ms: 5_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl MongoSinkConfig {
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.uri_file.is_none() && !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            problems.push(Problem::new(
+                "mongo.uri",
+                crate::config::secret::redact_uri(&self.uri),
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        if let Some(path) = &self.uri_file {
+            if std::fs::metadata(path).is_err() {
+                problems.push(Problem::new("mongo.uri_file", path, "file does not exist or is not readable"));
+            }
+        }
+        if self.database.is_empty() || self.database.contains(['/', '\\', '.', ' ', '"', '$']) {
+            problems.push(Problem::new("mongo.database", &self.database, "must be non-empty without / \\ . space \" $"));
+        }
+        if self.collection.is_empty() || self.collection.starts_with("system.") || self.collection.contains('$') {
+            problems.push(Problem::new("mongo.collection", &self.collection, "must be non-empty, without $, not system.*"));
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            problems.push(Problem::new(
+                "mongo.retry_max_ms",
+                self.retry_max_ms,
+                "retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms",
+            ));
+        }
+        problems
+    }
+
+    /// Connects (lazily; the driver reconnects on its own) and prepares the collection.
+    pub async fn build(&self) -> Result<MongoSink, SinkError> {
+        let uri = read_secret("mongo.uri_file", &Secret::new(self.uri.clone()), &self.uri_file)
+            .map_err(|p| SinkError::Encode(p.to_string()))?;
+        let mut options = ClientOptions::parse(&uri).await?;
+        options.app_name.get_or_insert_with(|| "specflow".into());
+        options.server_selection_timeout = Some(Duration::from_millis(self.connect_timeout_ms));
+        options.connect_timeout = Some(Duration::from_millis(self.connect_timeout_ms));
+        let client = Client::with_options(options)?;
+        let collection = client.database(&self.database).collection::<Document>(&self.collection);
+        Ok(MongoSink { client, collection, database: self.database.clone(), create_indexes: self.create_indexes })
+    }
+}
+
+/// A connected MongoDB collection of feature records.
+#[derive(Clone)]
+pub struct MongoSink {
+    client: Client,
+    collection: Collection<Document>,
+    database: String,
+    create_indexes: bool,
+}
+
+impl MongoSink {
+    /// The collection records go to.
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.collection
+    }
+
+    /// Creates the indexes that serve "frames of stream S between two times" and the
+    /// restart lookup of a stream's last stored frame (a no-op when they exist).
+    pub async fn ensure_indexes(&self) -> Result<(), SinkError> {
+        if !self.create_indexes {
+            return Ok(());
+        }
+        let by_time = IndexModel::builder()
+            .keys(doc! { "stream_id": 1, "start_ms": 1, "end_ms": 1 })
+            .options(IndexOptions::builder().name("stream_time".to_string()).build())
+            .build();
+        let by_frame = IndexModel::builder()
+            .keys(doc! { "stream_id": 1, "last_frame": -1 })
+            .options(IndexOptions::builder().name("stream_last_frame".to_string()).build())
+            .build();
+        self.collection.create_indexes([by_time, by_frame]).await?;
+        Ok(())
+    }
+
+    /// Answers when the server is reachable.
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        self.client.database(&self.database).run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Inserts `docs` unordered; documents that already exist (same `_id`) count as written.
+    pub async fn insert_idempotent(&self, docs: &[Document]) -> Result<(), SinkError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        match self.collection.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
+                    let only_duplicates = failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .as_ref()
+                            .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY));
+                    if only_duplicates {
+                        return Ok(());
+                    }
+                }
+                Err(SinkError::Mongo(e))
+            }
+        }
+    }
+
+    /// The highest frame index stored for `stream_id`, if any record of it is stored.
+    pub async fn last_stored_frame(&self, stream_id: &str) -> Result<Option<u64>, SinkError> {
+        let found = self
+            .collection
+            .find_one(doc! { "stream_id": stream_id })
+            .sort(doc! { "last_frame": -1 })
+            .projection(doc! { "last_frame": 1 })
+            .await?;
+        Ok(found.and_then(|d| d.get_i64("last_frame").ok()).and_then(|v| u64::try_from(v).ok()))
+    }
+}

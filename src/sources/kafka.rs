@@ -1,0 +1,207 @@
+//! Kafka source: consumer-group membership, rebalance hooks and offset storage.
+//!
+//! Offsets are stored by hand (`enable.auto.offset.store=false`) only once a message's
+//! records are acknowledged by every sink and no live stream still needs its samples;
+//! librdkafka's auto-commit then commits what was stored, and a revocation commits
+//! synchronously before the partitions move.
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use tracing::{info, warn};
+
+use crate::config::KafkaConfig;
+use crate::telemetry::metrics::Metrics;
+use crate::validation::Problem;
+
+/// `[source]`: the input topic and how it is consumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSourceConfig {
+    /// Topic carrying raw PCM chunks keyed by stream id.
+    pub topic: String,
+    /// Consumer group; instances with the same group share the partitions.
+    pub group_id: String,
+    /// Create the input, output and dead-letter topics at startup when missing.
+    pub create_topics: bool,
+    /// Partitions for topics created by `create_topics`.
+    pub topic_partitions: i32,
+    /// Replication factor for topics created by `create_topics`.
+    pub topic_replication: i32,
+    /// Most messages handled in one batch (one sink round trip).
+    pub batch_max_messages: usize,
+    /// Longest wait, in milliseconds, for more messages once a batch has begun.
+    pub batch_linger_ms: u64,
+    /// How often stored offsets are committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        Self {
+            topic: "audio.raw".into(),
+            group_id: "specflow".into(),
+            create_topics: false,
+            topic_partitions: 6,
+            topic_replication: 1,
+            batch_max_messages: 1000,
+            batch_linger_ms: 5,
+            commit_interval_ms: 1000,
+            auto_offset_reset: "earliest".into(),
+        }
+    }
+}
+
+impl KafkaSourceConfig {
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(why) = valid_topic_name(&self.topic) {
+            problems.push(Problem::new("source.topic", &self.topic, why));
+        }
+        if self.group_id.trim().is_empty() {
+            problems.push(Problem::new("source.group_id", "\"\"", "must not be empty"));
+        }
+        if self.topic_partitions < 1 {
+            problems.push(Problem::new("source.topic_partitions", self.topic_partitions, "must be at least 1"));
+        }
+        if self.topic_replication < 1 {
+            problems.push(Problem::new("source.topic_replication", self.topic_replication, "must be at least 1"));
+        }
+        if self.batch_max_messages == 0 {
+            problems.push(Problem::new("source.batch_max_messages", 0, "must be at least 1"));
+        }
+        if self.commit_interval_ms == 0 {
+            problems.push(Problem::new("source.commit_interval_ms", 0, "must be at least 1"));
+        }
+        if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
+            problems.push(Problem::new("source.auto_offset_reset", &self.auto_offset_reset, "must be earliest or latest"));
+        }
+        problems
+    }
+
+    /// Builds the consumer (not yet subscribed).
+    pub fn build(&self, kafka: &KafkaConfig, context: SourceContext) -> Result<StreamConsumer<SourceContext>, Problem> {
+        let mut config = kafka.client_config(&kafka.consumer)?;
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", self.commit_interval_ms.to_string())
+            .set("auto.offset.reset", &self.auto_offset_reset)
+            .set("enable.partition.eof", "false");
+        if !kafka.consumer.contains_key("partition.assignment.strategy") {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        if !kafka.consumer.contains_key("statistics.interval.ms") {
+            config.set("statistics.interval.ms", "5000");
+        }
+        config
+            .create_with_context(context)
+            .map_err(|e| Problem::new("kafka.brokers", &kafka.brokers, format!("cannot create consumer: {e}")))
+    }
+}
+
+/// Checks a Kafka topic name (legal characters, length).
+pub fn valid_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("must be 1 to 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("must not be . or ..");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Partition changes seen by the consumer callbacks, drained by the pipeline.
+#[derive(Debug, Default)]
+pub struct RebalanceEvents {
+    /// Partitions revoked since the last drain.
+    pub revoked: Vec<i32>,
+    /// Partitions assigned since the last drain.
+    pub assigned: Vec<i32>,
+}
+
+/// Consumer context: records rebalances, commits on revocation, exports statistics.
+pub struct SourceContext {
+    topic: String,
+    events: Arc<Mutex<RebalanceEvents>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SourceContext {
+    /// A context for `topic` that reports to `metrics`.
+    pub fn new(topic: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            topic: topic.to_string(),
+            events: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Takes the partition changes seen since the last call.
+    pub fn take_events(&self) -> RebalanceEvents {
+        std::mem::take(&mut *self.events.lock().expect("rebalance events lock"))
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics.set_consumer_lag(*partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = partitions_of(list);
+            // Everything stored was fully written; hand it to the next owner now.
+            match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                Ok(()) => info!(?partitions, "Partitions revoked; stored offsets committed."),
+                Err(e) => warn!(?partitions, error = %e, "Partitions revoked; commit failed (records will be replayed)."),
+            }
+            self.metrics.rebalances_total.inc();
+            for p in &partitions {
+                self.metrics.forget_partition(*p);
+            }
+            self.events.lock().expect("rebalance events lock").revoked.extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = partitions_of(list);
+                info!(?partitions, "Partitions assigned.");
+                self.events.lock().expect("rebalance events lock").assigned.extend(partitions);
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            if !matches!(e, rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
+                warn!(error = %e, offsets = offsets.count(), "Offset commit failed.");
+            }
+        }
+    }
+}

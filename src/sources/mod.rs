@@ -1,0 +1,3 @@
+//! Where audio comes from.
+
+pub mod kafka;

@@ -1,0 +1,333 @@
+//! Per-stream state of one partition: alignment on `audio.start_sample`, gaps, overlaps,
+//! end of stream, idle eviction, the live-stream cap, and the offset watermark.
+//!
+//! The watermark is what makes restarts lossless: a partition's committed offset never
+//! passes the oldest message whose samples a live stream still needs (for its next frame,
+//! and for the previous frame's spectrum that `spectral_flux` compares against).
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+use crate::audio::ChunkMeta;
+use crate::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch, StreamState, Workspace};
+use crate::validation::Problem;
+
+/// `[streams]`: limits on per-stream state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Seconds without a chunk after which a stream's state is dropped.
+    pub idle_timeout_secs: u64,
+    /// Most live streams per worker; at the cap the least recently seen stream is evicted.
+    pub max_streams: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 300,
+            max_streams: 100_000,
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.idle_timeout_secs == 0 {
+            problems.push(Problem::new("streams.idle_timeout_secs", 0, "must be at least 1"));
+        }
+        if self.max_streams == 0 {
+            problems.push(Problem::new("streams.max_streams", 0, "must be at least 1"));
+        }
+        problems
+    }
+}
+
+/// Why a chunk could not be applied to its stream (it is dead-lettered).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StreamError {
+    /// The chunk lies entirely before what the stream has already consumed.
+    #[error("audio.start_sample {start} goes backwards: stream {stream} is already at sample {expected}")]
+    Backwards {
+        /// Stream id.
+        stream: String,
+        /// The chunk's start sample.
+        start: u64,
+        /// The next sample the stream expects.
+        expected: u64,
+    },
+    /// The DSP parameters do not fit this chunk's sample rate.
+    #[error("sample rate {sample_rate} Hz does not fit the [dsp] settings: {reason}")]
+    Dsp {
+        /// The chunk's sample rate.
+        sample_rate: u32,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+/// Shares one [`FeatureExtractor`] per sample rate between all streams and threads.
+pub struct ExtractorCache {
+    config: DspConfig,
+    by_rate: Mutex<HashMap<u32, Result<Arc<FeatureExtractor>, String>>>,
+}
+
+impl ExtractorCache {
+    /// A cache for `config`.
+    pub fn new(config: DspConfig) -> Self {
+        Self { config, by_rate: Mutex::default() }
+    }
+
+    /// The extractor for `sample_rate`, built on first use.
+    pub fn get(&self, sample_rate: u32) -> Result<Arc<FeatureExtractor>, StreamError> {
+        let mut map = self.by_rate.lock().expect("extractor cache lock");
+        map.entry(sample_rate)
+            .or_insert_with(|| match FeatureExtractor::new(&self.config, sample_rate) {
+                Ok(extractor) => Ok(Arc::new(extractor)),
+                Err(DspError::InvalidConfig(problems)) => {
+                    Err(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+                }
+                Err(other) => Err(other.to_string()),
+            })
+            .clone()
+            .map_err(|reason| StreamError::Dsp { sample_rate, reason })
+    }
+
+    /// The DSP settings.
+    pub fn config(&self) -> &DspConfig {
+        &self.config
+    }
+}
+
+struct StreamEntry {
+    extractor: Arc<FeatureExtractor>,
+    state: StreamState,
+    last_seen: Instant,
+    /// Sample where the state's continuity began (stream start, gap or recovery point).
+    continuous_from: u64,
+    /// (first sample, offset) of recent messages, oldest first; the front one is the oldest
+    /// message that still holds samples the stream needs.
+    messages: VecDeque<(u64, i64)>,
+    /// Frames up to and including this index were stored before a restart: do not emit them.
+    stored_through: Option<u64>,
+}
+
+impl StreamEntry {
+    /// Oldest stream sample the next frames need, including the previous frame for flux.
+    fn needed_from(&self) -> u64 {
+        let next_frame = self.state.next_frame();
+        let hop = self.extractor.hop_length() as u64;
+        let previous_frame_start = next_frame.saturating_sub(1) * hop;
+        self.state.oldest_needed_sample().min(previous_frame_start.max(self.continuous_from))
+    }
+
+    fn release_messages(&mut self) {
+        let needed = self.needed_from();
+        while self.messages.len() >= 2 && self.messages[1].0 <= needed {
+            self.messages.pop_front();
+        }
+    }
+}
+
+/// What applying a chunk did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkOutcome {
+    /// The chunk started after the stream's next sample: state was reset.
+    pub gap: bool,
+    /// Samples dropped because the stream had already consumed them.
+    pub trimmed: usize,
+    /// The stream was created by this chunk.
+    pub new_stream: bool,
+    /// A stream was evicted to respect `max_streams`.
+    pub evicted_for_cap: bool,
+    /// Frames computed but withheld because they were stored before a restart.
+    pub skipped_frames: usize,
+}
+
+/// All live streams of one partition.
+pub struct PartitionStreams {
+    partition: i32,
+    streams: HashMap<String, StreamEntry>,
+    last_offset: Option<i64>,
+    last_sweep: Instant,
+}
+
+impl PartitionStreams {
+    /// An empty table for `partition`.
+    pub fn new(partition: i32) -> Self {
+        Self { partition, streams: HashMap::new(), last_offset: None, last_sweep: Instant::now() }
+    }
+
+    /// Live streams.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when no stream is live.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// True when `stream_id` has live state.
+    pub fn contains(&self, stream_id: &str) -> bool {
+        self.streams.contains_key(stream_id)
+    }
+
+    /// Heap bytes held by stream state (approximate).
+    pub fn heap_bytes(&self) -> usize {
+        self.streams.iter().map(|(id, e)| id.len() + e.state.heap_bytes() + e.messages.len() * 16 + 96).sum()
+    }
+
+    /// Records that the message at `offset` was handled without touching any stream state
+    /// (dead-lettered), so the watermark may pass it.
+    pub fn mark_done(&mut self, offset: i64) {
+        self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
+    }
+
+    /// Applies one decoded chunk from `offset`: frames it completes are appended to `out`
+    /// (cleared first). `stored_through` is the last frame already stored for a stream seen
+    /// for the first time since this worker took the partition (restart recovery).
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        cache: &ExtractorCache,
+        limits: &StreamsConfig,
+        workspace: &mut WorkspaceSet,
+        meta: &ChunkMeta,
+        samples: &[f32],
+        offset: i64,
+        stored_through: Option<u64>,
+        out: &mut FrameBatch,
+    ) -> Result<ChunkOutcome, StreamError> {
+        out.clear();
+        let mut outcome = ChunkOutcome::default();
+        let extractor = cache.get(meta.sample_rate)?;
+        let now = Instant::now();
+
+        if self.streams.get(&meta.stream_id).is_some_and(|e| e.extractor.sample_rate() != meta.sample_rate) {
+            info!(stream = %meta.stream_id, sample_rate = meta.sample_rate, "Sample rate changed; stream restarted.");
+            self.streams.remove(&meta.stream_id);
+        }
+        if !self.streams.contains_key(&meta.stream_id) {
+            if self.streams.len() >= limits.max_streams {
+                self.evict_least_recent(limits.max_streams);
+                outcome.evicted_for_cap = true;
+            }
+            let start = meta.start_sample.unwrap_or(0);
+            // A recovered stream may only trust frames whose context lies in replayed data;
+            // if nothing stored lies there, the original run restarted here too.
+            let hop = extractor.hop_length() as u64;
+            let stored_through = stored_through.filter(|last| last * hop >= start);
+            self.streams.insert(
+                meta.stream_id.clone(),
+                StreamEntry {
+                    state: extractor.new_stream(start),
+                    extractor: extractor.clone(),
+                    last_seen: now,
+                    continuous_from: start,
+                    messages: VecDeque::new(),
+                    stored_through,
+                },
+            );
+            outcome.new_stream = true;
+        }
+        let entry = self.streams.get_mut(&meta.stream_id).expect("stream inserted above");
+        entry.last_seen = now;
+
+        let expected = entry.state.next_sample();
+        let start = meta.start_sample.unwrap_or(expected);
+        let mut feed = samples;
+        if start > expected {
+            outcome.gap = true;
+            entry.state.reset(start);
+            entry.continuous_from = start;
+            entry.messages.clear();
+        } else if start < expected {
+            let overlap = (expected - start) as usize;
+            if overlap >= samples.len() && !samples.is_empty() {
+                return Err(StreamError::Backwards { stream: meta.stream_id.clone(), start, expected });
+            }
+            outcome.trimmed = overlap.min(samples.len());
+            feed = &samples[outcome.trimmed..];
+        }
+        entry.messages.push_back((start + outcome.trimmed as u64, offset));
+
+        let ws = workspace.for_extractor(&entry.extractor);
+        entry.extractor.process(ws, &mut entry.state, feed, out);
+        if let Some(stored) = entry.stored_through {
+            if out.len() > 0 && out.index(0) <= stored {
+                outcome.skipped_frames = out.len();
+                out.clear();
+            }
+            if entry.state.next_frame() > stored + 1 {
+                entry.stored_through = None;
+            }
+        }
+        entry.release_messages();
+        if meta.eos {
+            self.streams.remove(&meta.stream_id);
+        }
+        self.mark_done(offset);
+        Ok(outcome)
+    }
+
+    /// The offset to commit: the oldest message a live stream still needs, or the one after
+    /// the last message handled. `None` before any message was handled.
+    pub fn commit_offset(&self) -> Option<i64> {
+        let after_last = self.last_offset? + 1;
+        let oldest_needed = self.streams.values().filter_map(|e| e.messages.front().map(|m| m.1)).min();
+        Some(oldest_needed.map_or(after_last, |o| o.min(after_last)))
+    }
+
+    /// Drops streams idle for longer than the timeout (checked at most once a second).
+    /// Returns how many were dropped.
+    pub fn evict_idle(&mut self, idle_timeout: Duration) -> usize {
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) < Duration::from_secs(1) {
+            return 0;
+        }
+        self.last_sweep = now;
+        let before = self.streams.len();
+        self.streams.retain(|_, e| now.duration_since(e.last_seen) < idle_timeout);
+        let dropped = before - self.streams.len();
+        if dropped > 0 {
+            info!(partition = self.partition, dropped, live = self.streams.len(), "Idle streams evicted.");
+        }
+        dropped
+    }
+
+    fn evict_least_recent(&mut self, cap: usize) {
+        if let Some(victim) = self.streams.iter().min_by_key(|(_, e)| e.last_seen).map(|(id, _)| id.clone()) {
+            warn!(
+                partition = self.partition,
+                max_streams = cap,
+                evicted = %victim,
+                "Live stream cap reached; least recently seen stream evicted (raise streams.max_streams)."
+            );
+            self.streams.remove(&victim);
+        }
+    }
+}
+
+/// One DSP workspace per extractor, owned by a worker thread.
+#[derive(Default)]
+pub struct WorkspaceSet {
+    by_extractor: Vec<(Arc<FeatureExtractor>, Workspace)>,
+}
+
+impl WorkspaceSet {
+    /// The workspace for `extractor`, made on first use.
+    pub fn for_extractor(&mut self, extractor: &Arc<FeatureExtractor>) -> &mut Workspace {
+        let position = self.by_extractor.iter().position(|(e, _)| Arc::ptr_eq(e, extractor));
+        let index = position.unwrap_or_else(|| {
+            self.by_extractor.push((extractor.clone(), extractor.workspace()));
+            self.by_extractor.len() - 1
+        });
+        &mut self.by_extractor[index].1
+    }
+}

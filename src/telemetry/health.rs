@@ -1,0 +1,89 @@
+//! Liveness and readiness, shared between the pipeline and the HTTP endpoint.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the pipeline reports about itself.
+#[derive(Debug, Default)]
+pub struct Health {
+    heartbeat_ms: AtomicU64,
+    assigned: AtomicBool,
+    kafka_ok: AtomicBool,
+    mongo_ok: AtomicBool,
+    paused: AtomicBool,
+    draining: AtomicBool,
+}
+
+/// The JSON body of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct HealthReport {
+    /// `ok` or `fail`.
+    pub status: &'static str,
+    /// Why not ok, when not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<&'static str>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Health {
+    /// The processing loop is alive (call at least once per loop turn).
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+    /// Whether partitions are assigned.
+    pub fn set_assigned(&self, value: bool) {
+        self.assigned.store(value, Ordering::Relaxed);
+    }
+    /// Whether the broker answers.
+    pub fn set_kafka_ok(&self, value: bool) {
+        self.kafka_ok.store(value, Ordering::Relaxed);
+    }
+    /// Whether MongoDB answers.
+    pub fn set_mongo_ok(&self, value: bool) {
+        self.mongo_ok.store(value, Ordering::Relaxed);
+    }
+    /// Whether consumption is paused for an outage.
+    pub fn set_paused(&self, value: bool) {
+        self.paused.store(value, Ordering::Relaxed);
+    }
+    /// Whether the worker is draining for shutdown.
+    pub fn set_draining(&self, value: bool) {
+        self.draining.store(value, Ordering::Relaxed);
+    }
+
+    /// Liveness: the loop beat within `stall`.
+    pub fn liveness(&self, stall: Duration) -> HealthReport {
+        let last = self.heartbeat_ms.load(Ordering::Relaxed);
+        let alive = last != 0 && now_ms().saturating_sub(last) <= stall.as_millis() as u64;
+        report(if alive { vec![] } else { vec!["processing loop has not run recently"] })
+    }
+
+    /// Readiness: assigned, both services reachable, not paused, not draining.
+    pub fn readiness(&self) -> HealthReport {
+        let mut reasons = Vec::new();
+        if !self.assigned.load(Ordering::Relaxed) {
+            reasons.push("no partitions assigned");
+        }
+        if !self.kafka_ok.load(Ordering::Relaxed) {
+            reasons.push("kafka unreachable");
+        }
+        if !self.mongo_ok.load(Ordering::Relaxed) {
+            reasons.push("mongodb unreachable");
+        }
+        if self.paused.load(Ordering::Relaxed) {
+            reasons.push("paused for an outage");
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            reasons.push("draining");
+        }
+        report(reasons)
+    }
+}
+
+fn report(reasons: Vec<&'static str>) -> HealthReport {
+    HealthReport { status: if reasons.is_empty() { "ok" } else { "fail" }, reasons }
+}
