@@ -1,1 +1,86 @@
-fn main() {}
+//! Throughput of the full feature set, in input samples per second.
+//!
+//! The same synthetic signal (linear chirp + white noise, 10 s) and parameters as
+//! `scripts/librosa_bench.py`; see `benches/README.md` for figures and commands.
+
+use std::f64::consts::PI;
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch};
+
+const SECONDS: usize = 10;
+/// Samples per `process` call (100 ms), like one decoded message.
+const CHUNK_SECONDS: f64 = 0.1;
+
+/// Linear chirp from 100 Hz to 0.45 * rate at amplitude 0.5 plus uniform noise of amplitude 0.05.
+fn chirp_plus_noise(rate: u32) -> Vec<f32> {
+    let rate = f64::from(rate);
+    let len = SECONDS * rate as usize;
+    let (f0, f1, duration) = (100.0, 0.45 * rate, SECONDS as f64);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|i| {
+            let t = i as f64 / rate;
+            let phase = 2.0 * PI * (f0 * t + (f1 - f0) * t * t / (2.0 * duration));
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            (0.5 * phase.sin() + 0.05 * noise) as f32
+        })
+        .collect()
+}
+
+fn bench_case(c: &mut Criterion, name: &str, rate: u32, frame_length: usize, hop_length: usize, features: &[&str]) {
+    let config = DspConfig {
+        frame_length,
+        hop_length,
+        features: features.iter().map(|s| (*s).to_owned()).collect(),
+        ..DspConfig::default()
+    };
+    let extractor = FeatureExtractor::new(&config, rate).expect("valid bench config");
+    let signal = chirp_plus_noise(rate);
+    let chunk = (CHUNK_SECONDS * f64::from(rate)) as usize;
+    let mut ws = extractor.workspace();
+    let mut out = FrameBatch::new();
+
+    let mut group = c.benchmark_group("dsp");
+    group.throughput(Throughput::Elements(signal.len() as u64));
+    group.sample_size(10);
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let mut state = extractor.new_stream(0);
+            let mut frames = 0;
+            for samples in signal.chunks(chunk) {
+                out.clear();
+                extractor.process(&mut ws, &mut state, black_box(samples), &mut out);
+                frames += out.len();
+            }
+            black_box(frames)
+        });
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_case(c, "all/16k_512_160", 16_000, 512, 160, &["all"]);
+    bench_case(c, "all/48k_2048_480", 48_000, 2048, 480, &["all"]);
+    // The librosa subset (what scripts/librosa_bench.py computes), for a like-for-like ratio.
+    let librosa_set = [
+        "rms", "zcr", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff", "spectral_flatness", "mel",
+        "mfcc", "chroma", "f0",
+    ];
+    bench_case(c, "librosa_set/16k_512_160", 16_000, 512, 160, &librosa_set);
+    bench_case(c, "librosa_set/48k_2048_480", 48_000, 2048, 480, &librosa_set);
+    // Breakdown: spectral features only, and YIN only.
+    bench_case(c, "no_f0/16k_512_160", 16_000, 512, 160, &[
+        "rms", "zcr", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff", "spectral_flatness",
+        "spectral_flux", "dominant_frequency", "mel", "mfcc", "chroma", "band_energy", "loudness_dbfs",
+    ]);
+    bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"]);
+    bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"]);
+}
+
+criterion_group!(dsp, benches);
+criterion_main!(dsp);

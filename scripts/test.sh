@@ -12,3 +12,6 @@ echo "test: cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "test: cargo test"
 cargo test --all-targets --locked -- --test-threads="${SPECFLOW_TEST_THREADS:-2}"
+echo "test: deployment files (systemd-analyze verify, manifests)"
+bash scripts/verify-deploy.sh "$PWD/target/debug/specflow"
+echo "test: all passed"

@@ -16,12 +16,14 @@
 //! - [`pipeline`]: the worker loop: recv → decode → DSP → sinks → offsets.
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
 //! - [`shutdown`]: signals and draining.
-//! - [`produce`] and [`extract`]: the load generator and the offline WAV extractor.
+//! - [`produce`], [`extract`] and [`inspect`]: the load generator, the offline WAV extractor
+//!   and a look at what a deployment wrote.
 
 pub mod audio;
 pub mod config;
 pub mod dsp;
 pub mod extract;
+pub mod inspect;
 pub mod pipeline;
 pub mod produce;
 pub mod record;

@@ -43,6 +43,18 @@ enum Command {
     Extract(ExtractArgs),
     /// Stream audio into the input topic as N concurrent streams.
     Produce(ProduceArgs),
+    /// Print records from the output topic and the MongoDB record count.
+    Inspect {
+        /// TOML config file.
+        #[arg(long, short, env = "SPECFLOW_CONFIG")]
+        config: Option<PathBuf>,
+        /// How many records to print.
+        #[arg(long, default_value_t = 3)]
+        records: usize,
+        /// Seconds to wait for records.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +135,9 @@ fn main() -> ExitCode {
         Command::Check { config, print } => check(config, print),
         Command::Extract(args) => extract(args),
         Command::Run { config } => with_runtime(config, |settings| async move { run(settings).await }),
+        Command::Inspect { config, records, wait } => with_runtime(config, |settings| async move {
+            specflow::inspect::inspect(&settings, records, std::time::Duration::from_secs(wait)).await.map(|_| ())
+        }),
         Command::Produce(args) => {
             let config = args.config.clone();
             with_runtime(config, |settings| async move { produce(settings, args).await })

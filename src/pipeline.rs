@@ -376,6 +376,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
     let consumer = settings.source.build(&settings.kafka, context).map_err(|p| anyhow::anyhow!("{p}"))?;
     consumer.subscribe(&[&settings.source.topic]).context("cannot subscribe")?;
     info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
+    health.set_consuming();
 
     let mut worker = Worker {
         cache: Arc::new(ExtractorCache::new(settings.dsp.clone())),

@@ -3,7 +3,7 @@
 // Usage: java -cp 'jars/*:DIR' KafkaCheck BOOTSTRAP TOPIC TIMEOUT_SECONDS
 //
 // Retries until TIMEOUT_SECONDS have passed. One attempt:
-//   1. Admin: create TOPIC (1 partition, replication factor 1) unless it exists.
+//   1. Admin: describe the cluster (2 s timeout), create TOPIC (1 partition, replication factor 1) unless it exists.
 //   2. Transactional producer: send one record with a fresh token and commit.
 //      (This also makes the broker create __transaction_state.)
 //   3. Consumer (read_committed, group "specflow-services-check", manual
@@ -21,6 +21,7 @@ import java.util.concurrent.ExecutionException;
 
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.DescribeClusterOptions;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
@@ -85,6 +86,9 @@ public final class KafkaCheck {
         a.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, opTimeout);
         a.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, opTimeout);
         try (Admin admin = Admin.create(a)) {
+            // Cheap probe with a short timeout first, so that attempts made
+            // while the broker is still starting fail (and are retried) fast.
+            admin.describeCluster(new DescribeClusterOptions().timeoutMs(2_000)).nodes().get();
             try {
                 admin.createTopics(List.of(new NewTopic(topic, 1, (short) 1))).all().get();
             } catch (ExecutionException e) {

@@ -1,5 +1,7 @@
 //! Chroma filter bank, a port of `librosa.filters.chroma` (Ellis' `chromagram_E`).
 
+use super::features::dot;
+
 /// Number of pitch classes.
 pub const N_CHROMA: usize = 12;
 
@@ -70,7 +72,7 @@ impl ChromaFilterBank {
     pub fn apply(&self, power: &[f64], out: &mut [f64]) {
         let mut max = 0.0f64;
         for (row, o) in self.weights.chunks_exact(self.n_bins).zip(out.iter_mut()) {
-            *o = row.iter().zip(power).map(|(w, p)| w * p).sum();
+            *o = dot(row, power);
             max = max.max(o.abs());
         }
         if max >= f64::from(f32::MIN_POSITIVE) {

@@ -25,6 +25,38 @@
 //! - **loudness_dbfs** = `20 * log10(max(rms, 1e-10))`: full-scale square wave (±1) 0 dBFS,
 //!   full-scale sine -3.01 dBFS, digital silence -200 dBFS.
 
+/// Dot product with eight independent partial sums (vectorisable; a fixed summation order).
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut lanes = [0.0f64; 8];
+    let mut a_chunks = a.chunks_exact(8);
+    let mut b_chunks = b.chunks_exact(8);
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        tail += x * y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+}
+
+/// Sum with eight independent partial sums (vectorisable; a fixed summation order).
+pub fn sum(values: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for x in &mut chunks {
+        for lane in 0..8 {
+            lanes[lane] += x[lane];
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().sum();
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+}
+
 /// Root mean square of the frame (time domain, no window), as `librosa.feature.rms(y)`.
 pub fn rms(frame: &[f32]) -> f64 {
     if frame.is_empty() {
@@ -52,26 +84,31 @@ pub fn loudness_dbfs(rms: f64) -> f64 {
     20.0 * rms.max(1e-10).log10()
 }
 
-/// Magnitude-weighted mean of the bin frequencies (`librosa.feature.spectral_centroid`).
+/// Magnitude-weighted mean of the bin frequencies `freqs` (`librosa.feature.spectral_centroid`).
 /// A frame whose magnitudes sum below the smallest normal float is not normalised (so reads ~0).
-pub fn spectral_centroid(magnitude: &[f64], bin_hz: f64) -> f64 {
-    let total: f64 = magnitude.iter().sum();
-    let weighted: f64 = magnitude.iter().enumerate().map(|(k, &s)| k as f64 * bin_hz * s).sum();
+pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
+    let total = sum(magnitude);
+    let weighted = dot(magnitude, freqs);
     if total < f64::MIN_POSITIVE { weighted } else { weighted / total }
 }
 
 /// Second-order spectral bandwidth around `centroid` (`librosa.feature.spectral_bandwidth`, p=2).
-pub fn spectral_bandwidth(magnitude: &[f64], bin_hz: f64, centroid: f64) -> f64 {
-    let total: f64 = magnitude.iter().sum();
+pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f64 {
+    let total = sum(magnitude);
     let norm = if total < f64::MIN_POSITIVE { 1.0 } else { total };
-    let spread: f64 = magnitude
-        .iter()
-        .enumerate()
-        .map(|(k, &s)| {
-            let deviation = k as f64 * bin_hz - centroid;
-            s * deviation * deviation
-        })
-        .sum();
+    let mut lanes = [0.0f64; 4];
+    let mut s_chunks = magnitude.chunks_exact(4);
+    let mut f_chunks = freqs.chunks_exact(4);
+    for (s, f) in (&mut s_chunks).zip(&mut f_chunks) {
+        for lane in 0..4 {
+            let deviation = f[lane] - centroid;
+            lanes[lane] += s[lane] * deviation * deviation;
+        }
+    }
+    let mut spread = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+    for (s, f) in s_chunks.remainder().iter().zip(f_chunks.remainder()) {
+        spread += s * (f - centroid) * (f - centroid);
+    }
     (spread / norm).sqrt()
 }
 
@@ -91,17 +128,40 @@ pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f6
 }
 
 /// Geometric mean over arithmetic mean of `max(P[k], 1e-10)` (`librosa.feature.spectral_flatness`).
+///
+/// The geometric mean is taken as a product of mantissas with a separate binary exponent
+/// (one `ln` per frame instead of one per bin); it equals `exp(mean(ln P))` to ~1e-13.
 pub fn spectral_flatness(power: &[f64]) -> f64 {
     const AMIN: f64 = 1e-10;
     if power.is_empty() {
         return 0.0;
     }
+    // Splits a positive normal float into (mantissa in [1, 2), binary exponent).
+    fn split(x: f64) -> (f64, i64) {
+        let bits = x.to_bits();
+        let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+        (f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52)), exponent)
+    }
+    let mut mantissa = 1.0f64;
+    let mut exponent = 0i64;
+    let mut total = 0.0;
+    // Products of 8 values in [1e-10, 2] * 2^k stay far inside the normal range before splitting.
+    for chunk in power.chunks(8) {
+        let mut product = 1.0;
+        for &p in chunk {
+            let p = p.max(AMIN);
+            total += p;
+            let (m, e) = split(p);
+            product *= m;
+            exponent += e;
+        }
+        let (m, e) = split(mantissa * product);
+        mantissa = m;
+        exponent += e;
+    }
     let n = power.len() as f64;
-    let (log_sum, sum) = power.iter().fold((0.0, 0.0), |(l, s), &p| {
-        let p = p.max(AMIN);
-        (l + p.ln(), s + p)
-    });
-    (log_sum / n).exp() / (sum / n)
+    let log_geometric = (mantissa.ln() + exponent as f64 * std::f64::consts::LN_2) / n;
+    log_geometric.exp() / (total / n)
 }
 
 /// Half-wave rectified L2 spectral flux: `sqrt(sum_k max(S_t[k] - S_{t-1}[k], 0)^2)`.
@@ -213,12 +273,33 @@ mod tests {
     #[test]
     fn silent_frames_are_finite() {
         let zeros = [0.0; 9];
-        assert_eq!(spectral_centroid(&zeros, 10.0), 0.0);
-        assert_eq!(spectral_bandwidth(&zeros, 10.0, 0.0), 0.0);
+        let freqs: Vec<f64> = (0..9).map(|k| k as f64 * 10.0).collect();
+        assert_eq!(spectral_centroid(&zeros, &freqs), 0.0);
+        assert_eq!(spectral_bandwidth(&zeros, &freqs, 0.0), 0.0);
         assert_eq!(spectral_rolloff(&zeros, 10.0, 0.85), 0.0);
-        assert_eq!(spectral_flatness(&zeros), 1.0);
+        assert!((spectral_flatness(&zeros) - 1.0).abs() < 1e-12);
         assert_eq!(dominant_frequency(&zeros, 10.0), 0.0);
         assert_eq!(loudness_dbfs(0.0), -200.0);
+    }
+
+    #[test]
+    fn flatness_matches_log_definition() {
+        let power: Vec<f64> = (0..1025).map(|k| 1e-12 + (k as f64 * 0.37).sin().abs() * 1e3 / (1.0 + k as f64)).collect();
+        let n = power.len() as f64;
+        let logs: f64 = power.iter().map(|p| p.max(1e-10).ln()).sum();
+        let mean: f64 = power.iter().map(|p| p.max(1e-10)).sum::<f64>() / n;
+        let expected = (logs / n).exp() / mean;
+        let got = spectral_flatness(&power);
+        assert!((got - expected).abs() < 1e-12 * expected, "{got} {expected}");
+    }
+
+    #[test]
+    fn dot_and_sum_match_naive() {
+        let a: Vec<f64> = (0..37).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let b: Vec<f64> = (0..37).map(|i| (i as f64).sqrt()).collect();
+        let naive: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-12);
+        assert!((sum(&a) - a.iter().sum::<f64>()).abs() < 1e-12);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Mel filter bank (a port of `librosa.filters.mel`) and the MFCC DCT.
 
 use super::config::MelScale;
+use super::features::dot;
 
 /// Hz to mel on the chosen scale (`librosa.hz_to_mel`).
 pub fn hz_to_mel(hz: f64, scale: MelScale) -> f64 {
@@ -106,7 +107,7 @@ impl MelFilterBank {
     pub fn apply(&self, power: &[f64], out: &mut [f64]) {
         for (filter, o) in self.filters.iter().zip(out.iter_mut()) {
             let bins = &power[filter.first_bin..filter.first_bin + filter.weights.len()];
-            *o = filter.weights.iter().zip(bins).map(|(w, p)| w * p).sum();
+            *o = dot(&filter.weights, bins);
         }
     }
 }
@@ -136,7 +137,7 @@ impl DctMatrix {
     /// Writes `out.len()` DCT coefficients of `input`.
     pub fn apply(&self, input: &[f64], out: &mut [f64]) {
         for (row, o) in self.rows.chunks_exact(self.n_in).zip(out.iter_mut()) {
-            *o = row.iter().zip(input).map(|(a, b)| a * b).sum();
+            *o = dot(row, input);
         }
     }
 }

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the pipeline reports about itself.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
+    systemd: super::systemd::Notifier,
     heartbeat_ms: AtomicU64,
     assigned: AtomicBool,
     kafka_ok: AtomicBool,
@@ -33,6 +34,11 @@ impl Health {
     /// The processing loop is alive (call at least once per loop turn).
     pub fn beat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        self.systemd.alive();
+    }
+    /// The worker is consuming (tells systemd READY=1).
+    pub fn set_consuming(&self) {
+        self.systemd.ready();
     }
     /// Whether partitions are assigned.
     pub fn set_assigned(&self, value: bool) {
@@ -53,6 +59,9 @@ impl Health {
     /// Whether the worker is draining for shutdown.
     pub fn set_draining(&self, value: bool) {
         self.draining.store(value, Ordering::Relaxed);
+        if value {
+            self.systemd.stopping();
+        }
     }
 
     /// Liveness: the loop beat within `stall`.

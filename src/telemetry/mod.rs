@@ -3,6 +3,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod systemd;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;

@@ -38,7 +38,11 @@ func main() {
 	for attempt := 1; ; attempt++ {
 		lastErr = check(*uri, *roundtrip, deadline)
 		if lastErr == nil {
-			fmt.Printf("ok: %s answered ping (attempt %d, %.1f s)\n", *uri, attempt, time.Since(start).Seconds())
+			what := "answered ping"
+			if *roundtrip {
+				what = "answered ping and an insert/find/drop round trip"
+			}
+			fmt.Printf("ok: %s %s (attempt %d, %.1f s)\n", *uri, what, attempt, time.Since(start).Seconds())
 			return
 		}
 		fmt.Fprintf(os.Stderr, "attempt %d failed: %v\n", attempt, lastErr)

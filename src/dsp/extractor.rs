@@ -1,0 +1,409 @@
+//! The feature extractor: everything fixed per (parameters, sample rate), and the frame loop.
+
+use std::sync::Arc;
+
+use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
+
+use super::batch::{BatchLayout, FrameBatch, vector_slot};
+use super::chroma::{ChromaFilterBank, N_CHROMA};
+use super::config::{DspConfig, FeatureName};
+use super::features::{self, BandBins};
+use super::mel::{DctMatrix, MelFilterBank};
+use super::pitch::{Yin, YinScratch};
+use super::stream::StreamState;
+use super::window::periodic_window;
+use super::DspError;
+
+/// The FFT plan and window for the magnitude spectrum.
+struct SpectrumPlan {
+    fft: Arc<dyn RealToComplex<f64>>,
+    window: Vec<f64>,
+}
+
+/// Immutable, `Send + Sync`, shared via `Arc` by all streams with the same parameters and sample
+/// rate. Holds the FFT plans, window, mel and chroma filter banks, DCT matrix and band bin ranges.
+pub struct FeatureExtractor {
+    sample_rate: u32,
+    frame_length: usize,
+    hop_length: usize,
+    rolloff_percent: f64,
+    /// Hz between FFT bin centres.
+    bin_hz: f64,
+    /// Centre frequency of every FFT bin, `k * sample_rate / frame_length`.
+    bin_freqs: Vec<f64>,
+    n_bins: usize,
+    layout: BatchLayout,
+    spectrum: Option<SpectrumPlan>,
+    mel: Option<MelFilterBank>,
+    dct: Option<DctMatrix>,
+    chroma: Option<ChromaFilterBank>,
+    bands: Option<BandBins>,
+    yin: Option<Yin>,
+}
+
+impl std::fmt::Debug for FeatureExtractor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureExtractor")
+            .field("sample_rate", &self.sample_rate)
+            .field("frame_length", &self.frame_length)
+            .field("hop_length", &self.hop_length)
+            .field("selected", &self.layout.selected)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-thread scratch buffers for [`FeatureExtractor::process`]: one per worker thread, reused.
+/// A workspace made by another extractor is rebuilt on first use (one allocation).
+pub struct Workspace {
+    shape: WorkspaceShape,
+    frame: Vec<f32>,
+    fft_input: Vec<f64>,
+    fft_output: Vec<Complex<f64>>,
+    fft_scratch: Vec<Complex<f64>>,
+    magnitude: Vec<f64>,
+    power: Vec<f64>,
+    mel: Vec<f64>,
+    mfcc: Vec<f64>,
+    chroma: Vec<f64>,
+    bands: Vec<f64>,
+    yin: Option<YinScratch>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("shape", &self.shape).finish_non_exhaustive()
+    }
+}
+
+/// The buffer sizes a workspace was made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WorkspaceShape {
+    frame_length: usize,
+    fft_len: usize,
+    fft_scratch_len: usize,
+    n_mels: usize,
+    n_mfcc: usize,
+    n_bands: usize,
+    yin: bool,
+}
+
+impl FeatureExtractor {
+    /// Builds plans, window and filter banks for `config` at `sample_rate`.
+    ///
+    /// # Errors
+    /// [`DspError::InvalidConfig`] with every problem of [`DspConfig::validate_for_rate`].
+    pub fn new(config: &DspConfig, sample_rate: u32) -> Result<Self, DspError> {
+        let problems = config.validate_for_rate(sample_rate);
+        if !problems.is_empty() {
+            return Err(DspError::InvalidConfig(problems));
+        }
+        let selected = config.selected_features();
+        let wants = |name: FeatureName| selected.contains(&name);
+        let rate = f64::from(sample_rate);
+        let n = config.frame_length;
+        let n_bins = n / 2 + 1;
+
+        let mut planner = RealFftPlanner::<f64>::new();
+        let spectrum = selected.iter().any(|f| f.needs_spectrum()).then(|| SpectrumPlan {
+            fft: planner.plan_fft_forward(n),
+            window: periodic_window(config.window, n),
+        });
+        let window_power: f64 = periodic_window(config.window, n).iter().map(|w| w * w).sum();
+
+        let needs_mel = wants(FeatureName::Mel) || wants(FeatureName::Mfcc);
+        let fmax = config.fmax.unwrap_or(rate / 2.0);
+        let mel = needs_mel
+            .then(|| MelFilterBank::new(rate, n, config.n_mels, config.fmin, fmax, config.mel_scale));
+        let dct = wants(FeatureName::Mfcc).then(|| DctMatrix::new(config.n_mels, config.n_mfcc));
+        let chroma = wants(FeatureName::Chroma).then(|| ChromaFilterBank::new(rate, n));
+        let bands = wants(FeatureName::BandEnergy).then(|| BandBins::new(&config.bands, rate, n, window_power));
+        let yin = wants(FeatureName::F0).then(|| {
+            Yin::new(rate, n, config.pitch_fmin, config.pitch_fmax, config.pitch_threshold, &mut planner)
+        });
+
+        let mut vector_lens = [0; 4];
+        let mut set_len = |name: FeatureName, len: usize| {
+            if let (true, Some(slot)) = (wants(name), vector_slot(name)) {
+                vector_lens[slot] = len;
+            }
+        };
+        set_len(FeatureName::Mel, config.n_mels);
+        set_len(FeatureName::Mfcc, config.n_mfcc);
+        set_len(FeatureName::Chroma, N_CHROMA);
+        set_len(FeatureName::BandEnergy, config.bands.len());
+        let mask = selected.iter().fold(0u32, |m, &f| m | (1 << f as u32));
+
+        Ok(Self {
+            sample_rate,
+            frame_length: n,
+            hop_length: config.hop_length,
+            rolloff_percent: config.rolloff_percent,
+            bin_hz: rate / n as f64,
+            bin_freqs: (0..n_bins).map(|k| k as f64 * rate / n as f64).collect(),
+            n_bins,
+            layout: BatchLayout { selected, mask, vector_lens },
+            spectrum,
+            mel,
+            dct,
+            chroma,
+            bands,
+            yin,
+        })
+    }
+
+    /// Sample rate in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Samples per frame.
+    pub fn frame_length(&self) -> usize {
+        self.frame_length
+    }
+
+    /// Samples between frame starts.
+    pub fn hop_length(&self) -> usize {
+        self.hop_length
+    }
+
+    /// The computed features, de-duplicated, in [`FeatureName::ALL`] order.
+    pub fn selected(&self) -> &[FeatureName] {
+        &self.layout.selected
+    }
+
+    /// Number of values of a selected vector feature (`mel`, `mfcc`, `chroma`, `band_energy`).
+    pub fn vector_len(&self, name: FeatureName) -> Option<usize> {
+        let len = self.layout.vector_lens[vector_slot(name)?];
+        self.layout.contains(name).then_some(len)
+    }
+
+    fn wants(&self, name: FeatureName) -> bool {
+        self.layout.contains(name)
+    }
+
+    fn workspace_shape(&self) -> WorkspaceShape {
+        let (fft_len, fft_scratch_len) = match &self.spectrum {
+            Some(plan) => (self.frame_length, plan.fft.get_scratch_len()),
+            None => (0, 0),
+        };
+        WorkspaceShape {
+            frame_length: self.frame_length,
+            fft_len,
+            fft_scratch_len,
+            n_mels: self.mel.as_ref().map_or(0, MelFilterBank::n_mels),
+            n_mfcc: self.layout.vector_lens[1],
+            n_bands: self.bands.as_ref().map_or(0, BandBins::len),
+            yin: self.yin.is_some(),
+        }
+    }
+
+    /// Per-thread scratch (FFT buffers, spectrum, YIN buffers). One per worker thread, reused.
+    pub fn workspace(&self) -> Workspace {
+        let shape = self.workspace_shape();
+        let n_spectrum = if shape.fft_len > 0 { self.n_bins } else { 0 };
+        Workspace {
+            shape,
+            frame: vec![0.0; self.frame_length],
+            fft_input: vec![0.0; shape.fft_len],
+            fft_output: vec![Complex::new(0.0, 0.0); n_spectrum],
+            fft_scratch: vec![Complex::new(0.0, 0.0); shape.fft_scratch_len],
+            magnitude: vec![0.0; n_spectrum],
+            power: vec![0.0; n_spectrum],
+            mel: vec![0.0; shape.n_mels],
+            mfcc: vec![0.0; shape.n_mfcc],
+            chroma: vec![0.0; if self.chroma.is_some() { N_CHROMA } else { 0 }],
+            bands: vec![0.0; shape.n_bands],
+            yin: self.yin.as_ref().map(Yin::scratch),
+        }
+    }
+
+    /// A stream whose next sample has absolute index `start_sample`. Frames stay on the global
+    /// grid: frame `k` covers `[k * hop, k * hop + frame_length)`, so the first frame such a
+    /// stream can emit is `ceil(start_sample / hop)`.
+    pub fn new_stream(&self, start_sample: u64) -> StreamState {
+        let flux_bins = if self.wants(FeatureName::SpectralFlux) { self.n_bins } else { 0 };
+        StreamState::new(self.frame_length, self.hop_length, flux_bins, start_sample)
+    }
+
+    /// Feeds `samples` (mono, nominally in `[-1, 1)`) that continue exactly at
+    /// `state.next_sample()`, and appends every frame they complete to `out`. Non-finite samples
+    /// are read as 0. Allocates nothing per frame once `out` and `ws` have grown.
+    ///
+    /// # Panics
+    /// When `state` was made by an extractor with another frame or hop length, or `out` still
+    /// holds frames of an extractor with another feature selection.
+    pub fn process(&self, ws: &mut Workspace, state: &mut StreamState, samples: &[f32], out: &mut FrameBatch) {
+        assert!(
+            state.frame_length == self.frame_length && state.hop_length == self.hop_length,
+            "StreamState made for frame/hop {}/{} used with an extractor for {}/{}",
+            state.frame_length,
+            state.hop_length,
+            self.frame_length,
+            self.hop_length
+        );
+        if ws.shape != self.workspace_shape() {
+            *ws = self.workspace();
+        }
+        out.set_layout(&self.layout);
+
+        let n = self.frame_length as u64;
+        let fed_from = state.next_sample;
+        let end = fed_from + samples.len() as u64;
+        let tail_start = state.oldest_needed_sample();
+
+        loop {
+            let start = state.next_frame_start();
+            if start + n > end {
+                break;
+            }
+            // Gather the frame from the buffered tail and the new samples.
+            let mut filled = 0;
+            if start < fed_from {
+                let from = (start - tail_start) as usize;
+                let take = (state.tail.len() - from).min(self.frame_length);
+                copy_finite(&mut ws.frame[..take], &state.tail[from..from + take]);
+                filled = take;
+            }
+            let from = (start + filled as u64 - fed_from) as usize;
+            let rest = self.frame_length - filled;
+            copy_finite(&mut ws.frame[filled..], &samples[from..from + rest]);
+
+            out.push_frame(state.next_frame, start);
+            self.compute_frame(ws, state, out);
+            state.next_frame += 1;
+        }
+
+        // Keep only the samples the next frame still needs.
+        let keep_from = state.next_frame_start().max(tail_start);
+        if keep_from >= end {
+            state.tail.clear();
+        } else if keep_from >= fed_from {
+            state.tail.clear();
+            state.tail.extend_from_slice(&samples[(keep_from - fed_from) as usize..]);
+        } else {
+            state.tail.drain(..(keep_from - tail_start) as usize);
+            state.tail.extend_from_slice(samples);
+        }
+        state.next_sample = end;
+    }
+
+    /// Computes the selected features of `ws.frame` and pushes them onto the frame just started in `out`.
+    fn compute_frame(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
+        let frame = &ws.frame[..];
+
+        let rms = (self.wants(FeatureName::Rms) || self.wants(FeatureName::LoudnessDbfs))
+            .then(|| features::rms(frame));
+
+        if let Some(plan) = &self.spectrum {
+            for ((dst, &x), &w) in ws.fft_input.iter_mut().zip(frame).zip(&plan.window) {
+                *dst = w * f64::from(x);
+            }
+            plan.fft
+                .process_with_scratch(&mut ws.fft_input, &mut ws.fft_output, &mut ws.fft_scratch)
+                .expect("spectrum FFT buffers are sized by the plan");
+            for ((c, m), p) in ws.fft_output.iter().zip(&mut ws.magnitude).zip(&mut ws.power) {
+                let power = c.re * c.re + c.im * c.im;
+                *p = power;
+                *m = power.sqrt();
+            }
+        }
+        let magnitude = &ws.magnitude[..];
+        let power = &ws.power[..];
+        let centroid = (self.wants(FeatureName::SpectralCentroid) || self.wants(FeatureName::SpectralBandwidth))
+            .then(|| features::spectral_centroid(magnitude, &self.bin_freqs))
+            .unwrap_or_default();
+
+        for &name in &self.layout.selected {
+            match name {
+                FeatureName::Rms => out.push_scalar(name, rms.unwrap_or_default()),
+                FeatureName::Zcr => out.push_scalar(name, features::zero_crossing_rate(frame)),
+                FeatureName::SpectralCentroid => out.push_scalar(name, centroid),
+                FeatureName::SpectralBandwidth => {
+                    out.push_scalar(name, features::spectral_bandwidth(magnitude, &self.bin_freqs, centroid));
+                }
+                FeatureName::SpectralRolloff => {
+                    out.push_scalar(name, features::spectral_rolloff(magnitude, self.bin_hz, self.rolloff_percent));
+                }
+                FeatureName::SpectralFlatness => out.push_scalar(name, features::spectral_flatness(power)),
+                FeatureName::SpectralFlux => {
+                    let flux = if state.has_previous {
+                        features::spectral_flux(magnitude, &state.previous_magnitude)
+                    } else {
+                        0.0
+                    };
+                    out.push_scalar(name, flux);
+                    state.previous_magnitude.clear();
+                    state.previous_magnitude.extend_from_slice(magnitude);
+                    state.has_previous = true;
+                }
+                FeatureName::DominantFrequency => {
+                    out.push_scalar(name, features::dominant_frequency(magnitude, self.bin_hz));
+                }
+                FeatureName::F0 => {
+                    let f0 = match (&self.yin, &mut ws.yin) {
+                        (Some(yin), Some(scratch)) => yin.estimate(frame, scratch),
+                        _ => None,
+                    };
+                    out.push_f0(f0);
+                }
+                FeatureName::Mel => {
+                    if let Some(mel) = &self.mel {
+                        mel.apply(power, &mut ws.mel);
+                    }
+                    out.push_vector(name, &ws.mel);
+                }
+                FeatureName::Mfcc => {
+                    if let (Some(mel), Some(dct)) = (&self.mel, &self.dct) {
+                        // Mel is computed just before when selected too; recomputing is cheap
+                        // next to the FFT and keeps this arm independent.
+                        if !self.wants(FeatureName::Mel) {
+                            mel.apply(power, &mut ws.mel);
+                        }
+                        for v in ws.mel.iter_mut() {
+                            *v = 10.0 * v.max(1e-10).log10();
+                        }
+                        dct.apply(&ws.mel, &mut ws.mfcc);
+                    }
+                    out.push_vector(name, &ws.mfcc);
+                }
+                FeatureName::Chroma => {
+                    if let Some(chroma) = &self.chroma {
+                        chroma.apply(power, &mut ws.chroma);
+                    }
+                    out.push_vector(name, &ws.chroma);
+                }
+                FeatureName::BandEnergy => {
+                    if let Some(bands) = &self.bands {
+                        bands.energies(power, &mut ws.bands);
+                    }
+                    out.push_vector(name, &ws.bands);
+                }
+                FeatureName::LoudnessDbfs => {
+                    out.push_scalar(name, features::loudness_dbfs(rms.unwrap_or_default()));
+                }
+            }
+        }
+    }
+}
+
+/// Copies samples, reading non-finite ones as 0.
+fn copy_finite(dst: &mut [f32], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = if s.is_finite() { s } else { 0.0 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn extractor_is_send_sync() {
+        assert_send_sync::<FeatureExtractor>();
+        assert_send_sync::<Workspace>();
+        assert_send_sync::<StreamState>();
+    }
+}

@@ -1,0 +1,427 @@
+//! Parity of the DSP core with librosa 0.11 on the reference signals, and known-answer tests for
+//! the features librosa lacks (flux, band energy, loudness, dominant frequency).
+//!
+//! Reference cases are every `features/*.json` under `$SPECFLOW_REFERENCE_DIR`, or else
+//! `../shared/reference` beside the repository, plus the extra cases in `tests/data/`
+//! (made by `scripts/make_reference.py`). Run with `--nocapture` to see the error table.
+
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use specflow::dsp::{DspConfig, FeatureExtractor, FeatureName, FrameBatch, MelScale, WindowKind};
+
+/// Directories holding `features/*.json` and `signals/*.wav`.
+fn reference_dirs() -> Vec<PathBuf> {
+    // `file!()` is relative to the package root when the test runs from it, or absolute.
+    let here = Path::new(file!()).parent().unwrap_or(Path::new("tests")).to_path_buf();
+    let shared = match std::env::var_os("SPECFLOW_REFERENCE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => [
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"),
+            here.join("../../shared/reference"),
+        ]
+        .into_iter()
+        .find(|p| p.join("features").is_dir())
+        .unwrap_or_else(|| {
+            panic!("reference features not found: set SPECFLOW_REFERENCE_DIR to the shared/reference directory")
+        }),
+    };
+    assert!(shared.join("features").is_dir(), "{} has no features/ directory", shared.display());
+    let mut dirs = vec![shared];
+    let extra = here.join("data");
+    if extra.join("features").is_dir() {
+        dirs.push(extra);
+    }
+    dirs
+}
+
+/// Mono f32 samples (channels averaged, int16 / 32768) and the sample rate of a WAV file.
+fn read_wav(path: &Path) -> (Vec<f32>, u32) {
+    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = reader.spec();
+    assert_eq!(spec.bits_per_sample, 16, "{}: expected 16-bit PCM", path.display());
+    let channels = usize::from(spec.channels);
+    let raw: Vec<i16> = reader.samples::<i16>().map(|s| s.expect("wav sample")).collect();
+    let mono = raw
+        .chunks_exact(channels)
+        .map(|frame| {
+            let sum: f64 = frame.iter().map(|&s| f64::from(s) / 32768.0).sum();
+            (sum / channels as f64) as f32
+        })
+        .collect();
+    (mono, spec.sample_rate)
+}
+
+fn config_from_params(params: &Value) -> DspConfig {
+    let num = |key: &str| params.get(key).and_then(Value::as_f64);
+    let int = |key: &str| params.get(key).and_then(Value::as_u64).map(|v| v as usize);
+    let defaults = DspConfig::default();
+    DspConfig {
+        frame_length: int("frame_length").expect("frame_length"),
+        hop_length: int("hop_length").expect("hop_length"),
+        window: match params.get("window").and_then(Value::as_str).unwrap_or("hann") {
+            "hann" => WindowKind::Hann,
+            "hamming" => WindowKind::Hamming,
+            "blackman" => WindowKind::Blackman,
+            "rectangular" | "boxcar" => WindowKind::Rectangular,
+            other => panic!("unsupported window {other}"),
+        },
+        features: vec!["all".to_owned()],
+        n_mels: int("n_mels").unwrap_or(defaults.n_mels),
+        fmin: num("fmin").unwrap_or(defaults.fmin),
+        fmax: num("fmax"),
+        mel_scale: match params.get("mel").and_then(Value::as_str) {
+            Some("htk") => MelScale::Htk,
+            _ => MelScale::Slaney,
+        },
+        n_mfcc: int("n_mfcc").unwrap_or(defaults.n_mfcc),
+        rolloff_percent: num("roll_percent").unwrap_or(defaults.rolloff_percent),
+        pitch_fmin: num("pitch_fmin").unwrap_or(defaults.pitch_fmin),
+        pitch_fmax: num("pitch_fmax").unwrap_or(defaults.pitch_fmax),
+        pitch_threshold: num("pitch_threshold").unwrap_or(defaults.pitch_threshold),
+        bands: defaults.bands,
+    }
+}
+
+fn run_whole(config: &DspConfig, sample_rate: u32, samples: &[f32]) -> FrameBatch {
+    let extractor = FeatureExtractor::new(config, sample_rate).expect("valid config");
+    let mut ws = extractor.workspace();
+    let mut state = extractor.new_stream(0);
+    let mut out = FrameBatch::new();
+    extractor.process(&mut ws, &mut state, samples, &mut out);
+    out
+}
+
+/// Largest error seen for one feature of one file, and where.
+#[derive(Default)]
+struct Worst {
+    error: f64,
+    frame: usize,
+    got: f64,
+    expected: f64,
+}
+
+impl Worst {
+    fn record(&mut self, error: f64, frame: usize, got: f64, expected: f64) {
+        if error >= self.error {
+            *self = Worst { error, frame, got, expected };
+        }
+    }
+}
+
+/// Checks every frame of every feature of one reference case; returns failure messages.
+fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<String> {
+    let file = json_path.file_name().unwrap().to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(json_path).expect("read reference json");
+    let reference: Value = serde_json::from_str(&text).expect("parse reference json");
+    let signal = reference["signal"].as_str().expect("signal");
+    let (samples, sample_rate) = read_wav(&signals.join(signal));
+    assert_eq!(u64::from(sample_rate), reference["sample_rate"].as_u64().unwrap(), "{file}: sample rate");
+    let config = config_from_params(&reference["params"]);
+    let batch = run_whole(&config, sample_rate, &samples);
+    let expected_frames = reference["frames"].as_u64().unwrap() as usize;
+
+    let mut failures = Vec::new();
+    if batch.len() != expected_frames {
+        failures.push(format!("{file}: {} frames, expected {expected_frames}", batch.len()));
+        return failures;
+    }
+    let features = &reference["features"];
+
+    // Every emitted value is finite and the frame serialises.
+    for i in 0..batch.len() {
+        let json = serde_json::to_value(batch.frame(i)).expect("serialise frame");
+        assert!(json.is_object());
+    }
+
+    let scalars = [
+        ("rms", FeatureName::Rms),
+        ("zcr", FeatureName::Zcr),
+        ("spectral_centroid", FeatureName::SpectralCentroid),
+        ("spectral_bandwidth", FeatureName::SpectralBandwidth),
+        ("spectral_rolloff", FeatureName::SpectralRolloff),
+        ("spectral_flatness", FeatureName::SpectralFlatness),
+    ];
+    for (key, name) in scalars {
+        let values = features[key].as_array().unwrap_or_else(|| panic!("{file}: no {key}"));
+        let mut worst = Worst::default();
+        for (i, value) in values.iter().enumerate() {
+            let expected = value.as_f64().unwrap();
+            let got = f64::from(batch.scalar(name, i).unwrap());
+            let error = (got - expected).abs();
+            let allowed = (1e-4 * expected.abs()).max(1e-6);
+            worst.record(error / expected.abs().max(1e-6), i, got, expected);
+            if error > allowed {
+                failures.push(format!("{file}: {key} frame {i}: got {got}, expected {expected}"));
+            }
+        }
+        table.push(format!(
+            "{file:<28} {key:<20} max rel err {:.2e} (frame {}: got {}, expected {})",
+            worst.error, worst.frame, worst.got, worst.expected
+        ));
+    }
+
+    // Vector features: (key, feature, tolerance rule).
+    for (key, name) in [("mel", FeatureName::Mel), ("mfcc", FeatureName::Mfcc), ("chroma", FeatureName::Chroma)] {
+        let frames = features[key].as_array().unwrap_or_else(|| panic!("{file}: no {key}"));
+        let mut worst = Worst::default();
+        for (i, frame) in frames.iter().enumerate() {
+            let expected: Vec<f64> = frame.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let got = batch.vector(name, i).unwrap();
+            assert_eq!(got.len(), expected.len(), "{file}: {key} frame {i} length");
+            let frame_max = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let allowed = match name {
+                FeatureName::Mel => (1e-3 * frame_max).max(1e-12),
+                FeatureName::Mfcc => 0.01,
+                _ => 1e-3,
+            };
+            for (j, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+                let g = f64::from(g);
+                let error = (g - e).abs();
+                let scaled = if name == FeatureName::Mel { error / frame_max.max(1e-12) } else { error };
+                worst.record(scaled, i, g, e);
+                if error > allowed {
+                    failures.push(format!("{file}: {key}[{j}] frame {i}: got {g}, expected {e}"));
+                }
+            }
+        }
+        let unit = if name == FeatureName::Mel { "max err / frame max" } else { "max abs err" };
+        table.push(format!(
+            "{file:<28} {key:<20} {unit} {:.2e} (frame {}: got {}, expected {})",
+            worst.error, worst.frame, worst.got, worst.expected
+        ));
+    }
+
+    // Pitch: within 1% of librosa on >= 97% of our voiced frames.
+    let f0_ref = features["f0_yin"].as_array().expect("f0_yin");
+    let mut voiced = 0usize;
+    let mut close = 0usize;
+    let mut worst = Worst::default();
+    for (i, value) in f0_ref.iter().enumerate() {
+        let expected = value.as_f64().unwrap();
+        if let Some(got) = batch.scalar(FeatureName::F0, i) {
+            voiced += 1;
+            let rel = (f64::from(got) - expected).abs() / expected;
+            worst.record(rel, i, f64::from(got), expected);
+            if rel <= 0.01 {
+                close += 1;
+            }
+        }
+    }
+    let voiced_fraction = voiced as f64 / batch.len().max(1) as f64;
+    let close_fraction = if voiced == 0 { 1.0 } else { close as f64 / voiced as f64 };
+    table.push(format!(
+        "{file:<28} {:<20} voiced {voiced}/{} ({:.1}%), within 1%: {:.1}%, max rel err {:.2e} (frame {}: got {}, expected {})",
+        "f0",
+        batch.len(),
+        100.0 * voiced_fraction,
+        100.0 * close_fraction,
+        worst.error,
+        worst.frame,
+        worst.got,
+        worst.expected
+    ));
+    if close_fraction < 0.97 {
+        failures.push(format!(
+            "{file}: f0 within 1% of librosa on only {:.1}% of {voiced} voiced frames (worst frame {}: got {}, expected {})",
+            100.0 * close_fraction,
+            worst.frame,
+            worst.got,
+            worst.expected
+        ));
+    }
+    let steady = ["sine440", "square220", "twotone"].iter().any(|s| signal.starts_with(s));
+    if steady && voiced_fraction < 0.97 {
+        failures.push(format!("{file}: steady periodic signal voiced on only {:.1}% of frames", 100.0 * voiced_fraction));
+    }
+    failures
+}
+
+#[test]
+fn matches_librosa_reference_features() {
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    let mut cases = 0;
+    for dir in reference_dirs() {
+        let mut jsons: Vec<PathBuf> = std::fs::read_dir(dir.join("features"))
+            .expect("read features dir")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        jsons.sort();
+        for json in jsons {
+            cases += 1;
+            failures.extend(check_case(&json, &dir.join("signals"), &mut table));
+        }
+    }
+    println!("{}", table.join("\n"));
+    assert!(cases >= 6, "expected at least the 6 shared reference cases, found {cases}");
+    if !failures.is_empty() {
+        let shown = failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n");
+        panic!("{} parity failures (first 40):\n{shown}", failures.len());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known answers for the features librosa does not have.
+
+fn sine(freq: f64, amplitude: f64, sample_rate: u32, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (amplitude * (2.0 * PI * freq * i as f64 / f64::from(sample_rate) + 0.1).sin()) as f32)
+        .collect()
+}
+
+fn config_with(features: &[&str]) -> DspConfig {
+    DspConfig { features: features.iter().map(|s| (*s).to_owned()).collect(), ..DspConfig::default() }
+}
+
+#[test]
+fn dominant_frequency_of_a_sine_is_within_half_a_hertz() {
+    let config = config_with(&["dominant_frequency", "spectral_centroid"]);
+    for freq in [1000.3, 440.0, 3141.59, 123.4] {
+        let batch = run_whole(&config, 16000, &sine(freq, 0.5, 16000, 4000));
+        assert!(batch.len() > 10);
+        for i in 0..batch.len() {
+            let got = f64::from(batch.scalar(FeatureName::DominantFrequency, i).unwrap());
+            assert!((got - freq).abs() < 0.5, "{freq} Hz sine, frame {i}: dominant frequency {got}");
+        }
+    }
+}
+
+#[test]
+fn centroid_of_a_sine_is_near_its_frequency() {
+    let config = config_with(&["spectral_centroid"]);
+    for freq in [1000.0, 2500.0] {
+        let batch = run_whole(&config, 16000, &sine(freq, 0.5, 16000, 4000));
+        for i in 0..batch.len() {
+            let got = f64::from(batch.scalar(FeatureName::SpectralCentroid, i).unwrap());
+            assert!((got - freq).abs() < 0.01 * freq, "{freq} Hz sine, frame {i}: centroid {got}");
+        }
+    }
+}
+
+#[test]
+fn full_scale_square_wave_is_zero_dbfs_and_sine_minus_three() {
+    let config = config_with(&["loudness_dbfs", "rms"]);
+    let square: Vec<f32> = (0..4000).map(|i| if (i / 20) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let batch = run_whole(&config, 16000, &square);
+    for i in 0..batch.len() {
+        let db = batch.scalar(FeatureName::LoudnessDbfs, i).unwrap();
+        assert!(db.abs() < 1e-4, "square frame {i}: {db} dBFS");
+    }
+    // 500 Hz at 16 kHz: 32 samples per period, exactly 16 periods per 512-sample frame.
+    let batch = run_whole(&config, 16000, &sine(500.0, 1.0, 16000, 4000));
+    for i in 0..batch.len() {
+        let db = batch.scalar(FeatureName::LoudnessDbfs, i).unwrap();
+        assert!((db + 3.0103).abs() < 1e-3, "sine frame {i}: {db} dBFS");
+    }
+    let batch = run_whole(&config, 16000, &[0.0; 2000]);
+    assert_eq!(batch.scalar(FeatureName::LoudnessDbfs, 0), Some(-200.0));
+}
+
+#[test]
+fn band_energy_of_a_sine_falls_in_its_band() {
+    let config = DspConfig {
+        bands: vec![[0.0, 300.0], [300.0, 2000.0], [2000.0, 8000.0]],
+        ..config_with(&["band_energy", "rms"])
+    };
+    for (freq, band) in [(1000.0, 1), (150.0, 0), (5000.0, 2)] {
+        let amplitude = 0.5;
+        let batch = run_whole(&config, 16000, &sine(freq, amplitude, 16000, 4000));
+        for i in 0..batch.len() {
+            let energy = batch.vector(FeatureName::BandEnergy, i).unwrap();
+            let total: f32 = energy.iter().sum();
+            // Mean-square scale: a sine of amplitude A reads A^2 / 2.
+            let expected = amplitude * amplitude / 2.0;
+            assert!((f64::from(total) - expected).abs() < 0.01 * expected, "{freq} Hz frame {i}: {energy:?}");
+            assert!(energy[band] > 0.99 * total, "{freq} Hz frame {i}: {energy:?}");
+        }
+    }
+}
+
+#[test]
+fn band_energy_of_white_noise_sums_to_its_mean_square() {
+    // A fixed pseudo-random sequence (xorshift), uniform in [-0.5, 0.5).
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<f32> = (0..16000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+        })
+        .collect();
+    let config = DspConfig { bands: vec![[0.0, 4000.0], [4000.0, 8000.0]], ..config_with(&["band_energy"]) };
+    let batch = run_whole(&config, 16000, &noise);
+    let mut low = 0.0;
+    let mut high = 0.0;
+    for i in 0..batch.len() {
+        let e = batch.vector(FeatureName::BandEnergy, i).unwrap();
+        low += f64::from(e[0]);
+        high += f64::from(e[1]);
+    }
+    let frames = batch.len() as f64;
+    let mean_square = 1.0 / 12.0;
+    assert!(((low + high) / frames - mean_square).abs() < 0.05 * mean_square, "{low} {high}");
+    assert!((low / high - 1.0).abs() < 0.1, "white noise bands should be equal: {low} {high}");
+}
+
+#[test]
+fn flux_is_zero_on_a_stationary_sine_and_positive_at_an_onset() {
+    // 500 Hz at 16 kHz with hop 160 = 5 periods: every frame sees the same waveform.
+    let config = DspConfig { frame_length: 512, hop_length: 160, ..config_with(&["spectral_flux", "rms"]) };
+    let batch = run_whole(&config, 16000, &sine(500.0, 0.5, 16000, 8000));
+    assert_eq!(batch.scalar(FeatureName::SpectralFlux, 0), Some(0.0));
+    for i in 1..batch.len() {
+        let flux = batch.scalar(FeatureName::SpectralFlux, i).unwrap();
+        assert!(flux < 1e-6, "stationary frame {i}: flux {flux}");
+    }
+
+    // Silence, then a tone from sample 4000: frames overlapping the onset have positive flux.
+    let mut onset = vec![0.0f32; 4000];
+    onset.extend(sine(1000.0, 0.5, 16000, 4000));
+    let batch = run_whole(&config, 16000, &onset);
+    let mut onset_peak = 0.0f32;
+    for i in 0..batch.len() {
+        let start = batch.start_sample(i);
+        let flux = batch.scalar(FeatureName::SpectralFlux, i).unwrap();
+        if start + 512 <= 4000 {
+            assert_eq!(flux, 0.0, "silent frame {i}");
+        } else if start < 4000 {
+            assert!(flux > 0.0, "onset frame {i}: flux {flux}");
+            onset_peak = onset_peak.max(flux);
+        }
+    }
+    // A 0.5-amplitude tone fully entering a Hann frame of 512 raises the peak bin by ~64.
+    assert!(onset_peak > 20.0, "onset flux peak {onset_peak}");
+}
+
+#[test]
+fn silence_and_all_zero_frames_are_finite_and_unvoiced() {
+    let config = DspConfig::default();
+    let mut signal = vec![0.0f32; 3000];
+    signal.extend(sine(220.0, 1e-6, 16000, 3000));
+    signal.extend([f32::NAN, f32::INFINITY, 0.5, -0.5]);
+    let batch = run_whole(&config, 16000, &signal);
+    for i in 0..batch.len() {
+        let json = serde_json::to_string(&batch.frame(i)).unwrap();
+        assert!(!json.contains("NaN") && !json.contains("inf"), "{json}");
+        for &name in batch.selected() {
+            if let Some(v) = batch.scalar(name, i) {
+                assert!(v.is_finite(), "frame {i} {name}: {v}");
+            }
+            if let Some(values) = batch.vector(name, i) {
+                assert!(values.iter().all(|v| v.is_finite()), "frame {i} {name}: {values:?}");
+            }
+        }
+    }
+    assert_eq!(batch.voiced(0), Some(false));
+    let first: Value = serde_json::to_value(batch.frame(0)).unwrap();
+    assert_eq!(first["f0"], Value::Null);
+    assert_eq!(first["voiced"], Value::Bool(false));
+    assert_eq!(first["spectral_centroid"], 0.0);
+    assert_eq!(first["chroma"].as_array().unwrap().len(), 12);
+    let summaries = serde_json::to_value(batch.summaries()).unwrap();
+    assert!(summaries["rms"]["mean"].is_number());
+}

@@ -1,0 +1,222 @@
+//! End to end against the real local Kafka and FerretDB: reference WAVs cut into random
+//! chunks go through the broker, the worker runs in-process, and every expected frame must
+//! appear exactly once in MongoDB and in the output topic, with the values the offline DSP
+//! computes for the whole signal.
+
+mod common;
+
+use common::*;
+use mongodb::bson::Document;
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use specflow::audio::{decode_pcm, SampleFormat};
+use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch};
+
+/// Expected frames of a whole signal, by index, as JSON.
+fn expected_frames(pcm: &[i16], channels: u16, sample_rate: u32, dsp: &DspConfig) -> BTreeMap<u64, Value> {
+    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut mono = Vec::new();
+    decode_pcm(SampleFormat::S16le, channels, &bytes, &mut mono).unwrap();
+    let extractor = FeatureExtractor::new(dsp, sample_rate).unwrap();
+    let mut ws = extractor.workspace();
+    let mut state = extractor.new_stream(0);
+    let mut batch = FrameBatch::new();
+    extractor.process(&mut ws, &mut state, &mono, &mut batch);
+    (0..batch.len()).map(|i| (batch.index(i), serde_json::to_value(batch.frame(i)).unwrap())).collect()
+}
+
+fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
+    let mut reader = hound::WavReader::open(reference_dir().join("signals").join(name)).expect("reference WAV");
+    let spec = reader.spec();
+    let pcm: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    (pcm, spec.channels, spec.sample_rate)
+}
+
+fn strip_time(mut frame: Value) -> Value {
+    frame.as_object_mut().unwrap().remove("timestamp_ms");
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reference_streams_arrive_exactly_once_with_offline_values() {
+    let names = Names::new("e2e");
+    create_topics(&names, 3).await;
+    let settings = settings(&names);
+    let dsp = settings.dsp.clone();
+
+    let streams = [
+        ("sine", "sine440_16k.wav", 4_000usize),
+        ("speech", "speech_16k.wav", 1_600),
+        ("twotone", "twotone_stereo_44k.wav", 9_000),
+        ("chirp-tiny-chunks", "chirp_16k.wav", 90),
+    ];
+    let mut expected: HashMap<String, BTreeMap<u64, Value>> = HashMap::new();
+    let mut messages = Vec::new();
+    for (seed, (key, file, max_chunk)) in streams.iter().enumerate() {
+        let (pcm, channels, rate) = read_pcm(file);
+        expected.insert(key.to_string(), expected_frames(&pcm, channels, rate, &dsp));
+        messages.push(chunk_stream(key, &pcm, channels, rate, 7 + seed as u64, *max_chunk));
+    }
+    // Interleave the streams the way concurrent producers would.
+    let mut interleaved = Vec::new();
+    let longest = messages.iter().map(Vec::len).max().unwrap();
+    for i in 0..longest {
+        for stream in &messages {
+            if let Some(chunk) = stream.get(i) {
+                interleaved.push(chunk.clone());
+            }
+        }
+    }
+    let input_messages = interleaved.len();
+    let producer = producer();
+    send_all(&producer, &names.input, &interleaved).await;
+
+    let worker = spawn_worker(settings);
+    let total: usize = expected.values().map(BTreeMap::len).sum();
+    let collection = collection(&names).await;
+    wait_for_frames(&collection, total as i64, Duration::from_secs(120)).await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await;
+
+    // MongoDB: each frame exactly once, with the offline values; _id is deterministic.
+    let docs = all_documents(&collection).await;
+    let mut seen: HashMap<String, BTreeMap<u64, Value>> = HashMap::new();
+    for doc in &docs {
+        let stream = doc.get_str("stream_id").unwrap().to_string();
+        let first = doc.get_i64("first_frame").unwrap();
+        assert_eq!(doc.get_str("_id").unwrap(), format!("{stream}:{first}"));
+        assert_eq!(doc.get_i32("schema").or_else(|_| doc.get_i64("schema").map(|v| v as i32)).unwrap(), 1);
+        let json: Value = serde_json::to_value(doc).unwrap();
+        for frame in json["frames"].as_array().unwrap() {
+            let index = frame["index"].as_u64().unwrap();
+            let previous = seen.entry(stream.clone()).or_default().insert(index, strip_time(frame.clone()));
+            assert!(previous.is_none(), "frame {index} of {stream} stored twice");
+        }
+    }
+    for (stream, frames) in &expected {
+        let got = seen.get(stream).unwrap_or_else(|| panic!("no records for {stream}"));
+        assert_eq!(got.len(), frames.len(), "frame count of {stream}");
+        for (index, want) in frames {
+            assert_eq!(&got[index], want, "frame {index} of {stream}");
+        }
+    }
+
+    // Kafka: the same records, each once.
+    let records = consume(&names.output, docs.len(), Duration::from_secs(30)).await;
+    assert_eq!(records.len(), docs.len(), "output records vs stored documents");
+    let mut kafka_frames: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        let stream = value["stream_id"].as_str().unwrap().to_string();
+        assert_eq!(record.key().unwrap(), stream.as_bytes());
+        for frame in value["frames"].as_array().unwrap() {
+            let index = frame["index"].as_u64().unwrap();
+            assert_eq!(strip_time(frame.clone()), expected[&stream][&index], "kafka frame {index} of {stream}");
+            *kafka_frames.entry(stream.clone()).or_default() += 1;
+        }
+        assert!(value["source"]["offset"].as_i64().is_some());
+        assert!(value["summary"]["rms"]["mean"].as_f64().is_some(), "summary present: {}", value["summary"]);
+    }
+    for (stream, frames) in &expected {
+        assert_eq!(kafka_frames[stream], frames.len(), "kafka frames of {stream}");
+    }
+    assert_eq!(metrics.messages_consumed_total.get() as usize, input_messages);
+    assert_eq!(metrics.frames_computed_total.get() as usize, total);
+    assert_eq!(metrics.records_produced_total.get() as usize, docs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete() {
+    let names = Names::new("poison");
+    create_topics(&names, 2).await;
+    let mut settings = settings(&names);
+    settings.input.max_message_bytes = 64_000;
+    let dsp = settings.dsp.clone();
+    let (pcm, channels, rate) = read_pcm("sine440_16k.wav");
+    let good = chunk_stream("good", &pcm, channels, rate, 3, 2_000);
+    let expected = expected_frames(&pcm, channels, rate, &dsp);
+
+    let header = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let poison = vec![
+        (Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 3], headers: vec![] }, "payload length 3 is not a multiple of 2 bytes"),
+        (
+            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.format", "mp3")] },
+            "header audio.format = \"mp3\": unknown format",
+        ),
+        (
+            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.sample_rate", "0")] },
+            "header audio.sample_rate = \"0\"",
+        ),
+        (
+            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.channels", "abc")] },
+            "header audio.channels = \"abc\": not a non-negative integer",
+        ),
+        (
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: [f32::NAN, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                headers: vec![header("audio.format", "f32le")],
+            },
+            "f32le sample 0 is not finite",
+        ),
+        (Chunk { key: Some(b"bad".to_vec()), payload: vec![], headers: vec![] }, "payload is empty"),
+        (Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 70_000], headers: vec![] }, "more than input.max_message_bytes"),
+        (Chunk { key: None, payload: vec![0; 4], headers: vec![] }, "message key (stream id) is missing"),
+        (Chunk { key: Some(vec![0xff, 0xfe]), payload: vec![0; 4], headers: vec![] }, "not valid UTF-8"),
+        (
+            Chunk {
+                key: Some(b"good".to_vec()),
+                payload: vec![0; 4],
+                headers: vec![header("audio.start_sample", "0")],
+            },
+            "goes backwards",
+        ),
+    ];
+    // Good chunks first half, then poison (the backwards one needs the stream to have moved on),
+    // then the rest of the good stream.
+    let half = good.len() / 2;
+    let mut sequence: Vec<Chunk> = good[..half].to_vec();
+    sequence.extend(poison.iter().map(|(c, _)| c.clone()));
+    sequence.extend(good[half..].iter().cloned());
+    let producer = producer();
+    // All on one partition so the backwards chunk lands after the good stream's first half.
+    for chunk in &sequence {
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in &chunk.headers {
+            headers = headers.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&names.input).payload(&chunk.payload).headers(headers).partition(0);
+        if let Some(key) = &chunk.key {
+            record = record.key(key.as_slice());
+        }
+        producer.send(record, rdkafka::util::Timeout::After(Duration::from_secs(30))).await.expect("delivered");
+    }
+
+    let worker = spawn_worker(settings);
+    let collection = collection(&names).await;
+    wait_for_frames(&collection, expected.len() as i64, Duration::from_secs(120)).await;
+    let letters = consume(&names.dead_letter, poison.len(), Duration::from_secs(30)).await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await;
+
+    assert_eq!(letters.len(), poison.len(), "one dead letter per poison message");
+    for ((chunk, reason), letter) in poison.iter().zip(&letters) {
+        let headers = letter.headers().expect("headers");
+        let error = headers.iter().find(|h| h.key == "error").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).to_string());
+        let error = error.expect("error header");
+        assert!(error.contains(reason), "dead letter error {error:?} should contain {reason:?}");
+        assert_eq!(letter.key().map(<[u8]>::to_vec), chunk.key, "original key kept");
+        assert_eq!(letter.payload().unwrap_or_default(), chunk.payload.as_slice(), "original payload kept");
+        for (k, v) in &chunk.headers {
+            assert!(headers.iter().any(|h| h.key == k && h.value == Some(v.as_bytes())), "original header {k} kept");
+        }
+    }
+    let docs: Vec<Document> = all_documents(&collection).await;
+    let frames: usize = docs.iter().map(|d| d.get_i64("frame_count").unwrap() as usize).sum();
+    assert_eq!(frames, expected.len(), "good stream complete despite poison");
+    let dead: u64 = metrics.render().lines().filter(|l| l.starts_with("specflow_dead_letters_total")).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(dead as usize, poison.len());
+}
