@@ -32,7 +32,14 @@ fn chirp_plus_noise(rate: u32) -> Vec<f32> {
         .collect()
 }
 
-fn bench_case(c: &mut Criterion, name: &str, rate: u32, frame_length: usize, hop_length: usize, features: &[&str]) {
+fn bench_case(
+    c: &mut Criterion,
+    name: &str,
+    rate: u32,
+    frame_length: usize,
+    hop_length: usize,
+    features: &[&str],
+) {
     let config = DspConfig {
         frame_length,
         hop_length,
@@ -68,16 +75,49 @@ fn benches(c: &mut Criterion) {
     bench_case(c, "all/48k_2048_480", 48_000, 2048, 480, &["all"]);
     // The librosa subset (what scripts/librosa_bench.py computes), for a like-for-like ratio.
     let librosa_set = [
-        "rms", "zcr", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff", "spectral_flatness", "mel",
-        "mfcc", "chroma", "f0",
+        "rms",
+        "zcr",
+        "spectral_centroid",
+        "spectral_bandwidth",
+        "spectral_rolloff",
+        "spectral_flatness",
+        "mel",
+        "mfcc",
+        "chroma",
+        "f0",
     ];
     bench_case(c, "librosa_set/16k_512_160", 16_000, 512, 160, &librosa_set);
-    bench_case(c, "librosa_set/48k_2048_480", 48_000, 2048, 480, &librosa_set);
+    bench_case(
+        c,
+        "librosa_set/48k_2048_480",
+        48_000,
+        2048,
+        480,
+        &librosa_set,
+    );
     // Breakdown: spectral features only, and YIN only.
-    bench_case(c, "no_f0/16k_512_160", 16_000, 512, 160, &[
-        "rms", "zcr", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff", "spectral_flatness",
-        "spectral_flux", "dominant_frequency", "mel", "mfcc", "chroma", "band_energy", "loudness_dbfs",
-    ]);
+    bench_case(
+        c,
+        "no_f0/16k_512_160",
+        16_000,
+        512,
+        160,
+        &[
+            "rms",
+            "zcr",
+            "spectral_centroid",
+            "spectral_bandwidth",
+            "spectral_rolloff",
+            "spectral_flatness",
+            "spectral_flux",
+            "dominant_frequency",
+            "mel",
+            "mfcc",
+            "chroma",
+            "band_energy",
+            "loudness_dbfs",
+        ],
+    );
     bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"]);
     bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"]);
 }

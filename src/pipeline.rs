@@ -278,58 +278,69 @@ pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Resu
     Ok(())
 }
 
-/// Retries `attempt` with exponential backoff and jitter until it succeeds or `shutdown` is
-/// cancelled; while failing, partitions stay paused and readiness is false.
-#[allow(clippy::too_many_arguments)]
-async fn with_retry(
-    what: &str,
-    initial: Duration,
+/// Exponential backoff with jitter for sink writes; while failing, the partitions are paused
+/// and readiness is false, and they are resumed when [`Backoff::succeeded`] is called.
+struct Backoff<'a> {
+    what: &'static str,
+    delay: Duration,
     max: Duration,
-    shutdown: &CancellationToken,
-    consumer: &StreamConsumer<SourceContext>,
-    health: &Health,
-    metrics: &Metrics,
-    mut attempt: impl AsyncFnMut() -> Result<(), SinkError>,
-) -> Result<(), SinkError> {
-    let mut delay = initial;
-    let mut paused: Option<TopicPartitionList> = None;
-    let result = loop {
-        match attempt().await {
-            Ok(()) => break Ok(()),
-            Err(e) if !e.retryable() => break Err(e),
-            Err(e) => {
-                if paused.is_none() {
-                    let assignment = consumer.assignment().unwrap_or_default();
-                    if let Err(pe) = consumer.pause(&assignment) {
-                        warn!(error = %pe, "Cannot pause partitions.");
-                    }
-                    metrics.paused_partitions.set(assignment.count() as i64);
-                    health.set_paused(true);
-                    paused = Some(assignment);
-                }
-                if shutdown.is_cancelled() {
-                    break Err(e);
-                }
-                let jitter = rand::random_range(0.5..1.5);
-                let wait = delay.mul_f64(jitter);
-                warn!(sink = what, error = %e, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-                delay = (delay * 2).min(max);
-            }
+    shutdown: &'a CancellationToken,
+    consumer: &'a StreamConsumer<SourceContext>,
+    health: &'a Health,
+    metrics: &'a Metrics,
+    paused: Option<TopicPartitionList>,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(what: &'static str, worker: &'a Worker, shutdown: &'a CancellationToken, consumer: &'a StreamConsumer<SourceContext>) -> Self {
+        Self {
+            what,
+            delay: Duration::from_millis(worker.settings.mongo.retry_initial_ms),
+            max: Duration::from_millis(worker.settings.mongo.retry_max_ms),
+            shutdown,
+            consumer,
+            health: &worker.health,
+            metrics: &worker.metrics,
+            paused: None,
         }
-    };
-    if let Some(assignment) = paused {
-        if let Err(e) = consumer.resume(&assignment) {
-            warn!(error = %e, "Cannot resume partitions.");
-        }
-        metrics.paused_partitions.set(0);
-        health.set_paused(false);
-        info!(sink = what, "Sink is back; partitions resumed.");
     }
-    result
+
+    /// Handles a failed attempt: pauses, waits, and returns `Ok` to try again, or the error
+    /// when retrying cannot help or a stop was requested.
+    async fn failed(&mut self, error: SinkError) -> Result<(), SinkError> {
+        if !error.retryable() || self.shutdown.is_cancelled() {
+            return Err(error);
+        }
+        if self.paused.is_none() {
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            if let Err(e) = self.consumer.pause(&assignment) {
+                warn!(error = %e, "Cannot pause partitions.");
+            }
+            self.metrics.paused_partitions.set(assignment.count() as i64);
+            self.health.set_paused(true);
+            self.paused = Some(assignment);
+        }
+        let wait = self.delay.mul_f64(rand::random_range(0.5..1.5));
+        warn!(sink = self.what, error = %error, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        self.delay = (self.delay * 2).min(self.max);
+        Ok(())
+    }
+
+    /// The write went through: resume what was paused.
+    fn succeeded(self) {
+        if let Some(assignment) = self.paused {
+            if let Err(e) = self.consumer.resume(&assignment) {
+                warn!(error = %e, "Cannot resume partitions.");
+            }
+            self.metrics.paused_partitions.set(0);
+            self.health.set_paused(false);
+            info!(sink = self.what, "Sink is back; partitions resumed.");
+        }
+    }
 }
 
 /// Receives one message, noting revocations that happened during the call.
@@ -389,8 +400,6 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
     let linger = Duration::from_millis(worker.settings.source.batch_linger_ms);
     let max_batch = worker.settings.source.batch_max_messages;
     let idle_timeout = Duration::from_secs(worker.settings.streams.idle_timeout_secs);
-    let retry_initial = Duration::from_millis(worker.settings.mongo.retry_initial_ms);
-    let retry_max = Duration::from_millis(worker.settings.mongo.retry_max_ms);
     let mut result = Ok(());
 
     while !shutdown.is_cancelled() {
@@ -442,7 +451,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = handle_batch(&mut worker, batch, &sinks, &consumer, &shutdown, retry_initial, retry_max).await {
+        if let Err(e) = handle_batch(&mut worker, batch, &sinks, &consumer, &shutdown).await {
             error!(error = %e, "Batch could not be written; its offsets were not stored and it will be replayed.");
             result = Err(anyhow::anyhow!(e));
             break;
@@ -517,22 +526,22 @@ async fn handle_batch(
     sinks: &Sinks,
     consumer: &StreamConsumer<SourceContext>,
     shutdown: &CancellationToken,
-    retry_initial: Duration,
-    retry_max: Duration,
 ) -> Result<(), SinkError> {
     let metrics = worker.metrics.clone();
     let health = worker.health.clone();
     for message in &batch {
         metrics.messages_consumed_total.inc();
-        metrics.bytes_consumed_total.inc_by(message.payload_len() as u64);
+        metrics.bytes_consumed_total.inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
     }
 
-    let mut stored = HashMap::new();
-    with_retry("mongodb", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
-        stored = recovery_lookups(worker, &batch, &sinks.mongo).await?;
-        Ok(())
-    })
-    .await?;
+    let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
+    let stored = loop {
+        match recovery_lookups(worker, &batch, &sinks.mongo).await {
+            Ok(stored) => break stored,
+            Err(e) => backoff.failed(e).await?,
+        }
+    };
+    backoff.succeeded();
 
     let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
     for message in batch {
@@ -560,7 +569,8 @@ async fn handle_batch(
     // Kafka: records and dead letters, all acknowledged (failed ones are re-sent).
     let mut pending_records: Vec<&EncodedRecord> = records.clone();
     let mut pending_letters = letters.clone();
-    with_retry("kafka", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
+    let mut backoff = Backoff::new("kafka", worker, shutdown, consumer);
+    loop {
         let record_sends = pending_records.iter().map(|r| sinks.output.send_record(r.key.as_bytes(), &r.json));
         let letter_sends = pending_letters.iter().map(|(l, _)| sinks.dead_letters.send(l));
         let (record_results, letter_results) = futures::join!(join_all(record_sends), join_all(letter_sends));
@@ -590,29 +600,34 @@ async fn handle_batch(
         }
         pending_records = still_records;
         pending_letters = still_letters;
-        first_error.map_or(Ok(()), Err)
-    })
-    .await?;
+        match first_error {
+            None => break,
+            Some(e) => backoff.failed(e).await?,
+        }
+    }
+    backoff.succeeded();
 
     // MongoDB: one unordered bulk insert; duplicates (replays) count as written.
     let documents: Vec<Document> = records.iter().map(|r| r.document.clone()).collect();
-    with_retry("mongodb", retry_initial, retry_max, shutdown, consumer, &health, &metrics, async || {
+    let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
+    loop {
         let started = Instant::now();
         let result = sinks.mongo.insert_idempotent(&documents).await;
         metrics.mongo_write_seconds.observe(started.elapsed().as_secs_f64());
-        match &result {
+        match result {
             Ok(()) => {
                 metrics.mongo_documents_written_total.inc_by(documents.len() as u64);
                 health.set_mongo_ok(true);
+                break;
             }
-            Err(_) => {
+            Err(e) => {
                 metrics.mongo_write_errors_total.inc();
                 health.set_mongo_ok(false);
+                backoff.failed(e).await?;
             }
         }
-        result
-    })
-    .await?;
+    }
+    backoff.succeeded();
     let now = now_ms();
     for record in &records {
         metrics.end_to_end_latency_seconds.observe((now - record.end_ms).max(0) as f64 / 1000.0);

@@ -133,7 +133,6 @@ pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::R
             tokio::time::sleep_until(due.into()).await;
         }
         let timestamp = now_ms().to_string();
-        let mut sends = Vec::with_capacity(pcm.len());
         let mut payloads = Vec::with_capacity(pcm.len());
         for (stream, audio) in pcm.iter().enumerate() {
             let per_chunk = frames_per_chunk * usize::from(audio.channels);
@@ -146,6 +145,7 @@ pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::R
             let last = end == audio.samples.len();
             payloads.push((format!("{}{stream}", options.stream_prefix), payload, (chunk * frames_per_chunk).to_string(), last, audio));
         }
+        let mut sends = Vec::with_capacity(payloads.len());
         for (key, payload, start, last, audio) in &payloads {
             let rate = audio.sample_rate.to_string();
             let channels = audio.channels.to_string();

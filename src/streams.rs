@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::audio::ChunkMeta;
-use crate::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch, StreamState, Workspace};
+use crate::dsp::{DspConfig, FeatureExtractor, FrameBatch, StreamState, Workspace};
 use crate::validation::Problem;
 
 /// `[streams]`: limits on per-stream state.
@@ -89,10 +89,7 @@ impl ExtractorCache {
         map.entry(sample_rate)
             .or_insert_with(|| match FeatureExtractor::new(&self.config, sample_rate) {
                 Ok(extractor) => Ok(Arc::new(extractor)),
-                Err(DspError::InvalidConfig(problems)) => {
-                    Err(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-                }
-                Err(other) => Err(other.to_string()),
+                Err(e) => Err(e.to_string()),
             })
             .clone()
             .map_err(|reason| StreamError::Dsp { sample_rate, reason })

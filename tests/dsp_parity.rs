@@ -14,7 +14,10 @@ use specflow::dsp::{DspConfig, FeatureExtractor, FeatureName, FrameBatch, MelSca
 /// Directories holding `features/*.json` and `signals/*.wav`.
 fn reference_dirs() -> Vec<PathBuf> {
     // `file!()` is relative to the package root when the test runs from it, or absolute.
-    let here = Path::new(file!()).parent().unwrap_or(Path::new("tests")).to_path_buf();
+    let here = Path::new(file!())
+        .parent()
+        .unwrap_or(Path::new("tests"))
+        .to_path_buf();
     let shared = match std::env::var_os("SPECFLOW_REFERENCE_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => [
@@ -27,7 +30,11 @@ fn reference_dirs() -> Vec<PathBuf> {
             panic!("reference features not found: set SPECFLOW_REFERENCE_DIR to the shared/reference directory")
         }),
     };
-    assert!(shared.join("features").is_dir(), "{} has no features/ directory", shared.display());
+    assert!(
+        shared.join("features").is_dir(),
+        "{} has no features/ directory",
+        shared.display()
+    );
     let mut dirs = vec![shared];
     let extra = here.join("data");
     if extra.join("features").is_dir() {
@@ -38,11 +45,20 @@ fn reference_dirs() -> Vec<PathBuf> {
 
 /// Mono f32 samples (channels averaged, int16 / 32768) and the sample rate of a WAV file.
 fn read_wav(path: &Path) -> (Vec<f32>, u32) {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader =
+        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let spec = reader.spec();
-    assert_eq!(spec.bits_per_sample, 16, "{}: expected 16-bit PCM", path.display());
+    assert_eq!(
+        spec.bits_per_sample,
+        16,
+        "{}: expected 16-bit PCM",
+        path.display()
+    );
     let channels = usize::from(spec.channels);
-    let raw: Vec<i16> = reader.samples::<i16>().map(|s| s.expect("wav sample")).collect();
+    let raw: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|s| s.expect("wav sample"))
+        .collect();
     let mono = raw
         .chunks_exact(channels)
         .map(|frame| {
@@ -60,7 +76,11 @@ fn config_from_params(params: &Value) -> DspConfig {
     DspConfig {
         frame_length: int("frame_length").expect("frame_length"),
         hop_length: int("hop_length").expect("hop_length"),
-        window: match params.get("window").and_then(Value::as_str).unwrap_or("hann") {
+        window: match params
+            .get("window")
+            .and_then(Value::as_str)
+            .unwrap_or("hann")
+        {
             "hann" => WindowKind::Hann,
             "hamming" => WindowKind::Hamming,
             "blackman" => WindowKind::Blackman,
@@ -105,26 +125,42 @@ struct Worst {
 impl Worst {
     fn record(&mut self, error: f64, frame: usize, got: f64, expected: f64) {
         if error >= self.error {
-            *self = Worst { error, frame, got, expected };
+            *self = Worst {
+                error,
+                frame,
+                got,
+                expected,
+            };
         }
     }
 }
 
 /// Checks every frame of every feature of one reference case; returns failure messages.
 fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<String> {
-    let file = json_path.file_name().unwrap().to_string_lossy().into_owned();
+    let file = json_path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let text = std::fs::read_to_string(json_path).expect("read reference json");
     let reference: Value = serde_json::from_str(&text).expect("parse reference json");
     let signal = reference["signal"].as_str().expect("signal");
     let (samples, sample_rate) = read_wav(&signals.join(signal));
-    assert_eq!(u64::from(sample_rate), reference["sample_rate"].as_u64().unwrap(), "{file}: sample rate");
+    assert_eq!(
+        u64::from(sample_rate),
+        reference["sample_rate"].as_u64().unwrap(),
+        "{file}: sample rate"
+    );
     let config = config_from_params(&reference["params"]);
     let batch = run_whole(&config, sample_rate, &samples);
     let expected_frames = reference["frames"].as_u64().unwrap() as usize;
 
     let mut failures = Vec::new();
     if batch.len() != expected_frames {
-        failures.push(format!("{file}: {} frames, expected {expected_frames}", batch.len()));
+        failures.push(format!(
+            "{file}: {} frames, expected {expected_frames}",
+            batch.len()
+        ));
         return failures;
     }
     let features = &reference["features"];
@@ -144,7 +180,9 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
         ("spectral_flatness", FeatureName::SpectralFlatness),
     ];
     for (key, name) in scalars {
-        let values = features[key].as_array().unwrap_or_else(|| panic!("{file}: no {key}"));
+        let values = features[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: no {key}"));
         let mut worst = Worst::default();
         for (i, value) in values.iter().enumerate() {
             let expected = value.as_f64().unwrap();
@@ -153,7 +191,9 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
             let allowed = (1e-4 * expected.abs()).max(1e-6);
             worst.record(error / expected.abs().max(1e-6), i, got, expected);
             if error > allowed {
-                failures.push(format!("{file}: {key} frame {i}: got {got}, expected {expected}"));
+                failures.push(format!(
+                    "{file}: {key} frame {i}: got {got}, expected {expected}"
+                ));
             }
         }
         table.push(format!(
@@ -163,11 +203,22 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
     }
 
     // Vector features: (key, feature, tolerance rule).
-    for (key, name) in [("mel", FeatureName::Mel), ("mfcc", FeatureName::Mfcc), ("chroma", FeatureName::Chroma)] {
-        let frames = features[key].as_array().unwrap_or_else(|| panic!("{file}: no {key}"));
+    for (key, name) in [
+        ("mel", FeatureName::Mel),
+        ("mfcc", FeatureName::Mfcc),
+        ("chroma", FeatureName::Chroma),
+    ] {
+        let frames = features[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: no {key}"));
         let mut worst = Worst::default();
         for (i, frame) in frames.iter().enumerate() {
-            let expected: Vec<f64> = frame.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let expected: Vec<f64> = frame
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let got = batch.vector(name, i).unwrap();
             assert_eq!(got.len(), expected.len(), "{file}: {key} frame {i} length");
             let frame_max = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -179,14 +230,24 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
             for (j, (&g, &e)) in got.iter().zip(&expected).enumerate() {
                 let g = f64::from(g);
                 let error = (g - e).abs();
-                let scaled = if name == FeatureName::Mel { error / frame_max.max(1e-12) } else { error };
+                let scaled = if name == FeatureName::Mel {
+                    error / frame_max.max(1e-12)
+                } else {
+                    error
+                };
                 worst.record(scaled, i, g, e);
                 if error > allowed {
-                    failures.push(format!("{file}: {key}[{j}] frame {i}: got {g}, expected {e}"));
+                    failures.push(format!(
+                        "{file}: {key}[{j}] frame {i}: got {g}, expected {e}"
+                    ));
                 }
             }
         }
-        let unit = if name == FeatureName::Mel { "max err / frame max" } else { "max abs err" };
+        let unit = if name == FeatureName::Mel {
+            "max err / frame max"
+        } else {
+            "max abs err"
+        };
         table.push(format!(
             "{file:<28} {key:<20} {unit} {:.2e} (frame {}: got {}, expected {})",
             worst.error, worst.frame, worst.got, worst.expected
@@ -210,7 +271,11 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
         }
     }
     let voiced_fraction = voiced as f64 / batch.len().max(1) as f64;
-    let close_fraction = if voiced == 0 { 1.0 } else { close as f64 / voiced as f64 };
+    let close_fraction = if voiced == 0 {
+        1.0
+    } else {
+        close as f64 / voiced as f64
+    };
     table.push(format!(
         "{file:<28} {:<20} voiced {voiced}/{} ({:.1}%), within 1%: {:.1}%, max rel err {:.2e} (frame {}: got {}, expected {})",
         "f0",
@@ -231,9 +296,14 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
             worst.expected
         ));
     }
-    let steady = ["sine440", "square220", "twotone"].iter().any(|s| signal.starts_with(s));
+    let steady = ["sine440", "square220", "twotone"]
+        .iter()
+        .any(|s| signal.starts_with(s));
     if steady && voiced_fraction < 0.97 {
-        failures.push(format!("{file}: steady periodic signal voiced on only {:.1}% of frames", 100.0 * voiced_fraction));
+        failures.push(format!(
+            "{file}: steady periodic signal voiced on only {:.1}% of frames",
+            100.0 * voiced_fraction
+        ));
     }
     failures
 }
@@ -256,9 +326,17 @@ fn matches_librosa_reference_features() {
         }
     }
     println!("{}", table.join("\n"));
-    assert!(cases >= 6, "expected at least the 6 shared reference cases, found {cases}");
+    assert!(
+        cases >= 6,
+        "expected at least the 6 shared reference cases, found {cases}"
+    );
     if !failures.is_empty() {
-        let shown = failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n");
+        let shown = failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!("{} parity failures (first 40):\n{shown}", failures.len());
     }
 }
@@ -268,12 +346,17 @@ fn matches_librosa_reference_features() {
 
 fn sine(freq: f64, amplitude: f64, sample_rate: u32, len: usize) -> Vec<f32> {
     (0..len)
-        .map(|i| (amplitude * (2.0 * PI * freq * i as f64 / f64::from(sample_rate) + 0.1).sin()) as f32)
+        .map(|i| {
+            (amplitude * (2.0 * PI * freq * i as f64 / f64::from(sample_rate) + 0.1).sin()) as f32
+        })
         .collect()
 }
 
 fn config_with(features: &[&str]) -> DspConfig {
-    DspConfig { features: features.iter().map(|s| (*s).to_owned()).collect(), ..DspConfig::default() }
+    DspConfig {
+        features: features.iter().map(|s| (*s).to_owned()).collect(),
+        ..DspConfig::default()
+    }
 }
 
 #[test]
@@ -284,7 +367,10 @@ fn dominant_frequency_of_a_sine_is_within_half_a_hertz() {
         assert!(batch.len() > 10);
         for i in 0..batch.len() {
             let got = f64::from(batch.scalar(FeatureName::DominantFrequency, i).unwrap());
-            assert!((got - freq).abs() < 0.5, "{freq} Hz sine, frame {i}: dominant frequency {got}");
+            assert!(
+                (got - freq).abs() < 0.5,
+                "{freq} Hz sine, frame {i}: dominant frequency {got}"
+            );
         }
     }
 }
@@ -296,7 +382,10 @@ fn centroid_of_a_sine_is_near_its_frequency() {
         let batch = run_whole(&config, 16000, &sine(freq, 0.5, 16000, 4000));
         for i in 0..batch.len() {
             let got = f64::from(batch.scalar(FeatureName::SpectralCentroid, i).unwrap());
-            assert!((got - freq).abs() < 0.01 * freq, "{freq} Hz sine, frame {i}: centroid {got}");
+            assert!(
+                (got - freq).abs() < 0.01 * freq,
+                "{freq} Hz sine, frame {i}: centroid {got}"
+            );
         }
     }
 }
@@ -304,7 +393,9 @@ fn centroid_of_a_sine_is_near_its_frequency() {
 #[test]
 fn full_scale_square_wave_is_zero_dbfs_and_sine_minus_three() {
     let config = config_with(&["loudness_dbfs", "rms"]);
-    let square: Vec<f32> = (0..4000).map(|i| if (i / 20) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let square: Vec<f32> = (0..4000)
+        .map(|i| if (i / 20) % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
     let batch = run_whole(&config, 16000, &square);
     for i in 0..batch.len() {
         let db = batch.scalar(FeatureName::LoudnessDbfs, i).unwrap();
@@ -334,8 +425,14 @@ fn band_energy_of_a_sine_falls_in_its_band() {
             let total: f32 = energy.iter().sum();
             // Mean-square scale: a sine of amplitude A reads A^2 / 2.
             let expected = amplitude * amplitude / 2.0;
-            assert!((f64::from(total) - expected).abs() < 0.01 * expected, "{freq} Hz frame {i}: {energy:?}");
-            assert!(energy[band] > 0.99 * total, "{freq} Hz frame {i}: {energy:?}");
+            assert!(
+                (f64::from(total) - expected).abs() < 0.01 * expected,
+                "{freq} Hz frame {i}: {energy:?}"
+            );
+            assert!(
+                energy[band] > 0.99 * total,
+                "{freq} Hz frame {i}: {energy:?}"
+            );
         }
     }
 }
@@ -352,7 +449,10 @@ fn band_energy_of_white_noise_sums_to_its_mean_square() {
             ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
         })
         .collect();
-    let config = DspConfig { bands: vec![[0.0, 4000.0], [4000.0, 8000.0]], ..config_with(&["band_energy"]) };
+    let config = DspConfig {
+        bands: vec![[0.0, 4000.0], [4000.0, 8000.0]],
+        ..config_with(&["band_energy"])
+    };
     let batch = run_whole(&config, 16000, &noise);
     let mut low = 0.0;
     let mut high = 0.0;
@@ -363,14 +463,24 @@ fn band_energy_of_white_noise_sums_to_its_mean_square() {
     }
     let frames = batch.len() as f64;
     let mean_square = 1.0 / 12.0;
-    assert!(((low + high) / frames - mean_square).abs() < 0.05 * mean_square, "{low} {high}");
-    assert!((low / high - 1.0).abs() < 0.1, "white noise bands should be equal: {low} {high}");
+    assert!(
+        ((low + high) / frames - mean_square).abs() < 0.05 * mean_square,
+        "{low} {high}"
+    );
+    assert!(
+        (low / high - 1.0).abs() < 0.1,
+        "white noise bands should be equal: {low} {high}"
+    );
 }
 
 #[test]
 fn flux_is_zero_on_a_stationary_sine_and_positive_at_an_onset() {
     // 500 Hz at 16 kHz with hop 160 = 5 periods: every frame sees the same waveform.
-    let config = DspConfig { frame_length: 512, hop_length: 160, ..config_with(&["spectral_flux", "rms"]) };
+    let config = DspConfig {
+        frame_length: 512,
+        hop_length: 160,
+        ..config_with(&["spectral_flux", "rms"])
+    };
     let batch = run_whole(&config, 16000, &sine(500.0, 0.5, 16000, 8000));
     assert_eq!(batch.scalar(FeatureName::SpectralFlux, 0), Some(0.0));
     for i in 1..batch.len() {
@@ -412,7 +522,10 @@ fn silence_and_all_zero_frames_are_finite_and_unvoiced() {
                 assert!(v.is_finite(), "frame {i} {name}: {v}");
             }
             if let Some(values) = batch.vector(name, i) {
-                assert!(values.iter().all(|v| v.is_finite()), "frame {i} {name}: {values:?}");
+                assert!(
+                    values.iter().all(|v| v.is_finite()),
+                    "frame {i} {name}: {values:?}"
+                );
             }
         }
     }

@@ -6,7 +6,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use proptest::prelude::*;
-use specflow::dsp::{DspConfig, FeatureExtractor, FeatureName, FrameBatch, StreamState, WindowKind};
+use specflow::dsp::{
+    DspConfig, FeatureExtractor, FeatureName, FrameBatch, StreamState, WindowKind,
+};
 
 /// Counts allocations made by the current thread, so tests running in parallel do not interfere.
 struct CountingAllocator;
@@ -55,12 +57,20 @@ fn config(frame_length: usize, hop_length: usize, window: WindowKind) -> DspConf
 
 /// One JSON line per frame: every selected feature, bit for bit (shortest round-trip floats).
 fn serialised(batch: &FrameBatch) -> Vec<String> {
-    batch.frames().map(|f| serde_json::to_string(&f).expect("serialise frame")).collect()
+    batch
+        .frames()
+        .map(|f| serde_json::to_string(&f).expect("serialise frame"))
+        .collect()
 }
 
 /// Feeds `signal` (whose first sample has absolute index `start`) in chunks cycling through
 /// `chunk_sizes`, checking the state invariants after every call.
-fn run_chunked(extractor: &FeatureExtractor, start: u64, signal: &[f32], chunk_sizes: &[usize]) -> (FrameBatch, StreamState) {
+fn run_chunked(
+    extractor: &FeatureExtractor,
+    start: u64,
+    signal: &[f32],
+    chunk_sizes: &[usize],
+) -> (FrameBatch, StreamState) {
     let mut ws = extractor.workspace();
     let mut state = extractor.new_stream(start);
     let mut out = FrameBatch::new();
@@ -75,8 +85,14 @@ fn run_chunked(extractor: &FeatureExtractor, start: u64, signal: &[f32], chunk_s
         offset = end;
         assert_eq!(state.next_sample(), start + offset as u64);
         let buffered = state.next_sample() - state.oldest_needed_sample();
-        assert!(buffered < extractor.frame_length() as u64, "buffered {buffered} samples");
-        assert_eq!(state.oldest_needed_sample(), (state.next_frame() * hop).min(state.next_sample()));
+        assert!(
+            buffered < extractor.frame_length() as u64,
+            "buffered {buffered} samples"
+        );
+        assert_eq!(
+            state.oldest_needed_sample(),
+            (state.next_frame() * hop).min(state.next_sample())
+        );
     }
     (out, state)
 }
@@ -159,27 +175,45 @@ fn noise(len: usize, seed: u64) -> Vec<f32> {
 fn assert_same_frames_except_first_flux(early: &FrameBatch, late: &FrameBatch) {
     assert!(!late.is_empty());
     for i in 0..late.len() {
-        let j = (0..early.len()).find(|&j| early.index(j) == late.index(i)).expect("frame in both");
+        let j = (0..early.len())
+            .find(|&j| early.index(j) == late.index(i))
+            .expect("frame in both");
         assert_eq!(early.start_sample(j), late.start_sample(i));
         for &name in late.selected() {
             if name == FeatureName::SpectralFlux && i == 0 {
-                assert_eq!(late.scalar(name, i), Some(0.0), "first flux after a (re)start is 0");
+                assert_eq!(
+                    late.scalar(name, i),
+                    Some(0.0),
+                    "first flux after a (re)start is 0"
+                );
                 continue;
             }
-            assert_eq!(early.scalar(name, j).map(f32::to_bits), late.scalar(name, i).map(f32::to_bits), "{name} frame {}", late.index(i));
-            assert_eq!(early.vector(name, j), late.vector(name, i), "{name} frame {}", late.index(i));
+            assert_eq!(
+                early.scalar(name, j).map(f32::to_bits),
+                late.scalar(name, i).map(f32::to_bits),
+                "{name} frame {}",
+                late.index(i)
+            );
+            assert_eq!(
+                early.vector(name, j),
+                late.vector(name, i),
+                "{name} frame {}",
+                late.index(i)
+            );
         }
     }
 }
 
 #[test]
 fn stream_starting_off_grid_emits_ceil_start_over_hop_first() {
-    let extractor = FeatureExtractor::new(&config(400, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
+    let extractor =
+        FeatureExtractor::new(&config(400, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
     let signal = noise(6000, 7);
     let (from_zero, _) = run_chunked(&extractor, 0, &signal, &[6000]);
 
     for start in [1u64, 159, 160, 161, 1000, 1234] {
-        let (late, state) = run_chunked(&extractor, start, &signal[start as usize..], &[333, 1, 17]);
+        let (late, state) =
+            run_chunked(&extractor, start, &signal[start as usize..], &[333, 1, 17]);
         let first = start.div_ceil(160);
         assert_eq!(late.index(0), first, "start {start}");
         assert_eq!(late.start_sample(0), first * 160, "start {start}");
@@ -190,7 +224,8 @@ fn stream_starting_off_grid_emits_ceil_start_over_hop_first() {
 
 #[test]
 fn reset_after_a_gap_continues_on_the_grid() {
-    let extractor = FeatureExtractor::new(&config(512, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
+    let extractor =
+        FeatureExtractor::new(&config(512, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
     let signal = noise(10_000, 11);
     let (from_zero, _) = run_chunked(&extractor, 0, &signal, &[10_000]);
 
@@ -199,7 +234,10 @@ fn reset_after_a_gap_continues_on_the_grid() {
     let mut out = FrameBatch::new();
     extractor.process(&mut ws, &mut state, &signal[..3000], &mut out);
     let before_gap = out.len();
-    assert!(state.oldest_needed_sample() < 3000, "a partial frame is buffered");
+    assert!(
+        state.oldest_needed_sample() < 3000,
+        "a partial frame is buffered"
+    );
 
     // Samples 3000..4321 are lost; the stream resumes at 4321.
     state.reset(4321);
@@ -222,7 +260,11 @@ fn carried_state_is_small() {
     let mut out = FrameBatch::new();
     for chunk in noise(48_000, 3).chunks(1000) {
         extractor.process(&mut ws, &mut state, chunk, &mut out);
-        assert!(state.heap_bytes() <= 2048 * 4 + 1025 * 8, "{} bytes", state.heap_bytes());
+        assert!(
+            state.heap_bytes() <= 2048 * 4 + 1025 * 8,
+            "{} bytes",
+            state.heap_bytes()
+        );
     }
     assert!(state.heap_bytes() > 0);
 }
@@ -234,7 +276,12 @@ fn no_allocation_per_frame_once_buffers_have_grown() {
     drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));
     assert!(allocations() > before, "allocation counter is not counting");
 
-    for selection in [vec!["all"], vec!["rms", "zcr", "f0"], vec!["mfcc"], vec!["spectral_flux", "band_energy"]] {
+    for selection in [
+        vec!["all"],
+        vec!["rms", "zcr", "f0"],
+        vec!["mfcc"],
+        vec!["spectral_flux", "band_energy"],
+    ] {
         let mut config = config(512, 160, WindowKind::Hann);
         config.features = selection.iter().map(|s| (*s).to_owned()).collect();
         let extractor = FeatureExtractor::new(&config, SAMPLE_RATE).unwrap();
@@ -255,6 +302,9 @@ fn no_allocation_per_frame_once_buffers_have_grown() {
             }
         }
         let made = allocations() - before;
-        assert_eq!(made, 0, "{selection:?}: {made} allocations in the steady state");
+        assert_eq!(
+            made, 0,
+            "{selection:?}: {made} allocations in the steady state"
+        );
     }
 }

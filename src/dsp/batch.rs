@@ -19,7 +19,12 @@ const SCALARS: [FeatureName; 10] = [
 ];
 
 /// Vector features in storage order.
-const VECTORS: [FeatureName; 4] = [FeatureName::Mel, FeatureName::Mfcc, FeatureName::Chroma, FeatureName::BandEnergy];
+const VECTORS: [FeatureName; 4] = [
+    FeatureName::Mel,
+    FeatureName::Mfcc,
+    FeatureName::Chroma,
+    FeatureName::BandEnergy,
+];
 
 /// Storage slot of a scalar feature.
 pub(crate) const fn scalar_slot(name: FeatureName) -> Option<usize> {
@@ -127,7 +132,11 @@ impl FrameBatch {
 
     /// A serialisable view of the `i`-th frame.
     pub fn frame(&self, i: usize) -> FrameView<'_> {
-        assert!(i < self.len(), "frame {i} out of range for a batch of {}", self.len());
+        assert!(
+            i < self.len(),
+            "frame {i} out of range for a batch of {}",
+            self.len()
+        );
         FrameView { batch: self, i }
     }
 
@@ -150,7 +159,9 @@ impl FrameBatch {
 
     /// Whether frame `i` is voiced; `None` when `f0` is not selected.
     pub fn voiced(&self, i: usize) -> Option<bool> {
-        self.layout.contains(FeatureName::F0).then(|| self.voiced[i])
+        self.layout
+            .contains(FeatureName::F0)
+            .then(|| self.voiced[i])
     }
 
     /// The values of a vector feature on frame `i`; `None` when not selected or not a vector.
@@ -311,7 +322,8 @@ impl Summaries<'_> {
             .zip(0..)
             .filter(|&(_, i)| name != FeatureName::F0 || batch.voiced[i])
             .map(|(&v, _)| f64::from(v));
-        let (mut count, mut sum, mut min, mut max) = (0usize, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut count, mut sum, mut min, mut max) =
+            (0usize, 0.0, f64::INFINITY, f64::NEG_INFINITY);
         for v in values.clone() {
             count += 1;
             sum += v;
@@ -323,14 +335,26 @@ impl Summaries<'_> {
         }
         let mean = sum / count as f64;
         let variance = values.map(|v| (v - mean) * (v - mean)).sum::<f64>() / count as f64;
-        Some(Summary { mean, std: variance.sqrt(), min, max, count })
+        Some(Summary {
+            mean,
+            std: variance.sqrt(),
+            min,
+            max,
+            count,
+        })
     }
 }
 
 impl Serialize for Summaries<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let scalars: Vec<FeatureName> =
-            self.batch.layout.selected.iter().copied().filter(|f| f.is_scalar()).collect();
+        let scalars: Vec<FeatureName> = self
+            .batch
+            .layout
+            .selected
+            .iter()
+            .copied()
+            .filter(|f| f.is_scalar())
+            .collect();
         let mut map = serializer.serialize_map(Some(scalars.len()))?;
         for name in scalars {
             map.serialize_entry(name.as_str(), &self.get(name))?;

@@ -1,6 +1,6 @@
 //! Chroma filter bank, a port of `librosa.filters.chroma` (Ellis' `chromagram_E`).
 
-use super::features::dot;
+use super::features::dot_f32;
 
 /// Number of pitch classes.
 pub const N_CHROMA: usize = 12;
@@ -10,8 +10,8 @@ pub const N_CHROMA: usize = 12;
 #[derive(Debug, Clone)]
 pub struct ChromaFilterBank {
     n_bins: usize,
-    /// Row-major weights: `weights[c * n_bins + k]`.
-    weights: Vec<f64>,
+    /// Row-major weights: `weights[c * n_bins + k]`, float32 like librosa's.
+    weights: Vec<f32>,
 }
 
 impl ChromaFilterBank {
@@ -32,7 +32,13 @@ impl ChromaFilterBank {
         frqbins[0] = frqbins[1] - 1.5 * n_chroma;
 
         let binwidth: Vec<f64> = (0..n_fft)
-            .map(|k| if k + 1 < n_fft { (frqbins[k + 1] - frqbins[k]).max(1.0) } else { 1.0 })
+            .map(|k| {
+                if k + 1 < n_fft {
+                    (frqbins[k + 1] - frqbins[k]).max(1.0)
+                } else {
+                    1.0
+                }
+            })
             .collect();
 
         let half = (n_chroma / 2.0).round();
@@ -47,8 +53,13 @@ impl ChromaFilterBank {
                 sum_sq += w * w;
             }
             let norm = sum_sq.sqrt();
-            let octave_weight = (-0.5 * ((frqbins[k] / n_chroma - CTROCT) / OCTWIDTH).powi(2)).exp();
-            let scale = if norm < f64::MIN_POSITIVE { 1.0 } else { 1.0 / norm };
+            let octave_weight =
+                (-0.5 * ((frqbins[k] / n_chroma - CTROCT) / OCTWIDTH).powi(2)).exp();
+            let scale = if norm < f64::MIN_POSITIVE {
+                1.0
+            } else {
+                1.0 / norm
+            };
             for c in 0..N_CHROMA {
                 dense[c * n_fft + k] *= scale * octave_weight;
             }
@@ -56,23 +67,23 @@ impl ChromaFilterBank {
 
         // base_c: roll so that row 0 is C (A is row 9), then keep the non-negative frequencies.
         let n_bins = n_fft / 2 + 1;
-        let mut weights = vec![0.0; N_CHROMA * n_bins];
+        let mut weights = vec![0.0f32; N_CHROMA * n_bins];
         for c in 0..N_CHROMA {
             let src = (c + 3) % N_CHROMA;
             for k in 0..n_bins {
-                // librosa stores the basis as float32.
-                weights[c * n_bins + k] = dense[src * n_fft + k] as f32 as f64;
+                weights[c * n_bins + k] = dense[src * n_fft + k] as f32;
             }
         }
         Self { n_bins, weights }
     }
 
-    /// Writes the 12 chroma values of `power` (a power spectrum), divided by their maximum
-    /// (`norm=inf`); a frame whose maximum is below the smallest normal f32 is left unnormalised.
-    pub fn apply(&self, power: &[f64], out: &mut [f64]) {
+    /// Writes the 12 chroma values of `power` (a power spectrum, in f32 as librosa computes
+    /// chroma), divided by their maximum (`norm=inf`); a frame whose maximum is below the
+    /// smallest normal f32 is left unnormalised.
+    pub fn apply(&self, power: &[f32], out: &mut [f64]) {
         let mut max = 0.0f64;
         for (row, o) in self.weights.chunks_exact(self.n_bins).zip(out.iter_mut()) {
-            *o = dot(row, power);
+            *o = f64::from(dot_f32(row, power));
             max = max.max(o.abs());
         }
         if max >= f64::from(f32::MIN_POSITIVE) {

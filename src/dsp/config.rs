@@ -247,11 +247,19 @@ impl DspConfig {
             );
         }
         if self.hop_length == 0 || self.hop_length > self.frame_length {
-            push("hop_length", &self.hop_length, "must be between 1 and frame_length".to_owned());
+            push(
+                "hop_length",
+                &self.hop_length,
+                "must be between 1 and frame_length".to_owned(),
+            );
         }
 
         if self.features.is_empty() {
-            push("features", &"[]", "must name at least one feature (or \"all\")".to_owned());
+            push(
+                "features",
+                &"[]",
+                "must name at least one feature (or \"all\")".to_owned(),
+            );
         }
         for name in &self.features {
             if name != "all" && name.parse::<FeatureName>().is_err() {
@@ -259,7 +267,10 @@ impl DspConfig {
                 push(
                     "features",
                     name,
-                    format!("unknown feature; expected \"all\" or one of {}", known.join(", ")),
+                    format!(
+                        "unknown feature; expected \"all\" or one of {}",
+                        known.join(", ")
+                    ),
                 );
             }
         }
@@ -268,13 +279,25 @@ impl DspConfig {
             push("n_mels", &self.n_mels, "must be at least 1".to_owned());
         }
         if !(self.fmin.is_finite() && self.fmin >= 0.0) {
-            push("fmin", &self.fmin, "must be a finite frequency >= 0 Hz".to_owned());
+            push(
+                "fmin",
+                &self.fmin,
+                "must be a finite frequency >= 0 Hz".to_owned(),
+            );
         }
         if let Some(fmax) = self.fmax {
             if !(fmax.is_finite() && fmax > 0.0) {
-                push("fmax", &fmax, "must be a finite frequency > 0 Hz".to_owned());
+                push(
+                    "fmax",
+                    &fmax,
+                    "must be a finite frequency > 0 Hz".to_owned(),
+                );
             } else if self.fmin.is_finite() && self.fmin >= fmax {
-                push("fmin", &self.fmin, format!("must be less than fmax ({fmax} Hz)"));
+                push(
+                    "fmin",
+                    &self.fmin,
+                    format!("must be less than fmax ({fmax} Hz)"),
+                );
             }
         }
         if self.n_mfcc == 0 {
@@ -287,15 +310,27 @@ impl DspConfig {
             );
         }
         if !(self.rolloff_percent > 0.0 && self.rolloff_percent < 1.0) {
-            push("rolloff_percent", &self.rolloff_percent, "must be between 0 and 1 (exclusive)".to_owned());
+            push(
+                "rolloff_percent",
+                &self.rolloff_percent,
+                "must be between 0 and 1 (exclusive)".to_owned(),
+            );
         }
 
         let pitch_fmin_ok = self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0;
         if !pitch_fmin_ok {
-            push("pitch_fmin", &self.pitch_fmin, "must be a finite frequency > 0 Hz".to_owned());
+            push(
+                "pitch_fmin",
+                &self.pitch_fmin,
+                "must be a finite frequency > 0 Hz".to_owned(),
+            );
         }
         if !(self.pitch_fmax.is_finite() && self.pitch_fmax > 0.0) {
-            push("pitch_fmax", &self.pitch_fmax, "must be a finite frequency > 0 Hz".to_owned());
+            push(
+                "pitch_fmax",
+                &self.pitch_fmax,
+                "must be a finite frequency > 0 Hz".to_owned(),
+            );
         } else if pitch_fmin_ok && self.pitch_fmax <= self.pitch_fmin {
             push(
                 "pitch_fmax",
@@ -304,16 +339,28 @@ impl DspConfig {
             );
         }
         if !(self.pitch_threshold.is_finite() && self.pitch_threshold > 0.0) {
-            push("pitch_threshold", &self.pitch_threshold, "must be a finite number > 0".to_owned());
+            push(
+                "pitch_threshold",
+                &self.pitch_threshold,
+                "must be a finite number > 0".to_owned(),
+            );
         }
 
         for (i, [low, high]) in self.bands.iter().copied().enumerate() {
             let field = format!("bands[{i}]");
             let value = format!("[{low}, {high}]");
             if !(low.is_finite() && high.is_finite() && low >= 0.0) {
-                push(&field, &value, "band edges must be finite frequencies >= 0 Hz".to_owned());
+                push(
+                    &field,
+                    &value,
+                    "band edges must be finite frequencies >= 0 Hz".to_owned(),
+                );
             } else if low >= high {
-                push(&field, &value, "band low edge must be below its high edge".to_owned());
+                push(
+                    &field,
+                    &value,
+                    "band low edge must be below its high edge".to_owned(),
+                );
             }
         }
         problems
@@ -360,7 +407,9 @@ impl DspConfig {
                 problems.push(Problem::new(
                     key("pitch_fmax"),
                     self.pitch_fmax,
-                    format!("must not exceed the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"),
+                    format!(
+                        "must not exceed the Nyquist frequency ({nyquist} Hz at {sample_rate} Hz)"
+                    ),
                 ));
             }
             if self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0 {
@@ -401,7 +450,11 @@ mod tests {
         assert_eq!(DspConfig::default().validate_for_rate(16000), Vec::new());
         // 512 samples cannot hold two 65 Hz periods above 16.6 kHz.
         assert_eq!(DspConfig::default().validate_for_rate(48000).len(), 1);
-        let long = DspConfig { frame_length: 2048, hop_length: 480, ..DspConfig::default() };
+        let long = DspConfig {
+            frame_length: 2048,
+            hop_length: 480,
+            ..DspConfig::default()
+        };
         for rate in [22050, 44100, 48000] {
             assert_eq!(long.validate_for_rate(rate), Vec::new(), "{rate} Hz");
         }
@@ -409,62 +462,115 @@ mod tests {
 
     #[test]
     fn hop_length_zero() {
-        let config = DspConfig { hop_length: 0, ..DspConfig::default() };
+        let config = DspConfig {
+            hop_length: 0,
+            ..DspConfig::default()
+        };
         let problems = config.validate();
         assert_eq!(
             problems,
-            vec![Problem::new("dsp.hop_length", "0", "must be between 1 and frame_length")]
+            vec![Problem::new(
+                "dsp.hop_length",
+                "0",
+                "must be between 1 and frame_length"
+            )]
         );
-        assert_eq!(problems[0].to_string(), "dsp.hop_length = 0: must be between 1 and frame_length");
+        assert_eq!(
+            problems[0].to_string(),
+            "dsp.hop_length = 0: must be between 1 and frame_length"
+        );
     }
 
     #[test]
     fn hop_longer_than_frame() {
-        let config = DspConfig { frame_length: 400, hop_length: 401, ..DspConfig::default() };
-        assert_eq!(problem_for(&config.validate(), "dsp.hop_length").value, "401");
+        let config = DspConfig {
+            frame_length: 400,
+            hop_length: 401,
+            ..DspConfig::default()
+        };
+        assert_eq!(
+            problem_for(&config.validate(), "dsp.hop_length").value,
+            "401"
+        );
     }
 
     #[test]
     fn fmax_above_nyquist() {
-        let config = DspConfig { fmax: Some(8000.0), ..DspConfig::default() };
+        let config = DspConfig {
+            fmax: Some(8000.0),
+            ..DspConfig::default()
+        };
         assert!(config.validate_for_rate(16000).is_empty());
         let problems = config.validate_for_rate(8000);
         let problem = problem_for(&problems, "dsp.fmax");
         assert_eq!(problem.value, "8000");
-        assert_eq!(problem.message, "must not exceed the Nyquist frequency (4000 Hz at 8000 Hz)");
+        assert_eq!(
+            problem.message,
+            "must not exceed the Nyquist frequency (4000 Hz at 8000 Hz)"
+        );
     }
 
     #[test]
     fn n_mfcc_above_n_mels() {
-        let config = DspConfig { n_mels: 10, n_mfcc: 13, ..DspConfig::default() };
+        let config = DspConfig {
+            n_mels: 10,
+            n_mfcc: 13,
+            ..DspConfig::default()
+        };
         let problems = config.validate();
-        assert_eq!(problems, vec![Problem::new("dsp.n_mfcc", 13, "must not exceed n_mels (10)")]);
+        assert_eq!(
+            problems,
+            vec![Problem::new(
+                "dsp.n_mfcc",
+                13,
+                "must not exceed n_mels (10)"
+            )]
+        );
     }
 
     #[test]
     fn pitch_fmin_too_low_for_the_frame() {
         // 65 Hz at 16 kHz is a 246-sample period: it fits twice in 512 but not in 400.
-        let config = DspConfig { frame_length: 400, ..DspConfig::default() };
+        let config = DspConfig {
+            frame_length: 400,
+            ..DspConfig::default()
+        };
         assert!(config.validate().is_empty());
         let problems = config.validate_for_rate(16000);
         let problem = problem_for(&problems, "dsp.pitch_fmin");
         assert_eq!(problem.value, "65");
-        assert!(problem.message.contains("must fit twice in frame_length (400)"), "{}", problem.message);
+        assert!(
+            problem
+                .message
+                .contains("must fit twice in frame_length (400)"),
+            "{}",
+            problem.message
+        );
         assert!(problem.message.contains("80.000 Hz"), "{}", problem.message);
 
         // Not a problem when f0 is not computed.
-        let without_f0 = DspConfig { features: vec!["rms".into(), "mfcc".into()], ..config };
+        let without_f0 = DspConfig {
+            features: vec!["rms".into(), "mfcc".into()],
+            ..config
+        };
         assert!(without_f0.validate_for_rate(16000).is_empty());
     }
 
     #[test]
     fn unknown_feature_name() {
-        let config = DspConfig { features: vec!["rms".into(), "loudness".into()], ..DspConfig::default() };
+        let config = DspConfig {
+            features: vec!["rms".into(), "loudness".into()],
+            ..DspConfig::default()
+        };
         let problems = config.validate();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "dsp.features");
         assert_eq!(problems[0].value, "loudness");
-        assert!(problems[0].message.starts_with("unknown feature; expected \"all\" or one of rms, zcr,"));
+        assert!(
+            problems[0]
+                .message
+                .starts_with("unknown feature; expected \"all\" or one of rms, zcr,")
+        );
     }
 
     #[test]
@@ -477,8 +583,19 @@ mod tests {
             bands: vec![[300.0, 100.0], [9000.0, 10000.0]],
             ..DspConfig::default()
         };
-        let keys: Vec<String> = config.validate_for_rate(16000).into_iter().map(|p| p.key).collect();
-        for key in ["dsp.frame_length", "dsp.hop_length", "dsp.features", "dsp.rolloff_percent", "dsp.bands[0]", "dsp.bands[1]"] {
+        let keys: Vec<String> = config
+            .validate_for_rate(16000)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for key in [
+            "dsp.frame_length",
+            "dsp.hop_length",
+            "dsp.features",
+            "dsp.rolloff_percent",
+            "dsp.bands[0]",
+            "dsp.bands[1]",
+        ] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }
     }
@@ -493,9 +610,18 @@ mod tests {
 
     #[test]
     fn selection_is_canonical_and_deduplicated() {
-        let config = DspConfig { features: vec!["mfcc".into(), "rms".into(), "mfcc".into()], ..DspConfig::default() };
-        assert_eq!(config.selected_features(), vec![FeatureName::Rms, FeatureName::Mfcc]);
-        assert_eq!(DspConfig::default().selected_features(), FeatureName::ALL.to_vec());
+        let config = DspConfig {
+            features: vec!["mfcc".into(), "rms".into(), "mfcc".into()],
+            ..DspConfig::default()
+        };
+        assert_eq!(
+            config.selected_features(),
+            vec![FeatureName::Rms, FeatureName::Mfcc]
+        );
+        assert_eq!(
+            DspConfig::default().selected_features(),
+            FeatureName::ALL.to_vec()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
+use super::DspError;
 use super::batch::{BatchLayout, FrameBatch, vector_slot};
 use super::chroma::{ChromaFilterBank, N_CHROMA};
 use super::config::{DspConfig, FeatureName};
@@ -13,7 +14,6 @@ use super::mel::{DctMatrix, MelFilterBank};
 use super::pitch::{Yin, YinScratch};
 use super::stream::StreamState;
 use super::window::periodic_window;
-use super::DspError;
 
 /// The FFT plan and window for the magnitude spectrum.
 struct SpectrumPlan {
@@ -63,6 +63,8 @@ pub struct Workspace {
     fft_scratch: Vec<Complex<f64>>,
     magnitude: Vec<f64>,
     power: Vec<f64>,
+    /// The power spectrum in f32, filled only for chroma.
+    power_f32: Vec<f32>,
     mel: Vec<f64>,
     mfcc: Vec<f64>,
     chroma: Vec<f64>,
@@ -72,7 +74,9 @@ pub struct Workspace {
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workspace").field("shape", &self.shape).finish_non_exhaustive()
+        f.debug_struct("Workspace")
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,21 +109,36 @@ impl FeatureExtractor {
         let n_bins = n / 2 + 1;
 
         let mut planner = RealFftPlanner::<f64>::new();
-        let spectrum = selected.iter().any(|f| f.needs_spectrum()).then(|| SpectrumPlan {
-            fft: planner.plan_fft_forward(n),
-            window: periodic_window(config.window, n),
-        });
-        let window_power: f64 = periodic_window(config.window, n).iter().map(|w| w * w).sum();
+        let spectrum = selected
+            .iter()
+            .any(|f| f.needs_spectrum())
+            .then(|| SpectrumPlan {
+                fft: planner.plan_fft_forward(n),
+                window: periodic_window(config.window, n),
+            });
+        let window_power: f64 = periodic_window(config.window, n)
+            .iter()
+            .map(|w| w * w)
+            .sum();
 
         let needs_mel = wants(FeatureName::Mel) || wants(FeatureName::Mfcc);
         let fmax = config.fmax.unwrap_or(rate / 2.0);
-        let mel = needs_mel
-            .then(|| MelFilterBank::new(rate, n, config.n_mels, config.fmin, fmax, config.mel_scale));
+        let mel = needs_mel.then(|| {
+            MelFilterBank::new(rate, n, config.n_mels, config.fmin, fmax, config.mel_scale)
+        });
         let dct = wants(FeatureName::Mfcc).then(|| DctMatrix::new(config.n_mels, config.n_mfcc));
         let chroma = wants(FeatureName::Chroma).then(|| ChromaFilterBank::new(rate, n));
-        let bands = wants(FeatureName::BandEnergy).then(|| BandBins::new(&config.bands, rate, n, window_power));
+        let bands = wants(FeatureName::BandEnergy)
+            .then(|| BandBins::new(&config.bands, rate, n, window_power));
         let yin = wants(FeatureName::F0).then(|| {
-            Yin::new(rate, n, config.pitch_fmin, config.pitch_fmax, config.pitch_threshold, &mut planner)
+            Yin::new(
+                rate,
+                n,
+                config.pitch_fmin,
+                config.pitch_fmax,
+                config.pitch_threshold,
+                &mut planner,
+            )
         });
 
         let mut vector_lens = [0; 4];
@@ -142,7 +161,11 @@ impl FeatureExtractor {
             bin_hz: rate / n as f64,
             bin_freqs: (0..n_bins).map(|k| k as f64 * rate / n as f64).collect(),
             n_bins,
-            layout: BatchLayout { selected, mask, vector_lens },
+            layout: BatchLayout {
+                selected,
+                mask,
+                vector_lens,
+            },
             spectrum,
             mel,
             dct,
@@ -210,6 +233,7 @@ impl FeatureExtractor {
             fft_scratch: vec![Complex::new(0.0, 0.0); shape.fft_scratch_len],
             magnitude: vec![0.0; n_spectrum],
             power: vec![0.0; n_spectrum],
+            power_f32: vec![0.0; if self.chroma.is_some() { n_spectrum } else { 0 }],
             mel: vec![0.0; shape.n_mels],
             mfcc: vec![0.0; shape.n_mfcc],
             chroma: vec![0.0; if self.chroma.is_some() { N_CHROMA } else { 0 }],
@@ -222,7 +246,11 @@ impl FeatureExtractor {
     /// grid: frame `k` covers `[k * hop, k * hop + frame_length)`, so the first frame such a
     /// stream can emit is `ceil(start_sample / hop)`.
     pub fn new_stream(&self, start_sample: u64) -> StreamState {
-        let flux_bins = if self.wants(FeatureName::SpectralFlux) { self.n_bins } else { 0 };
+        let flux_bins = if self.wants(FeatureName::SpectralFlux) {
+            self.n_bins
+        } else {
+            0
+        };
         StreamState::new(self.frame_length, self.hop_length, flux_bins, start_sample)
     }
 
@@ -233,7 +261,13 @@ impl FeatureExtractor {
     /// # Panics
     /// When `state` was made by an extractor with another frame or hop length, or `out` still
     /// holds frames of an extractor with another feature selection.
-    pub fn process(&self, ws: &mut Workspace, state: &mut StreamState, samples: &[f32], out: &mut FrameBatch) {
+    pub fn process(
+        &self,
+        ws: &mut Workspace,
+        state: &mut StreamState,
+        samples: &[f32],
+        out: &mut FrameBatch,
+    ) {
         assert!(
             state.frame_length == self.frame_length && state.hop_length == self.hop_length,
             "StreamState made for frame/hop {}/{} used with an extractor for {}/{}",
@@ -280,7 +314,9 @@ impl FeatureExtractor {
             state.tail.clear();
         } else if keep_from >= fed_from {
             state.tail.clear();
-            state.tail.extend_from_slice(&samples[(keep_from - fed_from) as usize..]);
+            state
+                .tail
+                .extend_from_slice(&samples[(keep_from - fed_from) as usize..]);
         } else {
             state.tail.drain(..(keep_from - tail_start) as usize);
             state.tail.extend_from_slice(samples);
@@ -302,7 +338,12 @@ impl FeatureExtractor {
             plan.fft
                 .process_with_scratch(&mut ws.fft_input, &mut ws.fft_output, &mut ws.fft_scratch)
                 .expect("spectrum FFT buffers are sized by the plan");
-            for ((c, m), p) in ws.fft_output.iter().zip(&mut ws.magnitude).zip(&mut ws.power) {
+            for ((c, m), p) in ws
+                .fft_output
+                .iter()
+                .zip(&mut ws.magnitude)
+                .zip(&mut ws.power)
+            {
                 let power = c.re * c.re + c.im * c.im;
                 *p = power;
                 *m = power.sqrt();
@@ -310,9 +351,13 @@ impl FeatureExtractor {
         }
         let magnitude = &ws.magnitude[..];
         let power = &ws.power[..];
-        let centroid = (self.wants(FeatureName::SpectralCentroid) || self.wants(FeatureName::SpectralBandwidth))
-            .then(|| features::spectral_centroid(magnitude, &self.bin_freqs))
-            .unwrap_or_default();
+        let centroid = if self.wants(FeatureName::SpectralCentroid)
+            || self.wants(FeatureName::SpectralBandwidth)
+        {
+            features::spectral_centroid(magnitude, &self.bin_freqs)
+        } else {
+            0.0
+        };
 
         for &name in &self.layout.selected {
             match name {
@@ -320,12 +365,20 @@ impl FeatureExtractor {
                 FeatureName::Zcr => out.push_scalar(name, features::zero_crossing_rate(frame)),
                 FeatureName::SpectralCentroid => out.push_scalar(name, centroid),
                 FeatureName::SpectralBandwidth => {
-                    out.push_scalar(name, features::spectral_bandwidth(magnitude, &self.bin_freqs, centroid));
+                    out.push_scalar(
+                        name,
+                        features::spectral_bandwidth(magnitude, &self.bin_freqs, centroid),
+                    );
                 }
                 FeatureName::SpectralRolloff => {
-                    out.push_scalar(name, features::spectral_rolloff(magnitude, self.bin_hz, self.rolloff_percent));
+                    out.push_scalar(
+                        name,
+                        features::spectral_rolloff(magnitude, self.bin_hz, self.rolloff_percent),
+                    );
                 }
-                FeatureName::SpectralFlatness => out.push_scalar(name, features::spectral_flatness(power)),
+                FeatureName::SpectralFlatness => {
+                    out.push_scalar(name, features::spectral_flatness(power))
+                }
                 FeatureName::SpectralFlux => {
                     let flux = if state.has_previous {
                         features::spectral_flux(magnitude, &state.previous_magnitude)
@@ -369,7 +422,10 @@ impl FeatureExtractor {
                 }
                 FeatureName::Chroma => {
                     if let Some(chroma) = &self.chroma {
-                        chroma.apply(power, &mut ws.chroma);
+                        for (p32, &p) in ws.power_f32.iter_mut().zip(power) {
+                            *p32 = p as f32;
+                        }
+                        chroma.apply(&ws.power_f32, &mut ws.chroma);
                     }
                     out.push_vector(name, &ws.chroma);
                 }

@@ -41,7 +41,32 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
         tail += x * y;
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
+}
+
+/// f32 dot product with sixteen independent partial sums (vectorisable; a fixed summation order).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut lanes = [0.0f32; 16];
+    let mut a_chunks = a.chunks_exact(16);
+    let mut b_chunks = b.chunks_exact(16);
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        for lane in 0..16 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        tail += x * y;
+    }
+    let mut half = [0.0f32; 8];
+    for lane in 0..8 {
+        half[lane] = lanes[lane] + lanes[lane + 8];
+    }
+    ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7])) + tail
 }
 
 /// Sum with eight independent partial sums (vectorisable; a fixed summation order).
@@ -54,7 +79,9 @@ pub fn sum(values: &[f64]) -> f64 {
         }
     }
     let tail: f64 = chunks.remainder().iter().sum();
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
 }
 
 /// Root mean square of the frame (time domain, no window), as `librosa.feature.rms(y)`.
@@ -62,8 +89,23 @@ pub fn rms(frame: &[f32]) -> f64 {
     if frame.is_empty() {
         return 0.0;
     }
-    let sum: f64 = frame.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-    (sum / frame.len() as f64).sqrt()
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = frame.chunks_exact(8);
+    for x in &mut chunks {
+        for lane in 0..8 {
+            let v = f64::from(x[lane]);
+            lanes[lane] += v * v;
+        }
+    }
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
+    let total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail;
+    (total / frame.len() as f64).sqrt()
 }
 
 /// Zero-crossing rate as `librosa.feature.zero_crossing_rate(y, center=False)`: the fraction of
@@ -76,7 +118,11 @@ pub fn zero_crossing_rate(frame: &[f32]) -> f64 {
         .windows(2)
         .filter(|pair| negative(pair[0]) != negative(pair[1]))
         .count();
-    if frame.is_empty() { 0.0 } else { crossings as f64 / frame.len() as f64 }
+    if frame.is_empty() {
+        0.0
+    } else {
+        crossings as f64 / frame.len() as f64
+    }
 }
 
 /// Level of the frame in dB relative to full scale: `20 * log10(max(rms, 1e-10))`.
@@ -89,13 +135,21 @@ pub fn loudness_dbfs(rms: f64) -> f64 {
 pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
     let total = sum(magnitude);
     let weighted = dot(magnitude, freqs);
-    if total < f64::MIN_POSITIVE { weighted } else { weighted / total }
+    if total < f64::MIN_POSITIVE {
+        weighted
+    } else {
+        weighted / total
+    }
 }
 
 /// Second-order spectral bandwidth around `centroid` (`librosa.feature.spectral_bandwidth`, p=2).
 pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f64 {
     let total = sum(magnitude);
-    let norm = if total < f64::MIN_POSITIVE { 1.0 } else { total };
+    let norm = if total < f64::MIN_POSITIVE {
+        1.0
+    } else {
+        total
+    };
     let mut lanes = [0.0f64; 4];
     let mut s_chunks = magnitude.chunks_exact(4);
     let mut f_chunks = freqs.chunks_exact(4);
@@ -115,10 +169,21 @@ pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f6
 /// The centre frequency of the lowest bin at which the cumulative magnitude reaches
 /// `roll_percent` of the total (`librosa.feature.spectral_rolloff`); 0 for a silent frame.
 pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f64 {
-    let total: f64 = magnitude.iter().sum();
+    const BLOCK: usize = 16;
+    let total = sum(magnitude);
     let threshold = roll_percent * total;
+    // Skip whole blocks while the running sum stays below the threshold, then scan bin by bin.
     let mut cumulative = 0.0;
-    for (k, &s) in magnitude.iter().enumerate() {
+    let mut start = 0;
+    for block in magnitude.chunks_exact(BLOCK) {
+        let block_sum = sum(block);
+        if cumulative + block_sum >= threshold {
+            break;
+        }
+        cumulative += block_sum;
+        start += BLOCK;
+    }
+    for (k, &s) in magnitude.iter().enumerate().skip(start) {
         cumulative += s;
         if cumulative >= threshold {
             return k as f64 * bin_hz;
@@ -140,7 +205,10 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
     fn split(x: f64) -> (f64, i64) {
         let bits = x.to_bits();
         let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
-        (f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52)), exponent)
+        (
+            f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52)),
+            exponent,
+        )
     }
     let mut mantissa = 1.0f64;
     let mut exponent = 0i64;
@@ -190,7 +258,7 @@ pub fn dominant_frequency(magnitude: &[f64], bin_hz: f64) -> f64 {
         }
     }
     let b = magnitude[peak];
-    if !(b > 0.0) {
+    if b.is_nan() || b <= 0.0 {
         return 0.0;
     }
     let mut offset = 0.0;
@@ -221,7 +289,9 @@ impl BandBins {
         let nyquist = sample_rate / 2.0;
         let bin_of = |hz: f64| -> usize {
             // First bin whose centre frequency is >= hz.
-            (0..n_bins).find(|&k| k as f64 * sample_rate / n_fft as f64 >= hz).unwrap_or(n_bins)
+            (0..n_bins)
+                .find(|&k| k as f64 * sample_rate / n_fft as f64 >= hz)
+                .unwrap_or(n_bins)
         };
         let ranges = bands
             .iter()
@@ -231,8 +301,16 @@ impl BandBins {
                 start.min(end)..end
             })
             .collect();
-        let scale = if window_power > 0.0 { 1.0 / (n_fft as f64 * window_power) } else { 0.0 };
-        Self { ranges, n_fft, scale }
+        let scale = if window_power > 0.0 {
+            1.0 / (n_fft as f64 * window_power)
+        } else {
+            0.0
+        };
+        Self {
+            ranges,
+            n_fft,
+            scale,
+        }
     }
 
     /// Number of bands.
@@ -247,11 +325,19 @@ impl BandBins {
 
     /// Writes the mean-square energy of each band of `power` into `out`.
     pub fn energies(&self, power: &[f64], out: &mut [f64]) {
-        let nyquist_bin = if self.n_fft % 2 == 0 { Some(self.n_fft / 2) } else { None };
+        let nyquist_bin = if self.n_fft % 2 == 0 {
+            Some(self.n_fft / 2)
+        } else {
+            None
+        };
         for (range, o) in self.ranges.iter().zip(out.iter_mut()) {
             let mut sum = 0.0;
             for k in range.clone() {
-                let one_sided = if k == 0 || Some(k) == nyquist_bin { 1.0 } else { 2.0 };
+                let one_sided = if k == 0 || Some(k) == nyquist_bin {
+                    1.0
+                } else {
+                    2.0
+                };
                 sum += one_sided * power[k];
             }
             *o = sum * self.scale;
@@ -284,13 +370,18 @@ mod tests {
 
     #[test]
     fn flatness_matches_log_definition() {
-        let power: Vec<f64> = (0..1025).map(|k| 1e-12 + (k as f64 * 0.37).sin().abs() * 1e3 / (1.0 + k as f64)).collect();
+        let power: Vec<f64> = (0..1025)
+            .map(|k| 1e-12 + (k as f64 * 0.37).sin().abs() * 1e3 / (1.0 + k as f64))
+            .collect();
         let n = power.len() as f64;
         let logs: f64 = power.iter().map(|p| p.max(1e-10).ln()).sum();
         let mean: f64 = power.iter().map(|p| p.max(1e-10)).sum::<f64>() / n;
         let expected = (logs / n).exp() / mean;
         let got = spectral_flatness(&power);
-        assert!((got - expected).abs() < 1e-12 * expected, "{got} {expected}");
+        assert!(
+            (got - expected).abs() < 1e-12 * expected,
+            "{got} {expected}"
+        );
     }
 
     #[test]

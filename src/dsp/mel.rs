@@ -55,9 +55,18 @@ pub struct MelFilterBank {
 impl MelFilterBank {
     /// Builds `n_mels` filters between `fmin` and `fmax` Hz exactly as
     /// `librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk, norm="slaney")`, stored sparsely.
-    pub fn new(sample_rate: f64, n_fft: usize, n_mels: usize, fmin: f64, fmax: f64, scale: MelScale) -> Self {
+    pub fn new(
+        sample_rate: f64,
+        n_fft: usize,
+        n_mels: usize,
+        fmin: f64,
+        fmax: f64,
+        scale: MelScale,
+    ) -> Self {
         let n_bins = n_fft / 2 + 1;
-        let fft_freqs: Vec<f64> = (0..n_bins).map(|k| k as f64 * sample_rate / n_fft as f64).collect();
+        let fft_freqs: Vec<f64> = (0..n_bins)
+            .map(|k| k as f64 * sample_rate / n_fft as f64)
+            .collect();
 
         // n_mels + 2 points evenly spaced on the mel scale (np.linspace semantics).
         let min_mel = hz_to_mel(fmin, scale);
@@ -66,7 +75,11 @@ impl MelFilterBank {
         let step = (max_mel - min_mel) / (n_points - 1) as f64;
         let mel_f: Vec<f64> = (0..n_points)
             .map(|i| {
-                let mel = if i == n_points - 1 { max_mel } else { min_mel + i as f64 * step };
+                let mel = if i == n_points - 1 {
+                    max_mel
+                } else {
+                    min_mel + i as f64 * step
+                };
                 mel_to_hz(mel, scale)
             })
             .collect();
@@ -89,9 +102,15 @@ impl MelFilterBank {
                 match dense.iter().position(|&w| w > 0.0) {
                     Some(first) => {
                         let last = dense.iter().rposition(|&w| w > 0.0).unwrap_or(first);
-                        MelFilter { first_bin: first, weights: dense[first..=last].to_vec() }
+                        MelFilter {
+                            first_bin: first,
+                            weights: dense[first..=last].to_vec(),
+                        }
                     }
-                    None => MelFilter { first_bin: 0, weights: Vec::new() },
+                    None => MelFilter {
+                        first_bin: 0,
+                        weights: Vec::new(),
+                    },
                 }
             })
             .collect();
@@ -125,7 +144,11 @@ impl DctMatrix {
         let n = n_in as f64;
         let mut rows = Vec::with_capacity(n_in * n_out);
         for k in 0..n_out {
-            let scale = if k == 0 { (1.0 / n).sqrt() } else { (2.0 / n).sqrt() };
+            let scale = if k == 0 {
+                (1.0 / n).sqrt()
+            } else {
+                (2.0 / n).sqrt()
+            };
             for i in 0..n_in {
                 let angle = std::f64::consts::PI * k as f64 * (2 * i + 1) as f64 / (2.0 * n);
                 rows.push(scale * angle.cos());
@@ -151,7 +174,10 @@ mod tests {
         for hz in [0.0, 100.0, 999.0, 1000.0, 4000.0, 11025.0] {
             for scale in [MelScale::Slaney, MelScale::Htk] {
                 let back = mel_to_hz(hz_to_mel(hz, scale), scale);
-                assert!((back - hz).abs() < 1e-9 * hz.max(1.0), "{hz} {scale:?} {back}");
+                assert!(
+                    (back - hz).abs() < 1e-9 * hz.max(1.0),
+                    "{hz} {scale:?} {back}"
+                );
             }
         }
         assert!((hz_to_mel(1000.0, MelScale::Slaney) - 15.0).abs() < 1e-12);

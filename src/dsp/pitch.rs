@@ -12,6 +12,8 @@ pub struct Yin {
     max_period: usize,
     threshold: f64,
     sample_rate: f64,
+    /// `1 / tau` for `tau` in `0..=max_period` (index 0 unused).
+    inverse_period: Vec<f64>,
     fft_len: usize,
     forward: Arc<dyn RealToComplex<f64>>,
     inverse: Arc<dyn ComplexToReal<f64>>,
@@ -34,8 +36,6 @@ pub struct YinScratch {
     time: Vec<f64>,
     spectrum: Vec<Complex<f64>>,
     fft_scratch: Vec<Complex<f64>>,
-    /// Cumulative energy of the frame: `energy[m] = sum(x[0..=m]^2)`.
-    energy: Vec<f64>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
     cmnd: Vec<f64>,
 }
@@ -63,9 +63,18 @@ impl Yin {
     /// YIN for `frame_length`-sample frames looking for f0 in `[fmin, fmax]` Hz.
     ///
     /// As librosa: `min_period = floor(sr / fmax)`, `max_period = min(ceil(sr / fmin), frame_length - 1)`.
-    pub fn new(sample_rate: f64, frame_length: usize, fmin: f64, fmax: f64, threshold: f64, planner: &mut RealFftPlanner<f64>) -> Self {
+    pub fn new(
+        sample_rate: f64,
+        frame_length: usize,
+        fmin: f64,
+        fmax: f64,
+        threshold: f64,
+        planner: &mut RealFftPlanner<f64>,
+    ) -> Self {
         let min_period = ((sample_rate / fmax).floor() as usize).max(1);
-        let max_period = ((sample_rate / fmin).ceil() as usize).min(frame_length - 1).max(min_period + 1);
+        let max_period = ((sample_rate / fmin).ceil() as usize)
+            .min(frame_length - 1)
+            .max(min_period + 1);
         // Linear (not circular) autocorrelation up to lag max_period needs frame_length + max_period points.
         let fft_len = fast_len(frame_length + max_period);
         Self {
@@ -74,6 +83,9 @@ impl Yin {
             max_period,
             threshold,
             sample_rate,
+            inverse_period: (0..=max_period)
+                .map(|tau| 1.0 / tau.max(1) as f64)
+                .collect(),
             fft_len,
             forward: planner.plan_fft_forward(fft_len),
             inverse: planner.plan_fft_inverse(fft_len),
@@ -82,12 +94,14 @@ impl Yin {
 
     /// Buffers sized for this plan.
     pub fn scratch(&self) -> YinScratch {
-        let scratch_len = self.forward.get_scratch_len().max(self.inverse.get_scratch_len());
+        let scratch_len = self
+            .forward
+            .get_scratch_len()
+            .max(self.inverse.get_scratch_len());
         YinScratch {
             time: vec![0.0; self.fft_len],
             spectrum: vec![Complex::new(0.0, 0.0); self.fft_len / 2 + 1],
             fft_scratch: vec![Complex::new(0.0, 0.0); scratch_len],
-            energy: vec![0.0; self.max_period],
             cmnd: vec![0.0; self.max_period - self.min_period + 1],
         }
     }
@@ -95,7 +109,6 @@ impl Yin {
     /// True when `scratch` was made by a plan with the same sizes.
     pub fn fits(&self, scratch: &YinScratch) -> bool {
         scratch.time.len() == self.fft_len
-            && scratch.energy.len() == self.max_period
             && scratch.cmnd.len() == self.max_period - self.min_period + 1
     }
 
@@ -103,7 +116,12 @@ impl Yin {
     /// difference falls below the threshold (unvoiced; librosa would take the global minimum).
     pub fn estimate(&self, frame: &[f32], scratch: &mut YinScratch) -> Option<f64> {
         debug_assert_eq!(frame.len(), self.frame_length);
-        let YinScratch { time, spectrum, fft_scratch, energy, cmnd } = scratch;
+        let YinScratch {
+            time,
+            spectrum,
+            fft_scratch,
+            cmnd,
+        } = scratch;
 
         // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau].
         for (t, &x) in time.iter_mut().zip(frame) {
@@ -122,37 +140,46 @@ impl Yin {
         let scale = 1.0 / self.fft_len as f64;
         let acf = &*time; // unnormalised: acf[tau] * fft_len
 
-        let mut running = 0.0;
-        for (e, &x) in energy.iter_mut().zip(frame) {
-            running += f64::from(x) * f64::from(x);
-            *e = running;
-        }
-
-        // librosa's difference: d(tau) = 2 * (acf[0] - acf[tau]) - energy[tau - 1], and the
-        // cumulative mean normalised difference d(tau) / (mean of d(1..=tau)).
+        // librosa's difference d(tau) = 2 * (acf[0] - acf[tau]) - energy(x[0..tau]) and the
+        // cumulative mean normalised difference cmnd(tau) = d(tau) / (mean of d(1..=tau)), for
+        // periods min_period..=max_period (index i = tau - min_period). Computed in order of tau,
+        // stopping at the first trough below the threshold (troughs need one value beyond them).
         let acf0 = acf[0] * scale;
+        let n = cmnd.len();
         let mut cumulative = 0.0;
+        let mut energy = 0.0;
+        let mut found = None;
         for tau in 1..=self.max_period {
-            let d = 2.0 * (acf0 - acf[tau] * scale) - energy[tau - 1];
+            let x = f64::from(frame[tau - 1]);
+            energy += x * x;
+            let d = 2.0 * (acf0 - acf[tau] * scale) - energy;
             cumulative += d;
-            if tau >= self.min_period {
-                let mean = cumulative / tau as f64;
-                cmnd[tau - self.min_period] = d / (mean + f64::MIN_POSITIVE);
+            if tau < self.min_period {
+                continue;
+            }
+            let i = tau - self.min_period;
+            cmnd[i] = d / (cumulative * self.inverse_period[tau] + f64::MIN_POSITIVE);
+            if i == 0 {
+                continue;
+            }
+            // Is i - 1 a trough (strictly below its left neighbour, not above its right one)?
+            let j = i - 1;
+            let trough = if j == 0 {
+                cmnd[0] < cmnd[1]
+            } else {
+                cmnd[j] < cmnd[j - 1] && cmnd[j] <= cmnd[i]
+            };
+            if trough && cmnd[j] < self.threshold {
+                found = Some(j);
+                break;
             }
         }
-
-        let n = cmnd.len();
-        let threshold = self.threshold;
-        let is_trough = |i: usize| -> bool {
-            if i == 0 {
-                cmnd[0] < cmnd[1]
-            } else if i == n - 1 {
-                cmnd[i] < cmnd[i - 1]
-            } else {
-                cmnd[i] < cmnd[i - 1] && cmnd[i] <= cmnd[i + 1]
-            }
+        let index = match found {
+            Some(j) => j,
+            // The last period is a trough when it is below its left neighbour.
+            None if cmnd[n - 1] < cmnd[n - 2] && cmnd[n - 1] < self.threshold => n - 1,
+            None => return None,
         };
-        let index = (0..n).find(|&i| cmnd[i] < threshold && is_trough(i))?;
 
         let shift = if index == 0 || index == n - 1 {
             0.0

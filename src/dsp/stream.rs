@@ -21,7 +21,12 @@ pub struct StreamState {
 
 impl StreamState {
     /// A stream for frames of `frame_length` every `hop_length` whose next sample is `start_sample`.
-    pub(crate) fn new(frame_length: usize, hop_length: usize, n_bins_for_flux: usize, start_sample: u64) -> Self {
+    pub(crate) fn new(
+        frame_length: usize,
+        hop_length: usize,
+        n_bins_for_flux: usize,
+        start_sample: u64,
+    ) -> Self {
         let mut state = Self {
             frame_length,
             hop_length,

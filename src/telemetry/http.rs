@@ -54,7 +54,7 @@ struct AppState {
     stall: Duration,
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
@@ -71,15 +71,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Binds the endpoint; returns the bound address and the server future (run it until `shutdown`).
-pub async fn bind(
+pub async fn bind<F>(
     config: &HttpConfig,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    shutdown: F,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>> + use<F>)>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let state = AppState { metrics, health, stall: Duration::from_secs(config.stall_timeout_secs) };
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
