@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::audio::wav::{read_wav, WavError};
+use crate::audio::wav::{WavError, read_wav};
 use crate::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch};
 
 /// Why extraction failed.
@@ -22,7 +22,11 @@ pub enum ExtractError {
 
 /// Computes every frame of `path` with `config` and writes one JSON object per line to `out`.
 /// Returns the number of frames.
-pub fn extract_wav(path: &Path, config: &DspConfig, out: &mut impl Write) -> Result<usize, ExtractError> {
+pub fn extract_wav(
+    path: &Path,
+    config: &DspConfig,
+    out: &mut impl Write,
+) -> Result<usize, ExtractError> {
     let audio = read_wav(path)?;
     let extractor = FeatureExtractor::new(config, audio.sample_rate)?;
     let mut workspace = extractor.workspace();

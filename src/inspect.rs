@@ -3,23 +3,32 @@
 
 use anyhow::Context as _;
 use mongodb::bson::doc;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::time::Duration;
 
 use crate::config::Settings;
 
 /// Prints up to `records` records from the start of the output topic (waiting at most
 /// `wait`), then the MongoDB document count. Returns (records printed, documents stored).
-pub async fn inspect(settings: &Settings, records: usize, wait: Duration) -> anyhow::Result<(usize, u64)> {
-    let mut config = settings.kafka.client_config(&settings.kafka.consumer).map_err(|p| anyhow::anyhow!("{p}"))?;
+pub async fn inspect(
+    settings: &Settings,
+    records: usize,
+    wait: Duration,
+) -> anyhow::Result<(usize, u64)> {
+    let mut config = settings
+        .kafka
+        .client_config(&settings.kafka.consumer)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
     let group = format!("specflow-inspect-{}", std::process::id());
     config
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
     let consumer: StreamConsumer = config.create().context("cannot create consumer")?;
-    consumer.subscribe(&[&settings.output.topic]).context("cannot subscribe")?;
+    consumer
+        .subscribe(&[&settings.output.topic])
+        .context("cannot subscribe")?;
     let mut printed = 0;
     let deadline = tokio::time::Instant::now() + wait;
     while printed < records {
@@ -34,8 +43,16 @@ pub async fn inspect(settings: &Settings, records: usize, wait: Duration) -> any
             Err(_) => break,
         }
     }
-    let mongo = settings.mongo.build().await.context("cannot configure MongoDB client")?;
-    let stored = mongo.collection().count_documents(doc! {}).await.context("cannot count MongoDB documents")?;
+    let mongo = settings
+        .mongo
+        .build()
+        .await
+        .context("cannot configure MongoDB client")?;
+    let stored = mongo
+        .collection()
+        .count_documents(doc! {})
+        .await
+        .context("cannot count MongoDB documents")?;
     println!(
         "mongodb {}.{}: {} feature records stored",
         settings.mongo.database, settings.mongo.collection, stored

@@ -11,12 +11,16 @@ use tracing::{error, info};
 use specflow::config::{ConfigError, Settings};
 use specflow::dsp::DspConfig;
 use specflow::produce::{ProduceOptions, Signal};
+use specflow::telemetry::LogConfig;
 use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
-use specflow::telemetry::LogConfig;
 
 #[derive(Parser)]
-#[command(name = "specflow", version, about = "Real-time audio features from Kafka to Kafka and MongoDB")]
+#[command(
+    name = "specflow",
+    version,
+    about = "Real-time audio features from Kafka to Kafka and MongoDB"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,13 +138,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, print } => check(config, print),
         Command::Extract(args) => extract(args),
-        Command::Run { config } => with_runtime(config, |settings| async move { run(settings).await }),
-        Command::Inspect { config, records, wait } => with_runtime(config, |settings| async move {
-            specflow::inspect::inspect(&settings, records, std::time::Duration::from_secs(wait)).await.map(|_| ())
+        Command::Run { config } => {
+            with_runtime(config, |settings| async move { run(settings).await })
+        }
+        Command::Inspect {
+            config,
+            records,
+            wait,
+        } => with_runtime(config, |settings| async move {
+            specflow::inspect::inspect(&settings, records, std::time::Duration::from_secs(wait))
+                .await
+                .map(|_| ())
         }),
         Command::Produce(args) => {
             let config = args.config.clone();
-            with_runtime(config, |settings| async move { produce(settings, args).await })
+            with_runtime(
+                config,
+                |settings| async move { produce(settings, args).await },
+            )
         }
     }
 }
@@ -177,7 +192,9 @@ fn extract(args: ExtractArgs) -> ExitCode {
         }
     };
     let dsp = DspConfig {
-        features: args.features.map_or(dsp.features.clone(), |f| f.split(',').map(|s| s.trim().to_string()).collect()),
+        features: args.features.map_or(dsp.features.clone(), |f| {
+            f.split(',').map(|s| s.trim().to_string()).collect()
+        }),
         frame_length: args.frame_length.unwrap_or(dsp.frame_length),
         hop_length: args.hop_length.unwrap_or(dsp.hop_length),
         n_mels: args.n_mels.unwrap_or(dsp.n_mels),
@@ -215,7 +232,10 @@ where
         }
     };
     settings.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -240,9 +260,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut http = None;
     if settings.http.enabled {
         let stop = shutdown.clone();
-        let (address, server) = specflow::telemetry::http::bind(&settings.http, metrics.clone(), health.clone(), async move {
-            stop.cancelled().await
-        })
+        let (address, server) = specflow::telemetry::http::bind(
+            &settings.http,
+            metrics.clone(),
+            health.clone(),
+            async move { stop.cancelled().await },
+        )
         .await
         .with_context(|| format!("cannot listen on http.address {}", settings.http.address))?;
         info!(%address, "HTTP endpoint listening (/metrics /healthz /readyz).");
@@ -281,6 +304,9 @@ async fn produce(settings: Settings, args: ProduceArgs) -> anyhow::Result<()> {
         topic: args.topic,
     };
     let summary = specflow::produce::produce(&settings, &options).await?;
-    println!("produced {} messages, {} bytes", summary.messages, summary.bytes);
+    println!(
+        "produced {} messages, {} bytes",
+        summary.messages, summary.bytes
+    );
     Ok(())
 }

@@ -8,8 +8,8 @@
 //! with exponential backoff; nothing moves until it succeeds.
 
 use anyhow::Context as _;
-use futures::future::join_all;
 use futures::StreamExt as _;
+use futures::future::join_all;
 use mongodb::bson::Document;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -26,10 +26,10 @@ use crate::audio::{self, DecodeError, HEADER_START_SAMPLE};
 use crate::config::Settings;
 use crate::dsp::FrameBatch;
 use crate::record::{FeatureRecord, SourcePosition};
+use crate::sinks::SinkError;
 use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
-use crate::sinks::SinkError;
 use crate::sources::kafka::SourceContext;
 use crate::streams::{ExtractorCache, PartitionStreams, StreamError, WorkspaceSet};
 use crate::telemetry::health::Health;
@@ -52,6 +52,12 @@ struct EncodedRecord {
     end_ms: i64,
 }
 
+/// One partition's table, messages and outcomes after a DSP pass.
+type PartitionResult = (i32, PartitionStreams, Vec<OwnedMessage>, Vec<Outcome>);
+
+/// A stream's last stored frame, keyed by (partition, stream id).
+type StoredFrames = HashMap<(i32, String), u64>;
+
 /// Handles shared by every batch.
 struct Sinks {
     output: KafkaSink,
@@ -72,7 +78,10 @@ struct Worker {
 /// Short label of a decode error for the `dead_letters_total{reason}` metric.
 fn decode_reason(error: &DecodeError) -> &'static str {
     match error {
-        DecodeError::MissingKey | DecodeError::EmptyKey | DecodeError::KeyNotUtf8 | DecodeError::KeyTooLong(_) => "bad_key",
+        DecodeError::MissingKey
+        | DecodeError::EmptyKey
+        | DecodeError::KeyNotUtf8
+        | DecodeError::KeyTooLong(_) => "bad_key",
         DecodeError::HeaderNotUtf8(_) | DecodeError::BadHeader { .. } => "bad_header",
         DecodeError::EmptyPayload => "empty_payload",
         DecodeError::PayloadTooLarge { .. } => "payload_too_large",
@@ -91,7 +100,11 @@ fn stream_reason(error: &StreamError) -> &'static str {
 fn headers_of(message: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {
     message
         .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -108,7 +121,9 @@ fn dead_letter(message: &OwnedMessage, error: String) -> DeadLetter {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Worker {
@@ -117,25 +132,39 @@ impl Worker {
         &self,
         table: &mut PartitionStreams,
         messages: &[OwnedMessage],
-        stored: &HashMap<(i32, String), u64>,
+        stored: &StoredFrames,
         scratch: &mut (WorkspaceSet, FrameBatch, Vec<f32>),
     ) -> Vec<Outcome> {
         let (workspaces, frames, samples) = scratch;
         let mut outcomes = Vec::with_capacity(messages.len());
         for message in messages {
             let headers = message.headers();
-            let header_pairs = headers.iter().flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+            let header_pairs = headers
+                .iter()
+                .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
             let timestamp = message.timestamp().to_millis();
-            let meta = match audio::decode(&self.settings.input, message.key(), message.payload(), header_pairs, timestamp, samples) {
+            let meta = match audio::decode(
+                &self.settings.input,
+                message.key(),
+                message.payload(),
+                header_pairs,
+                timestamp,
+                samples,
+            ) {
                 Ok(meta) => meta,
                 Err(e) => {
                     let reason = decode_reason(&e);
                     table.mark_done(message.offset());
-                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, e.to_string())), reason));
+                    outcomes.push(Outcome::Dead(
+                        Box::new(dead_letter(message, e.to_string())),
+                        reason,
+                    ));
                     continue;
                 }
             };
-            let stored_through = stored.get(&(message.partition(), meta.stream_id.clone())).copied();
+            let stored_through = stored
+                .get(&(message.partition(), meta.stream_id.clone()))
+                .copied();
             let applied = table.apply(
                 &self.cache,
                 &self.settings.streams,
@@ -150,7 +179,10 @@ impl Worker {
                 Err(e) => {
                     let reason = stream_reason(&e);
                     table.mark_done(message.offset());
-                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, e.to_string())), reason));
+                    outcomes.push(Outcome::Dead(
+                        Box::new(dead_letter(message, e.to_string())),
+                        reason,
+                    ));
                     continue;
                 }
                 Ok(outcome) => outcome,
@@ -169,7 +201,9 @@ impl Worker {
                 outcomes.push(Outcome::Nothing);
                 continue;
             }
-            self.metrics.frames_computed_total.inc_by(frames.len() as u64);
+            self.metrics
+                .frames_computed_total
+                .inc_by(frames.len() as u64);
             let extractor_params = self.cache.config();
             let source = SourcePosition {
                 topic: message.topic().to_string(),
@@ -190,7 +224,12 @@ impl Worker {
             let encoded = record
                 .to_json()
                 .map_err(|e| e.to_string())
-                .and_then(|json| record.to_document().map(|doc| (json, doc)).map_err(|e| e.to_string()));
+                .and_then(|json| {
+                    record
+                        .to_document()
+                        .map(|doc| (json, doc))
+                        .map_err(|e| e.to_string())
+                });
             match encoded {
                 Ok((json, document)) => outcomes.push(Outcome::Record(Box::new(EncodedRecord {
                     key: meta.stream_id.clone(),
@@ -200,7 +239,10 @@ impl Worker {
                 }))),
                 Err(e) => {
                     error!(stream = %meta.stream_id, error = %e, "Cannot encode record.");
-                    outcomes.push(Outcome::Dead(Box::new(dead_letter(message, format!("cannot encode record: {e}"))), "encode"));
+                    outcomes.push(Outcome::Dead(
+                        Box::new(dead_letter(message, format!("cannot encode record: {e}"))),
+                        "encode",
+                    ));
                 }
             }
         }
@@ -211,20 +253,29 @@ impl Worker {
     fn process_batch(
         &mut self,
         by_partition: Vec<(i32, Vec<OwnedMessage>)>,
-        stored: &HashMap<(i32, String), u64>,
+        stored: &StoredFrames,
     ) -> Vec<(i32, Vec<OwnedMessage>, Vec<Outcome>)> {
-        let threads = self.settings.runtime.effective_worker_threads().min(by_partition.len()).max(1);
+        let threads = self
+            .settings
+            .runtime
+            .effective_worker_threads()
+            .min(by_partition.len())
+            .max(1);
         while self.workspaces.len() < threads {
             self.workspaces.push(Default::default());
         }
-        let mut groups: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>)>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
         for (i, (partition, messages)) in by_partition.into_iter().enumerate() {
-            let table = self.tables.remove(&partition).unwrap_or_else(|| PartitionStreams::new(partition));
+            let table = self
+                .tables
+                .remove(&partition)
+                .unwrap_or_else(|| PartitionStreams::new(partition));
             groups[i % threads].push((partition, table, messages));
         }
         let mut scratch: Vec<_> = self.workspaces.drain(..threads).collect();
         let this = &*self;
-        let results: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>, Vec<Outcome>)>> = std::thread::scope(|scope| {
+        let results: Vec<Vec<PartitionResult>> = std::thread::scope(|scope| {
             let handles: Vec<_> = groups
                 .into_iter()
                 .zip(scratch.iter_mut())
@@ -233,14 +284,18 @@ impl Worker {
                         group
                             .into_iter()
                             .map(|(partition, mut table, messages)| {
-                                let outcomes = this.process_partition(&mut table, &messages, stored, scratch);
+                                let outcomes =
+                                    this.process_partition(&mut table, &messages, stored, scratch);
                                 (partition, table, messages, outcomes)
                             })
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("DSP thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("DSP thread panicked"))
+                .collect()
         });
         self.workspaces.extend(scratch);
         let mut out = Vec::new();
@@ -262,10 +317,19 @@ pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Resu
         .context("cannot create Kafka admin client")?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, settings.source.topic_partitions, TopicReplication::Fixed(settings.source.topic_replication)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                settings.source.topic_partitions,
+                TopicReplication::Fixed(settings.source.topic_replication),
+            )
+        })
         .collect();
     let results = admin
-        .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await
         .context("cannot create topics")?;
     for result in results {
@@ -292,7 +356,12 @@ struct Backoff<'a> {
 }
 
 impl<'a> Backoff<'a> {
-    fn new(what: &'static str, worker: &'a Worker, shutdown: &'a CancellationToken, consumer: &'a StreamConsumer<SourceContext>) -> Self {
+    fn new(
+        what: &'static str,
+        worker: &'a Worker,
+        shutdown: &'a CancellationToken,
+        consumer: &'a StreamConsumer<SourceContext>,
+    ) -> Self {
         Self {
             what,
             delay: Duration::from_millis(worker.settings.mongo.retry_initial_ms),
@@ -316,7 +385,9 @@ impl<'a> Backoff<'a> {
             if let Err(e) = self.consumer.pause(&assignment) {
                 warn!(error = %e, "Cannot pause partitions.");
             }
-            self.metrics.paused_partitions.set(assignment.count() as i64);
+            self.metrics
+                .paused_partitions
+                .set(assignment.count() as i64);
             self.health.set_paused(true);
             self.paused = Some(assignment);
         }
@@ -348,7 +419,10 @@ async fn recv_tracking(
     consumer: &StreamConsumer<SourceContext>,
     revoked_now: &mut HashSet<i32>,
 ) -> Option<Result<OwnedMessage, rdkafka::error::KafkaError>> {
-    let received = consumer.recv().await.map(|m: BorrowedMessage<'_>| m.detach());
+    let received = consumer
+        .recv()
+        .await
+        .map(|m: BorrowedMessage<'_>| m.detach());
     let events = consumer.context().take_events();
     revoked_now.extend(events.revoked.iter().copied());
     for p in events.assigned {
@@ -358,21 +432,38 @@ async fn recv_tracking(
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
-pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if settings.source.create_topics {
-        let mut topics = vec![settings.source.topic.as_str(), settings.output.topic.as_str()];
+        let mut topics = vec![
+            settings.source.topic.as_str(),
+            settings.output.topic.as_str(),
+        ];
         if settings.dead_letter.enabled {
             topics.push(settings.dead_letter.topic.as_str());
         }
         ensure_topics(&settings, &topics).await?;
     }
-    let output = settings.output.build(&settings.kafka).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let output = settings
+        .output
+        .build(&settings.kafka)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
     let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
-    let mongo = settings.mongo.build().await.context("cannot configure MongoDB client")?;
+    let mongo = settings
+        .mongo
+        .build()
+        .await
+        .context("cannot configure MongoDB client")?;
     loop {
         match mongo.ensure_indexes().await {
             Ok(()) => break,
-            Err(e) if shutdown.is_cancelled() => return Err(e).context("MongoDB unreachable at startup"),
+            Err(e) if shutdown.is_cancelled() => {
+                return Err(e).context("MongoDB unreachable at startup");
+            }
             Err(e) => {
                 warn!(error = %e, "MongoDB not reachable yet; retrying.");
                 health.set_mongo_ok(false);
@@ -381,11 +472,20 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
         }
     }
     health.set_mongo_ok(true);
-    let sinks = Sinks { output, dead_letters, mongo };
+    let sinks = Sinks {
+        output,
+        dead_letters,
+        mongo,
+    };
 
     let context = SourceContext::new(&settings.source.topic, metrics.clone());
-    let consumer = settings.source.build(&settings.kafka, context).map_err(|p| anyhow::anyhow!("{p}"))?;
-    consumer.subscribe(&[&settings.source.topic]).context("cannot subscribe")?;
+    let consumer = settings
+        .source
+        .build(&settings.kafka, context)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    consumer
+        .subscribe(&[&settings.source.topic])
+        .context("cannot subscribe")?;
     info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
     health.set_consuming();
 
@@ -411,14 +511,15 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
             _ = shutdown.cancelled() => break,
             r = tokio::time::timeout(Duration::from_secs(1), recv_tracking(&consumer, &mut revoked_now)) => r,
         };
-        let drop_revoked = |batch: &mut Vec<OwnedMessage>, revoked: &HashSet<i32>, worker: &mut Worker| {
-            if !revoked.is_empty() {
-                batch.retain(|m| !revoked.contains(&m.partition()));
-                for p in revoked {
-                    worker.tables.remove(p);
+        let drop_revoked =
+            |batch: &mut Vec<OwnedMessage>, revoked: &HashSet<i32>, worker: &mut Worker| {
+                if !revoked.is_empty() {
+                    batch.retain(|m| !revoked.contains(&m.partition()));
+                    for p in revoked {
+                        worker.tables.remove(p);
+                    }
                 }
-            }
-        };
+            };
         match first {
             Err(_) | Ok(None) => {
                 drop_revoked(&mut batch, &revoked_now, &mut worker);
@@ -436,7 +537,9 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max_batch {
             let mut revoked_during = HashSet::new();
-            match tokio::time::timeout_at(deadline, recv_tracking(&consumer, &mut revoked_during)).await {
+            match tokio::time::timeout_at(deadline, recv_tracking(&consumer, &mut revoked_during))
+                .await
+            {
                 Ok(Some(Ok(message))) => {
                     drop_revoked(&mut batch, &revoked_during, &mut worker);
                     batch.push(message);
@@ -461,12 +564,16 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, health: Arc<Health>,
 
     health.set_draining(true);
     info!("Draining: flushing producer and committing offsets.");
-    if let Err(e) = sinks.output.flush(Duration::from_secs(worker.settings.shutdown.drain_timeout_secs)) {
+    if let Err(e) = sinks.output.flush(Duration::from_secs(
+        worker.settings.shutdown.drain_timeout_secs,
+    )) {
         warn!(error = %e, "Producer flush incomplete.");
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => info!("Offsets committed."),
-        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
         Err(e) => warn!(error = %e, "Final commit failed; uncommitted messages will be replayed."),
     }
     consumer.unsubscribe();
@@ -491,23 +598,40 @@ fn sweep(worker: &mut Worker, consumer: &StreamConsumer<SourceContext>, idle_tim
 
 /// Streams in `batch` first seen since this worker took their partition, that start mid-stream:
 /// asks MongoDB how far each was stored before (restart and rebalance recovery).
-async fn recovery_lookups(worker: &Worker, batch: &[OwnedMessage], mongo: &MongoSink) -> Result<HashMap<(i32, String), u64>, SinkError> {
+async fn recovery_lookups(
+    worker: &Worker,
+    batch: &[OwnedMessage],
+    mongo: &MongoSink,
+) -> Result<StoredFrames, SinkError> {
     let mut wanted: HashSet<(i32, String)> = HashSet::new();
     for message in batch {
-        let Some(Ok(stream)) = message.key().map(std::str::from_utf8) else { continue };
-        let known = worker.tables.get(&message.partition()).is_some_and(|t| t.contains(stream));
+        let Some(Ok(stream)) = message.key().map(std::str::from_utf8) else {
+            continue;
+        };
+        let known = worker
+            .tables
+            .get(&message.partition())
+            .is_some_and(|t| t.contains(stream));
         let mid_stream = message.headers().is_some_and(|h| {
             h.iter().any(|h| {
                 h.key == HEADER_START_SAMPLE
-                    && h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|s| s > 0)
+                    && h.value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .is_some_and(|s| s > 0)
             })
         });
         if !known && mid_stream {
             wanted.insert((message.partition(), stream.to_string()));
         }
     }
-    let found: Vec<Result<Option<((i32, String), u64)>, SinkError>> = futures::stream::iter(wanted)
-        .map(|key| async move { mongo.last_stored_frame(&key.1).await.map(|last| last.map(|l| (key, l))) })
+    let found: Vec<Result<Option<_>, SinkError>> = futures::stream::iter(wanted)
+        .map(|key| async move {
+            mongo
+                .last_stored_frame(&key.1)
+                .await
+                .map(|last| last.map(|l| (key, l)))
+        })
         .buffer_unordered(16)
         .collect()
         .await;
@@ -531,7 +655,9 @@ async fn handle_batch(
     let health = worker.health.clone();
     for message in &batch {
         metrics.messages_consumed_total.inc();
-        metrics.bytes_consumed_total.inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
+        metrics
+            .bytes_consumed_total
+            .inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
     }
 
     let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
@@ -545,14 +671,19 @@ async fn handle_batch(
 
     let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
     for message in batch {
-        match by_partition.iter_mut().find(|(p, _)| *p == message.partition()) {
+        match by_partition
+            .iter_mut()
+            .find(|(p, _)| *p == message.partition())
+        {
             Some((_, messages)) => messages.push(message),
             None => by_partition.push((message.partition(), vec![message])),
         }
     }
     let started = Instant::now();
     let processed = tokio::task::block_in_place(|| worker.process_batch(by_partition, &stored));
-    metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .processing_seconds
+        .observe(started.elapsed().as_secs_f64());
 
     let mut records: Vec<&EncodedRecord> = Vec::new();
     let mut letters: Vec<(&DeadLetter, &'static str)> = Vec::new();
@@ -571,9 +702,14 @@ async fn handle_batch(
     let mut pending_letters = letters.clone();
     let mut backoff = Backoff::new("kafka", worker, shutdown, consumer);
     loop {
-        let record_sends = pending_records.iter().map(|r| sinks.output.send_record(r.key.as_bytes(), &r.json));
-        let letter_sends = pending_letters.iter().map(|(l, _)| sinks.dead_letters.send(l));
-        let (record_results, letter_results) = futures::join!(join_all(record_sends), join_all(letter_sends));
+        let record_sends = pending_records
+            .iter()
+            .map(|r| sinks.output.send_record(r.key.as_bytes(), &r.json));
+        let letter_sends = pending_letters
+            .iter()
+            .map(|(l, _)| sinks.dead_letters.send(l));
+        let (record_results, letter_results) =
+            futures::join!(join_all(record_sends), join_all(letter_sends));
         let mut first_error = None;
         let mut still_records = Vec::new();
         for (record, result) in pending_records.iter().zip(record_results) {
@@ -613,10 +749,14 @@ async fn handle_batch(
     loop {
         let started = Instant::now();
         let result = sinks.mongo.insert_idempotent(&documents).await;
-        metrics.mongo_write_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .mongo_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                metrics.mongo_documents_written_total.inc_by(documents.len() as u64);
+                metrics
+                    .mongo_documents_written_total
+                    .inc_by(documents.len() as u64);
                 health.set_mongo_ok(true);
                 break;
             }
@@ -630,14 +770,20 @@ async fn handle_batch(
     backoff.succeeded();
     let now = now_ms();
     for record in &records {
-        metrics.end_to_end_latency_seconds.observe((now - record.end_ms).max(0) as f64 / 1000.0);
+        metrics
+            .end_to_end_latency_seconds
+            .observe((now - record.end_ms).max(0) as f64 / 1000.0);
     }
 
     // Offsets: each touched partition up to its watermark.
     let mut offsets = TopicPartitionList::new();
     let topic = worker.settings.source.topic.clone();
     for (partition, _, _) in &processed {
-        if let Some(offset) = worker.tables.get(partition).and_then(PartitionStreams::commit_offset) {
+        if let Some(offset) = worker
+            .tables
+            .get(partition)
+            .and_then(PartitionStreams::commit_offset)
+        {
             let _ = offsets.add_partition_offset(&topic, *partition, Offset::Offset(offset));
         }
     }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
 use crate::audio::wav::read_wav;
-use crate::audio::{HEADER_CHANNELS, HEADER_EOS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_START_SAMPLE, HEADER_TIMESTAMP_MS};
+use crate::audio::{
+    HEADER_CHANNELS, HEADER_EOS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_START_SAMPLE,
+    HEADER_TIMESTAMP_MS,
+};
 use crate::config::Settings;
 
 /// What audio to send.
@@ -69,19 +72,36 @@ fn synthesize(signal: &Signal, sample_rate: u32, seconds: f64, seed: u64) -> any
     Ok(match signal {
         Signal::Wav(path) => {
             let audio = read_wav(path)?;
-            let per_stream = (seconds * f64::from(audio.sample_rate)).round() as usize * usize::from(audio.channels);
-            let samples = audio.pcm_s16.iter().copied().cycle().take(per_stream).collect();
-            Pcm { sample_rate: audio.sample_rate, channels: audio.channels, samples }
+            let per_stream = (seconds * f64::from(audio.sample_rate)).round() as usize
+                * usize::from(audio.channels);
+            let samples = audio
+                .pcm_s16
+                .iter()
+                .copied()
+                .cycle()
+                .take(per_stream)
+                .collect();
+            Pcm {
+                sample_rate: audio.sample_rate,
+                channels: audio.channels,
+                samples,
+            }
         }
         Signal::Tone(hz) => Pcm {
             sample_rate,
             channels: 1,
             samples: (0..n)
-                .map(|i| ((2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(sample_rate)).sin() * 16_384.0) as i16)
+                .map(|i| {
+                    ((2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(sample_rate)).sin()
+                        * 16_384.0) as i16
+                })
                 .collect(),
         },
         Signal::Noise => {
-            let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) | 1;
+            let mut state = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                | 1;
             Pcm {
                 sample_rate,
                 channels: 1,
@@ -99,15 +119,28 @@ fn synthesize(signal: &Signal, sample_rate: u32, seconds: f64, seed: u64) -> any
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Sends the streams and waits for every acknowledgement.
-pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
-    let mut config = settings.kafka.client_config(&settings.kafka.producer).map_err(|p| anyhow::anyhow!("{p}"))?;
-    config.set("linger.ms", "5").set("enable.idempotence", "true");
+pub async fn produce(
+    settings: &Settings,
+    options: &ProduceOptions,
+) -> anyhow::Result<ProduceSummary> {
+    let mut config = settings
+        .kafka
+        .client_config(&settings.kafka.producer)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    config
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true");
     let producer: FutureProducer = config.create().context("cannot create producer")?;
-    let topic = options.topic.clone().unwrap_or_else(|| settings.source.topic.clone());
+    let topic = options
+        .topic
+        .clone()
+        .unwrap_or_else(|| settings.source.topic.clone());
     let default_secs = match options.signal {
         Signal::Wav(ref path) => {
             let audio = read_wav(path)?;
@@ -120,13 +153,23 @@ pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::R
         .map(|i| synthesize(&options.signal, options.sample_rate, seconds, i as u64 + 1))
         .collect::<anyhow::Result<_>>()?;
     let Some(first) = pcm.first() else {
-        return Ok(ProduceSummary { messages: 0, bytes: 0 });
+        return Ok(ProduceSummary {
+            messages: 0,
+            bytes: 0,
+        });
     };
-    let frames_per_chunk = ((u64::from(first.sample_rate) * options.chunk_ms) / 1000).max(1) as usize;
-    let chunks = first.samples.len().div_ceil(frames_per_chunk * usize::from(first.channels));
+    let frames_per_chunk =
+        ((u64::from(first.sample_rate) * options.chunk_ms) / 1000).max(1) as usize;
+    let chunks = first
+        .samples
+        .len()
+        .div_ceil(frames_per_chunk * usize::from(first.channels));
     info!(streams = options.streams, chunks, chunk_ms = options.chunk_ms, %topic, "Producing.");
     let started = Instant::now();
-    let mut summary = ProduceSummary { messages: 0, bytes: 0 };
+    let mut summary = ProduceSummary {
+        messages: 0,
+        bytes: 0,
+    };
     for chunk in 0..chunks {
         if options.realtime {
             let due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
@@ -141,24 +184,54 @@ pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::R
                 continue;
             }
             let end = (begin + per_chunk).min(audio.samples.len());
-            let payload: Vec<u8> = audio.samples[begin..end].iter().flat_map(|s| s.to_le_bytes()).collect();
+            let payload: Vec<u8> = audio.samples[begin..end]
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect();
             let last = end == audio.samples.len();
-            payloads.push((format!("{}{stream}", options.stream_prefix), payload, (chunk * frames_per_chunk).to_string(), last, audio));
+            payloads.push((
+                format!("{}{stream}", options.stream_prefix),
+                payload,
+                (chunk * frames_per_chunk).to_string(),
+                last,
+                audio,
+            ));
         }
         let mut sends = Vec::with_capacity(payloads.len());
         for (key, payload, start, last, audio) in &payloads {
             let rate = audio.sample_rate.to_string();
             let channels = audio.channels.to_string();
             let mut headers = OwnedHeaders::new()
-                .insert(Header { key: HEADER_FORMAT, value: Some("s16le") })
-                .insert(Header { key: HEADER_SAMPLE_RATE, value: Some(rate.as_str()) })
-                .insert(Header { key: HEADER_CHANNELS, value: Some(channels.as_str()) })
-                .insert(Header { key: HEADER_START_SAMPLE, value: Some(start.as_str()) })
-                .insert(Header { key: HEADER_TIMESTAMP_MS, value: Some(timestamp.as_str()) });
+                .insert(Header {
+                    key: HEADER_FORMAT,
+                    value: Some("s16le"),
+                })
+                .insert(Header {
+                    key: HEADER_SAMPLE_RATE,
+                    value: Some(rate.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_CHANNELS,
+                    value: Some(channels.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_START_SAMPLE,
+                    value: Some(start.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_TIMESTAMP_MS,
+                    value: Some(timestamp.as_str()),
+                });
             if *last && options.eos {
-                headers = headers.insert(Header { key: HEADER_EOS, value: Some("1") });
+                headers = headers.insert(Header {
+                    key: HEADER_EOS,
+                    value: Some("1"),
+                });
             }
-            let record = FutureRecord::to(&topic).key(key.as_str()).payload(payload.as_slice()).headers(headers);
+            let record = FutureRecord::to(&topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .headers(headers);
             sends.push(producer.send(record, Timeout::After(Duration::from_secs(60))));
         }
         for (result, (_, payload, ..)) in join_all(sends).await.into_iter().zip(&payloads) {
@@ -167,6 +240,11 @@ pub async fn produce(settings: &Settings, options: &ProduceOptions) -> anyhow::R
             summary.bytes += payload.len() as u64;
         }
     }
-    info!(messages = summary.messages, bytes = summary.bytes, seconds = started.elapsed().as_secs_f64(), "Produced.");
+    info!(
+        messages = summary.messages,
+        bytes = summary.bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "Produced."
+    );
     Ok(summary)
 }

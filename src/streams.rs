@@ -39,7 +39,11 @@ impl StreamsConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.idle_timeout_secs == 0 {
-            problems.push(Problem::new("streams.idle_timeout_secs", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "streams.idle_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.max_streams == 0 {
             problems.push(Problem::new("streams.max_streams", 0, "must be at least 1"));
@@ -52,7 +56,9 @@ impl StreamsConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StreamError {
     /// The chunk lies entirely before what the stream has already consumed.
-    #[error("audio.start_sample {start} goes backwards: stream {stream} is already at sample {expected}")]
+    #[error(
+        "audio.start_sample {start} goes backwards: stream {stream} is already at sample {expected}"
+    )]
     Backwards {
         /// Stream id.
         stream: String,
@@ -80,7 +86,10 @@ pub struct ExtractorCache {
 impl ExtractorCache {
     /// A cache for `config`.
     pub fn new(config: DspConfig) -> Self {
-        Self { config, by_rate: Mutex::default() }
+        Self {
+            config,
+            by_rate: Mutex::default(),
+        }
     }
 
     /// The extractor for `sample_rate`, built on first use.
@@ -92,7 +101,10 @@ impl ExtractorCache {
                 Err(e) => Err(e.to_string()),
             })
             .clone()
-            .map_err(|reason| StreamError::Dsp { sample_rate, reason })
+            .map_err(|reason| StreamError::Dsp {
+                sample_rate,
+                reason,
+            })
     }
 
     /// The DSP settings.
@@ -120,7 +132,9 @@ impl StreamEntry {
         let next_frame = self.state.next_frame();
         let hop = self.extractor.hop_length() as u64;
         let previous_frame_start = next_frame.saturating_sub(1) * hop;
-        self.state.oldest_needed_sample().min(previous_frame_start.max(self.continuous_from))
+        self.state
+            .oldest_needed_sample()
+            .min(previous_frame_start.max(self.continuous_from))
     }
 
     fn release_messages(&mut self) {
@@ -157,7 +171,12 @@ pub struct PartitionStreams {
 impl PartitionStreams {
     /// An empty table for `partition`.
     pub fn new(partition: i32) -> Self {
-        Self { partition, streams: HashMap::new(), last_offset: None, last_sweep: Instant::now() }
+        Self {
+            partition,
+            streams: HashMap::new(),
+            last_offset: None,
+            last_sweep: Instant::now(),
+        }
     }
 
     /// Live streams.
@@ -177,7 +196,10 @@ impl PartitionStreams {
 
     /// Heap bytes held by stream state (approximate).
     pub fn heap_bytes(&self) -> usize {
-        self.streams.iter().map(|(id, e)| id.len() + e.state.heap_bytes() + e.messages.len() * 16 + 96).sum()
+        self.streams
+            .iter()
+            .map(|(id, e)| id.len() + e.state.heap_bytes() + e.messages.len() * 16 + 96)
+            .sum()
     }
 
     /// Records that the message at `offset` was handled without touching any stream state
@@ -206,7 +228,11 @@ impl PartitionStreams {
         let extractor = cache.get(meta.sample_rate)?;
         let now = Instant::now();
 
-        if self.streams.get(&meta.stream_id).is_some_and(|e| e.extractor.sample_rate() != meta.sample_rate) {
+        if self
+            .streams
+            .get(&meta.stream_id)
+            .is_some_and(|e| e.extractor.sample_rate() != meta.sample_rate)
+        {
             info!(stream = %meta.stream_id, sample_rate = meta.sample_rate, "Sample rate changed; stream restarted.");
             self.streams.remove(&meta.stream_id);
         }
@@ -233,7 +259,10 @@ impl PartitionStreams {
             );
             outcome.new_stream = true;
         }
-        let entry = self.streams.get_mut(&meta.stream_id).expect("stream inserted above");
+        let entry = self
+            .streams
+            .get_mut(&meta.stream_id)
+            .expect("stream inserted above");
         entry.last_seen = now;
 
         let expected = entry.state.next_sample();
@@ -247,17 +276,23 @@ impl PartitionStreams {
         } else if start < expected {
             let overlap = (expected - start) as usize;
             if overlap >= samples.len() && !samples.is_empty() {
-                return Err(StreamError::Backwards { stream: meta.stream_id.clone(), start, expected });
+                return Err(StreamError::Backwards {
+                    stream: meta.stream_id.clone(),
+                    start,
+                    expected,
+                });
             }
             outcome.trimmed = overlap.min(samples.len());
             feed = &samples[outcome.trimmed..];
         }
-        entry.messages.push_back((start + outcome.trimmed as u64, offset));
+        entry
+            .messages
+            .push_back((start + outcome.trimmed as u64, offset));
 
         let ws = workspace.for_extractor(&entry.extractor);
         entry.extractor.process(ws, &mut entry.state, feed, out);
         if let Some(stored) = entry.stored_through {
-            if out.len() > 0 && out.index(0) <= stored {
+            if !out.is_empty() && out.index(0) <= stored {
                 outcome.skipped_frames = out.len();
                 out.clear();
             }
@@ -277,7 +312,11 @@ impl PartitionStreams {
     /// the last message handled. `None` before any message was handled.
     pub fn commit_offset(&self) -> Option<i64> {
         let after_last = self.last_offset? + 1;
-        let oldest_needed = self.streams.values().filter_map(|e| e.messages.front().map(|m| m.1)).min();
+        let oldest_needed = self
+            .streams
+            .values()
+            .filter_map(|e| e.messages.front().map(|m| m.1))
+            .min();
         Some(oldest_needed.map_or(after_last, |o| o.min(after_last)))
     }
 
@@ -290,16 +329,27 @@ impl PartitionStreams {
         }
         self.last_sweep = now;
         let before = self.streams.len();
-        self.streams.retain(|_, e| now.duration_since(e.last_seen) < idle_timeout);
+        self.streams
+            .retain(|_, e| now.duration_since(e.last_seen) < idle_timeout);
         let dropped = before - self.streams.len();
         if dropped > 0 {
-            info!(partition = self.partition, dropped, live = self.streams.len(), "Idle streams evicted.");
+            info!(
+                partition = self.partition,
+                dropped,
+                live = self.streams.len(),
+                "Idle streams evicted."
+            );
         }
         dropped
     }
 
     fn evict_least_recent(&mut self, cap: usize) {
-        if let Some(victim) = self.streams.iter().min_by_key(|(_, e)| e.last_seen).map(|(id, _)| id.clone()) {
+        if let Some(victim) = self
+            .streams
+            .iter()
+            .min_by_key(|(_, e)| e.last_seen)
+            .map(|(id, _)| id.clone())
+        {
             warn!(
                 partition = self.partition,
                 max_streams = cap,
@@ -320,9 +370,13 @@ pub struct WorkspaceSet {
 impl WorkspaceSet {
     /// The workspace for `extractor`, made on first use.
     pub fn for_extractor(&mut self, extractor: &Arc<FeatureExtractor>) -> &mut Workspace {
-        let position = self.by_extractor.iter().position(|(e, _)| Arc::ptr_eq(e, extractor));
+        let position = self
+            .by_extractor
+            .iter()
+            .position(|(e, _)| Arc::ptr_eq(e, extractor));
         let index = position.unwrap_or_else(|| {
-            self.by_extractor.push((extractor.clone(), extractor.workspace()));
+            self.by_extractor
+                .push((extractor.clone(), extractor.workspace()));
             self.by_extractor.len() - 1
         });
         &mut self.by_extractor[index].1

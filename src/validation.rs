@@ -15,7 +15,11 @@ pub struct Problem {
 
 impl Problem {
     /// Builds a problem for `key` whose current value is `value`.
-    pub fn new(key: impl Into<String>, value: impl fmt::Display, message: impl Into<String>) -> Self {
+    pub fn new(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             key: key.into(),
             value: value.to_string(),

@@ -12,11 +12,16 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use specflow::audio::{decode_pcm, SampleFormat};
+use specflow::audio::{SampleFormat, decode_pcm};
 use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch};
 
 /// Expected frames of a whole signal, by index, as JSON.
-fn expected_frames(pcm: &[i16], channels: u16, sample_rate: u32, dsp: &DspConfig) -> BTreeMap<u64, Value> {
+fn expected_frames(
+    pcm: &[i16],
+    channels: u16,
+    sample_rate: u32,
+    dsp: &DspConfig,
+) -> BTreeMap<u64, Value> {
     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
     let mut mono = Vec::new();
     decode_pcm(SampleFormat::S16le, channels, &bytes, &mut mono).unwrap();
@@ -25,11 +30,19 @@ fn expected_frames(pcm: &[i16], channels: u16, sample_rate: u32, dsp: &DspConfig
     let mut state = extractor.new_stream(0);
     let mut batch = FrameBatch::new();
     extractor.process(&mut ws, &mut state, &mono, &mut batch);
-    (0..batch.len()).map(|i| (batch.index(i), serde_json::to_value(batch.frame(i)).unwrap())).collect()
+    (0..batch.len())
+        .map(|i| {
+            (
+                batch.index(i),
+                serde_json::to_value(batch.frame(i)).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
-    let mut reader = hound::WavReader::open(reference_dir().join("signals").join(name)).expect("reference WAV");
+    let mut reader =
+        hound::WavReader::open(reference_dir().join("signals").join(name)).expect("reference WAV");
     let spec = reader.spec();
     let pcm: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
     (pcm, spec.channels, spec.sample_rate)
@@ -39,7 +52,10 @@ fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
 /// shortest f32 representation, BSON the exact f32 value widened to f64).
 fn as_f32(value: Value) -> Value {
     match value {
-        Value::Number(n) if n.is_f64() => serde_json::Number::from_f64(f64::from(n.as_f64().unwrap() as f32)).map_or(Value::Null, Value::Number),
+        Value::Number(n) if n.is_f64() => {
+            serde_json::Number::from_f64(f64::from(n.as_f64().unwrap() as f32))
+                .map_or(Value::Null, Value::Number)
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(as_f32).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, as_f32(v))).collect()),
         other => other,
@@ -72,7 +88,14 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
     for (seed, (key, file, max_chunk)) in streams.iter().enumerate() {
         let (pcm, channels, rate) = read_pcm(file);
         expected.insert(key.to_string(), expected_frames(&pcm, channels, rate, &dsp));
-        messages.push(chunk_stream(key, &pcm, channels, rate, 7 + seed as u64, *max_chunk));
+        messages.push(chunk_stream(
+            key,
+            &pcm,
+            channels,
+            rate,
+            7 + seed as u64,
+            *max_chunk,
+        ));
     }
     // Interleave the streams the way concurrent producers would.
     let mut interleaved = Vec::new();
@@ -102,16 +125,26 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
         let stream = doc.get_str("stream_id").unwrap().to_string();
         let first = doc.get_i64("first_frame").unwrap();
         assert_eq!(doc.get_str("_id").unwrap(), format!("{stream}:{first}"));
-        assert_eq!(doc.get_i32("schema").or_else(|_| doc.get_i64("schema").map(|v| v as i32)).unwrap(), 1);
+        assert_eq!(
+            doc.get_i32("schema")
+                .or_else(|_| doc.get_i64("schema").map(|v| v as i32))
+                .unwrap(),
+            1
+        );
         let json: Value = serde_json::to_value(doc).unwrap();
         for frame in json["frames"].as_array().unwrap() {
             let index = frame["index"].as_u64().unwrap();
-            let previous = seen.entry(stream.clone()).or_default().insert(index, strip_time(frame.clone()));
+            let previous = seen
+                .entry(stream.clone())
+                .or_default()
+                .insert(index, strip_time(frame.clone()));
             assert!(previous.is_none(), "frame {index} of {stream} stored twice");
         }
     }
     for (stream, frames) in &expected {
-        let got = seen.get(stream).unwrap_or_else(|| panic!("no records for {stream}"));
+        let got = seen
+            .get(stream)
+            .unwrap_or_else(|| panic!("no records for {stream}"));
         assert_eq!(got.len(), frames.len(), "frame count of {stream}");
         for (index, want) in frames {
             assert_eq!(&got[index], want, "frame {index} of {stream}");
@@ -120,7 +153,11 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
 
     // Kafka: the same records, each once.
     let records = consume(&names.output, docs.len(), Duration::from_secs(30)).await;
-    assert_eq!(records.len(), docs.len(), "output records vs stored documents");
+    assert_eq!(
+        records.len(),
+        docs.len(),
+        "output records vs stored documents"
+    );
     let mut kafka_frames: HashMap<String, usize> = HashMap::new();
     for record in &records {
         let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
@@ -128,16 +165,31 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
         assert_eq!(record.key().unwrap(), stream.as_bytes());
         for frame in value["frames"].as_array().unwrap() {
             let index = frame["index"].as_u64().unwrap();
-            assert_eq!(as_f32(strip_time(frame.clone())), as_f32(expected[&stream][&index].clone()), "kafka frame {index} of {stream}");
+            assert_eq!(
+                as_f32(strip_time(frame.clone())),
+                as_f32(expected[&stream][&index].clone()),
+                "kafka frame {index} of {stream}"
+            );
             *kafka_frames.entry(stream.clone()).or_default() += 1;
         }
         assert!(value["source"]["offset"].as_i64().is_some());
-        assert!(value["summary"]["rms"]["mean"].as_f64().is_some(), "summary present: {}", value["summary"]);
+        assert!(
+            value["summary"]["rms"]["mean"].as_f64().is_some(),
+            "summary present: {}",
+            value["summary"]
+        );
     }
     for (stream, frames) in &expected {
-        assert_eq!(kafka_frames[stream], frames.len(), "kafka frames of {stream}");
+        assert_eq!(
+            kafka_frames[stream],
+            frames.len(),
+            "kafka frames of {stream}"
+        );
     }
-    assert_eq!(metrics.messages_consumed_total.get() as usize, input_messages);
+    assert_eq!(
+        metrics.messages_consumed_total.get() as usize,
+        input_messages
+    );
     assert_eq!(metrics.frames_computed_total.get() as usize, total);
     assert_eq!(metrics.records_produced_total.get() as usize, docs.len());
 }
@@ -155,31 +207,81 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
 
     let header = |k: &str, v: &str| (k.to_string(), v.to_string());
     let poison = vec![
-        (Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 3], headers: vec![] }, "payload length 3 is not a multiple of 2 bytes"),
         (
-            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.format", "mp3")] },
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![0; 3],
+                headers: vec![],
+            },
+            "payload length 3 is not a multiple of 2 bytes",
+        ),
+        (
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![0; 4],
+                headers: vec![header("audio.format", "mp3")],
+            },
             "header audio.format = \"mp3\": unknown format",
         ),
         (
-            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.sample_rate", "0")] },
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![0; 4],
+                headers: vec![header("audio.sample_rate", "0")],
+            },
             "header audio.sample_rate = \"0\"",
         ),
         (
-            Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 4], headers: vec![header("audio.channels", "abc")] },
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![0; 4],
+                headers: vec![header("audio.channels", "abc")],
+            },
             "header audio.channels = \"abc\": not a non-negative integer",
         ),
         (
             Chunk {
                 key: Some(b"bad".to_vec()),
-                payload: [f32::NAN, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                payload: [f32::NAN, 0.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
                 headers: vec![header("audio.format", "f32le")],
             },
             "f32le sample 0 is not finite",
         ),
-        (Chunk { key: Some(b"bad".to_vec()), payload: vec![], headers: vec![] }, "payload is empty"),
-        (Chunk { key: Some(b"bad".to_vec()), payload: vec![0; 70_000], headers: vec![] }, "more than input.max_message_bytes"),
-        (Chunk { key: None, payload: vec![0; 4], headers: vec![] }, "message key (stream id) is missing"),
-        (Chunk { key: Some(vec![0xff, 0xfe]), payload: vec![0; 4], headers: vec![] }, "not valid UTF-8"),
+        (
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![],
+                headers: vec![],
+            },
+            "payload is empty",
+        ),
+        (
+            Chunk {
+                key: Some(b"bad".to_vec()),
+                payload: vec![0; 70_000],
+                headers: vec![],
+            },
+            "more than input.max_message_bytes",
+        ),
+        (
+            Chunk {
+                key: None,
+                payload: vec![0; 4],
+                headers: vec![],
+            },
+            "message key (stream id) is missing",
+        ),
+        (
+            Chunk {
+                key: Some(vec![0xff, 0xfe]),
+                payload: vec![0; 4],
+                headers: vec![],
+            },
+            "not valid UTF-8",
+        ),
         (
             Chunk {
                 key: Some(b"good".to_vec()),
@@ -200,13 +302,25 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
     for chunk in &sequence {
         let mut headers = rdkafka::message::OwnedHeaders::new();
         for (k, v) in &chunk.headers {
-            headers = headers.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) });
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
-        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&names.input).payload(&chunk.payload).headers(headers).partition(0);
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&names.input)
+            .payload(&chunk.payload)
+            .headers(headers)
+            .partition(0);
         if let Some(key) = &chunk.key {
             record = record.key(key.as_slice());
         }
-        producer.send(record, rdkafka::util::Timeout::After(Duration::from_secs(30))).await.expect("delivered");
+        producer
+            .send(
+                record,
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .expect("delivered");
     }
 
     let worker = spawn_worker(settings);
@@ -216,27 +330,68 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
     let metrics = worker.metrics.clone();
     worker.stop().await;
 
-    assert_eq!(letters.len(), poison.len(), "one dead letter per poison message");
+    assert_eq!(
+        letters.len(),
+        poison.len(),
+        "one dead letter per poison message"
+    );
     // The dead-letter topic has several partitions: match letters by reason, not by order.
     let error_of = |letter: &rdkafka::message::OwnedMessage| {
         let headers = letter.headers().expect("headers");
-        let error = headers.iter().find(|h| h.key == "error").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).to_string());
+        let error = headers
+            .iter()
+            .find(|h| h.key == "error")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string());
         error.expect("error header")
     };
     for (chunk, reason) in &poison {
-        let matching: Vec<_> = letters.iter().filter(|l| error_of(l).contains(reason)).collect();
-        assert_eq!(matching.len(), 1, "exactly one dead letter should say {reason:?}; got {:?}", letters.iter().map(error_of).collect::<Vec<_>>());
+        let matching: Vec<_> = letters
+            .iter()
+            .filter(|l| error_of(l).contains(reason))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "exactly one dead letter should say {reason:?}; got {:?}",
+            letters.iter().map(error_of).collect::<Vec<_>>()
+        );
         let letter = matching[0];
         let headers = letter.headers().expect("headers");
-        assert_eq!(letter.key().map(<[u8]>::to_vec), chunk.key, "original key kept");
-        assert_eq!(letter.payload().unwrap_or_default(), chunk.payload.as_slice(), "original payload kept");
+        assert_eq!(
+            letter.key().map(<[u8]>::to_vec),
+            chunk.key,
+            "original key kept"
+        );
+        assert_eq!(
+            letter.payload().unwrap_or_default(),
+            chunk.payload.as_slice(),
+            "original payload kept"
+        );
         for (k, v) in &chunk.headers {
-            assert!(headers.iter().any(|h| h.key == k && h.value == Some(v.as_bytes())), "original header {k} kept");
+            assert!(
+                headers
+                    .iter()
+                    .any(|h| h.key == k && h.value == Some(v.as_bytes())),
+                "original header {k} kept"
+            );
         }
     }
     let docs: Vec<Document> = all_documents(&collection).await;
-    let frames: usize = docs.iter().map(|d| d.get_i64("frame_count").unwrap() as usize).sum();
-    assert_eq!(frames, expected.len(), "good stream complete despite poison");
-    let dead: u64 = metrics.render().lines().filter(|l| l.starts_with("specflow_dead_letters_total")).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+    let frames: usize = docs
+        .iter()
+        .map(|d| d.get_i64("frame_count").unwrap() as usize)
+        .sum();
+    assert_eq!(
+        frames,
+        expected.len(),
+        "good stream complete despite poison"
+    );
+    let dead: u64 = metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("specflow_dead_letters_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
     assert_eq!(dead as usize, poison.len());
 }

@@ -112,13 +112,20 @@ impl InputConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.max_sample_rate == 0 {
-            problems.push(Problem::new("input.max_sample_rate", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "input.max_sample_rate",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.sample_rate == 0 || self.sample_rate > self.max_sample_rate {
             problems.push(Problem::new(
                 "input.sample_rate",
                 self.sample_rate,
-                format!("must be between 1 and input.max_sample_rate ({})", self.max_sample_rate),
+                format!(
+                    "must be between 1 and input.max_sample_rate ({})",
+                    self.max_sample_rate
+                ),
             ));
         }
         if self.max_channels == 0 {
@@ -128,11 +135,18 @@ impl InputConfig {
             problems.push(Problem::new(
                 "input.channels",
                 self.channels,
-                format!("must be between 1 and input.max_channels ({})", self.max_channels),
+                format!(
+                    "must be between 1 and input.max_channels ({})",
+                    self.max_channels
+                ),
             ));
         }
         if self.max_message_bytes == 0 {
-            problems.push(Problem::new("input.max_message_bytes", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "input.max_message_bytes",
+                0,
+                "must be at least 1",
+            ));
         }
         problems
     }
@@ -179,7 +193,9 @@ pub enum DecodeError {
         max: usize,
     },
     /// The payload does not hold a whole number of sample frames.
-    #[error("payload length {len} is not a multiple of {frame_bytes} bytes ({channels} channel(s) of {format})")]
+    #[error(
+        "payload length {len} is not a multiple of {frame_bytes} bytes ({channels} channel(s) of {format})"
+    )]
     RaggedPayload {
         /// Payload length.
         len: usize,
@@ -298,9 +314,13 @@ pub fn decode<'h>(
         match name {
             HEADER_FORMAT => {
                 let text = header_str(HEADER_FORMAT, value)?;
-                format = text
-                    .parse()
-                    .map_err(|()| bad_header(HEADER_FORMAT, text, "unknown format; expected s16le, s32le or f32le"))?;
+                format = text.parse().map_err(|()| {
+                    bad_header(
+                        HEADER_FORMAT,
+                        text,
+                        "unknown format; expected s16le, s32le or f32le",
+                    )
+                })?;
             }
             HEADER_SAMPLE_RATE => {
                 let rate: u32 = parse_num(HEADER_SAMPLE_RATE, value)?;
@@ -324,14 +344,18 @@ pub fn decode<'h>(
                 }
                 channels = count;
             }
-            HEADER_START_SAMPLE => start_sample = Some(parse_num::<u64>(HEADER_START_SAMPLE, value)?),
+            HEADER_START_SAMPLE => {
+                start_sample = Some(parse_num::<u64>(HEADER_START_SAMPLE, value)?)
+            }
             HEADER_TIMESTAMP_MS => {
                 let text = header_str(HEADER_TIMESTAMP_MS, value)?;
-                let ts: i64 = text
-                    .parse()
-                    .ok()
-                    .filter(|t| *t >= 0)
-                    .ok_or_else(|| bad_header(HEADER_TIMESTAMP_MS, text, "not a non-negative integer (Unix milliseconds)"))?;
+                let ts: i64 = text.parse().ok().filter(|t| *t >= 0).ok_or_else(|| {
+                    bad_header(
+                        HEADER_TIMESTAMP_MS,
+                        text,
+                        "not a non-negative integer (Unix milliseconds)",
+                    )
+                })?;
                 timestamp_ms = Some(ts);
             }
             HEADER_EOS => {
@@ -397,7 +421,8 @@ pub fn decode_pcm(
             sum += match format {
                 SampleFormat::S16le => f64::from(i16::from_le_bytes([raw[0], raw[1]])) / 32_768.0,
                 SampleFormat::S32le => {
-                    f64::from(i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])) / 2_147_483_648.0
+                    f64::from(i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+                        / 2_147_483_648.0
                 }
                 SampleFormat::F32le => {
                     let value = f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
@@ -411,7 +436,11 @@ pub fn decode_pcm(
                 }
             };
         }
-        samples.push(if channels == 1 { sum as f32 } else { (sum * scale) as f32 });
+        samples.push(if channels == 1 {
+            sum as f32
+        } else {
+            (sum * scale) as f32
+        });
     }
     Ok(())
 }
@@ -421,18 +450,35 @@ mod tests {
     use super::*;
 
     fn hdr<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
-        pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, Some(v.as_bytes())))
+            .collect()
     }
 
-    fn run(key: Option<&[u8]>, payload: &[u8], headers: &[(&str, &str)]) -> Result<(ChunkMeta, Vec<f32>), DecodeError> {
+    fn run(
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(ChunkMeta, Vec<f32>), DecodeError> {
         let mut out = Vec::new();
-        let meta = decode(&InputConfig::default(), key, Some(payload), hdr(headers), Some(5), &mut out)?;
+        let meta = decode(
+            &InputConfig::default(),
+            key,
+            Some(payload),
+            hdr(headers),
+            Some(5),
+            &mut out,
+        )?;
         Ok((meta, out))
     }
 
     #[test]
     fn s16_mono_uses_defaults_and_kafka_timestamp() {
-        let payload: Vec<u8> = [0i16, 16384, -32768].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let payload: Vec<u8> = [0i16, 16384, -32768]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         let (meta, samples) = run(Some(b"mic-1"), &payload, &[]).unwrap();
         assert_eq!(samples, vec![0.0, 0.5, -1.0]);
         assert_eq!(meta.stream_id, "mic-1");
@@ -444,11 +490,19 @@ mod tests {
 
     #[test]
     fn s32_stereo_downmixes_by_averaging() {
-        let payload: Vec<u8> = [i32::MIN, 0, 1 << 30, 1 << 30].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let payload: Vec<u8> = [i32::MIN, 0, 1 << 30, 1 << 30]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         let (meta, samples) = run(
             Some(b"s"),
             &payload,
-            &[("audio.format", "s32le"), ("audio.channels", "2"), ("audio.start_sample", "42"), ("audio.eos", "1")],
+            &[
+                ("audio.format", "s32le"),
+                ("audio.channels", "2"),
+                ("audio.start_sample", "42"),
+                ("audio.eos", "1"),
+            ],
         )
         .unwrap();
         assert_eq!(samples, vec![-0.5, 0.5]);
@@ -459,39 +513,90 @@ mod tests {
 
     #[test]
     fn f32_rejects_nan_and_names_the_sample() {
-        let payload: Vec<u8> = [0.25f32, f32::NAN].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let payload: Vec<u8> = [0.25f32, f32::NAN]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         let err = run(Some(b"s"), &payload, &[("audio.format", "f32le")]).unwrap_err();
         assert_eq!(err.to_string(), "f32le sample 1 is not finite (NaN)");
-        let ok: Vec<u8> = [0.25f32, -0.75].iter().flat_map(|s| s.to_le_bytes()).collect();
-        assert_eq!(run(Some(b"s"), &ok, &[("audio.format", "f32le")]).unwrap().1, vec![0.25, -0.75]);
+        let ok: Vec<u8> = [0.25f32, -0.75]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        assert_eq!(
+            run(Some(b"s"), &ok, &[("audio.format", "f32le")])
+                .unwrap()
+                .1,
+            vec![0.25, -0.75]
+        );
     }
 
     #[test]
     fn bad_inputs_get_clear_errors() {
         let two = [0u8, 0];
         assert_eq!(run(None, &two, &[]).unwrap_err(), DecodeError::MissingKey);
-        assert_eq!(run(Some(b""), &two, &[]).unwrap_err(), DecodeError::EmptyKey);
-        assert_eq!(run(Some(&[0xff, 0xfe]), &two, &[]).unwrap_err(), DecodeError::KeyNotUtf8);
-        assert_eq!(run(Some(&[b'a'; 257]), &two, &[]).unwrap_err(), DecodeError::KeyTooLong(257));
-        assert_eq!(run(Some(b"s"), &[], &[]).unwrap_err(), DecodeError::EmptyPayload);
+        assert_eq!(
+            run(Some(b""), &two, &[]).unwrap_err(),
+            DecodeError::EmptyKey
+        );
+        assert_eq!(
+            run(Some(&[0xff, 0xfe]), &two, &[]).unwrap_err(),
+            DecodeError::KeyNotUtf8
+        );
+        assert_eq!(
+            run(Some(&[b'a'; 257]), &two, &[]).unwrap_err(),
+            DecodeError::KeyTooLong(257)
+        );
+        assert_eq!(
+            run(Some(b"s"), &[], &[]).unwrap_err(),
+            DecodeError::EmptyPayload
+        );
         assert!(run(Some(b"s"), &[], &[("audio.eos", "1")]).is_ok());
         let err = run(Some(b"s"), &[0u8; 3], &[]).unwrap_err();
-        assert_eq!(err.to_string(), "payload length 3 is not a multiple of 2 bytes (1 channel(s) of s16le)");
+        assert_eq!(
+            err.to_string(),
+            "payload length 3 is not a multiple of 2 bytes (1 channel(s) of s16le)"
+        );
         let err = run(Some(b"s"), &two, &[("audio.format", "mp3")]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "header audio.format = \"mp3\": unknown format; expected s16le, s32le or f32le"
         );
         let err = run(Some(b"s"), &two, &[("audio.sample_rate", "0")]).unwrap_err();
-        assert!(err.to_string().starts_with("header audio.sample_rate = \"0\": must be between 1 and"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("header audio.sample_rate = \"0\": must be between 1 and"),
+            "{err}"
+        );
         let err = run(Some(b"s"), &two, &[("audio.sample_rate", "fast")]).unwrap_err();
-        assert!(err.to_string().contains("not a non-negative integer"), "{err}");
+        assert!(
+            err.to_string().contains("not a non-negative integer"),
+            "{err}"
+        );
         let err = run(Some(b"s"), &two, &[("audio.channels", "1000")]).unwrap_err();
-        assert!(err.to_string().starts_with("header audio.channels = \"1000\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("header audio.channels = \"1000\""),
+            "{err}"
+        );
         let err = run(Some(b"s"), &two, &[("audio.start_sample", "-4")]).unwrap_err();
-        assert!(err.to_string().starts_with("header audio.start_sample"), "{err}");
-        let input = InputConfig { max_message_bytes: 4, ..InputConfig::default() };
-        let err = decode(&input, Some(b"s"), Some(&[0u8; 6]), hdr(&[]), None, &mut Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("header audio.start_sample"),
+            "{err}"
+        );
+        let input = InputConfig {
+            max_message_bytes: 4,
+            ..InputConfig::default()
+        };
+        let err = decode(
+            &input,
+            Some(b"s"),
+            Some(&[0u8; 6]),
+            hdr(&[]),
+            None,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert_eq!(err, DecodeError::PayloadTooLarge { size: 6, max: 4 });
     }
 }

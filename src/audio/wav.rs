@@ -49,10 +49,16 @@ pub struct MonoAudio {
 /// Reads a whole WAV file (8/16/24/32-bit integer or 32-bit float PCM).
 pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
     let name = path.display().to_string();
-    let reader = hound::WavReader::open(path).map_err(|source| WavError::Open { path: name.clone(), source })?;
+    let reader = hound::WavReader::open(path).map_err(|source| WavError::Open {
+        path: name.clone(),
+        source,
+    })?;
     let spec = reader.spec();
     let channels = spec.channels.max(1);
-    let data_err = |source| WavError::Data { path: name.clone(), source };
+    let data_err = |source| WavError::Data {
+        path: name.clone(),
+        source,
+    };
     let interleaved: Vec<f64> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
             let scale = f64::from(1u32 << (bits - 1));
@@ -71,7 +77,11 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
             return Err(WavError::Unsupported {
                 path: name,
                 bits,
-                kind: if format == hound::SampleFormat::Float { "float" } else { "integer" },
+                kind: if format == hound::SampleFormat::Float {
+                    "float"
+                } else {
+                    "integer"
+                },
             });
         }
     };

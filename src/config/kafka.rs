@@ -119,7 +119,11 @@ impl KafkaConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.brokers.trim().is_empty() {
-            problems.push(Problem::new("kafka.brokers", "\"\"", "must name at least one host:port"));
+            problems.push(Problem::new(
+                "kafka.brokers",
+                "\"\"",
+                "must name at least one host:port",
+            ));
         }
         if self.security_protocol.uses_sasl() {
             if self.sasl_mechanism.is_none() {
@@ -130,7 +134,11 @@ impl KafkaConfig {
                 ));
             }
             if self.sasl_username.is_empty() {
-                problems.push(Problem::new("kafka.sasl_username", "\"\"", "required with a sasl_* security_protocol"));
+                problems.push(Problem::new(
+                    "kafka.sasl_username",
+                    "\"\"",
+                    "required with a sasl_* security_protocol",
+                ));
             }
             if self.sasl_password.is_empty() && self.sasl_password_file.is_none() {
                 problems.push(Problem::new(
@@ -150,16 +158,26 @@ impl KafkaConfig {
             ("kafka.sasl_password_file", &self.sasl_password_file),
             ("kafka.ssl_key_password_file", &self.ssl_key_password_file),
             ("kafka.ssl_ca_location", &self.ssl_ca_location),
-            ("kafka.ssl_certificate_location", &self.ssl_certificate_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
             ("kafka.ssl_key_location", &self.ssl_key_location),
         ] {
             if let Some(path) = file {
                 if std::fs::metadata(path).is_err() {
-                    problems.push(Problem::new(key, path, "file does not exist or is not readable"));
+                    problems.push(Problem::new(
+                        key,
+                        path,
+                        "file does not exist or is not readable",
+                    ));
                 }
             }
         }
-        for (section, props) in [("kafka.consumer", &self.consumer), ("kafka.producer", &self.producer)] {
+        for (section, props) in [
+            ("kafka.consumer", &self.consumer),
+            ("kafka.producer", &self.producer),
+        ] {
             for key in props.keys() {
                 if RESERVED.contains(&key.as_str()) {
                     problems.push(Problem::new(
@@ -187,7 +205,11 @@ impl KafkaConfig {
         if !self.sasl_username.is_empty() {
             config.set("sasl.username", &self.sasl_username);
         }
-        let password = read_secret("kafka.sasl_password_file", &self.sasl_password, &self.sasl_password_file)?;
+        let password = read_secret(
+            "kafka.sasl_password_file",
+            &self.sasl_password,
+            &self.sasl_password_file,
+        )?;
         if !password.is_empty() {
             config.set("sasl.password", password);
         }
@@ -200,7 +222,11 @@ impl KafkaConfig {
                 config.set(key, value);
             }
         }
-        let key_password = read_secret("kafka.ssl_key_password_file", &self.ssl_key_password, &self.ssl_key_password_file)?;
+        let key_password = read_secret(
+            "kafka.ssl_key_password_file",
+            &self.ssl_key_password,
+            &self.ssl_key_password_file,
+        )?;
         if !key_password.is_empty() {
             config.set("ssl.key.password", key_password);
         }
@@ -222,7 +248,11 @@ const RESERVED: &[&str] = &[
 ];
 
 /// The secret's value: from its file when one is configured, else inline.
-pub fn read_secret(file_key: &str, inline: &Secret, file: &Option<String>) -> Result<String, Problem> {
+pub fn read_secret(
+    file_key: &str,
+    inline: &Secret,
+    file: &Option<String>,
+) -> Result<String, Problem> {
     match file {
         Some(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())

@@ -17,8 +17,8 @@ use crate::sinks::kafka::KafkaSinkConfig;
 use crate::sinks::mongo::MongoSinkConfig;
 use crate::sources::kafka::KafkaSourceConfig;
 use crate::streams::StreamsConfig;
-use crate::telemetry::http::HttpConfig;
 use crate::telemetry::LogConfig;
+use crate::telemetry::http::HttpConfig;
 use crate::validation::Problem;
 pub use kafka::KafkaConfig;
 
@@ -58,17 +58,11 @@ pub struct Settings {
 }
 
 /// `[runtime]`: how much of the machine to use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads for feature computation; 0 = one per core.
     pub worker_threads: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self { worker_threads: 0 }
-    }
 }
 
 impl RuntimeConfig {
@@ -92,7 +86,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { drain_timeout_secs: 30 }
+        Self {
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -120,7 +116,11 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
         }
         let env: config::Map<String, String> = env
             .into_iter()
@@ -140,7 +140,11 @@ impl Settings {
     pub fn load_valid(path: Option<&Path>) -> Result<Self, ConfigError> {
         let settings = Self::load(path)?;
         let problems = settings.validate();
-        if problems.is_empty() { Ok(settings) } else { Err(ConfigError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// Every problem in the settings, each naming its key.
@@ -157,9 +161,16 @@ impl Settings {
         problems.extend(self.http.validate());
         problems.extend(self.log.validate());
         if self.shutdown.drain_timeout_secs == 0 {
-            problems.push(Problem::new("shutdown.drain_timeout_secs", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "shutdown.drain_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
         }
-        for (key, topic) in [("output.topic", &self.output.topic), ("dead_letter.topic", &self.dead_letter.topic)] {
+        for (key, topic) in [
+            ("output.topic", &self.output.topic),
+            ("dead_letter.topic", &self.dead_letter.topic),
+        ] {
             if *topic == self.source.topic {
                 problems.push(Problem::new(key, topic, "must differ from source.topic"));
             }
@@ -171,7 +182,8 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.mongo.uri = secret::redact_uri(&shown.mongo.uri);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
 
@@ -201,27 +213,43 @@ mod tests {
     fn shipped_config_file_equals_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/specflow.toml");
         let settings = Settings::load_with_env(Some(&path), no_env()).unwrap();
-        assert_eq!(settings, Settings::default(), "configs/specflow.toml must show every default");
+        assert_eq!(
+            settings,
+            Settings::default(),
+            "configs/specflow.toml must show every default"
+        );
     }
 
     #[test]
     fn file_then_env_override() {
         let f = file("[dsp]\nhop_length = 256\n[kafka.producer]\n\"compression.type\" = \"lz4\"\n");
         let env = vec![
-            ("SPECFLOW__DSP__FRAME_LENGTH".to_string(), "1024".to_string()),
+            (
+                "SPECFLOW__DSP__FRAME_LENGTH".to_string(),
+                "1024".to_string(),
+            ),
             ("SPECFLOW__SOURCE__TOPIC".to_string(), "mics".to_string()),
         ];
         let settings = Settings::load_with_env(Some(f.path()), env).unwrap();
         assert_eq!(settings.dsp.hop_length, 256);
         assert_eq!(settings.dsp.frame_length, 1024);
         assert_eq!(settings.source.topic, "mics");
-        assert_eq!(settings.kafka.producer.get("compression.type").map(String::as_str), Some("lz4"));
+        assert_eq!(
+            settings
+                .kafka
+                .producer
+                .get("compression.type")
+                .map(String::as_str),
+            Some("lz4")
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors() {
         let f = file("[dsp]\nhop_lenght = 256\n");
-        let err = Settings::load_with_env(Some(f.path()), no_env()).unwrap_err().to_string();
+        let err = Settings::load_with_env(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hop_lenght"), "{err}");
         let env = vec![("SPECFLOW__NOPE__X".to_string(), "1".to_string())];
         let err = Settings::load_with_env(None, env).unwrap_err().to_string();
@@ -230,12 +258,33 @@ mod tests {
 
     #[test]
     fn every_problem_is_listed_with_its_key() {
-        let f = file("[dsp]\nhop_length = 0\n[input]\nsample_rate = 0\n[output]\ntopic = \"audio.raw\"\n");
+        let f = file(
+            "[dsp]\nhop_length = 0\n[input]\nsample_rate = 0\n[output]\ntopic = \"audio.raw\"\n",
+        );
         let settings = Settings::load_with_env(Some(f.path()), no_env()).unwrap();
-        let problems: Vec<String> = settings.validate().iter().map(ToString::to_string).collect();
-        assert!(problems.iter().any(|p| p == "dsp.hop_length = 0: must be between 1 and frame_length"), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("input.sample_rate = 0:")), "{problems:?}");
-        assert!(problems.iter().any(|p| p == "output.topic = audio.raw: must differ from source.topic"), "{problems:?}");
+        let problems: Vec<String> = settings
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "dsp.hop_length = 0: must be between 1 and frame_length"),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("input.sample_rate = 0:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "output.topic = audio.raw: must differ from source.topic"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -62,7 +62,13 @@ pub fn redact_uri(uri: &str) -> String {
     };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or_default();
-    format!("{}{}:{}{}", &uri[..scheme_end + 3], user, REDACTED, &rest[at..])
+    format!(
+        "{}{}:{}{}",
+        &uri[..scheme_end + 3],
+        user,
+        REDACTED,
+        &rest[at..]
+    )
 }
 
 #[cfg(test)]
@@ -83,6 +89,9 @@ mod tests {
             redact_uri("mongodb://app:s3cr%40t@db1:27017,db2/?tls=true"),
             "mongodb://app:<redacted>@db1:27017,db2/?tls=true"
         );
-        assert_eq!(redact_uri("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(
+            redact_uri("mongodb://127.0.0.1:27017"),
+            "mongodb://127.0.0.1:27017"
+        );
     }
 }

@@ -3,8 +3,8 @@
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 
-use super::kafka::KafkaSink;
 use super::SinkError;
+use super::kafka::KafkaSink;
 use crate::sources::kafka::valid_topic_name;
 use crate::validation::Problem;
 
@@ -75,7 +75,10 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// A dead-letter sink sharing `sink`'s producer.
     pub fn new(config: &DeadLetterConfig, sink: KafkaSink) -> Self {
-        Self { sink, config: config.clone() }
+        Self {
+            sink,
+            config: config.clone(),
+        }
     }
 
     /// Sends `letter` (a no-op when disabled) and waits for the acknowledgement.
@@ -85,15 +88,30 @@ impl DeadLetterSink {
         }
         let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 4);
         for (name, value) in &letter.headers {
-            headers = headers.insert(Header { key: name, value: value.as_deref() });
+            headers = headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
         }
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         headers = headers
-            .insert(Header { key: ERROR_HEADER, value: Some(letter.error.as_bytes()) })
-            .insert(Header { key: SOURCE_TOPIC_HEADER, value: Some(letter.topic.as_bytes()) })
-            .insert(Header { key: SOURCE_PARTITION_HEADER, value: Some(partition.as_bytes()) })
-            .insert(Header { key: SOURCE_OFFSET_HEADER, value: Some(offset.as_bytes()) });
+            .insert(Header {
+                key: ERROR_HEADER,
+                value: Some(letter.error.as_bytes()),
+            })
+            .insert(Header {
+                key: SOURCE_TOPIC_HEADER,
+                value: Some(letter.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: SOURCE_PARTITION_HEADER,
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: SOURCE_OFFSET_HEADER,
+                value: Some(offset.as_bytes()),
+            });
         let mut record = rdkafka::producer::FutureRecord::to(&self.config.topic)
             .payload(letter.payload.as_deref().unwrap_or_default())
             .headers(headers);
@@ -102,9 +120,15 @@ impl DeadLetterSink {
         }
         self.sink
             .producer()
-            .send(record, rdkafka::util::Timeout::After(std::time::Duration::from_secs(60)))
+            .send(
+                record,
+                rdkafka::util::Timeout::After(std::time::Duration::from_secs(60)),
+            )
             .await
             .map(|_| ())
-            .map_err(|(source, _)| SinkError::Kafka { topic: self.config.topic.clone(), source })
+            .map_err(|(source, _)| SinkError::Kafka {
+                topic: self.config.topic.clone(),
+                source,
+            })
     }
 }

@@ -1,7 +1,7 @@
 //! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -46,11 +46,22 @@ impl KafkaSinkConfig {
         if let Err(why) = valid_topic_name(&self.topic) {
             problems.push(Problem::new("output.topic", &self.topic, why));
         }
-        if !matches!(self.compression.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
-            problems.push(Problem::new("output.compression", &self.compression, "must be none, gzip, snappy, lz4 or zstd"));
+        if !matches!(
+            self.compression.as_str(),
+            "none" | "gzip" | "snappy" | "lz4" | "zstd"
+        ) {
+            problems.push(Problem::new(
+                "output.compression",
+                &self.compression,
+                "must be none, gzip, snappy, lz4 or zstd",
+            ));
         }
         if self.delivery_timeout_ms < 1000 {
-            problems.push(Problem::new("output.delivery_timeout_ms", self.delivery_timeout_ms, "must be at least 1000"));
+            problems.push(Problem::new(
+                "output.delivery_timeout_ms",
+                self.delivery_timeout_ms,
+                "must be at least 1000",
+            ));
         }
         problems
     }
@@ -68,9 +79,13 @@ impl KafkaSinkConfig {
         for (key, value) in &kafka.producer {
             config.set(key, value);
         }
-        let producer: FutureProducer = config
-            .create()
-            .map_err(|e| Problem::new("kafka.brokers", &kafka.brokers, format!("cannot create producer: {e}")))?;
+        let producer: FutureProducer = config.create().map_err(|e| {
+            Problem::new(
+                "kafka.brokers",
+                &kafka.brokers,
+                format!("cannot create producer: {e}"),
+            )
+        })?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
@@ -112,7 +127,10 @@ impl KafkaSink {
             .send(record, Timeout::After(Duration::from_secs(60)))
             .await
             .map(|_| ())
-            .map_err(|(source, _)| SinkError::Kafka { topic: topic.to_string(), source })
+            .map_err(|(source, _)| SinkError::Kafka {
+                topic: topic.to_string(),
+                source,
+            })
     }
 
     /// Sends a feature record to the output topic.
@@ -124,6 +142,9 @@ impl KafkaSink {
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         self.producer
             .flush(Timeout::After(timeout))
-            .map_err(|source| SinkError::Kafka { topic: self.topic.clone(), source })
+            .map_err(|source| SinkError::Kafka {
+                topic: self.topic.clone(),
+                source,
+            })
     }
 }

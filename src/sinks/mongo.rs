@@ -4,7 +4,7 @@
 //! replayed record maps onto the document it already wrote. Writes are unordered
 //! `insert_many`; duplicate-key errors (code 11000) count as success.
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,9 @@ impl MongoSinkConfig {
     /// Every problem with these settings.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if self.uri_file.is_none() && !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+        if self.uri_file.is_none()
+            && !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://"))
+        {
             problems.push(Problem::new(
                 "mongo.uri",
                 crate::config::secret::redact_uri(&self.uri),
@@ -68,14 +70,29 @@ impl MongoSinkConfig {
         }
         if let Some(path) = &self.uri_file {
             if std::fs::metadata(path).is_err() {
-                problems.push(Problem::new("mongo.uri_file", path, "file does not exist or is not readable"));
+                problems.push(Problem::new(
+                    "mongo.uri_file",
+                    path,
+                    "file does not exist or is not readable",
+                ));
             }
         }
         if self.database.is_empty() || self.database.contains(['/', '\\', '.', ' ', '"', '$']) {
-            problems.push(Problem::new("mongo.database", &self.database, "must be non-empty without / \\ . space \" $"));
+            problems.push(Problem::new(
+                "mongo.database",
+                &self.database,
+                "must be non-empty without / \\ . space \" $",
+            ));
         }
-        if self.collection.is_empty() || self.collection.starts_with("system.") || self.collection.contains('$') {
-            problems.push(Problem::new("mongo.collection", &self.collection, "must be non-empty, without $, not system.*"));
+        if self.collection.is_empty()
+            || self.collection.starts_with("system.")
+            || self.collection.contains('$')
+        {
+            problems.push(Problem::new(
+                "mongo.collection",
+                &self.collection,
+                "must be non-empty, without $, not system.*",
+            ));
         }
         if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
             problems.push(Problem::new(
@@ -89,15 +106,26 @@ impl MongoSinkConfig {
 
     /// Connects (lazily; the driver reconnects on its own) and prepares the collection.
     pub async fn build(&self) -> Result<MongoSink, SinkError> {
-        let uri = read_secret("mongo.uri_file", &Secret::new(self.uri.clone()), &self.uri_file)
-            .map_err(|p| SinkError::Encode(p.to_string()))?;
+        let uri = read_secret(
+            "mongo.uri_file",
+            &Secret::new(self.uri.clone()),
+            &self.uri_file,
+        )
+        .map_err(|p| SinkError::Encode(p.to_string()))?;
         let mut options = ClientOptions::parse(&uri).await?;
         options.app_name.get_or_insert_with(|| "specflow".into());
         options.server_selection_timeout = Some(Duration::from_millis(self.connect_timeout_ms));
         options.connect_timeout = Some(Duration::from_millis(self.connect_timeout_ms));
         let client = Client::with_options(options)?;
-        let collection = client.database(&self.database).collection::<Document>(&self.collection);
-        Ok(MongoSink { client, collection, database: self.database.clone(), create_indexes: self.create_indexes })
+        let collection = client
+            .database(&self.database)
+            .collection::<Document>(&self.collection);
+        Ok(MongoSink {
+            client,
+            collection,
+            database: self.database.clone(),
+            create_indexes: self.create_indexes,
+        })
     }
 }
 
@@ -124,11 +152,19 @@ impl MongoSink {
         }
         let by_time = IndexModel::builder()
             .keys(doc! { "stream_id": 1, "start_ms": 1, "end_ms": 1 })
-            .options(IndexOptions::builder().name("stream_time".to_string()).build())
+            .options(
+                IndexOptions::builder()
+                    .name("stream_time".to_string())
+                    .build(),
+            )
             .build();
         let by_frame = IndexModel::builder()
             .keys(doc! { "stream_id": 1, "last_frame": -1 })
-            .options(IndexOptions::builder().name("stream_last_frame".to_string()).build())
+            .options(
+                IndexOptions::builder()
+                    .name("stream_last_frame".to_string())
+                    .build(),
+            )
             .build();
         self.collection.create_indexes([by_time, by_frame]).await?;
         Ok(())
@@ -136,7 +172,10 @@ impl MongoSink {
 
     /// Answers when the server is reachable.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        self.client.database(&self.database).run_command(doc! { "ping": 1 }).await?;
+        self.client
+            .database(&self.database)
+            .run_command(doc! { "ping": 1 })
+            .await?;
         Ok(())
     }
 
@@ -171,6 +210,8 @@ impl MongoSink {
             .sort(doc! { "last_frame": -1 })
             .projection(doc! { "last_frame": 1 })
             .await?;
-        Ok(found.and_then(|d| d.get_i64("last_frame").ok()).and_then(|v| u64::try_from(v).ok()))
+        Ok(found
+            .and_then(|d| d.get_i64("last_frame").ok())
+            .and_then(|v| u64::try_from(v).ok()))
     }
 }

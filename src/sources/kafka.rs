@@ -67,31 +67,58 @@ impl KafkaSourceConfig {
             problems.push(Problem::new("source.group_id", "\"\"", "must not be empty"));
         }
         if self.topic_partitions < 1 {
-            problems.push(Problem::new("source.topic_partitions", self.topic_partitions, "must be at least 1"));
+            problems.push(Problem::new(
+                "source.topic_partitions",
+                self.topic_partitions,
+                "must be at least 1",
+            ));
         }
         if self.topic_replication < 1 {
-            problems.push(Problem::new("source.topic_replication", self.topic_replication, "must be at least 1"));
+            problems.push(Problem::new(
+                "source.topic_replication",
+                self.topic_replication,
+                "must be at least 1",
+            ));
         }
         if self.batch_max_messages == 0 {
-            problems.push(Problem::new("source.batch_max_messages", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "source.batch_max_messages",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.commit_interval_ms == 0 {
-            problems.push(Problem::new("source.commit_interval_ms", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "source.commit_interval_ms",
+                0,
+                "must be at least 1",
+            ));
         }
         if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
-            problems.push(Problem::new("source.auto_offset_reset", &self.auto_offset_reset, "must be earliest or latest"));
+            problems.push(Problem::new(
+                "source.auto_offset_reset",
+                &self.auto_offset_reset,
+                "must be earliest or latest",
+            ));
         }
         problems
     }
 
     /// Builds the consumer (not yet subscribed).
-    pub fn build(&self, kafka: &KafkaConfig, context: SourceContext) -> Result<StreamConsumer<SourceContext>, Problem> {
+    pub fn build(
+        &self,
+        kafka: &KafkaConfig,
+        context: SourceContext,
+    ) -> Result<StreamConsumer<SourceContext>, Problem> {
         let mut config = kafka.client_config(&kafka.consumer)?;
         config
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", self.commit_interval_ms.to_string())
+            .set(
+                "auto.commit.interval.ms",
+                self.commit_interval_ms.to_string(),
+            )
             .set("auto.offset.reset", &self.auto_offset_reset)
             .set("enable.partition.eof", "false");
         if !kafka.consumer.contains_key("partition.assignment.strategy") {
@@ -100,9 +127,13 @@ impl KafkaSourceConfig {
         if !kafka.consumer.contains_key("statistics.interval.ms") {
             config.set("statistics.interval.ms", "5000");
         }
-        config
-            .create_with_context(context)
-            .map_err(|e| Problem::new("kafka.brokers", &kafka.brokers, format!("cannot create consumer: {e}")))
+        config.create_with_context(context).map_err(|e| {
+            Problem::new(
+                "kafka.brokers",
+                &kafka.brokers,
+                format!("cannot create consumer: {e}"),
+            )
+        })
     }
 }
 
@@ -114,7 +145,10 @@ pub fn valid_topic_name(name: &str) -> Result<(), &'static str> {
     if name == "." || name == ".." {
         return Err("must not be . or ..");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
     }
     Ok(())
@@ -157,7 +191,8 @@ impl ClientContext for SourceContext {
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, stats) in &topic.partitions {
                 if *partition >= 0 && stats.consumer_lag >= 0 {
-                    self.metrics.set_consumer_lag(*partition, stats.consumer_lag);
+                    self.metrics
+                        .set_consumer_lag(*partition, stats.consumer_lag);
                 }
             }
         }
@@ -175,13 +210,19 @@ impl ConsumerContext for SourceContext {
             // Everything stored was fully written; hand it to the next owner now.
             match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
                 Ok(()) => info!(?partitions, "Partitions revoked; stored offsets committed."),
-                Err(e) => warn!(?partitions, error = %e, "Partitions revoked; commit failed (records will be replayed)."),
+                Err(e) => {
+                    warn!(?partitions, error = %e, "Partitions revoked; commit failed (records will be replayed).")
+                }
             }
             self.metrics.rebalances_total.inc();
             for p in &partitions {
                 self.metrics.forget_partition(*p);
             }
-            self.events.lock().expect("rebalance events lock").revoked.extend(partitions);
+            self.events
+                .lock()
+                .expect("rebalance events lock")
+                .revoked
+                .extend(partitions);
         }
     }
 
@@ -190,7 +231,11 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(list) => {
                 let partitions = partitions_of(list);
                 info!(?partitions, "Partitions assigned.");
-                self.events.lock().expect("rebalance events lock").assigned.extend(partitions);
+                self.events
+                    .lock()
+                    .expect("rebalance events lock")
+                    .assigned
+                    .extend(partitions);
             }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),
             Rebalance::Revoke(_) => {}
@@ -199,7 +244,12 @@ impl ConsumerContext for SourceContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            if !matches!(e, rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
+            if !matches!(
+                e,
+                rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset
+                )
+            ) {
                 warn!(error = %e, offsets = offsets.count(), "Offset commit failed.");
             }
         }

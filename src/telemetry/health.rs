@@ -27,7 +27,9 @@ pub struct HealthReport {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Health {
@@ -68,7 +70,11 @@ impl Health {
     pub fn liveness(&self, stall: Duration) -> HealthReport {
         let last = self.heartbeat_ms.load(Ordering::Relaxed);
         let alive = last != 0 && now_ms().saturating_sub(last) <= stall.as_millis() as u64;
-        report(if alive { vec![] } else { vec!["processing loop has not run recently"] })
+        report(if alive {
+            vec![]
+        } else {
+            vec!["processing loop has not run recently"]
+        })
     }
 
     /// Readiness: assigned, both services reachable, not paused, not draining.
@@ -94,5 +100,8 @@ impl Health {
 }
 
 fn report(reasons: Vec<&'static str>) -> HealthReport {
-    HealthReport { status: if reasons.is_empty() { "ok" } else { "fail" }, reasons }
+    HealthReport {
+        status: if reasons.is_empty() { "ok" } else { "fail" },
+        reasons,
+    }
 }

@@ -1,7 +1,7 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,7 +29,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { enabled: true, address: "127.0.0.1:9898".into(), stall_timeout_secs: 60 }
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9898".into(),
+            stall_timeout_secs: 60,
+        }
     }
 }
 
@@ -38,10 +42,18 @@ impl HttpConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.address.parse::<SocketAddr>().is_err() {
-            problems.push(Problem::new("http.address", &self.address, "must be ip:port, e.g. 127.0.0.1:9898"));
+            problems.push(Problem::new(
+                "http.address",
+                &self.address,
+                "must be ip:port, e.g. 127.0.0.1:9898",
+            ));
         }
         if self.stall_timeout_secs == 0 {
-            problems.push(Problem::new("http.stall_timeout_secs", 0, "must be at least 1"));
+            problems.push(Problem::new(
+                "http.stall_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
         }
         problems
     }
@@ -55,18 +67,29 @@ struct AppState {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let report = state.health.liveness(state.stall);
-    let code = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if report.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(report))
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let report = state.health.readiness();
-    let code = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if report.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(report))
 }
 
@@ -76,11 +99,18 @@ pub async fn bind<F>(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: F,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>> + use<F>)>
+) -> std::io::Result<(
+    SocketAddr,
+    impl Future<Output = std::io::Result<()>> + use<F>,
+)>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let state = AppState { metrics, health, stall: Duration::from_secs(config.stall_timeout_secs) };
+    let state = AppState {
+        metrics,
+        health,
+        stall: Duration::from_secs(config.stall_timeout_secs),
+    };
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -88,6 +118,10 @@ where
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(&config.address).await?;
     let address = listener.local_addr()?;
-    let server = async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await };
+    let server = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    };
     Ok((address, server))
 }

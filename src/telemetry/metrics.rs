@@ -1,8 +1,8 @@
 //! Prometheus metrics of one worker. Names end in `_total`, `_seconds` or `_bytes`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric specflow exports, registered in its own registry.
@@ -48,19 +48,26 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
@@ -75,24 +82,65 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("specflow".into()), None).expect("valid registry");
         let latency = prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
-        let dead_letters_total =
-            IntCounterVec::new(Opts::new("dead_letters_total", "Messages sent to the dead-letter topic"), &["reason"])
-                .expect("valid metric");
-        registry.register(Box::new(dead_letters_total.clone())).expect("unique metric");
-        let consumer_lag =
-            IntGaugeVec::new(Opts::new("consumer_lag", "Consumer lag in messages per partition"), &["partition"])
-                .expect("valid metric");
-        registry.register(Box::new(consumer_lag.clone())).expect("unique metric");
+        let dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                "dead_letters_total",
+                "Messages sent to the dead-letter topic",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dead_letters_total.clone()))
+            .expect("unique metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("consumer_lag", "Consumer lag in messages per partition"),
+            &["partition"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
         Self {
-            messages_consumed_total: counter(&registry, "messages_consumed_total", "Input messages consumed"),
-            bytes_consumed_total: counter(&registry, "bytes_consumed_total", "Input payload bytes consumed"),
+            messages_consumed_total: counter(
+                &registry,
+                "messages_consumed_total",
+                "Input messages consumed",
+            ),
+            bytes_consumed_total: counter(
+                &registry,
+                "bytes_consumed_total",
+                "Input payload bytes consumed",
+            ),
             frames_computed_total: counter(&registry, "frames_computed_total", "Frames computed"),
-            records_produced_total: counter(&registry, "records_produced_total", "Feature records acknowledged by Kafka"),
-            mongo_documents_written_total: counter(&registry, "mongo_documents_written_total", "Documents written to MongoDB"),
-            mongo_write_errors_total: counter(&registry, "mongo_write_errors_total", "Failed MongoDB bulk writes"),
-            mongo_write_seconds: histogram(&registry, "mongo_write_seconds", "MongoDB bulk write latency", latency.clone()),
+            records_produced_total: counter(
+                &registry,
+                "records_produced_total",
+                "Feature records acknowledged by Kafka",
+            ),
+            mongo_documents_written_total: counter(
+                &registry,
+                "mongo_documents_written_total",
+                "Documents written to MongoDB",
+            ),
+            mongo_write_errors_total: counter(
+                &registry,
+                "mongo_write_errors_total",
+                "Failed MongoDB bulk writes",
+            ),
+            mongo_write_seconds: histogram(
+                &registry,
+                "mongo_write_seconds",
+                "MongoDB bulk write latency",
+                latency.clone(),
+            ),
             dead_letters_total,
-            processing_seconds: histogram(&registry, "processing_seconds", "Decode and DSP time per batch", latency.clone()),
+            processing_seconds: histogram(
+                &registry,
+                "processing_seconds",
+                "Decode and DSP time per batch",
+                latency.clone(),
+            ),
             end_to_end_latency_seconds: histogram(
                 &registry,
                 "end_to_end_latency_seconds",
@@ -104,7 +152,11 @@ impl Metrics {
             live_streams: gauge(&registry, "live_streams", "Streams with live state"),
             rebalances_total: counter(&registry, "rebalances_total", "Partition revocations"),
             paused_partitions: gauge(&registry, "paused_partitions", "Partitions paused"),
-            stream_gaps_total: counter(&registry, "stream_gaps_total", "start_sample gaps that reset a stream"),
+            stream_gaps_total: counter(
+                &registry,
+                "stream_gaps_total",
+                "start_sample gaps that reset a stream",
+            ),
             streams_evicted_total: counter(&registry, "streams_evicted_total", "Streams evicted"),
             stream_state_bytes: gauge(&registry, "stream_state_bytes", "Bytes of per-stream state"),
             registry,
@@ -113,12 +165,16 @@ impl Metrics {
 
     /// Sets a partition's consumer lag.
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
-        self.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+        self.consumer_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(lag);
     }
 
     /// Removes a revoked partition's series.
     pub fn forget_partition(&self, partition: i32) {
-        let _ = self.consumer_lag.remove_label_values(&[&partition.to_string()]);
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[&partition.to_string()]);
     }
 
     /// Counts a dead letter under a short reason label.
@@ -129,8 +185,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
 }
-

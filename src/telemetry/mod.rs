@@ -33,7 +33,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Text }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -42,7 +45,11 @@ impl LogConfig {
     pub fn validate(&self) -> Vec<Problem> {
         match EnvFilter::try_new(&self.level) {
             Ok(_) => Vec::new(),
-            Err(e) => vec![Problem::new("log.level", &self.level, format!("not a valid filter: {e}"))],
+            Err(e) => vec![Problem::new(
+                "log.level",
+                &self.level,
+                format!("not a valid filter: {e}"),
+            )],
         }
     }
 
@@ -51,7 +58,9 @@ impl LogConfig {
         let filter = EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(&self.level))
             .unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
         let _ = match self.format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().flatten_event(true).try_init(),

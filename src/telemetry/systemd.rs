@@ -20,7 +20,10 @@ impl Default for Notifier {
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` / `WATCHDOG_USEC` from the environment.
     pub fn from_env() -> Self {
-        Self { watchdog: sd_notify::watchdog_enabled(), last_ping: Mutex::new(None) }
+        Self {
+            watchdog: sd_notify::watchdog_enabled(),
+            last_ping: Mutex::new(None),
+        }
     }
 
     /// The worker is consuming.
@@ -35,7 +38,9 @@ impl Notifier {
 
     /// The processing loop is alive; pings the watchdog when it is due.
     pub fn alive(&self) {
-        let Some(interval) = self.watchdog else { return };
+        let Some(interval) = self.watchdog else {
+            return;
+        };
         let mut last = self.last_ping.lock().expect("watchdog lock");
         if last.is_none_or(|t| t.elapsed() >= interval / 3) {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);

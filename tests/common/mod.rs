@@ -3,14 +3,14 @@
 //! and SPECFLOW_TEST_MONGO_URI).
 #![allow(dead_code)]
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +31,15 @@ pub fn mongo_uri() -> String {
 
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
 }
 
 pub fn reference_dir() -> PathBuf {
@@ -80,11 +87,20 @@ pub fn settings(names: &Names) -> Settings {
 }
 
 pub async fn create_topics(names: &Names, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
     let topics = [&names.input, &names.output, &names.dead_letter];
-    let new: Vec<_> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    for result in admin.create_topics(&new, &AdminOptions::new()).await.expect("create topics (is Kafka up? scripts/services.sh up)") {
+    let new: Vec<_> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics (is Kafka up? scripts/services.sh up)")
+    {
         result.expect("topic created");
     }
 }
@@ -110,9 +126,14 @@ pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) 
     let sends = chunks.iter().map(|c| {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &c.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&c.payload).headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(&c.payload)
+            .headers(headers);
         if let Some(key) = &c.key {
             record = record.key(key.as_slice());
         }
@@ -124,7 +145,14 @@ pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) 
 }
 
 /// Cuts interleaved s16 PCM of one stream into chunks of random sizes with every header.
-pub fn chunk_stream(key: &str, pcm: &[i16], channels: u16, sample_rate: u32, seed: u64, max_frames: usize) -> Vec<Chunk> {
+pub fn chunk_stream(
+    key: &str,
+    pcm: &[i16],
+    channels: u16,
+    sample_rate: u32,
+    seed: u64,
+    max_frames: usize,
+) -> Vec<Chunk> {
     let mut rng = seed | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -146,12 +174,19 @@ pub fn chunk_stream(key: &str, pcm: &[i16], channels: u16, sample_rate: u32, see
             ("audio.sample_rate".to_string(), sample_rate.to_string()),
             ("audio.channels".to_string(), channels.to_string()),
             ("audio.start_sample".to_string(), start.to_string()),
-            ("audio.timestamp_ms".to_string(), (1_700_000_000_000i64 + (start as i64 * 1000 / i64::from(sample_rate))).to_string()),
+            (
+                "audio.timestamp_ms".to_string(),
+                (1_700_000_000_000i64 + (start as i64 * 1000 / i64::from(sample_rate))).to_string(),
+            ),
         ];
         if start + len == frames {
             headers.push(("audio.eos".to_string(), "1".to_string()));
         }
-        chunks.push(Chunk { key: Some(key.as_bytes().to_vec()), payload, headers });
+        chunks.push(Chunk {
+            key: Some(key.as_bytes().to_vec()),
+            payload,
+            headers,
+        });
         start += len;
     }
     chunks
@@ -169,8 +204,18 @@ pub fn spawn_worker(settings: Settings) -> RunningWorker {
     let token = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let handle = tokio::spawn(specflow::pipeline::run(settings, metrics.clone(), health.clone(), token.clone()));
-    RunningWorker { token, metrics, health, handle }
+    let handle = tokio::spawn(specflow::pipeline::run(
+        settings,
+        metrics.clone(),
+        health.clone(),
+        token.clone(),
+    ));
+    RunningWorker {
+        token,
+        metrics,
+        health,
+        handle,
+    }
 }
 
 impl RunningWorker {
@@ -185,7 +230,9 @@ impl RunningWorker {
 }
 
 pub async fn collection(names: &Names) -> mongodb::Collection<Document> {
-    let client = mongodb::Client::with_uri_str(mongo_uri()).await.expect("mongo client");
+    let client = mongodb::Client::with_uri_str(mongo_uri())
+        .await
+        .expect("mongo client");
     client.database(&names.database).collection("features")
 }
 
@@ -200,24 +247,39 @@ pub async fn stored_frames(collection: &mongodb::Collection<Document>) -> i64 {
         .try_collect()
         .await
         .expect("cursor");
-    docs.iter().map(|d| d.get_i64("frame_count").unwrap_or(0)).sum()
+    docs.iter()
+        .map(|d| d.get_i64("frame_count").unwrap_or(0))
+        .sum()
 }
 
-pub async fn wait_for_frames(collection: &mongodb::Collection<Document>, expected: i64, timeout: Duration) {
+pub async fn wait_for_frames(
+    collection: &mongodb::Collection<Document>,
+    expected: i64,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let got = stored_frames(collection).await;
         if got >= expected {
             return;
         }
-        assert!(Instant::now() < deadline, "only {got} of {expected} frames stored after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {expected} frames stored after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 pub async fn all_documents(collection: &mongodb::Collection<Document>) -> Vec<Document> {
     use futures::TryStreamExt;
-    collection.find(doc! {}).await.expect("find").try_collect().await.expect("cursor")
+    collection
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("cursor")
 }
 
 /// Reads `topic` from the start until `expected` messages arrived (or the timeout).
