@@ -209,6 +209,7 @@ impl Worker {
                 topic: message.topic().to_string(),
                 partition: message.partition(),
                 offset: message.offset(),
+                timestamp_ms: meta.timestamp_ms,
             };
             let chunk_start = meta.start_sample.unwrap_or_else(|| frames.start_sample(0));
             let record = FeatureRecord {

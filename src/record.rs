@@ -22,6 +22,8 @@ pub struct SourcePosition {
     pub partition: i32,
     /// Input offset.
     pub offset: i64,
+    /// The chunk's capture time (`audio.timestamp_ms`, else the Kafka timestamp), Unix ms.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A borrowed view of one record: the frames one message completed, plus their context.

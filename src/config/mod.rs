@@ -153,7 +153,11 @@ impl Settings {
         problems.extend(self.kafka.validate());
         problems.extend(self.source.validate());
         problems.extend(self.input.validate());
-        problems.extend(self.dsp.validate_for_rate(self.input.sample_rate));
+        if self.input.sample_rate > 0 {
+            problems.extend(self.dsp.validate_for_rate(self.input.sample_rate));
+        } else {
+            problems.extend(self.dsp.validate());
+        }
         problems.extend(self.streams.validate());
         problems.extend(self.output.validate());
         problems.extend(self.dead_letter.validate());

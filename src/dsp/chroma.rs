@@ -80,6 +80,7 @@ impl ChromaFilterBank {
     /// Writes the 12 chroma values of `power` (a power spectrum, in f32 as librosa computes
     /// chroma), divided by their maximum (`norm=inf`); a frame whose maximum is below the
     /// smallest normal f32 is left unnormalised.
+    #[inline(always)]
     pub fn apply(&self, power: &[f32], out: &mut [f64]) {
         let mut max = 0.0f64;
         for (row, o) in self.weights.chunks_exact(self.n_bins).zip(out.iter_mut()) {

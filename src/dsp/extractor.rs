@@ -40,6 +40,8 @@ pub struct FeatureExtractor {
     chroma: Option<ChromaFilterBank>,
     bands: Option<BandBins>,
     yin: Option<Yin>,
+    /// Run the per-frame kernels compiled for AVX2 (same results, wider vectors).
+    pub(crate) use_avx2: bool,
 }
 
 impl std::fmt::Debug for FeatureExtractor {
@@ -172,6 +174,7 @@ impl FeatureExtractor {
             chroma,
             bands,
             yin,
+            use_avx2: avx2_available(),
         })
     }
 
@@ -326,6 +329,26 @@ impl FeatureExtractor {
 
     /// Computes the selected features of `ws.frame` and pushes them onto the frame just started in `out`.
     fn compute_frame(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
+        #[cfg(target_arch = "x86_64")]
+        if self.use_avx2 {
+            // SAFETY: `use_avx2` is only true when the CPU reports AVX2 (`avx2_available`).
+            unsafe { self.compute_frame_avx2(ws, state, out) };
+            return;
+        }
+        self.compute_frame_portable(ws, state, out);
+    }
+
+    /// [`Self::compute_frame_portable`] compiled with AVX2 enabled. No FMA: LLVM does not fuse
+    /// `a * b + c` without fast-math, and the kernels fix their summation order, so the results
+    /// are bit-identical to the portable build.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn compute_frame_avx2(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
+        self.compute_frame_portable(ws, state, out);
+    }
+
+    #[inline(always)]
+    fn compute_frame_portable(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
         let frame = &ws.frame[..];
 
         let rms = (self.wants(FeatureName::Rms) || self.wants(FeatureName::LoudnessDbfs))
@@ -443,6 +466,18 @@ impl FeatureExtractor {
     }
 }
 
+/// True when the per-frame kernels can use AVX2 on this CPU.
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Copies samples, reading non-finite ones as 0.
 fn copy_finite(dst: &mut [f32], src: &[f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -455,6 +490,28 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn avx2_and_portable_kernels_agree_bit_for_bit() {
+        let config = DspConfig { frame_length: 400, hop_length: 123, pitch_fmin: 90.0, ..DspConfig::default() };
+        let mut extractor = FeatureExtractor::new(&config, 16000).unwrap();
+        let signal: Vec<f32> = (0..8000u32)
+            .map(|i| (0.4 * (f64::from(i) * 0.07).sin() + 0.1 * (f64::from(i * i % 977) / 977.0 - 0.5)) as f32)
+            .collect();
+        let mut run = |use_avx2: bool| {
+            extractor.use_avx2 = use_avx2;
+            let mut ws = extractor.workspace();
+            let mut state = extractor.new_stream(0);
+            let mut out = FrameBatch::new();
+            extractor.process(&mut ws, &mut state, &signal, &mut out);
+            out.frames().map(|f| serde_json::to_string(&f).unwrap()).collect::<Vec<_>>()
+        };
+        let portable = run(false);
+        assert!(!portable.is_empty());
+        if avx2_available() {
+            assert_eq!(portable, run(true));
+        }
+    }
 
     #[test]
     fn extractor_is_send_sync() {

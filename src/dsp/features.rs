@@ -26,6 +26,7 @@
 //!   full-scale sine -3.01 dBFS, digital silence -200 dBFS.
 
 /// Dot product with eight independent partial sums (vectorisable; a fixed summation order).
+#[inline(always)]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
@@ -47,6 +48,7 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// f32 dot product with sixteen independent partial sums (vectorisable; a fixed summation order).
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
@@ -70,6 +72,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Sum with eight independent partial sums (vectorisable; a fixed summation order).
+#[inline(always)]
 pub fn sum(values: &[f64]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut chunks = values.chunks_exact(8);
@@ -85,6 +88,7 @@ pub fn sum(values: &[f64]) -> f64 {
 }
 
 /// Root mean square of the frame (time domain, no window), as `librosa.feature.rms(y)`.
+#[inline(always)]
 pub fn rms(frame: &[f32]) -> f64 {
     if frame.is_empty() {
         return 0.0;
@@ -111,6 +115,7 @@ pub fn rms(frame: &[f32]) -> f64 {
 /// Zero-crossing rate as `librosa.feature.zero_crossing_rate(y, center=False)`: the fraction of
 /// samples `i >= 1` whose sign differs from sample `i - 1`'s, where `|x| <= 1e-10` counts as 0 and
 /// 0 counts as positive; the count is divided by the full frame length.
+#[inline(always)]
 pub fn zero_crossing_rate(frame: &[f32]) -> f64 {
     const THRESHOLD: f32 = 1e-10;
     let negative = |x: f32| -> bool { x < -THRESHOLD };
@@ -126,12 +131,14 @@ pub fn zero_crossing_rate(frame: &[f32]) -> f64 {
 }
 
 /// Level of the frame in dB relative to full scale: `20 * log10(max(rms, 1e-10))`.
+#[inline(always)]
 pub fn loudness_dbfs(rms: f64) -> f64 {
     20.0 * rms.max(1e-10).log10()
 }
 
 /// Magnitude-weighted mean of the bin frequencies `freqs` (`librosa.feature.spectral_centroid`).
 /// A frame whose magnitudes sum below the smallest normal float is not normalised (so reads ~0).
+#[inline(always)]
 pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
     let total = sum(magnitude);
     let weighted = dot(magnitude, freqs);
@@ -143,6 +150,7 @@ pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
 }
 
 /// Second-order spectral bandwidth around `centroid` (`librosa.feature.spectral_bandwidth`, p=2).
+#[inline(always)]
 pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f64 {
     let total = sum(magnitude);
     let norm = if total < f64::MIN_POSITIVE {
@@ -168,6 +176,7 @@ pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f6
 
 /// The centre frequency of the lowest bin at which the cumulative magnitude reaches
 /// `roll_percent` of the total (`librosa.feature.spectral_rolloff`); 0 for a silent frame.
+#[inline(always)]
 pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f64 {
     const BLOCK: usize = 16;
     let total = sum(magnitude);
@@ -196,6 +205,7 @@ pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f6
 ///
 /// The geometric mean is taken as a product of mantissas with a separate binary exponent
 /// (one `ln` per frame instead of one per bin); it equals `exp(mean(ln P))` to ~1e-13.
+#[inline(always)]
 pub fn spectral_flatness(power: &[f64]) -> f64 {
     const AMIN: f64 = 1e-10;
     if power.is_empty() {
@@ -233,6 +243,7 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
 }
 
 /// Half-wave rectified L2 spectral flux: `sqrt(sum_k max(S_t[k] - S_{t-1}[k], 0)^2)`.
+#[inline(always)]
 pub fn spectral_flux(magnitude: &[f64], previous: &[f64]) -> f64 {
     magnitude
         .iter()
@@ -247,6 +258,7 @@ pub fn spectral_flux(magnitude: &[f64], previous: &[f64]) -> f64 {
 
 /// Frequency of the strongest non-DC bin, refined by a parabola through the log magnitudes of it
 /// and its neighbours (see the module docs); 0 when every non-DC bin is 0.
+#[inline(always)]
 pub fn dominant_frequency(magnitude: &[f64], bin_hz: f64) -> f64 {
     if magnitude.len() < 2 {
         return 0.0;
@@ -324,6 +336,7 @@ impl BandBins {
     }
 
     /// Writes the mean-square energy of each band of `power` into `out`.
+    #[inline(always)]
     pub fn energies(&self, power: &[f64], out: &mut [f64]) {
         let nyquist_bin = if self.n_fft % 2 == 0 {
             Some(self.n_fft / 2)

@@ -123,6 +123,7 @@ impl MelFilterBank {
     }
 
     /// Writes the mel power of each band of `power` (a power spectrum) into `out`.
+    #[inline(always)]
     pub fn apply(&self, power: &[f64], out: &mut [f64]) {
         for (filter, o) in self.filters.iter().zip(out.iter_mut()) {
             let bins = &power[filter.first_bin..filter.first_bin + filter.weights.len()];
@@ -158,6 +159,7 @@ impl DctMatrix {
     }
 
     /// Writes `out.len()` DCT coefficients of `input`.
+    #[inline(always)]
     pub fn apply(&self, input: &[f64], out: &mut [f64]) {
         for (row, o) in self.rows.chunks_exact(self.n_in).zip(out.iter_mut()) {
             *o = dot(row, input);

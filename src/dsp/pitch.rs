@@ -114,6 +114,7 @@ impl Yin {
 
     /// The f0 of `frame` in Hz, or `None` when no trough of the cumulative mean normalised
     /// difference falls below the threshold (unvoiced; librosa would take the global minimum).
+    #[inline]
     pub fn estimate(&self, frame: &[f32], scratch: &mut YinScratch) -> Option<f64> {
         debug_assert_eq!(frame.len(), self.frame_length);
         let YinScratch {
