@@ -7,7 +7,7 @@ lengths and other pitch/rolloff settings, on signals synthesised here, so parity
 tuning to the shared files. The JSON layout is the shared one, with the extra parameters as
 numbers (roll_percent, pitch_fmin, pitch_fmax, pitch_threshold) and `mel` = "htk" | "slaney".
 
-    python3 -m venv ~/.cache/specflow/venv-librosa
+    python3 -m venv ~/.cache/specflow/venv-librosa      # any venv with librosa 0.11 will do
     ~/.cache/specflow/venv-librosa/bin/pip install librosa
     ~/.cache/specflow/venv-librosa/bin/python scripts/make_reference.py
 """

@@ -343,12 +343,22 @@ impl FeatureExtractor {
     /// are bit-identical to the portable build.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn compute_frame_avx2(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
+    unsafe fn compute_frame_avx2(
+        &self,
+        ws: &mut Workspace,
+        state: &mut StreamState,
+        out: &mut FrameBatch,
+    ) {
         self.compute_frame_portable(ws, state, out);
     }
 
     #[inline(always)]
-    fn compute_frame_portable(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
+    fn compute_frame_portable(
+        &self,
+        ws: &mut Workspace,
+        state: &mut StreamState,
+        out: &mut FrameBatch,
+    ) {
         let frame = &ws.frame[..];
 
         let rms = (self.wants(FeatureName::Rms) || self.wants(FeatureName::LoudnessDbfs))
@@ -436,9 +446,7 @@ impl FeatureExtractor {
                         if !self.wants(FeatureName::Mel) {
                             mel.apply(power, &mut ws.mel);
                         }
-                        for v in ws.mel.iter_mut() {
-                            *v = 10.0 * v.max(1e-10).log10();
-                        }
+                        features::power_to_db_in_place(&mut ws.mel);
                         dct.apply(&ws.mel, &mut ws.mfcc);
                     }
                     out.push_vector(name, &ws.mfcc);
@@ -493,10 +501,18 @@ mod tests {
 
     #[test]
     fn avx2_and_portable_kernels_agree_bit_for_bit() {
-        let config = DspConfig { frame_length: 400, hop_length: 123, pitch_fmin: 90.0, ..DspConfig::default() };
+        let config = DspConfig {
+            frame_length: 400,
+            hop_length: 123,
+            pitch_fmin: 90.0,
+            ..DspConfig::default()
+        };
         let mut extractor = FeatureExtractor::new(&config, 16000).unwrap();
         let signal: Vec<f32> = (0..8000u32)
-            .map(|i| (0.4 * (f64::from(i) * 0.07).sin() + 0.1 * (f64::from(i * i % 977) / 977.0 - 0.5)) as f32)
+            .map(|i| {
+                (0.4 * (f64::from(i) * 0.07).sin() + 0.1 * (f64::from(i * i % 977) / 977.0 - 0.5))
+                    as f32
+            })
             .collect();
         let mut run = |use_avx2: bool| {
             extractor.use_avx2 = use_avx2;
@@ -504,7 +520,9 @@ mod tests {
             let mut state = extractor.new_stream(0);
             let mut out = FrameBatch::new();
             extractor.process(&mut ws, &mut state, &signal, &mut out);
-            out.frames().map(|f| serde_json::to_string(&f).unwrap()).collect::<Vec<_>>()
+            out.frames()
+                .map(|f| serde_json::to_string(&f).unwrap())
+                .collect::<Vec<_>>()
         };
         let portable = run(false);
         assert!(!portable.is_empty());

@@ -166,7 +166,20 @@ impl MongoSink {
                     .build(),
             )
             .build();
-        self.collection.create_indexes([by_time, by_frame]).await?;
+        // Only create what is missing: re-creating existing indexes is a no-op on MongoDB but
+        // crashes the connection on FerretDB 1.24.
+        let existing = match self.collection.list_index_names().await {
+            Ok(names) => names,
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let missing: Vec<IndexModel> = [by_time, by_frame]
+            .into_iter()
+            .filter(|m| m.options.as_ref().and_then(|o| o.name.as_ref()).is_none_or(|n| !existing.contains(n)))
+            .collect();
+        if !missing.is_empty() {
+            self.collection.create_indexes(missing).await?;
+        }
         Ok(())
     }
 

@@ -64,7 +64,7 @@ impl Names {
             input: format!("{id}.in"),
             output: format!("{id}.out"),
             dead_letter: format!("{id}.dlq"),
-            database: id.replace('.', "_"),
+            database: id.replace(['.', '-'], "_"),
             group: format!("{id}.group"),
         }
     }
@@ -306,4 +306,149 @@ pub async fn consume(topic: &str, expected: usize, timeout: Duration) -> Vec<Own
         out.push(m.detach());
     }
     out
+}
+
+/// Deterministic 16 kHz test audio for stream `seed`: a tone whose pitch depends on the seed,
+/// plus a little noise, with a short silence in the middle.
+pub fn synthetic_pcm(seed: u64, seconds: f64) -> Vec<i16> {
+    let n = (seconds * 16_000.0) as usize;
+    let hz = 110.0 + 37.0 * seed as f64;
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let noise = ((rng >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 0.05;
+            let silent = i > n / 2 && i < n / 2 + 3000;
+            let tone = if silent { 0.0 } else { 0.4 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16_000.0).sin() };
+            ((tone + noise) * 32_767.0) as i16
+        })
+        .collect()
+}
+
+/// Fixed-size chunks of one mono 16 kHz stream with deterministic headers.
+pub fn fixed_chunks(key: &str, pcm: &[i16], chunk: usize) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    for (i, part) in pcm.chunks(chunk).enumerate() {
+        let start = i * chunk;
+        let mut headers = vec![
+            ("audio.format".to_string(), "s16le".to_string()),
+            ("audio.sample_rate".to_string(), "16000".to_string()),
+            ("audio.start_sample".to_string(), start.to_string()),
+            ("audio.timestamp_ms".to_string(), (1_700_000_000_000i64 + start as i64 / 16).to_string()),
+        ];
+        if start + part.len() == pcm.len() {
+            headers.push(("audio.eos".to_string(), "1".to_string()));
+        }
+        out.push(Chunk { key: Some(key.as_bytes().to_vec()), payload: part.iter().flat_map(|s| s.to_le_bytes()).collect(), headers });
+    }
+    out
+}
+
+/// The records an uninterrupted run stores: `_id` → frames (without timestamps), computed by
+/// feeding each stream's chunks through the DSP one message at a time.
+pub fn expected_records(streams: &[(String, Vec<Chunk>)], dsp: &specflow::dsp::DspConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use specflow::dsp::{FeatureExtractor, FrameBatch};
+    let extractor = FeatureExtractor::new(dsp, 16_000).unwrap();
+    let mut ws = extractor.workspace();
+    let mut out = std::collections::BTreeMap::new();
+    for (key, chunks) in streams {
+        let mut state = extractor.new_stream(0);
+        let mut batch = FrameBatch::new();
+        let mut samples = Vec::new();
+        for chunk in chunks {
+            samples.clear();
+            specflow::audio::decode_pcm(specflow::audio::SampleFormat::S16le, 1, &chunk.payload, &mut samples).unwrap();
+            batch.clear();
+            extractor.process(&mut ws, &mut state, &samples, &mut batch);
+            if !batch.is_empty() {
+                let frames: Vec<serde_json::Value> = (0..batch.len()).map(|i| serde_json::to_value(batch.frame(i)).unwrap()).collect();
+                out.insert(format!("{key}:{}", batch.index(0)), serde_json::Value::Array(frames));
+            }
+        }
+    }
+    out
+}
+
+/// Stored records as `_id` → frames without timestamps.
+pub async fn stored_records(collection: &mongodb::Collection<Document>) -> std::collections::BTreeMap<String, serde_json::Value> {
+    all_documents(collection)
+        .await
+        .into_iter()
+        .map(|doc| {
+            let id = doc.get_str("_id").unwrap().to_string();
+            let mut json = serde_json::to_value(&doc).unwrap();
+            let mut frames = json["frames"].take();
+            for frame in frames.as_array_mut().unwrap() {
+                frame.as_object_mut().unwrap().remove("timestamp_ms");
+            }
+            (id, frames)
+        })
+        .collect()
+}
+
+/// Asserts MongoDB holds exactly the expected records with identical frames.
+pub async fn assert_mongo_equals(collection: &mongodb::Collection<Document>, expected: &std::collections::BTreeMap<String, serde_json::Value>) {
+    let stored = stored_records(collection).await;
+    let missing: Vec<_> = expected.keys().filter(|k| !stored.contains_key(*k)).take(10).collect();
+    let extra: Vec<_> = stored.keys().filter(|k| !expected.contains_key(*k)).take(10).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "records differ: missing {missing:?}, unexpected {extra:?} ({} stored, {} expected)", stored.len(), expected.len());
+    for (id, frames) in expected {
+        assert_eq!(&stored[id], frames, "frames of record {id}");
+    }
+}
+
+/// Asserts every expected record id appears at least once on the output topic.
+pub async fn assert_topic_has_every_record(topic: &str, expected: &std::collections::BTreeMap<String, serde_json::Value>) -> usize {
+    use rdkafka::Message;
+    let messages = consume(topic, expected.len(), Duration::from_secs(60)).await;
+    let mut seen = std::collections::HashSet::new();
+    for m in &messages {
+        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        seen.insert(value["id"].as_str().unwrap().to_string());
+    }
+    let missing: Vec<_> = expected.keys().filter(|k| !seen.contains(*k)).take(10).collect();
+    assert!(missing.is_empty(), "records missing from {topic}: {missing:?}");
+    messages.len()
+}
+
+/// Sends rounds of chunks (one chunk of every stream per round) every `pace`.
+pub fn spawn_paced_producer(topic: String, streams: Vec<(String, Vec<Chunk>)>, pace: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let producer = producer();
+        let rounds = streams.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let batch: Vec<Chunk> = streams.iter().filter_map(|(_, c)| c.get(round).cloned()).collect();
+            send_all(&producer, &topic, &batch).await;
+            tokio::time::sleep(pace).await;
+        }
+    })
+}
+
+/// Committed offsets of `group` on `topic` (partition → offset; -1001 when none).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::TopicPartitionList;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect()
+}
+
+/// Runs `scripts/services.sh ARGS`.
+pub fn services(args: &[&str]) {
+    let status = std::process::Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
+        .args(args)
+        .status()
+        .expect("run scripts/services.sh");
+    assert!(status.success(), "scripts/services.sh {args:?} failed");
 }

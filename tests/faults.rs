@@ -1,0 +1,194 @@
+//! Fault tests against the real local Kafka and FerretDB: crashes, rebalances, a MongoDB
+//! outage and a broker restart must leave MongoDB with exactly the records of one
+//! uninterrupted run (same `_id`s, same values) and every record on the output topic.
+//!
+//! These tests stop and start the shared services, so they run one at a time.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const STREAMS: u64 = 20;
+const SECONDS: f64 = 4.0;
+const CHUNK: usize = 1_600; // 100 ms at 16 kHz
+const PARTITIONS: i32 = 4;
+
+fn workload() -> Vec<(String, Vec<Chunk>)> {
+    (0..STREAMS)
+        .map(|i| {
+            let key = format!("mic-{i}");
+            let pcm = synthetic_pcm(i + 1, SECONDS);
+            let chunks = fixed_chunks(&key, &pcm, CHUNK);
+            (key, chunks)
+        })
+        .collect()
+}
+
+fn fault_settings(names: &Names) -> specflow::config::Settings {
+    let mut s = settings(names);
+    // Small batches and frequent commits put many commit points inside the run.
+    s.source.batch_max_messages = 40;
+    s.source.commit_interval_ms = 100;
+    s.mongo.retry_max_ms = 1_000;
+    // A crashed member's partitions come back after the broker's minimum session timeout.
+    s.kafka.consumer.insert("session.timeout.ms".into(), "6000".into());
+    s.kafka.consumer.insert("heartbeat.interval.ms".into(), "1000".into());
+    s
+}
+
+struct ChildWorker {
+    child: Child,
+}
+
+impl ChildWorker {
+    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_specflow"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start specflow");
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "worker exit status after SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker did not drain within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+async fn finish_and_check(names: &Names, expected: &std::collections::BTreeMap<String, serde_json::Value>) {
+    let total: i64 = expected.values().map(|f| f.as_array().unwrap().len() as i64).sum();
+    let collection = collection(names).await;
+    wait_for_frames(&collection, total, Duration::from_secs(180)).await;
+    // Let any in-flight duplicate (which must not exist) land before comparing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_mongo_equals(&collection, expected).await;
+    assert_topic_has_every_record(&names.output, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("crash");
+    create_topics(&names, PARTITIONS).await;
+    let settings = fault_settings(&names);
+    let streams = workload();
+    let expected = expected_records(&streams, &settings.dsp);
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("worker logs in {}", dir.path().display());
+    let dir = dir.keep();
+    let config = dir.join("specflow.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let log = dir.join("worker.log");
+
+    let producer = spawn_paced_producer(names.input.clone(), streams.clone(), Duration::from_millis(60));
+    let mut worker = ChildWorker::start(&config, &log);
+    let mut seed = 0x5eed_u64;
+    for _ in 0..5 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let wait = Duration::from_millis(1_000 + seed % 3_000);
+        tokio::time::sleep(wait).await;
+        worker.kill();
+        worker = ChildWorker::start(&config, &log);
+    }
+    producer.await.unwrap();
+    finish_and_check(&names, &expected).await;
+    worker.terminate();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.matches("Consuming.").count() >= 6, "every restart consumed again:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_one_to_three_to_two_instances() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("rebalance");
+    create_topics(&names, PARTITIONS).await;
+    let settings = fault_settings(&names);
+    let streams = workload();
+    let expected = expected_records(&streams, &settings.dsp);
+
+    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
+    let first = spawn_worker(settings.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = spawn_worker(settings.clone());
+    let third = spawn_worker(settings.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.stop().await;
+    producer.await.unwrap();
+    finish_and_check(&names, &expected).await;
+    let rebalances = second.metrics.rebalances_total.get() + third.metrics.rebalances_total.get();
+    second.stop().await;
+    third.stop().await;
+    assert!(rebalances >= 1, "partitions moved between the instances");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_outage_pauses_without_advancing_offsets() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("outage");
+    create_topics(&names, PARTITIONS).await;
+    let settings = fault_settings(&names);
+    let streams = workload();
+    let expected = expected_records(&streams, &settings.dsp);
+
+    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
+    let worker = spawn_worker(settings);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    services(&["stop", "mongo"]);
+    let down_since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = committed_offsets(&names.group, &names.input, PARTITIONS);
+    assert!(worker.health.readiness().status == "fail", "not ready while MongoDB is down");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let later = committed_offsets(&names.group, &names.input, PARTITIONS);
+    assert_eq!(during, later, "offsets advanced while MongoDB was down");
+    assert!(worker.metrics.mongo_write_errors_total.get() > 0, "writes failed during the outage");
+    assert!(down_since.elapsed() >= Duration::from_secs(20));
+    services(&["start", "mongo"]);
+    producer.await.unwrap();
+    finish_and_check(&names, &expected).await;
+    assert_eq!(worker.health.readiness().status, "ok", "ready again after the outage");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restart_mid_run() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("broker");
+    create_topics(&names, PARTITIONS).await;
+    let settings = fault_settings(&names);
+    let streams = workload();
+    let expected = expected_records(&streams, &settings.dsp);
+
+    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
+    let worker = spawn_worker(settings);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(|| services(&["restart", "kafka"])).await.unwrap();
+    producer.await.unwrap();
+    finish_and_check(&names, &expected).await;
+    worker.stop().await;
+}
