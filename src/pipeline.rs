@@ -604,32 +604,38 @@ async fn recovery_lookups(
     batch: &[OwnedMessage],
     mongo: &MongoSink,
 ) -> Result<StoredFrames, SinkError> {
-    let mut wanted: HashSet<(i32, String)> = HashSet::new();
+    let hop = worker.settings.dsp.hop_length as u64;
+    let mut wanted: HashMap<(i32, String), u64> = HashMap::new();
+    let mut seen: HashSet<(i32, &str)> = HashSet::new();
     for message in batch {
         let Some(Ok(stream)) = message.key().map(std::str::from_utf8) else {
             continue;
         };
+        // Only a stream's first message in the batch can find it without state.
+        if !seen.insert((message.partition(), stream)) {
+            continue;
+        }
         let known = worker
             .tables
             .get(&message.partition())
             .is_some_and(|t| t.contains(stream));
-        let mid_stream = message.headers().is_some_and(|h| {
-            h.iter().any(|h| {
-                h.key == HEADER_START_SAMPLE
-                    && h.value
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .is_some_and(|s| s > 0)
-            })
+        let start = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == HEADER_START_SAMPLE)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
         });
-        if !known && mid_stream {
-            wanted.insert((message.partition(), stream.to_string()));
+        if let Some(start) = start.filter(|s| *s > 0 && !known) {
+            wanted.insert((message.partition(), stream.to_string()), start);
         }
     }
     let found: Vec<Result<Option<_>, SinkError>> = futures::stream::iter(wanted)
-        .map(|key| async move {
+        .map(|(key, start)| async move {
+            // Only frames from the one before the chunk's first on can matter.
+            let from_frame = (start / hop.max(1)).saturating_sub(1);
             mongo
-                .last_stored_frame(&key.1)
+                .last_stored_frame_from(&key.1, from_frame)
                 .await
                 .map(|last| last.map(|l| (key, l)))
         })
@@ -654,6 +660,8 @@ async fn handle_batch(
 ) -> Result<(), SinkError> {
     let metrics = worker.metrics.clone();
     let health = worker.health.clone();
+    let batch_started = Instant::now();
+    let batch_len = batch.len();
     for message in &batch {
         metrics.messages_consumed_total.inc();
         metrics
@@ -669,6 +677,7 @@ async fn handle_batch(
         }
     };
     backoff.succeeded();
+    let lookups_ms = batch_started.elapsed().as_millis() as u64;
 
     let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
     for message in batch {
@@ -698,6 +707,7 @@ async fn handle_batch(
         }
     }
 
+    let dsp_done = Instant::now();
     // Kafka: records and dead letters, all acknowledged (failed ones are re-sent).
     let mut pending_records: Vec<&EncodedRecord> = records.clone();
     let mut pending_letters = letters.clone();
@@ -744,6 +754,7 @@ async fn handle_batch(
     }
     backoff.succeeded();
 
+    let kafka_done = Instant::now();
     // MongoDB: one unordered bulk insert; duplicates (replays) count as written.
     let documents: Vec<Document> = records.iter().map(|r| r.document.clone()).collect();
     let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
@@ -769,6 +780,16 @@ async fn handle_batch(
         }
     }
     backoff.succeeded();
+    debug!(
+        messages = batch_len,
+        records = records.len(),
+        recovered_streams = stored.len(),
+        lookups_ms,
+        dsp_ms = (dsp_done - batch_started).as_millis() as u64,
+        kafka_ms = (kafka_done - dsp_done).as_millis() as u64,
+        mongo_ms = kafka_done.elapsed().as_millis() as u64,
+        "Batch written."
+    );
     let now = now_ms();
     for record in &records {
         metrics

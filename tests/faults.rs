@@ -81,11 +81,14 @@ impl ChildWorker {
 async fn finish_and_check(names: &Names, expected: &std::collections::BTreeMap<String, serde_json::Value>) {
     let total: i64 = expected.values().map(|f| f.as_array().unwrap().len() as i64).sum();
     let collection = collection(names).await;
+    let started = Instant::now();
     wait_for_frames(&collection, total, Duration::from_secs(180)).await;
+    eprintln!("all frames stored after {:?}", started.elapsed());
     // Let any in-flight duplicate (which must not exist) land before comparing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_mongo_equals(&collection, expected).await;
-    assert_topic_has_every_record(&names.output, expected).await;
+    let records = assert_topic_has_every_record(&names.output, expected).await;
+    eprintln!("{records} output records for {} expected, checked after {:?}", expected.len(), started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -441,8 +441,8 @@ impl FeatureExtractor {
                 }
                 FeatureName::Mfcc => {
                     if let (Some(mel), Some(dct)) = (&self.mel, &self.dct) {
-                        // Mel is computed just before when selected too; recomputing is cheap
-                        // next to the FFT and keeps this arm independent.
+                        // When mel is selected its arm (earlier in the canonical order) has
+                        // already filled ws.mel; the dB conversion below happens after it was pushed.
                         if !self.wants(FeatureName::Mel) {
                             mel.apply(power, &mut ws.mel);
                         }

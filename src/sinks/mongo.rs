@@ -215,16 +215,23 @@ impl MongoSink {
         }
     }
 
-    /// The highest frame index stored for `stream_id`, if any record of it is stored.
-    pub async fn last_stored_frame(&self, stream_id: &str) -> Result<Option<u64>, SinkError> {
-        let found = self
+    /// The highest frame index stored for `stream_id` among records whose last frame is at
+    /// least `from_frame`, if any. (Filtering instead of sorting keeps this cheap on servers
+    /// that cannot sort with an index, like FerretDB.)
+    pub async fn last_stored_frame_from(&self, stream_id: &str, from_frame: u64) -> Result<Option<u64>, SinkError> {
+        use futures::TryStreamExt;
+        let from = i64::try_from(from_frame).unwrap_or(i64::MAX);
+        let docs: Vec<Document> = self
             .collection
-            .find_one(doc! { "stream_id": stream_id })
-            .sort(doc! { "last_frame": -1 })
+            .find(doc! { "stream_id": stream_id, "last_frame": { "$gte": from } })
             .projection(doc! { "last_frame": 1 })
+            .await?
+            .try_collect()
             .await?;
-        Ok(found
-            .and_then(|d| d.get_i64("last_frame").ok())
-            .and_then(|v| u64::try_from(v).ok()))
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_i64("last_frame").ok())
+            .filter_map(|v| u64::try_from(v).ok())
+            .max())
     }
 }

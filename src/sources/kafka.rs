@@ -231,6 +231,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(list) => {
                 let partitions = partitions_of(list);
                 info!(?partitions, "Partitions assigned.");
+                self.metrics.rebalances_total.inc();
                 self.events
                     .lock()
                     .expect("rebalance events lock")

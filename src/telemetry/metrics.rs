@@ -34,7 +34,7 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// Streams with live state.
     pub live_streams: IntGauge,
-    /// Rebalances (revocations) seen.
+    /// Rebalances seen (each assignment or revocation event).
     pub rebalances_total: IntCounter,
     /// Partitions paused for back-pressure or an outage.
     pub paused_partitions: IntGauge,
@@ -150,7 +150,7 @@ impl Metrics {
             consumer_lag,
             assigned_partitions: gauge(&registry, "assigned_partitions", "Partitions assigned"),
             live_streams: gauge(&registry, "live_streams", "Streams with live state"),
-            rebalances_total: counter(&registry, "rebalances_total", "Partition revocations"),
+            rebalances_total: counter(&registry, "rebalances_total", "Rebalance events (assignments and revocations)"),
             paused_partitions: gauge(&registry, "paused_partitions", "Partitions paused"),
             stream_gaps_total: counter(
                 &registry,

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of specflow against the local Kafka and MongoDB (FerretDB).
+#
+# Usage: scripts/bench.sh [FLAGS...]
+#
+# Builds the release binaries, makes sure the local services run (scripts/services.sh up),
+# then runs target/release/specflow-bench, which in one run measures:
+#   1. throughput of `specflow run` over N streams × M s of 16 kHz s16 mono preloaded in a
+#      fresh topic (× real time, messages/s, MB/s, frames/s, worker CPU seconds, peak RSS);
+#   2. ceilings on the same data: Kafka consume-only (rdkafka and Kafka's ConsumerPerformance),
+#      the DSP alone (1 thread and all threads), MongoDB insert_many of the same records;
+#      the worker's rate as a fraction of each and the bound that holds;
+#   3. latency at a steady real-time load (`specflow produce --realtime`): p50/p95/p99/max from
+#      produce time to the output topic and to MongoDB;
+#   4. scaling over runtime.worker_threads;
+#   5. memory per 1000 live streams.
+# It prints a table and, with --out FILE.json, writes every figure as JSON.
+#
+# Common flags (all optional; `--help` lists every one with its default):
+#   --streams N            throughput streams (default 100)
+#   --seconds M            seconds of audio per throughput stream (default 30)
+#   --latency-streams N    real-time streams of the latency phase (default 200)
+#   --latency-seconds S    measured seconds of the latency phase (default 20, after a 5 s warm-up)
+#   --skip-latency         skip the latency phase (also --skip-scaling, --skip-memory,
+#                          --skip-java-ceiling)
+#   --threads 1,2          worker_threads values for scaling (default 1, 2, 4, … up to nproc)
+#   --memory-streams LIST  one-chunk stream counts of the memory phase (default 10000)
+#   --out FILE.json        write the figures as JSON
+#   --keep                 keep the topics and databases the run created
+#
+# Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`.
+# Logs of every worker and producer go to target/bench/<run id>/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+
+for arg in "$@"; do
+    case "$arg" in
+        -h | --help)
+            if [ -x target/release/specflow-bench ]; then
+                exec target/release/specflow-bench --help
+            fi
+            sed -n '2,30p' "$0"
+            exit 0
+            ;;
+    esac
+done
+
+if [ "${SPECFLOW_BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    echo "bench: cargo build --release --bin specflow --bin specflow-bench" >&2
+    cargo build --release --bin specflow --bin specflow-bench
+fi
+
+if ! bash scripts/services.sh status >/dev/null 2>&1; then
+    echo "bench: starting the local services (scripts/services.sh up)" >&2
+    bash scripts/services.sh up
+fi
+
+echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec target/release/specflow-bench \
+    --config configs/specflow.toml \
+    --specflow target/release/specflow \
+    --services-script scripts/services.sh \
+    "$@"

@@ -1,0 +1,2225 @@
+//! `specflow-bench`: the end-to-end benchmark behind `scripts/bench.sh`.
+//!
+//! Against the local Kafka and MongoDB-compatible server, in one run:
+//!
+//! 1. **Throughput**: N streams × M seconds of audio in fixed chunks are preloaded into a fresh
+//!    input topic with `specflow produce`; then `specflow run` (a separate process, fresh
+//!    topics, group and database through `SPECFLOW__…` overrides) consumes it. The window runs
+//!    from the first consumed message to the last record stored (both read from `/metrics`);
+//!    CPU comes from `/proc/<pid>/stat`, peak RSS from `VmHWM`.
+//! 2. **Ceilings** on the same data: Kafka consume-only (an rdkafka loop with the worker's
+//!    consumer settings, and Kafka's own `ConsumerPerformance`), the DSP alone
+//!    ([`FeatureExtractor`], one thread and all threads; also DSP + record encoding), and
+//!    MongoDB `insert_many` of the same records ([`FeatureRecord::to_document`], the worker's
+//!    code) into a scratch collection with the worker's indexes. The smallest ceiling is the
+//!    bound that holds; the worker's rate is printed as a fraction of each.
+//! 3. **Latency** at a steady real-time load (`specflow produce --realtime`): an observer
+//!    consumes the output topic from the start and takes `receive time − source.timestamp_ms`;
+//!    a poller looks up sampled records in MongoDB by `_id` and takes `first seen −
+//!    source.timestamp_ms`.
+//! 4. **Scaling** over `runtime.worker_threads`.
+//! 5. **Memory** per live stream: many one-chunk streams without end-of-stream (state stays
+//!    live) against the same messages with end-of-stream (state freed), RSS difference per
+//!    1000 streams.
+//!
+//! Prints a table and writes the figures as JSON. Progress goes to stderr.
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use specflow::config::Settings;
+use specflow::dsp::{FeatureExtractor, FrameBatch};
+use specflow::record::{FeatureRecord, SourcePosition};
+
+/// Command-line flags of `specflow-bench` (all have defaults that finish in a few minutes on
+/// a 2-core machine).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "specflow-bench",
+    about = "End-to-end benchmark of specflow against local Kafka and MongoDB",
+    args_override_self = true
+)]
+struct Args {
+    /// Config file of the worker (Kafka, MongoDB, [dsp]); topics, group, database and HTTP
+    /// address are overridden per run.
+    #[arg(long, default_value = "configs/specflow.toml")]
+    config: PathBuf,
+    /// The `specflow` binary (default: next to this one).
+    #[arg(long)]
+    specflow: Option<PathBuf>,
+    /// `scripts/services.sh`, for Kafka's `ConsumerPerformance`.
+    #[arg(long, default_value = "scripts/services.sh")]
+    services_script: PathBuf,
+    /// Directory for worker and producer logs (a subdirectory per run).
+    #[arg(long, default_value = "target/bench")]
+    work_dir: PathBuf,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Throughput: concurrent streams preloaded into the input topic.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Throughput: seconds of audio per stream.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Chunk (message) duration in milliseconds, for every phase.
+    #[arg(long, default_value_t = 100)]
+    chunk_ms: u64,
+    /// Audio: `tone` (440 Hz), `noise`, or `wav:PATH`; 16 kHz s16 mono unless a WAV says
+    /// otherwise.
+    #[arg(long, default_value = "tone")]
+    signal: String,
+    /// Partitions of every input topic (default: `source.topic_partitions` of the config).
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Give up on a worker run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    run_timeout: u64,
+    /// `/metrics` polling interval while measuring, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    metrics_poll_ms: u64,
+
+    /// Scaling: comma-separated `runtime.worker_threads` values (default: 1, 2, 4, … up to
+    /// and including the number of cores). The value equal to the core count reuses the main
+    /// run (`worker_threads = 0` resolves to it).
+    #[arg(long)]
+    threads: Option<String>,
+    /// Skip the scaling runs.
+    #[arg(long)]
+    skip_scaling: bool,
+    /// Skip Kafka's Java `ConsumerPerformance` ceiling (the rdkafka ceiling still runs).
+    #[arg(long)]
+    skip_java_ceiling: bool,
+    /// MongoDB ceiling: documents per `insert_many` (default: `source.batch_max_messages`,
+    /// the worker's largest batch).
+    #[arg(long)]
+    mongo_batch: Option<usize>,
+    /// MongoDB ceiling: insert at most this many documents (default: all records).
+    #[arg(long)]
+    mongo_docs: Option<usize>,
+
+    /// Latency: concurrent real-time streams.
+    #[arg(long, default_value_t = 200)]
+    latency_streams: usize,
+    /// Latency: measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 20.0)]
+    latency_seconds: f64,
+    /// Latency: warm-up seconds excluded from the figures.
+    #[arg(long, default_value_t = 5.0)]
+    warmup_seconds: f64,
+    /// Latency: MongoDB polling interval in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    poll_ms: u64,
+    /// Latency: look up in MongoDB the records of one stream in this many.
+    #[arg(long, default_value_t = 10)]
+    mongo_sample_every: usize,
+    /// Skip the latency phase.
+    #[arg(long)]
+    skip_latency: bool,
+
+    /// Memory: comma-separated counts of one-chunk streams.
+    #[arg(long, default_value = "10000")]
+    memory_streams: String,
+    /// Skip the memory phase.
+    #[arg(long)]
+    skip_memory: bool,
+
+    /// Keep the topics and databases the run created.
+    #[arg(long)]
+    keep: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers: time, /proc, HTTP, metrics.
+// ---------------------------------------------------------------------------------------------
+
+/// Wall-clock time in Unix milliseconds, with sub-millisecond precision.
+fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Progress line on stderr.
+fn say(message: impl AsRef<str>) {
+    eprintln!("bench: {}", message.as_ref());
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` (from `getconf CLK_TCK`, else 100).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
+fn proc_cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command name start at field 3 (state); utime is 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Machine-wide busy and total CPU seconds (all cores) from `/proc/stat`.
+fn machine_cpu(ticks: f64) -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / ticks, total / ticks)
+}
+
+/// The pid written by `scripts/services.sh` for a service, when that process is alive.
+fn service_pid(service: &str) -> Option<u32> {
+    let state = std::env::var("SPECFLOW_STATE_DIR").unwrap_or_else(|_| "/tmp/specflow-services".into());
+    let pid: u32 = std::fs::read_to_string(Path::new(&state).join(service).join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `GET path` on 127.0.0.1:port; returns the status code and body.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut buffer = Vec::new();
+        stream.read_to_end(&mut buffer).await?;
+        anyhow::Ok(buffer)
+    };
+    let buffer = tokio::time::timeout(Duration::from_secs(3), request)
+        .await
+        .context("HTTP request timed out")??;
+    let text = String::from_utf8_lossy(&buffer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+/// One scrape of `/metrics`: sample name (with labels, if any) → value.
+#[derive(Debug, Clone, Default)]
+struct Scrape(HashMap<String, f64>);
+
+impl Scrape {
+    fn parse(body: &str) -> Self {
+        let mut values = HashMap::new();
+        for line in body.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.rsplitn(2, ' ');
+            if let (Some(value), Some(name)) = (parts.next(), parts.next()) {
+                if let Ok(v) = value.trim().parse::<f64>() {
+                    values.insert(name.trim().to_string(), v);
+                }
+            }
+        }
+        Self(values)
+    }
+
+    /// A metric without labels (`specflow_` prefix added), 0 when absent.
+    fn get(&self, name: &str) -> f64 {
+        self.0
+            .get(&format!("specflow_{name}"))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Sum over every label set of a metric.
+    fn sum_of(&self, name: &str) -> f64 {
+        let prefix = format!("specflow_{name}{{");
+        self.0
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50/p95/p99/max/mean of latencies in milliseconds, as JSON.
+fn latency_summary(values: &mut [f64]) -> Value {
+    values.sort_by(f64::total_cmp);
+    let mean = if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    };
+    json!({
+        "n": values.len(),
+        "p50_ms": round2(percentile(values, 50.0)),
+        "p95_ms": round2(percentile(values, 95.0)),
+        "p99_ms": round2(percentile(values, 99.0)),
+        "max_ms": round2(values.last().copied().unwrap_or(f64::NAN)),
+        "mean_ms": round2(mean),
+        "min_ms": round2(values.first().copied().unwrap_or(f64::NAN)),
+    })
+}
+
+/// Rounds to two decimals for the JSON (NaN becomes null there).
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Reads a number out of a JSON object (NaN when absent).
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run context: settings, names, services, the worker process.
+// ---------------------------------------------------------------------------------------------
+
+/// Everything shared by the phases of one benchmark run.
+struct Ctx {
+    args: Args,
+    settings: Settings,
+    specflow: PathBuf,
+    run_id: String,
+    log_dir: PathBuf,
+    ticks: f64,
+    partitions: i32,
+    kafka_pid: Option<u32>,
+    mongo_pid: Option<u32>,
+    topics: std::sync::Mutex<Vec<String>>,
+    databases: std::sync::Mutex<Vec<String>>,
+}
+
+/// Topics, group and database of one worker run.
+struct Names {
+    input: String,
+    output: String,
+    dead_letter: String,
+    group: String,
+    database: String,
+}
+
+impl Ctx {
+    /// Fresh names for a run labelled `tag`, reading from `input`.
+    fn names(&self, tag: &str, input: &str) -> Names {
+        let base = format!("{}.{tag}", self.run_id);
+        let names = Names {
+            input: input.to_string(),
+            output: format!("{base}.out"),
+            dead_letter: format!("{base}.dlq"),
+            group: format!("{base}.group"),
+            database: base.replace('.', "_"),
+        };
+        self.databases
+            .lock()
+            .expect("lock")
+            .push(names.database.clone());
+        names
+    }
+
+    fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        self.settings
+            .kafka
+            .client_config(&Default::default())
+            .map_err(|p| anyhow::anyhow!("{p}"))?
+            .create()
+            .context("cannot create Kafka admin client")
+    }
+
+    /// Creates topics (remembered for the clean-up).
+    async fn create_topics(&self, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
+        let admin = self.admin()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for result in admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await?
+        {
+            match result {
+                Ok(topic) => self.topics.lock().expect("lock").push(topic),
+                Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A MongoDB client from the config's URI.
+    async fn mongo(&self) -> anyhow::Result<mongodb::Client> {
+        Ok(mongodb::Client::with_uri_str(&self.settings.mongo.uri).await?)
+    }
+
+    /// A consumer with the worker's librdkafka settings, reading `topic` from the start.
+    fn consumer(&self, group: &str, extra: &[(&str, &str)]) -> anyhow::Result<StreamConsumer> {
+        let mut config: ClientConfig = self
+            .settings
+            .kafka
+            .client_config(&self.settings.kafka.consumer)
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        config
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        Ok(config.create()?)
+    }
+
+    /// `specflow produce` with the benchmark's signal and chunking, sending to `topic`.
+    fn produce_command(
+        &self,
+        topic: &str,
+        streams: usize,
+        seconds: f64,
+        prefix: &str,
+        realtime: bool,
+        eos: bool,
+    ) -> Command {
+        let mut command = Command::new(&self.specflow);
+        command
+            .arg("produce")
+            .arg("--config")
+            .arg(&self.args.config)
+            .args(["--streams", &streams.to_string()])
+            .args(["--duration", &seconds.to_string()])
+            .args(["--chunk-ms", &self.args.chunk_ms.to_string()])
+            .args(["--stream-prefix", prefix])
+            .args(["--topic", topic])
+            .env("SPECFLOW__SOURCE__TOPIC", topic);
+        match signal(&self.args.signal) {
+            Signal::Tone => {}
+            Signal::Noise => {
+                command.arg("--noise");
+            }
+            Signal::Wav(path) => {
+                command.arg("--wav").arg(path);
+            }
+        }
+        if realtime {
+            command.arg("--realtime");
+        }
+        if !eos {
+            command.arg("--no-eos");
+        }
+        command
+    }
+
+    /// Runs `specflow produce` to completion; returns its wall seconds.
+    fn produce(&self, command: &mut Command, log: &str) -> anyhow::Result<f64> {
+        let log_path = self.log_dir.join(log);
+        let file = std::fs::File::create(&log_path)?;
+        let started = Instant::now();
+        let status = command
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()
+            .context("cannot run specflow produce")?;
+        if !status.success() {
+            bail!(
+                "specflow produce failed ({status}); see {}",
+                log_path.display()
+            );
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Starts `specflow run` on `names` with `worker_threads` (None: the config's).
+    fn spawn_worker(
+        &self,
+        names: &Names,
+        threads: Option<usize>,
+        tag: &str,
+    ) -> anyhow::Result<Worker> {
+        let port = free_port()?;
+        let log = self.log_dir.join(format!("worker-{tag}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(&self.specflow);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&self.args.config)
+            .env("SPECFLOW__SOURCE__TOPIC", &names.input)
+            .env("SPECFLOW__SOURCE__GROUP_ID", &names.group)
+            .env("SPECFLOW__SOURCE__CREATE_TOPICS", "true")
+            .env(
+                "SPECFLOW__SOURCE__TOPIC_PARTITIONS",
+                self.partitions.to_string(),
+            )
+            .env("SPECFLOW__OUTPUT__TOPIC", &names.output)
+            .env("SPECFLOW__DEAD_LETTER__TOPIC", &names.dead_letter)
+            .env("SPECFLOW__MONGO__DATABASE", &names.database)
+            .env("SPECFLOW__HTTP__ENABLED", "true")
+            .env("SPECFLOW__HTTP__ADDRESS", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        if let Some(threads) = threads {
+            command.env("SPECFLOW__RUNTIME__WORKER_THREADS", threads.to_string());
+        }
+        let child = command.spawn().context("cannot start specflow run")?;
+        Ok(Worker {
+            pid: child.id(),
+            child,
+            port,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    /// CPU seconds of the worker, the broker, the database server, this process and the
+    /// machine, now.
+    fn cpu_snapshot(&self, worker: u32, producer: Option<u32>) -> CpuSnapshot {
+        let cpu = |pid: Option<u32>| pid.and_then(|p| proc_cpu_seconds(p, self.ticks));
+        let (busy, total) = machine_cpu(self.ticks);
+        CpuSnapshot {
+            at: Instant::now(),
+            worker: cpu(Some(worker)).unwrap_or(0.0),
+            kafka: cpu(self.kafka_pid),
+            mongo: cpu(self.mongo_pid),
+            bench: cpu(Some(std::process::id())).unwrap_or(0.0),
+            producer: cpu(producer),
+            busy,
+            total,
+        }
+    }
+}
+
+/// A running `specflow run` process; killed on drop if still running.
+struct Worker {
+    child: Child,
+    pid: u32,
+    port: u16,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Worker {
+    async fn scrape(&self) -> anyhow::Result<Scrape> {
+        let (status, body) = http_get(self.port, "/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(Scrape::parse(&body))
+    }
+
+    /// Fails when the process has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "worker exited early ({status}); log {}:\n{}",
+                self.log.display(),
+                tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if let Ok((200, _)) = http_get(self.port, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "worker not ready after {timeout:?}; log {}:\n{}",
+                    self.log.display(),
+                    tail(&self.log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the drain; returns whether it exited 0.
+    async fn stop(mut self) -> anyhow::Result<bool> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        say(format!(
+            "worker {} did not stop within 45 s; killing it",
+            self.pid
+        ));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(false)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// CPU counters at one instant.
+#[derive(Debug, Clone, Copy)]
+struct CpuSnapshot {
+    at: Instant,
+    worker: f64,
+    kafka: Option<f64>,
+    mongo: Option<f64>,
+    bench: f64,
+    producer: Option<f64>,
+    busy: f64,
+    total: f64,
+}
+
+impl CpuSnapshot {
+    /// CPU seconds used between `self` and `later`, per process and machine-wide.
+    fn until(&self, later: &CpuSnapshot) -> Value {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let worker = later.worker - self.worker;
+        let kafka = delta(self.kafka, later.kafka);
+        let mongo = delta(self.mongo, later.mongo);
+        let bench = later.bench - self.bench;
+        let producer = delta(self.producer, later.producer);
+        let busy = later.busy - self.busy;
+        let cores = if later.total > self.total {
+            (later.total - self.total) / wall.max(1e-9)
+        } else {
+            f64::NAN
+        };
+        let known = worker
+            + kafka.unwrap_or(0.0)
+            + mongo.unwrap_or(0.0)
+            + bench
+            + producer.unwrap_or(0.0);
+        json!({
+            "wall_s": round3(wall),
+            "worker_cpu_s": round3(worker),
+            "kafka_cpu_s": kafka.map(round3),
+            "mongo_cpu_s": mongo.map(round3),
+            "bench_cpu_s": round3(bench),
+            "producer_cpu_s": producer.map(round3),
+            "machine_busy_cpu_s": round3(busy),
+            "machine_cores_seen": round2(cores),
+            "other_processes_cpu_s": round3((busy - known).max(0.0)),
+        })
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// The audio the benchmark sends.
+enum Signal {
+    Tone,
+    Noise,
+    Wav(PathBuf),
+}
+
+fn signal(spec: &str) -> Signal {
+    match spec {
+        "noise" => Signal::Noise,
+        s if s.starts_with("wav:") => Signal::Wav(PathBuf::from(&s[4..])),
+        _ => Signal::Tone,
+    }
+}
+
+/// What a load of `streams` × `seconds` must produce.
+#[derive(Debug, Clone, Copy, Default)]
+struct Expect {
+    messages: u64,
+    bytes: u64,
+    records: u64,
+    frames: u64,
+    audio_seconds: f64,
+}
+
+impl Ctx {
+    /// Messages, bytes, records and frames of `streams` streams of `seconds` each, with the
+    /// same chunking as `specflow produce` and the framing of `[dsp]`.
+    fn expect(&self, streams: usize, seconds: f64) -> anyhow::Result<Expect> {
+        let (rate, channels) = match signal(&self.args.signal) {
+            Signal::Wav(path) => {
+                let audio = specflow::audio::wav::read_wav(&path)?;
+                (audio.sample_rate, audio.channels)
+            }
+            _ => (16_000, 1),
+        };
+        let samples = (seconds * f64::from(rate)).round() as u64;
+        let chunk = (u64::from(rate) * self.args.chunk_ms / 1000).max(1);
+        let n = self.settings.dsp.frame_length as u64;
+        let hop = self.settings.dsp.hop_length as u64;
+        let (mut messages, mut records, mut frames) = (0, 0, 0);
+        let mut start = 0;
+        while start < samples {
+            let end = (start + chunk).min(samples);
+            let done = if end >= n { (end - n) / hop + 1 } else { 0 };
+            messages += 1;
+            if done > frames {
+                records += 1;
+            }
+            frames = done;
+            start = end;
+        }
+        let per_stream_bytes = samples * 2 * u64::from(channels);
+        let s = streams as u64;
+        Ok(Expect {
+            messages: messages * s,
+            bytes: per_stream_bytes * s,
+            records: records * s,
+            frames: frames * s,
+            audio_seconds: samples as f64 / f64::from(rate) * streams as f64,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput: one worker run over a preloaded topic.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the worker over the preloaded `input` until every record is stored.
+async fn worker_run(
+    ctx: &Ctx,
+    input: &str,
+    expect: &Expect,
+    threads: Option<usize>,
+    tag: &str,
+) -> anyhow::Result<Value> {
+    let names = ctx.names(tag, input);
+    ctx.create_topics(&[&names.output, &names.dead_letter], ctx.partitions)
+        .await?;
+    say(format!(
+        "worker run '{tag}' (worker_threads={}) on {} messages",
+        threads.map_or("config".into(), |t| t.to_string()),
+        expect.messages
+    ));
+    let mut worker = ctx.spawn_worker(&names, threads, tag)?;
+    let poll = Duration::from_millis(ctx.args.metrics_poll_ms);
+    let deadline = Instant::now() + Duration::from_secs(ctx.args.run_timeout);
+    let mut start: Option<(CpuSnapshot, Scrape)> = None;
+    let mut last = Scrape::default();
+    let end = loop {
+        worker.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "run '{tag}' timed out: consumed {} written {} of {} records",
+                last.get("messages_consumed_total"),
+                last.get("mongo_documents_written_total"),
+                expect.records
+            );
+        }
+        let Ok(scrape) = worker.scrape().await else {
+            tokio::time::sleep(poll).await;
+            continue;
+        };
+        let snapshot = ctx.cpu_snapshot(worker.pid, None);
+        if start.is_none() && scrape.get("messages_consumed_total") > 0.0 {
+            start = Some((snapshot, scrape.clone()));
+        }
+        let done = scrape.get("mongo_documents_written_total") >= expect.records as f64
+            && scrape.get("messages_consumed_total") >= expect.messages as f64;
+        last = scrape;
+        if done {
+            break snapshot;
+        }
+        tokio::time::sleep(poll).await;
+    };
+    let (start, start_scrape) = start.context("no message consumed")?;
+    let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
+    let total_cpu = proc_cpu_seconds(worker.pid, ctx.ticks).unwrap_or(0.0);
+    let startup_s = start.at.duration_since(worker.started).as_secs_f64();
+    let cpu = start.until(&end);
+    // Interpolation error of the window is at most one polling interval at each end.
+    let wall = end.at.duration_since(start.at).as_secs_f64();
+    let consumed_before = start_scrape.get("messages_consumed_total");
+    let clean = worker.stop().await?;
+
+    let client = ctx.mongo().await?;
+    let stored = client
+        .database(&names.database)
+        .collection::<Document>(&ctx.settings.mongo.collection)
+        .count_documents(doc! {})
+        .await
+        .unwrap_or(0);
+    if !ctx.args.keep {
+        let _ = client.database(&names.database).drop().await;
+    }
+    let frames = last.get("frames_computed_total");
+    let worker_cpu = num(&cpu, "worker_cpu_s");
+    let processing = last.get("processing_seconds_sum");
+    let mongo_write = last.get("mongo_write_seconds_sum");
+    let batches = last.get("processing_seconds_count");
+    let result = json!({
+        "tag": tag,
+        "worker_threads": threads,
+        "messages": expect.messages,
+        "bytes": expect.bytes,
+        "records": expect.records,
+        "frames_counted": frames,
+        "frames_expected": expect.frames,
+        "stored_documents": stored,
+        "dead_letters": last.sum_of("dead_letters_total"),
+        "startup_s": round3(startup_s),
+        "wall_s": round3(wall),
+        "messages_in_flight_at_start": consumed_before,
+        "x_realtime": round2(expect.audio_seconds / wall),
+        "messages_per_s": round2(expect.messages as f64 / wall),
+        "mb_per_s": round3(expect.bytes as f64 / 1e6 / wall),
+        "frames_per_s": round2(expect.frames as f64 / wall),
+        "records_per_s": round2(expect.records as f64 / wall),
+        "worker_cpu_s": round3(worker_cpu),
+        "worker_cpu_total_s": round3(total_cpu),
+        "worker_cores_used": round2(worker_cpu / wall),
+        "cpu_us_per_message": round2(worker_cpu * 1e6 / expect.messages as f64),
+        "peak_rss_mb": round2(peak_rss as f64 / 1e6),
+        "cpu": cpu,
+        "batches": batches,
+        "mean_batch_messages": round2(last.get("messages_consumed_total") / batches.max(1.0)),
+        "processing_s": round3(processing),
+        "mongo_write_s": round3(mongo_write),
+        "processing_share": round3(processing / wall),
+        "mongo_write_share": round3(mongo_write / wall),
+        "clean_exit": clean,
+    });
+    say(format!(
+        "  {:.1} s, {:.0} msg/s, {:.0}× real time, worker {:.2} cores, peak RSS {:.0} MB",
+        wall,
+        expect.messages as f64 / wall,
+        expect.audio_seconds / wall,
+        worker_cpu / wall,
+        peak_rss as f64 / 1e6
+    ));
+    if stored != expect.records {
+        say(format!(
+            "  WARNING: {stored} documents stored, {} expected",
+            expect.records
+        ));
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ceilings.
+// ---------------------------------------------------------------------------------------------
+
+/// Consume-only rate of `topic` with rdkafka and the worker's consumer settings.
+async fn kafka_ceiling(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Value> {
+    let consumer = ctx.consumer(&format!("{}.ceiling", ctx.run_id), &[])?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut first: Option<Instant> = None;
+    while count < expect.messages {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(remaining, consumer.recv())
+            .await
+            .context("kafka ceiling timed out")??;
+        first.get_or_insert_with(Instant::now);
+        count += 1;
+        bytes += message.payload().map_or(0, <[u8]>::len) as u64;
+    }
+    // The first message's own fetch is not in the window; count from the second.
+    let wall = first.context("nothing consumed")?.elapsed().as_secs_f64();
+    let rate = (count - 1) as f64 / wall;
+    Ok(json!({
+        "what": "Kafka consume, rdkafka StreamConsumer (worker's settings)",
+        "messages": count,
+        "wall_s": round3(wall),
+        "messages_per_s": round2(rate),
+        "mb_per_s": round3(bytes as f64 / 1e6 / wall),
+    }))
+}
+
+/// Kafka's `ConsumerPerformance` (Java client) on `topic`; fetch-phase rates.
+fn java_ceiling(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Value> {
+    let output = Command::new("bash")
+        .arg(&ctx.args.services_script)
+        .args([
+            "kafka-tool",
+            "org.apache.kafka.tools.ConsumerPerformance",
+            "--bootstrap-server",
+            &ctx.settings.kafka.brokers,
+            "--topic",
+            topic,
+            "--messages",
+            &expect.messages.to_string(),
+            "--group",
+            &format!("{}.java-ceiling", ctx.run_id),
+            "--timeout",
+            "60000",
+        ])
+        .output()
+        .context("cannot run ConsumerPerformance")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header_at = lines
+        .iter()
+        .position(|l| l.contains("fetch.nMsg.sec"))
+        .with_context(|| {
+            format!(
+                "no ConsumerPerformance result: {}{}",
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let keys: Vec<&str> = lines[header_at].split(',').map(str::trim).collect();
+    let values: Vec<&str> = lines
+        .get(header_at + 1)
+        .context("no values line")?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let field = |name: &str| -> f64 {
+        keys.iter()
+            .position(|k| *k == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mib = 1_048_576.0 / 1e6;
+    Ok(json!({
+        "what": "Kafka consume, Java ConsumerPerformance (fetch phase, group join excluded)",
+        "messages": field("data.consumed.in.nMsg"),
+        "fetch_time_ms": field("fetch.time.ms"),
+        "messages_per_s": round2(field("fetch.nMsg.sec")),
+        "mb_per_s": round3(field("fetch.MB.sec") * mib),
+        "messages_per_s_incl_join": round2(field("nMsg.sec")),
+    }))
+}
+
+/// One chunk of a stream as read back from the input topic.
+struct Chunk {
+    partition: i32,
+    offset: i64,
+    start_sample: u64,
+    timestamp_ms: i64,
+    samples: Vec<f32>,
+}
+
+/// One stream's chunks in order.
+struct StreamAudio {
+    id: String,
+    sample_rate: u32,
+    chunks: Vec<Chunk>,
+}
+
+/// Reads the input topic back and decodes it exactly as the worker does.
+async fn read_back(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Vec<StreamAudio>> {
+    let consumer = ctx.consumer(&format!("{}.readback", ctx.run_id), &[])?;
+    consumer.subscribe(&[topic])?;
+    let mut streams: Vec<StreamAudio> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..expect.messages {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(remaining, consumer.recv())
+            .await
+            .context("read-back timed out")??;
+        let headers = message.headers();
+        let pairs = headers
+            .iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+        let meta = specflow::audio::decode(
+            &ctx.settings.input,
+            message.key(),
+            message.payload(),
+            pairs,
+            message.timestamp().to_millis(),
+            &mut samples,
+        )?;
+        let i = *index.entry(meta.stream_id.clone()).or_insert_with(|| {
+            streams.push(StreamAudio {
+                id: meta.stream_id.clone(),
+                sample_rate: meta.sample_rate,
+                chunks: Vec::new(),
+            });
+            streams.len() - 1
+        });
+        streams[i].chunks.push(Chunk {
+            partition: message.partition(),
+            offset: message.offset(),
+            start_sample: meta.start_sample.unwrap_or(0),
+            timestamp_ms: meta.timestamp_ms.unwrap_or(0),
+            samples: samples.clone(),
+        });
+    }
+    for stream in &mut streams {
+        stream.chunks.sort_by_key(|c| c.start_sample);
+    }
+    Ok(streams)
+}
+
+/// Totals of one DSP pass.
+#[derive(Default, Clone, Copy)]
+struct DspTotals {
+    frames: u64,
+    records: u64,
+    json_bytes: u64,
+    bson_bytes: u64,
+}
+
+/// Runs the DSP over every stream, chunk by chunk as they arrive, on `threads` threads
+/// (streams dealt round-robin); with `encode`, also builds each record's JSON and BSON.
+fn dsp_pass(
+    ctx: &Ctx,
+    extractor: &FeatureExtractor,
+    streams: &[StreamAudio],
+    threads: usize,
+    encode: bool,
+    topic: &str,
+) -> (f64, DspTotals) {
+    let mut groups: Vec<Vec<&StreamAudio>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, stream) in streams.iter().enumerate() {
+        groups[i % threads].push(stream);
+    }
+    let dsp = &ctx.settings.dsp;
+    let started = Instant::now();
+    let totals: Vec<DspTotals> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                scope.spawn(move || {
+                    let mut totals = DspTotals::default();
+                    let mut ws = extractor.workspace();
+                    let mut out = FrameBatch::new();
+                    let mut states: Vec<_> = group
+                        .iter()
+                        .map(|s| {
+                            extractor.new_stream(s.chunks.first().map_or(0, |c| c.start_sample))
+                        })
+                        .collect();
+                    let rounds = group.iter().map(|s| s.chunks.len()).max().unwrap_or(0);
+                    for round in 0..rounds {
+                        for (stream, state) in group.iter().zip(states.iter_mut()) {
+                            let Some(chunk) = stream.chunks.get(round) else {
+                                continue;
+                            };
+                            out.clear();
+                            extractor.process(&mut ws, state, black_box(&chunk.samples), &mut out);
+                            totals.frames += out.len() as u64;
+                            if out.is_empty() {
+                                continue;
+                            }
+                            totals.records += 1;
+                            if encode {
+                                let source = SourcePosition {
+                                    topic: topic.to_string(),
+                                    partition: chunk.partition,
+                                    offset: chunk.offset,
+                                    timestamp_ms: Some(chunk.timestamp_ms),
+                                };
+                                let record = FeatureRecord {
+                                    stream_id: &stream.id,
+                                    sample_rate: stream.sample_rate,
+                                    frame_length: dsp.frame_length,
+                                    hop_length: dsp.hop_length,
+                                    batch: &out,
+                                    chunk_start_sample: chunk.start_sample,
+                                    chunk_timestamp_ms: chunk.timestamp_ms,
+                                    source: &source,
+                                };
+                                let json = record.to_json().expect("record encodes");
+                                let document = record.to_document().expect("record encodes");
+                                totals.json_bytes += json.len() as u64;
+                                totals.bson_bytes += mongodb::bson::to_vec(&document)
+                                    .map_or(0, |v| v.len())
+                                    as u64;
+                                black_box((json, document));
+                            }
+                        }
+                    }
+                    totals
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("DSP thread"))
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let sum = totals.iter().fold(DspTotals::default(), |a, t| DspTotals {
+        frames: a.frames + t.frames,
+        records: a.records + t.records,
+        json_bytes: a.json_bytes + t.json_bytes,
+        bson_bytes: a.bson_bytes + t.bson_bytes,
+    });
+    (wall, sum)
+}
+
+/// MongoDB `insert_many` (unordered, the worker's `insert_idempotent`) of the same records,
+/// built by the worker's code, into a scratch collection with the worker's indexes. Only the
+/// inserts are timed.
+async fn mongo_ceiling(
+    ctx: &Ctx,
+    extractor: &FeatureExtractor,
+    streams: &[StreamAudio],
+    topic: &str,
+) -> anyhow::Result<Value> {
+    let batch_size = ctx
+        .args
+        .mongo_batch
+        .unwrap_or(ctx.settings.source.batch_max_messages)
+        .max(1);
+    let database = format!("{}_mongo_ceiling", ctx.run_id.replace('.', "_"));
+    ctx.databases.lock().expect("lock").push(database.clone());
+    let config = specflow::sinks::mongo::MongoSinkConfig {
+        database: database.clone(),
+        ..ctx.settings.mongo.clone()
+    };
+    let sink = config.build().await?;
+    sink.ensure_indexes().await?;
+    let limit = ctx.args.mongo_docs.unwrap_or(usize::MAX);
+    let dsp = &ctx.settings.dsp;
+    let mut ws = extractor.workspace();
+    let mut out = FrameBatch::new();
+    let mut states: Vec<_> = streams
+        .iter()
+        .map(|s| extractor.new_stream(s.chunks.first().map_or(0, |c| c.start_sample)))
+        .collect();
+    let rounds = streams.iter().map(|s| s.chunks.len()).max().unwrap_or(0);
+    let mut batch: Vec<Document> = Vec::with_capacity(batch_size);
+    let (mut inserted, mut bson_bytes, mut inserts) = (0usize, 0u64, 0usize);
+    let mut insert_time = 0.0;
+    let mut slowest: f64 = 0.0;
+    let mut chunks_covered = 0u64;
+    'outer: for round in 0..rounds {
+        for (stream, state) in streams.iter().zip(states.iter_mut()) {
+            let Some(chunk) = stream.chunks.get(round) else {
+                continue;
+            };
+            out.clear();
+            extractor.process(&mut ws, state, &chunk.samples, &mut out);
+            chunks_covered += 1;
+            if !out.is_empty() {
+                let source = SourcePosition {
+                    topic: topic.to_string(),
+                    partition: chunk.partition,
+                    offset: chunk.offset,
+                    timestamp_ms: Some(chunk.timestamp_ms),
+                };
+                let record = FeatureRecord {
+                    stream_id: &stream.id,
+                    sample_rate: stream.sample_rate,
+                    frame_length: dsp.frame_length,
+                    hop_length: dsp.hop_length,
+                    batch: &out,
+                    chunk_start_sample: chunk.start_sample,
+                    chunk_timestamp_ms: chunk.timestamp_ms,
+                    source: &source,
+                };
+                let document = record.to_document()?;
+                bson_bytes += mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
+                batch.push(document);
+            }
+            let last = inserted + batch.len() >= limit;
+            if batch.len() >= batch_size || last {
+                let started = Instant::now();
+                sink.insert_idempotent(&batch).await?;
+                let took = started.elapsed().as_secs_f64();
+                insert_time += took;
+                slowest = slowest.max(took);
+                inserts += 1;
+                inserted += batch.len();
+                batch.clear();
+                if last {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let started = Instant::now();
+        sink.insert_idempotent(&batch).await?;
+        insert_time += started.elapsed().as_secs_f64();
+        inserts += 1;
+        inserted += batch.len();
+    }
+    let stored = sink.collection().count_documents(doc! {}).await?;
+    if !ctx.args.keep {
+        let client = ctx.mongo().await?;
+        let _ = client.database(&database).drop().await;
+    }
+    // Input messages per document (1 when every chunk completes a frame).
+    let messages_per_doc = chunks_covered as f64 / inserted.max(1) as f64;
+    let chunk_s = ctx.args.chunk_ms as f64 / 1000.0;
+    let bytes_per_message = streams
+        .first()
+        .and_then(|s| s.chunks.first())
+        .map_or(0.0, |c| c.samples.len() as f64 * 2.0);
+    let docs_per_s = inserted as f64 / insert_time;
+    Ok(json!({
+        "what": format!("MongoDB insert_many unordered, {batch_size} docs per call, worker's indexes"),
+        "documents": inserted,
+        "stored": stored,
+        "inserts": inserts,
+        "insert_s": round3(insert_time),
+        "slowest_insert_s": round3(slowest),
+        "documents_per_s": round2(docs_per_s),
+        "bson_mb_per_s": round3(bson_bytes as f64 / 1e6 / insert_time),
+        "mean_document_bytes": round2(bson_bytes as f64 / inserted.max(1) as f64),
+        "messages_per_s": round2(docs_per_s * messages_per_doc),
+        "mb_per_s": round3(docs_per_s * messages_per_doc * bytes_per_message / 1e6),
+        "x_realtime": round2(docs_per_s * messages_per_doc * chunk_s),
+    }))
+}
+
+/// Every ceiling on the preloaded data; returns the ceilings as JSON rows.
+async fn ceilings(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    say("ceiling: Kafka consume (rdkafka)");
+    let mut kafka = kafka_ceiling(ctx, topic, expect).await?;
+    kafka["kind"] = json!("kafka");
+    rows.push(kafka);
+    if !ctx.args.skip_java_ceiling {
+        say("ceiling: Kafka consume (ConsumerPerformance)");
+        match java_ceiling(ctx, topic, expect) {
+            Ok(mut java) => {
+                java["kind"] = json!("kafka");
+                rows.push(java);
+            }
+            Err(e) => say(format!("  ConsumerPerformance failed: {e:#}")),
+        }
+    }
+
+    say("ceiling: reading the audio back for the DSP and MongoDB ceilings");
+    let streams = read_back(ctx, topic, expect).await?;
+    let rate = streams.first().map_or(16_000, |s| s.sample_rate);
+    let extractor = FeatureExtractor::new(&ctx.settings.dsp, rate)?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk_s = ctx.args.chunk_ms as f64 / 1000.0;
+    let bytes_per_message = expect.bytes as f64 / expect.messages.max(1) as f64;
+    let dsp_row = |label: &str, kind: &str, threads: usize, encode: bool| {
+        say(format!("ceiling: {label}"));
+        let (wall, totals) = dsp_pass(ctx, &extractor, &streams, threads, encode, topic);
+        let messages = expect.messages as f64;
+        json!({
+            "what": label,
+            "kind": kind,
+            "threads": threads,
+            "wall_s": round3(wall),
+            "frames": totals.frames,
+            "frames_per_s": round2(totals.frames as f64 / wall),
+            "messages_per_s": round2(messages / wall),
+            "mb_per_s": round3(messages * bytes_per_message / 1e6 / wall),
+            "x_realtime": round2(messages * chunk_s / wall),
+            "us_per_frame_per_thread": round3(wall * 1e6 * threads as f64 / totals.frames.max(1) as f64),
+            "json_bytes_per_record": (totals.records > 0 && encode).then(|| round2(totals.json_bytes as f64 / totals.records as f64)),
+            "bson_bytes_per_record": (totals.records > 0 && encode).then(|| round2(totals.bson_bytes as f64 / totals.records as f64)),
+        })
+    };
+    rows.push(dsp_row("DSP only, 1 thread", "dsp_single", 1, false));
+    rows.push(dsp_row(
+        &format!("DSP only, {cores} threads"),
+        "dsp",
+        cores,
+        false,
+    ));
+    rows.push(dsp_row(
+        &format!("DSP + JSON + BSON encode, {cores} threads"),
+        "dsp_encode",
+        cores,
+        true,
+    ));
+    rows.push(dsp_row(
+        "DSP + JSON + BSON encode, 1 thread",
+        "dsp_encode_single",
+        1,
+        true,
+    ));
+
+    say("ceiling: MongoDB insert_many");
+    let mut mongo = mongo_ceiling(ctx, &extractor, &streams, topic).await?;
+    mongo["kind"] = json!("mongo");
+    rows.push(mongo);
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency.
+// ---------------------------------------------------------------------------------------------
+
+/// One record seen on the output topic.
+struct Observed {
+    id: String,
+    source_ms: i64,
+    seen_ms: f64,
+}
+
+#[derive(Deserialize)]
+struct SourceTimestamp {
+    timestamp_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RecordHead {
+    id: String,
+    source: SourceTimestamp,
+}
+
+/// `id` and `source.timestamp_ms` of a record without parsing the frames: `id` is the second
+/// key and `source` the last one of every record.
+fn record_head(json: &[u8]) -> Option<(String, i64)> {
+    let text = std::str::from_utf8(json).ok()?;
+    let fast = || {
+        let id_at = text.find("\"id\":\"")? + 6;
+        let id_len = text[id_at..].find('"')?;
+        let source_at = text.rfind("\"source\":")? + 9;
+        let source: SourceTimestamp =
+            serde_json::from_str(text.get(source_at..text.len() - 1)?).ok()?;
+        Some((text[id_at..id_at + id_len].to_string(), source.timestamp_ms?))
+    };
+    fast().or_else(|| {
+        let head: RecordHead = serde_json::from_str(text).ok()?;
+        Some((head.id, head.source.timestamp_ms?))
+    })
+}
+
+/// The stream number in a record id `<prefix><n>:<frame>`.
+fn stream_number(id: &str, prefix: &str) -> Option<usize> {
+    id.strip_prefix(prefix)?.split(':').next()?.parse().ok()
+}
+
+/// A record waiting to be seen in MongoDB.
+struct Pending {
+    id: String,
+    source_ms: i64,
+    last_miss_ms: f64,
+    attempts: u32,
+}
+
+/// What the MongoDB poller measured.
+#[derive(Default)]
+struct PollResult {
+    latencies: Vec<(i64, f64)>,
+    resolution_gaps: Vec<f64>,
+    found_first_try: usize,
+    lookups: u64,
+    rounds: u64,
+    round_ms: Vec<f64>,
+    unresolved: usize,
+}
+
+/// Looks the sampled records up by `_id` every `poll` (oldest first, stopping at the first
+/// miss: the worker writes batches in order).
+async fn poll_mongo(
+    collection: mongodb::Collection<Document>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<Observed>,
+    poll: Duration,
+    stop: CancellationToken,
+) -> PollResult {
+    let mut result = PollResult::default();
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
+    loop {
+        ticker.tick().await;
+        loop {
+            match incoming.try_recv() {
+                Ok(o) => pending.push_back(Pending {
+                    id: o.id,
+                    source_ms: o.source_ms,
+                    last_miss_ms: o.seen_ms,
+                    attempts: 0,
+                }),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if stop.is_cancelled() || (closed && pending.is_empty()) {
+            break;
+        }
+        let round_started = Instant::now();
+        result.rounds += 1;
+        while let Some(next) = pending.front_mut() {
+            result.lookups += 1;
+            next.attempts += 1;
+            let found = collection
+                .find_one(doc! { "_id": &next.id })
+                .projection(doc! { "_id": 1 })
+                .await;
+            let now = wall_ms();
+            match found {
+                Ok(Some(_)) => {
+                    let p = pending.pop_front().expect("front exists");
+                    if p.attempts == 1 {
+                        result.found_first_try += 1;
+                    }
+                    result.latencies.push((p.source_ms, now - p.source_ms as f64));
+                    result.resolution_gaps.push(now - p.last_miss_ms);
+                }
+                _ => {
+                    next.last_miss_ms = now;
+                    break;
+                }
+            }
+        }
+        result
+            .round_ms
+            .push(round_started.elapsed().as_secs_f64() * 1000.0);
+    }
+    result.unresolved = pending.len();
+    result
+}
+
+/// A steady real-time load through a fresh worker; latency to the output topic and MongoDB.
+async fn latency_phase(ctx: &Ctx) -> anyhow::Result<Value> {
+    let args = &ctx.args;
+    let duration = args.warmup_seconds + args.latency_seconds;
+    let expect = ctx.expect(args.latency_streams, duration)?;
+    let input = format!("{}.lat.in", ctx.run_id);
+    let names = ctx.names("lat", &input);
+    ctx.create_topics(
+        &[&names.input, &names.output, &names.dead_letter],
+        ctx.partitions,
+    )
+    .await?;
+    say(format!(
+        "latency: {} real-time streams for {duration} s ({} records expected)",
+        args.latency_streams, expect.records
+    ));
+    let mut worker = ctx.spawn_worker(&names, None, "latency")?;
+    worker.wait_ready(Duration::from_secs(60)).await?;
+
+    // Observer on the output topic, from its start.
+    let observer = ctx.consumer(
+        &format!("{}.observer", ctx.run_id),
+        &[("fetch.wait.max.ms", "5"), ("fetch.min.bytes", "1")],
+    )?;
+    observer.subscribe(&[&names.output])?;
+    let observer = Arc::new(observer);
+    let stop = CancellationToken::new();
+    let (to_poller, from_observer) = tokio::sync::mpsc::unbounded_channel();
+    let prefix = "lat-".to_string();
+    let sample_every = args.mongo_sample_every.max(1);
+    let expected_records = expect.records as usize;
+    let observe = {
+        let observer = observer.clone();
+        let stop = stop.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<Observed> = Vec::with_capacity(expected_records);
+            let mut unparsed = 0usize;
+            while seen.len() < expected_records {
+                let message = tokio::select! {
+                    m = observer.recv() => m,
+                    _ = stop.cancelled() => break,
+                };
+                let now = wall_ms();
+                let Ok(message) = message else { continue };
+                let Some((id, source_ms)) = message.payload().and_then(record_head) else {
+                    unparsed += 1;
+                    continue;
+                };
+                if stream_number(&id, &prefix).is_some_and(|n| n % sample_every == 0) {
+                    let _ = to_poller.send(Observed {
+                        id: id.clone(),
+                        source_ms,
+                        seen_ms: now,
+                    });
+                }
+                seen.push(Observed {
+                    id,
+                    source_ms,
+                    seen_ms: now,
+                });
+            }
+            (seen, unparsed)
+        })
+    };
+    // Wait for the observer's assignment so nothing is missed at the start.
+    let assigned_by = Instant::now() + Duration::from_secs(30);
+    while observer.assignment().map_or(0, |a| a.count()) == 0 && Instant::now() < assigned_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let collection = ctx
+        .mongo()
+        .await?
+        .database(&names.database)
+        .collection::<Document>(&ctx.settings.mongo.collection);
+    let poll_stop = CancellationToken::new();
+    let poller = tokio::spawn(poll_mongo(
+        collection,
+        from_observer,
+        Duration::from_millis(args.poll_ms),
+        poll_stop.clone(),
+    ));
+
+    let log = ctx.log_dir.join("produce-latency.log");
+    let file = std::fs::File::create(&log)?;
+    let load_started_ms = wall_ms();
+    let load_started = Instant::now();
+    let mut producer = ctx
+        .produce_command(&input, args.latency_streams, duration, &prefix, true, true)
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("cannot start specflow produce --realtime")?;
+    let producer_pid = producer.id();
+    // CPU over the measured window (after the warm-up, while the load runs).
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup_seconds)).await;
+    let window_start = ctx.cpu_snapshot(worker.pid, Some(producer_pid));
+    let scrape_start = worker.scrape().await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs_f64(args.latency_seconds - 0.2)).await;
+    let window_end = ctx.cpu_snapshot(worker.pid, Some(producer_pid));
+    let scrape_end = worker.scrape().await.unwrap_or_default();
+    let cpu = window_start.until(&window_end);
+    let producer_status = tokio::task::spawn_blocking(move || producer.wait()).await??;
+    let producer_wall = load_started.elapsed().as_secs_f64();
+    if !producer_status.success() {
+        bail!(
+            "specflow produce --realtime failed; log {}:\n{}",
+            log.display(),
+            tail(&log, 20)
+        );
+    }
+    // Let the worker drain what is queued, then stop observing.
+    let (seen, unparsed) = match tokio::time::timeout(Duration::from_secs(120), observe).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            bail!("latency observer did not see every record within 120 s of the load's end")
+        }
+    };
+    stop.cancel();
+    let poll_deadline = Instant::now() + Duration::from_secs(60);
+    while !poller.is_finished() && Instant::now() < poll_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    poll_stop.cancel();
+    let polled = poller.await?;
+    let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
+    let final_scrape = worker.scrape().await.unwrap_or_default();
+    let clean = worker.stop().await?;
+    if !ctx.args.keep {
+        let _ = ctx.mongo().await?.database(&names.database).drop().await;
+    }
+
+    let first_source = seen
+        .iter()
+        .map(|o| o.source_ms)
+        .min()
+        .unwrap_or(load_started_ms as i64);
+    let cutoff = first_source + (args.warmup_seconds * 1000.0) as i64;
+    let mut to_kafka: Vec<f64> = seen
+        .iter()
+        .filter(|o| o.source_ms >= cutoff)
+        .map(|o| o.seen_ms - o.source_ms as f64)
+        .collect();
+    let mut to_mongo: Vec<f64> = polled
+        .latencies
+        .iter()
+        .filter(|(source, _)| *source >= cutoff)
+        .map(|(_, l)| *l)
+        .collect();
+    let mut gaps = polled.resolution_gaps.clone();
+    let mut rounds = polled.round_ms.clone();
+    let mut warm_kafka: Vec<f64> = seen
+        .iter()
+        .filter(|o| o.source_ms < cutoff)
+        .map(|o| o.seen_ms - o.source_ms as f64)
+        .collect();
+    let duplicates = {
+        let mut ids: Vec<&str> = seen.iter().map(|o| o.id.as_str()).collect();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        before - ids.len()
+    };
+    let window = num(&cpu, "wall_s");
+    let consumed = scrape_end.get("messages_consumed_total") - scrape_start.get("messages_consumed_total");
+    let worker_cpu = num(&cpu, "worker_cpu_s");
+    let batches = scrape_end.get("processing_seconds_count") - scrape_start.get("processing_seconds_count");
+    Ok(json!({
+        "streams": args.latency_streams,
+        "chunk_ms": args.chunk_ms,
+        "warmup_s": args.warmup_seconds,
+        "measured_s": args.latency_seconds,
+        "offered_messages_per_s": round2(args.latency_streams as f64 * 1000.0 / args.chunk_ms as f64),
+        "offered_mb_per_s": round3(expect.bytes as f64 / 1e6 / duration),
+        "records_expected": expect.records,
+        "records_seen": seen.len(),
+        "duplicates_seen": duplicates,
+        "unparsed": unparsed,
+        "producer_wall_s": round3(producer_wall),
+        "to_output_topic": latency_summary(&mut to_kafka),
+        "to_output_topic_warmup": latency_summary(&mut warm_kafka),
+        "to_mongodb": latency_summary(&mut to_mongo),
+        "mongodb_polling": {
+            "interval_ms": args.poll_ms,
+            "sampled": format!("1 stream in {sample_every}"),
+            "lookups": polled.lookups,
+            "rounds": polled.rounds,
+            "found_on_first_lookup": polled.found_first_try,
+            "unresolved": polled.unresolved,
+            "resolution_mean_ms": round2(mean(&gaps)),
+            "resolution_p99_ms": round2({ gaps.sort_by(f64::total_cmp); percentile(&gaps, 99.0) }),
+            "round_mean_ms": round2(mean(&rounds)),
+            "round_max_ms": round2({ rounds.sort_by(f64::total_cmp); rounds.last().copied().unwrap_or(f64::NAN) }),
+        },
+        "window": {
+            "messages_per_s": round2(consumed / window),
+            "worker_cores_used": round2(worker_cpu / window),
+            "mean_batch_messages": round2(consumed / batches.max(1.0)),
+            "processing_ms_per_batch": round2((scrape_end.get("processing_seconds_sum") - scrape_start.get("processing_seconds_sum")) * 1000.0 / batches.max(1.0)),
+            "mongo_write_ms_per_batch": round2((scrape_end.get("mongo_write_seconds_sum") - scrape_start.get("mongo_write_seconds_sum")) * 1000.0 / batches.max(1.0)),
+            "cpu": cpu,
+        },
+        "worker_peak_rss_mb": round2(peak_rss as f64 / 1e6),
+        "worker_dead_letters": final_scrape.sum_of("dead_letters_total"),
+        "clean_exit": clean,
+    }))
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+// ---------------------------------------------------------------------------------------------
+
+/// `streams` one-chunk streams through a fresh worker; with `eos` false their state stays
+/// live. Returns RSS before and after, peak RSS and the worker's own state estimate.
+async fn memory_run(ctx: &Ctx, streams: usize, eos: bool) -> anyhow::Result<Value> {
+    let tag = format!("mem{streams}{}", if eos { "eos" } else { "live" });
+    let input = format!("{}.{tag}.in", ctx.run_id);
+    let names = ctx.names(&tag, &input);
+    ctx.create_topics(
+        &[&names.input, &names.output, &names.dead_letter],
+        ctx.partitions,
+    )
+    .await?;
+    let chunk_s = ctx.args.chunk_ms as f64 / 1000.0;
+    let expect = ctx.expect(streams, chunk_s)?;
+    say(format!(
+        "memory: {streams} one-chunk streams, {}",
+        if eos {
+            "with audio.eos (state freed)"
+        } else {
+            "without audio.eos (state stays live)"
+        }
+    ));
+    let mut worker = ctx.spawn_worker(&names, None, &tag)?;
+    worker.wait_ready(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = proc_status_bytes(worker.pid, "VmRSS").unwrap_or(0);
+    ctx.produce(
+        &mut ctx.produce_command(&input, streams, chunk_s, "mem-", false, eos),
+        &format!("produce-{tag}.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(ctx.args.run_timeout);
+    let mut last;
+    loop {
+        worker.check_alive()?;
+        last = worker.scrape().await.unwrap_or_default();
+        let written = last.get("mongo_documents_written_total") >= expect.records as f64;
+        let swept = eos || last.get("live_streams") >= streams as f64;
+        if written && swept {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("memory run {tag} timed out");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the loop settle (one idle sweep) before reading RSS.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let scrape = worker.scrape().await.unwrap_or(last);
+    let rss_after = proc_status_bytes(worker.pid, "VmRSS").unwrap_or(0);
+    let hwm = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
+    let clean = worker.stop().await?;
+    if !ctx.args.keep {
+        let _ = ctx.mongo().await?.database(&names.database).drop().await;
+    }
+    Ok(json!({
+        "streams": streams,
+        "eos": eos,
+        "live_streams": scrape.get("live_streams"),
+        "stream_state_bytes_metric": scrape.get("stream_state_bytes"),
+        "rss_before_mb": round2(rss_before as f64 / 1e6),
+        "rss_after_mb": round2(rss_after as f64 / 1e6),
+        "peak_rss_mb": round2(hwm as f64 / 1e6),
+        "clean_exit": clean,
+    }))
+}
+
+/// Live vs freed runs for every count; growth per 1000 live streams.
+async fn memory_phase(ctx: &Ctx) -> anyhow::Result<Value> {
+    let counts: Vec<usize> = ctx
+        .args
+        .memory_streams
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for &streams in &counts {
+        let live = memory_run(ctx, streams, false).await?;
+        let freed = memory_run(ctx, streams, true).await?;
+        let per_k = |a: f64, b: f64| round2((a - b) / streams as f64 * 1000.0);
+        rows.push(json!({
+            "streams": streams,
+            "live": live,
+            "freed": freed,
+            "rss_growth_mb_per_1000_streams": per_k(num(&live, "rss_after_mb"), num(&freed, "rss_after_mb")),
+            "peak_rss_growth_mb_per_1000_streams": per_k(num(&live, "peak_rss_mb"), num(&freed, "peak_rss_mb")),
+            "rss_growth_vs_idle_mb_per_1000_streams": per_k(num(&live, "rss_after_mb"), num(&live, "rss_before_mb")),
+            "state_metric_mb_per_1000_streams": round3(num(&live, "stream_state_bytes_metric") / 1e6 / streams as f64 * 1000.0),
+        }));
+    }
+    Ok(json!(rows))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole run, the table and the JSON.
+// ---------------------------------------------------------------------------------------------
+
+/// nproc, CPU model, RAM, kernel, load, service versions.
+async fn machine(ctx: &Ctx) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map_or("unknown".to_string(), |(_, m)| m.trim().to_string());
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string()))
+        .unwrap_or_default();
+    let mem_gb = mem_total
+        .split_whitespace()
+        .next()
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| round2(kb * 1024.0 / 1e9));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mongo_version = match ctx.mongo().await {
+        Ok(client) => client
+            .database("admin")
+            .run_command(doc! { "buildInfo": 1 })
+            .await
+            .ok()
+            .map(|d| {
+                let version = d.get_str("version").unwrap_or("?").to_string();
+                match d.get_str("ferretdbVersion") {
+                    Ok(ferretdb) => format!("{version} (FerretDB {ferretdb})"),
+                    Err(_) => version,
+                }
+            }),
+        Err(_) => None,
+    };
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(1, usize::from),
+        "cpu_model": model,
+        "ram_gb": mem_gb,
+        "kernel": kernel,
+        "loadavg_at_start": load,
+        "mongodb_server_version": mongo_version,
+        "kafka_pid": ctx.kafka_pid,
+        "mongo_pid": ctx.mongo_pid,
+    })
+}
+
+/// Deletes what the run created (unless `--keep`).
+async fn clean_up(ctx: &Ctx) {
+    if ctx.args.keep {
+        return;
+    }
+    let topics = ctx.topics.lock().expect("lock").clone();
+    if !topics.is_empty() {
+        if let Ok(admin) = ctx.admin() {
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
+        }
+    }
+    let databases = ctx.databases.lock().expect("lock").clone();
+    if let Ok(client) = ctx.mongo().await {
+        for database in databases {
+            let _ = client.database(&database).drop().await;
+        }
+    }
+}
+
+/// Scaling thread counts: 1, 2, 4, … and the core count.
+fn thread_counts(args: &Args, cores: usize) -> Vec<usize> {
+    if let Some(list) = &args.threads {
+        return list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .filter(|&t| t > 0)
+            .collect();
+    }
+    let mut counts = Vec::new();
+    let mut t = 1;
+    while t < cores {
+        counts.push(t);
+        t *= 2;
+    }
+    counts.push(cores);
+    counts
+}
+
+async fn run(ctx: &Ctx) -> anyhow::Result<Value> {
+    let args = &ctx.args;
+    let machine = machine(ctx).await;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut report = json!({
+        "run_id": ctx.run_id,
+        "machine": machine,
+        "parameters": {
+            "streams": args.streams,
+            "seconds": args.seconds,
+            "chunk_ms": args.chunk_ms,
+            "signal": args.signal,
+            "partitions": ctx.partitions,
+            "frame_length": ctx.settings.dsp.frame_length,
+            "hop_length": ctx.settings.dsp.hop_length,
+            "features": ctx.settings.dsp.features,
+            "batch_max_messages": ctx.settings.source.batch_max_messages,
+            "config": args.config,
+        },
+        "command_line": std::env::args().collect::<Vec<_>>().join(" "),
+        "logs": ctx.log_dir,
+    });
+
+    // 1. Throughput.
+    let expect = ctx.expect(args.streams, args.seconds)?;
+    let input = format!("{}.tp.in", ctx.run_id);
+    ctx.create_topics(&[&input], ctx.partitions).await?;
+    say(format!(
+        "preloading {} streams × {} s ({} messages, {:.1} MB) into {input}",
+        args.streams,
+        args.seconds,
+        expect.messages,
+        expect.bytes as f64 / 1e6
+    ));
+    let preload_s = ctx.produce(
+        &mut ctx.produce_command(&input, args.streams, args.seconds, "tp-", false, true),
+        "produce-throughput.log",
+    )?;
+    report["preload"] = json!({
+        "messages": expect.messages,
+        "bytes": expect.bytes,
+        "records_expected": expect.records,
+        "frames_expected": expect.frames,
+        "audio_seconds": expect.audio_seconds,
+        "produce_wall_s": round3(preload_s),
+        "produce_messages_per_s": round2(expect.messages as f64 / preload_s),
+    });
+    let main = worker_run(ctx, &input, &expect, None, "main").await?;
+
+    // 4. Scaling (the core count is the main run: worker_threads = 0 resolves to it).
+    let mut scaling = Vec::new();
+    if !args.skip_scaling {
+        for threads in thread_counts(args, cores) {
+            if threads == cores {
+                let mut row = main.clone();
+                row["worker_threads"] = json!(threads);
+                row["note"] = json!("main run (worker_threads = 0 = one per core)");
+                scaling.push(row);
+            } else {
+                scaling.push(worker_run(ctx, &input, &expect, Some(threads), &format!("t{threads}")).await?);
+            }
+        }
+    }
+
+    // 2. Ceilings on the same data.
+    let rows = ceilings(ctx, &input, &expect).await?;
+    let worker_rate = num(&main, "messages_per_s");
+    let mut bound: Option<(f64, String)> = None;
+    let mut ceilings_out = Vec::new();
+    let kafka_best = rows
+        .iter()
+        .filter(|r| r["kind"] == "kafka")
+        .map(|r| num(r, "messages_per_s"))
+        .fold(f64::NAN, f64::max);
+    for mut row in rows {
+        let rate = num(&row, "messages_per_s");
+        row["worker_ratio"] = json!(round3(worker_rate / rate));
+        let kind = row["kind"].as_str().unwrap_or("").to_string();
+        let candidate = match kind.as_str() {
+            "kafka" => rate == kafka_best,
+            "dsp" | "mongo" => true,
+            _ => false,
+        };
+        row["candidate_bound"] = json!(candidate);
+        if candidate && bound.as_ref().is_none_or(|(r, _)| rate < *r) {
+            bound = Some((rate, row["what"].as_str().unwrap_or("").to_string()));
+        }
+        ceilings_out.push(row);
+    }
+    report["throughput"] = main.clone();
+    report["ceilings"] = json!(ceilings_out);
+    if let Some((rate, what)) = &bound {
+        report["bound"] = json!({
+            "what": what,
+            "messages_per_s": rate,
+            "worker_ratio": round3(worker_rate / rate),
+            "target_ratio": 0.7,
+            "met": worker_rate / rate >= 0.7,
+        });
+    }
+    report["scaling"] = json!(scaling);
+
+    // 3. Latency.
+    if !args.skip_latency {
+        let latency = latency_phase(ctx).await?;
+        let p99 = num(&latency["to_output_topic"], "p99_ms");
+        report["latency"] = latency;
+        report["latency"]["target_p99_ms"] = json!(50);
+        report["latency"]["met"] = json!(p99 < 50.0);
+    }
+
+    // 5. Memory.
+    if !args.skip_memory {
+        report["memory"] = memory_phase(ctx).await?;
+    }
+    report["loadavg_at_end"] = json!(
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    Ok(report)
+}
+
+/// Formats a number for the table (`-` when absent).
+fn f(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The human-readable table.
+fn table(r: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let m = &r["machine"];
+    let p = &r["parameters"];
+    line(format!(
+        "specflow end-to-end benchmark  run {}",
+        r["run_id"].as_str().unwrap_or("")
+    ));
+    line(format!(
+        "machine: {} cores, {}, {} GB RAM, kernel {}, load at start {}, MongoDB server {}",
+        m["nproc"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["ram_gb"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["loadavg_at_start"].as_str().unwrap_or("?"),
+        m["mongodb_server_version"].as_str().unwrap_or("?"),
+    ));
+    line(format!(
+        "load: {} streams × {} s, {} ms chunks, signal {}, {} partitions, frame {}/{} hop, features {}",
+        p["streams"], p["seconds"], p["chunk_ms"], p["signal"].as_str().unwrap_or(""), p["partitions"],
+        p["frame_length"], p["hop_length"], p["features"]
+    ));
+    let pre = &r["preload"];
+    line(format!(
+        "preloaded {} messages ({:.1} MB, {} records expected) in {} s",
+        pre["messages"],
+        num(pre, "bytes") / 1e6,
+        pre["records_expected"],
+        f(num(pre, "produce_wall_s"), 1)
+    ));
+    line(String::new());
+    line("THROUGHPUT (worker process, preloaded topic; window = first consumed → last stored)".into());
+    line(format!(
+        "  {:<10} {:>7} {:>8} {:>9} {:>8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "threads", "wall s", "×rt", "msg/s", "MB/s", "frames/s", "", "cpu s", "cores", "RSS MB", "kafka s", "mongo s", "other s"
+    ));
+    let mut rows: Vec<&Value> = Vec::new();
+    if let Some(scaling) = r["scaling"].as_array().filter(|s| !s.is_empty()) {
+        rows.extend(scaling.iter());
+    } else {
+        rows.push(&r["throughput"]);
+    }
+    for row in rows {
+        let cpu = &row["cpu"];
+        line(format!(
+            "  {:<10} {:>7} {:>8} {:>9} {:>8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            row["worker_threads"].as_u64().map_or("config".into(), |t| t.to_string()),
+            f(num(row, "wall_s"), 2),
+            f(num(row, "x_realtime"), 0),
+            f(num(row, "messages_per_s"), 0),
+            f(num(row, "mb_per_s"), 2),
+            f(num(row, "frames_per_s"), 0),
+            "",
+            f(num(row, "worker_cpu_s"), 2),
+            f(num(row, "worker_cores_used"), 2),
+            f(num(row, "peak_rss_mb"), 0),
+            f(num(cpu, "kafka_cpu_s"), 2),
+            f(num(cpu, "mongo_cpu_s"), 2),
+            f(num(cpu, "other_processes_cpu_s"), 2),
+        ));
+    }
+    let t = &r["throughput"];
+    line(format!(
+        "  main run: startup {} s, {} batches of {} msgs, DSP+encode {:.0}% of wall, MongoDB insert {:.0}% of wall, {} µs CPU/msg, {} docs stored, {} dead letters",
+        f(num(t, "startup_s"), 1),
+        t["batches"],
+        f(num(t, "mean_batch_messages"), 0),
+        num(t, "processing_share") * 100.0,
+        num(t, "mongo_write_share") * 100.0,
+        f(num(t, "cpu_us_per_message"), 0),
+        t["stored_documents"],
+        t["dead_letters"],
+    ));
+    line(String::new());
+    line("CEILINGS (same data, each alone)".into());
+    line(format!(
+        "  {:<66} {:>9} {:>8} {:>8} {:>8}",
+        "ceiling", "msg/s", "MB/s", "×rt", "worker%"
+    ));
+    for row in r["ceilings"].as_array().into_iter().flatten() {
+        line(format!(
+            "  {:<66} {:>9} {:>8} {:>8} {:>8}",
+            row["what"].as_str().unwrap_or(""),
+            f(num(row, "messages_per_s"), 0),
+            f(num(row, "mb_per_s"), 2),
+            f(num(row, "x_realtime"), 0),
+            f(num(row, "worker_ratio") * 100.0, 1),
+        ));
+    }
+    if let Some(b) = r.get("bound") {
+        line(format!(
+            "  bound that holds: {} ({} msg/s); worker at {:.1}% of it (target ≥ 70%: {})",
+            b["what"].as_str().unwrap_or(""),
+            f(num(b, "messages_per_s"), 0),
+            num(b, "worker_ratio") * 100.0,
+            if b["met"] == true { "met" } else { "MISSED" }
+        ));
+    }
+    if let Some(l) = r.get("latency") {
+        line(String::new());
+        line(format!(
+            "LATENCY ({} real-time streams, {} ms chunks = {} msg/s, {} s after {} s warm-up; {} of {} records seen)",
+            l["streams"], l["chunk_ms"], f(num(l, "offered_messages_per_s"), 0), l["measured_s"], l["warmup_s"],
+            l["records_seen"], l["records_expected"]
+        ));
+        line(format!(
+            "  {:<58} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "from produce (source.timestamp_ms) to", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        ));
+        let poll = &l["mongodb_polling"];
+        for (label, key) in [
+            ("output topic (observer consuming it)".to_string(), "to_output_topic"),
+            (
+                format!(
+                    "MongoDB (by _id, every {} ms, {}; ±{} ms)",
+                    poll["interval_ms"],
+                    poll["sampled"].as_str().unwrap_or(""),
+                    f(num(poll, "resolution_mean_ms"), 0)
+                ),
+                "to_mongodb",
+            ),
+        ] {
+            let s = &l[key];
+            line(format!(
+                "  {:<58} {:>7} {:>8} {:>8} {:>8} {:>8}",
+                label,
+                s["n"],
+                f(num(s, "p50_ms"), 1),
+                f(num(s, "p95_ms"), 1),
+                f(num(s, "p99_ms"), 1),
+                f(num(s, "max_ms"), 1)
+            ));
+        }
+        let w = &l["window"];
+        line(format!(
+            "  worker during the window: {} msg/s, {} cores, batches of {} msgs, {} ms DSP+encode and {} ms MongoDB per batch",
+            f(num(w, "messages_per_s"), 0),
+            f(num(w, "worker_cores_used"), 2),
+            f(num(w, "mean_batch_messages"), 0),
+            f(num(w, "processing_ms_per_batch"), 1),
+            f(num(w, "mongo_write_ms_per_batch"), 1),
+        ));
+        line(format!(
+            "  p99 < 50 ms to the output topic: {}",
+            if l["met"] == true { "met" } else { "MISSED" }
+        ));
+    }
+    if let Some(rows) = r.get("memory").and_then(Value::as_array) {
+        line(String::new());
+        line("MEMORY (one-chunk streams; live = no audio.eos, freed = audio.eos)".into());
+        line(format!(
+            "  {:>8} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+            "streams", "live RSS MB", "freed RSS MB", "live peak", "freed peak", "MB/1000 streams", "metric MB/1000"
+        ));
+        for row in rows {
+            line(format!(
+                "  {:>8} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+                row["streams"],
+                f(num(&row["live"], "rss_after_mb"), 1),
+                f(num(&row["freed"], "rss_after_mb"), 1),
+                f(num(&row["live"], "peak_rss_mb"), 1),
+                f(num(&row["freed"], "peak_rss_mb"), 1),
+                f(num(row, "rss_growth_mb_per_1000_streams"), 2),
+                f(num(row, "state_metric_mb_per_1000_streams"), 2),
+            ));
+        }
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::load_valid(Some(&args.config))
+        .with_context(|| format!("cannot load {}", args.config.display()))?;
+    let specflow = match &args.specflow {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("specflow"),
+    };
+    if !specflow.exists() {
+        bail!(
+            "{} not found; build it with cargo build --release",
+            specflow.display()
+        );
+    }
+    let run_id = format!(
+        "bench-{}",
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()
+    );
+    let log_dir = args.work_dir.join(&run_id);
+    std::fs::create_dir_all(&log_dir)?;
+    let ctx = Ctx {
+        partitions: args
+            .partitions
+            .unwrap_or(settings.source.topic_partitions)
+            .max(1),
+        args,
+        settings,
+        specflow,
+        run_id,
+        log_dir,
+        ticks: clock_ticks(),
+        kafka_pid: service_pid("kafka"),
+        mongo_pid: service_pid("mongo"),
+        topics: Default::default(),
+        databases: Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let result = run(&ctx).await;
+        clean_up(&ctx).await;
+        result
+    });
+    let report = result?;
+    let text = table(&report);
+    println!("{text}");
+    if let Some(path) = &ctx.args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        say(format!("figures written to {}", path.display()));
+    }
+    Ok(())
+}
