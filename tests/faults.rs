@@ -36,8 +36,12 @@ fn fault_settings(names: &Names) -> specflow::config::Settings {
     s.source.commit_interval_ms = 100;
     s.mongo.retry_max_ms = 1_000;
     // A crashed member's partitions come back after the broker's minimum session timeout.
-    s.kafka.consumer.insert("session.timeout.ms".into(), "6000".into());
-    s.kafka.consumer.insert("heartbeat.interval.ms".into(), "1000".into());
+    s.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    s.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "1000".into());
     s
 }
 
@@ -47,7 +51,11 @@ struct ChildWorker {
 
 impl ChildWorker {
     fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_specflow"))
             .args(["run", "--config"])
             .arg(config)
@@ -69,17 +77,29 @@ impl ChildWorker {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "worker exit status after SIGTERM: {status}");
+                assert!(
+                    status.success(),
+                    "worker exit status after SIGTERM: {status}"
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "worker did not drain within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "worker did not drain within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-async fn finish_and_check(names: &Names, expected: &std::collections::BTreeMap<String, serde_json::Value>) {
-    let total: i64 = expected.values().map(|f| f.as_array().unwrap().len() as i64).sum();
+async fn finish_and_check(
+    names: &Names,
+    expected: &std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    let total: i64 = expected
+        .values()
+        .map(|f| f.as_array().unwrap().len() as i64)
+        .sum();
     let collection = collection(names).await;
     let started = Instant::now();
     wait_for_frames(&collection, total, Duration::from_secs(180)).await;
@@ -88,7 +108,11 @@ async fn finish_and_check(names: &Names, expected: &std::collections::BTreeMap<S
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_mongo_equals(&collection, expected).await;
     let records = assert_topic_has_every_record(&names.output, expected).await;
-    eprintln!("{records} output records for {} expected, checked after {:?}", expected.len(), started.elapsed());
+    eprintln!(
+        "{records} output records for {} expected, checked after {:?}",
+        expected.len(),
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,7 +130,11 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
     let log = dir.join("worker.log");
 
-    let producer = spawn_paced_producer(names.input.clone(), streams.clone(), Duration::from_millis(60));
+    let producer = spawn_paced_producer(
+        names.input.clone(),
+        streams.clone(),
+        Duration::from_millis(60),
+    );
     let mut worker = ChildWorker::start(&config, &log);
     let mut seed = 0x5eed_u64;
     for _ in 0..5 {
@@ -122,7 +150,10 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     finish_and_check(&names, &expected).await;
     worker.terminate();
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.matches("Consuming.").count() >= 6, "every restart consumed again:\n{log}");
+    assert!(
+        log.matches("Consuming.").count() >= 6,
+        "every restart consumed again:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -165,16 +196,26 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     let down_since = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = committed_offsets(&names.group, &names.input, PARTITIONS);
-    assert!(worker.health.readiness().status == "fail", "not ready while MongoDB is down");
+    assert!(
+        worker.health.readiness().status == "fail",
+        "not ready while MongoDB is down"
+    );
     tokio::time::sleep(Duration::from_secs(15)).await;
     let later = committed_offsets(&names.group, &names.input, PARTITIONS);
     assert_eq!(during, later, "offsets advanced while MongoDB was down");
-    assert!(worker.metrics.mongo_write_errors_total.get() > 0, "writes failed during the outage");
+    assert!(
+        worker.metrics.mongo_write_errors_total.get() > 0,
+        "writes failed during the outage"
+    );
     assert!(down_since.elapsed() >= Duration::from_secs(20));
     services(&["start", "mongo"]);
     producer.await.unwrap();
     finish_and_check(&names, &expected).await;
-    assert_eq!(worker.health.readiness().status, "ok", "ready again after the outage");
+    assert_eq!(
+        worker.health.readiness().status,
+        "ok",
+        "ready again after the outage"
+    );
     worker.stop().await;
 }
 
@@ -190,7 +231,9 @@ async fn broker_restart_mid_run() {
     let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
     let worker = spawn_worker(settings);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::spawn_blocking(|| services(&["restart", "kafka"])).await.unwrap();
+    tokio::task::spawn_blocking(|| services(&["restart", "kafka"]))
+        .await
+        .unwrap();
     producer.await.unwrap();
     finish_and_check(&names, &expected).await;
     worker.stop().await;

@@ -170,12 +170,19 @@ impl MongoSink {
         // crashes the connection on FerretDB 1.24.
         let existing = match self.collection.list_index_names().await {
             Ok(names) => names,
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => Vec::new(),
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+                Vec::new()
+            }
             Err(e) => return Err(e.into()),
         };
         let missing: Vec<IndexModel> = [by_time, by_frame]
             .into_iter()
-            .filter(|m| m.options.as_ref().and_then(|o| o.name.as_ref()).is_none_or(|n| !existing.contains(n)))
+            .filter(|m| {
+                m.options
+                    .as_ref()
+                    .and_then(|o| o.name.as_ref())
+                    .is_none_or(|n| !existing.contains(n))
+            })
             .collect();
         if !missing.is_empty() {
             self.collection.create_indexes(missing).await?;
@@ -218,7 +225,11 @@ impl MongoSink {
     /// The highest frame index stored for `stream_id` among records whose last frame is at
     /// least `from_frame`, if any. (Filtering instead of sorting keeps this cheap on servers
     /// that cannot sort with an index, like FerretDB.)
-    pub async fn last_stored_frame_from(&self, stream_id: &str, from_frame: u64) -> Result<Option<u64>, SinkError> {
+    pub async fn last_stored_frame_from(
+        &self,
+        stream_id: &str,
+        from_frame: u64,
+    ) -> Result<Option<u64>, SinkError> {
         use futures::TryStreamExt;
         let from = i64::try_from(from_frame).unwrap_or(i64::MAX);
         let docs: Vec<Document> = self

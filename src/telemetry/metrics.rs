@@ -150,7 +150,11 @@ impl Metrics {
             consumer_lag,
             assigned_partitions: gauge(&registry, "assigned_partitions", "Partitions assigned"),
             live_streams: gauge(&registry, "live_streams", "Streams with live state"),
-            rebalances_total: counter(&registry, "rebalances_total", "Rebalance events (assignments and revocations)"),
+            rebalances_total: counter(
+                &registry,
+                "rebalances_total",
+                "Rebalance events (assignments and revocations)",
+            ),
             paused_partitions: gauge(&registry, "paused_partitions", "Partitions paused"),
             stream_gaps_total: counter(
                 &registry,

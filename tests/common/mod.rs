@@ -321,7 +321,11 @@ pub fn synthetic_pcm(seed: u64, seconds: f64) -> Vec<i16> {
             rng ^= rng << 17;
             let noise = ((rng >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 0.05;
             let silent = i > n / 2 && i < n / 2 + 3000;
-            let tone = if silent { 0.0 } else { 0.4 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16_000.0).sin() };
+            let tone = if silent {
+                0.0
+            } else {
+                0.4 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16_000.0).sin()
+            };
             ((tone + noise) * 32_767.0) as i16
         })
         .collect()
@@ -336,19 +340,29 @@ pub fn fixed_chunks(key: &str, pcm: &[i16], chunk: usize) -> Vec<Chunk> {
             ("audio.format".to_string(), "s16le".to_string()),
             ("audio.sample_rate".to_string(), "16000".to_string()),
             ("audio.start_sample".to_string(), start.to_string()),
-            ("audio.timestamp_ms".to_string(), (1_700_000_000_000i64 + start as i64 / 16).to_string()),
+            (
+                "audio.timestamp_ms".to_string(),
+                (1_700_000_000_000i64 + start as i64 / 16).to_string(),
+            ),
         ];
         if start + part.len() == pcm.len() {
             headers.push(("audio.eos".to_string(), "1".to_string()));
         }
-        out.push(Chunk { key: Some(key.as_bytes().to_vec()), payload: part.iter().flat_map(|s| s.to_le_bytes()).collect(), headers });
+        out.push(Chunk {
+            key: Some(key.as_bytes().to_vec()),
+            payload: part.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            headers,
+        });
     }
     out
 }
 
 /// The records an uninterrupted run stores: `_id` → frames (without timestamps), computed by
 /// feeding each stream's chunks through the DSP one message at a time.
-pub fn expected_records(streams: &[(String, Vec<Chunk>)], dsp: &specflow::dsp::DspConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+pub fn expected_records(
+    streams: &[(String, Vec<Chunk>)],
+    dsp: &specflow::dsp::DspConfig,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
     use specflow::dsp::{FeatureExtractor, FrameBatch};
     let extractor = FeatureExtractor::new(dsp, 16_000).unwrap();
     let mut ws = extractor.workspace();
@@ -359,12 +373,23 @@ pub fn expected_records(streams: &[(String, Vec<Chunk>)], dsp: &specflow::dsp::D
         let mut samples = Vec::new();
         for chunk in chunks {
             samples.clear();
-            specflow::audio::decode_pcm(specflow::audio::SampleFormat::S16le, 1, &chunk.payload, &mut samples).unwrap();
+            specflow::audio::decode_pcm(
+                specflow::audio::SampleFormat::S16le,
+                1,
+                &chunk.payload,
+                &mut samples,
+            )
+            .unwrap();
             batch.clear();
             extractor.process(&mut ws, &mut state, &samples, &mut batch);
             if !batch.is_empty() {
-                let frames: Vec<serde_json::Value> = (0..batch.len()).map(|i| serde_json::to_value(batch.frame(i)).unwrap()).collect();
-                out.insert(format!("{key}:{}", batch.index(0)), serde_json::Value::Array(frames));
+                let frames: Vec<serde_json::Value> = (0..batch.len())
+                    .map(|i| serde_json::to_value(batch.frame(i)).unwrap())
+                    .collect();
+                out.insert(
+                    format!("{key}:{}", batch.index(0)),
+                    serde_json::Value::Array(frames),
+                );
             }
         }
     }
@@ -372,7 +397,9 @@ pub fn expected_records(streams: &[(String, Vec<Chunk>)], dsp: &specflow::dsp::D
 }
 
 /// Stored records as `_id` → frames without timestamps.
-pub async fn stored_records(collection: &mongodb::Collection<Document>) -> std::collections::BTreeMap<String, serde_json::Value> {
+pub async fn stored_records(
+    collection: &mongodb::Collection<Document>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
     all_documents(collection)
         .await
         .into_iter()
@@ -389,18 +416,37 @@ pub async fn stored_records(collection: &mongodb::Collection<Document>) -> std::
 }
 
 /// Asserts MongoDB holds exactly the expected records with identical frames.
-pub async fn assert_mongo_equals(collection: &mongodb::Collection<Document>, expected: &std::collections::BTreeMap<String, serde_json::Value>) {
+pub async fn assert_mongo_equals(
+    collection: &mongodb::Collection<Document>,
+    expected: &std::collections::BTreeMap<String, serde_json::Value>,
+) {
     let stored = stored_records(collection).await;
-    let missing: Vec<_> = expected.keys().filter(|k| !stored.contains_key(*k)).take(10).collect();
-    let extra: Vec<_> = stored.keys().filter(|k| !expected.contains_key(*k)).take(10).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "records differ: missing {missing:?}, unexpected {extra:?} ({} stored, {} expected)", stored.len(), expected.len());
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !stored.contains_key(*k))
+        .take(10)
+        .collect();
+    let extra: Vec<_> = stored
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "records differ: missing {missing:?}, unexpected {extra:?} ({} stored, {} expected)",
+        stored.len(),
+        expected.len()
+    );
     for (id, frames) in expected {
         assert_eq!(&stored[id], frames, "frames of record {id}");
     }
 }
 
 /// Asserts every expected record id appears at least once on the output topic.
-pub async fn assert_topic_has_every_record(topic: &str, expected: &std::collections::BTreeMap<String, serde_json::Value>) -> usize {
+pub async fn assert_topic_has_every_record(
+    topic: &str,
+    expected: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> usize {
     use rdkafka::Message;
     let messages = consume(topic, expected.len(), Duration::from_secs(60)).await;
     let mut seen = std::collections::HashSet::new();
@@ -408,18 +454,32 @@ pub async fn assert_topic_has_every_record(topic: &str, expected: &std::collecti
         let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         seen.insert(value["id"].as_str().unwrap().to_string());
     }
-    let missing: Vec<_> = expected.keys().filter(|k| !seen.contains(*k)).take(10).collect();
-    assert!(missing.is_empty(), "records missing from {topic}: {missing:?}");
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "records missing from {topic}: {missing:?}"
+    );
     messages.len()
 }
 
 /// Sends rounds of chunks (one chunk of every stream per round) every `pace`.
-pub fn spawn_paced_producer(topic: String, streams: Vec<(String, Vec<Chunk>)>, pace: Duration) -> JoinHandle<()> {
+pub fn spawn_paced_producer(
+    topic: String,
+    streams: Vec<(String, Vec<Chunk>)>,
+    pace: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let producer = producer();
         let rounds = streams.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
         for round in 0..rounds {
-            let batch: Vec<Chunk> = streams.iter().filter_map(|(_, c)| c.get(round).cloned()).collect();
+            let batch: Vec<Chunk> = streams
+                .iter()
+                .filter_map(|(_, c)| c.get(round).cloned())
+                .collect();
             send_all(&producer, &topic, &batch).await;
             tokio::time::sleep(pace).await;
         }
@@ -428,8 +488,8 @@ pub fn spawn_paced_producer(topic: String, streams: Vec<(String, Vec<Chunk>)>, p
 
 /// Committed offsets of `group` on `topic` (partition → offset; -1001 when none).
 pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    use rdkafka::consumer::BaseConsumer;
     use rdkafka::TopicPartitionList;
+    use rdkafka::consumer::BaseConsumer;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", group)
@@ -439,8 +499,14 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> 
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect()
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1))
+        .collect()
 }
 
 /// Runs `scripts/services.sh ARGS`.

@@ -1,0 +1,287 @@
+//! Operations against the real local services: the HTTP endpoint while the worker runs
+//! (`/metrics` counters agree with what was produced; `/healthz`, `/readyz`), and secrets never
+//! reaching logs, errors, `/metrics` or `check --print`.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Plain HTTP/1.0 GET; returns (status code, body).
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP endpoint");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l.as_bytes().get(name.len()) == Some(&b' ')
+                    || l.as_bytes().get(name.len()) == Some(&b'{'))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn start_worker(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_specflow"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("start specflow")
+}
+
+fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not logged within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(mut child: Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "worker exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_follow_the_work() {
+    let names = Names::new("ops");
+    create_topics(&names, 2).await;
+    let mut settings = settings(&names);
+    settings.http.enabled = true;
+    settings.http.address = "127.0.0.1:0".into();
+    settings.log.format = specflow::telemetry::LogFormat::Json;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("specflow.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let log = dir.path().join("worker.log");
+    let child = start_worker(&config, &log, &[]);
+    let text = wait_for_log(&log, "HTTP endpoint listening", Duration::from_secs(60));
+    let line = text
+        .lines()
+        .find(|l| l.contains("HTTP endpoint listening"))
+        .unwrap();
+    let logged: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    let address = logged["address"]
+        .as_str()
+        .expect("address field")
+        .to_string();
+
+    let (status, body) = http_get(&address, "/healthz");
+    assert_eq!(status, 200, "healthz: {body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        "ok"
+    );
+
+    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
+        .map(|i| {
+            let key = format!("ops-{i}");
+            let chunks = fixed_chunks(&key, &synthetic_pcm(i + 1, 2.0), 1_600);
+            (key, chunks)
+        })
+        .collect();
+    let expected = expected_records(&streams, &settings.dsp);
+    let frames: i64 = expected
+        .values()
+        .map(|f| f.as_array().unwrap().len() as i64)
+        .sum();
+    let mut all: Vec<Chunk> = streams.iter().flat_map(|(_, c)| c.clone()).collect();
+    let produced = all.len();
+    let bytes: usize = all.iter().map(|c| c.payload.len()).sum();
+    all.push(Chunk {
+        key: Some(b"ops-bad".to_vec()),
+        payload: vec![1, 2, 3],
+        headers: vec![],
+    });
+    send_all(&producer(), &names.input, &all).await;
+    let collection = collection(&names).await;
+    wait_for_frames(&collection, frames, Duration::from_secs(120)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = http_get(&address, "/metrics");
+        assert_eq!(status, 200);
+        if metric(&body, "specflow_dead_letters_total") >= 1.0
+            && metric(&body, "specflow_records_produced_total") >= expected.len() as f64
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics did not catch up:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        metric(&body, "specflow_messages_consumed_total"),
+        (produced + 1) as f64
+    );
+    assert_eq!(
+        metric(&body, "specflow_bytes_consumed_total"),
+        (bytes + 3) as f64
+    );
+    assert_eq!(
+        metric(&body, "specflow_frames_computed_total"),
+        frames as f64
+    );
+    assert_eq!(
+        metric(&body, "specflow_records_produced_total"),
+        expected.len() as f64
+    );
+    assert_eq!(
+        metric(&body, "specflow_mongo_documents_written_total"),
+        expected.len() as f64
+    );
+    assert_eq!(metric(&body, "specflow_dead_letters_total"), 1.0);
+    assert!(
+        body.contains("specflow_dead_letters_total{reason=\"ragged_payload\"} 1"),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "specflow_assigned_partitions"), 2.0);
+    assert!(metric(&body, "specflow_end_to_end_latency_seconds_count") >= expected.len() as f64);
+    assert!(metric(&body, "specflow_processing_seconds_count") >= 1.0);
+    assert!(metric(&body, "specflow_mongo_write_seconds_count") >= 1.0);
+    assert!(body.contains("specflow_rebalances_total"));
+    let (status, body) = http_get(&address, "/readyz");
+    assert_eq!(status, 200, "readyz: {body}");
+
+    // Consumer lag comes from librdkafka statistics (every 5 s): it settles at zero.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(&address, "/metrics");
+        if body.contains("specflow_consumer_lag{partition=\"0\"} 0")
+            && body.contains("specflow_consumer_lag{partition=\"1\"} 0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag not reported as 0:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    terminate(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
+    const KAFKA_SECRET: &str = "kafka-Secret-Value-913";
+    const KEY_SECRET: &str = "key-Secret-Value-771";
+    const MONGO_SECRET: &str = "mongo-Secret-Value-402";
+    let names = Names::new("secrets");
+    create_topics(&names, 1).await;
+    let mut settings = settings(&names);
+    settings.http.enabled = true;
+    settings.http.address = "127.0.0.1:0".into();
+    settings.log.level = "debug".into();
+    settings.log.format = specflow::telemetry::LogFormat::Json;
+    settings.mongo.connect_timeout_ms = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("specflow.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let secret_file = dir.path().join("key-password");
+    std::fs::write(&secret_file, KEY_SECRET).unwrap();
+    let mongo_uri = format!("mongodb://specflow:{MONGO_SECRET}@127.0.0.1:1/?authSource=admin");
+    let env = [
+        ("SPECFLOW__KAFKA__SASL_PASSWORD", KAFKA_SECRET),
+        (
+            "SPECFLOW__KAFKA__SSL_KEY_PASSWORD_FILE",
+            secret_file.to_str().unwrap(),
+        ),
+        ("SPECFLOW__MONGO__URI", mongo_uri.as_str()),
+    ];
+
+    let check = Command::new(env!("CARGO_BIN_EXE_specflow"))
+        .args(["check", "--print", "--config"])
+        .arg(&config)
+        .envs(env)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(printed.contains("<redacted>"), "{printed}");
+
+    // MongoDB on port 1 is unreachable: the worker logs connection errors that carry the URI's host.
+    let log = dir.path().join("worker.log");
+    let child = start_worker(&config, &log, &env);
+    let text = wait_for_log(&log, "MongoDB not reachable yet", Duration::from_secs(60));
+    let line = text
+        .lines()
+        .find(|l| l.contains("HTTP endpoint listening"))
+        .expect("http line");
+    let logged: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    let address = logged["address"]
+        .as_str()
+        .expect("address field")
+        .to_string();
+    let (_, metrics) = http_get(&address, "/metrics");
+    let (_, ready) = http_get(&address, "/readyz");
+    terminate_or_kill(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [KAFKA_SECRET, KEY_SECRET, MONGO_SECRET] {
+        assert!(
+            !printed.contains(secret),
+            "{secret} in check --print:\n{printed}"
+        );
+        assert!(
+            !text.contains(secret),
+            "{secret} in the worker log:\n{text}"
+        );
+        assert!(!metrics.contains(secret), "{secret} in /metrics");
+        assert!(!ready.contains(secret), "{secret} in /readyz");
+    }
+}
+
+/// The worker may still be retrying MongoDB at startup: SIGTERM, then SIGKILL after the drain.
+fn terminate_or_kill(mut child: Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
