@@ -448,6 +448,33 @@ pub fn decode_pcm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary keys, payloads and headers decode to Ok or a typed error, never a panic,
+        /// and Ok always means whole frames of finite samples.
+        #[test]
+        fn arbitrary_messages_never_panic(
+            key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            headers in proptest::collection::vec(
+                (prop_oneof![
+                    Just(HEADER_FORMAT), Just(HEADER_SAMPLE_RATE), Just(HEADER_CHANNELS),
+                    Just(HEADER_START_SAMPLE), Just(HEADER_TIMESTAMP_MS), Just(HEADER_EOS), Just("other")
+                ], proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12))),
+                0..6,
+            ),
+        ) {
+            let input = InputConfig { max_message_bytes: 400, ..InputConfig::default() };
+            let pairs: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+            let mut samples = Vec::new();
+            if let Ok(meta) = decode(&input, key.as_deref(), Some(&payload), pairs, None, &mut samples) {
+                prop_assert_eq!(samples.len(), meta.frames);
+                prop_assert!(samples.iter().all(|s| s.is_finite()));
+                prop_assert!(payload.len() <= 400);
+            }
+        }
+    }
 
     fn hdr<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
         pairs

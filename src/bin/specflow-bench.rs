@@ -1721,9 +1721,13 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
     // Let the worker drain what is queued (at most --latency-drain-seconds), then stop.
     let drain = Duration::from_secs_f64(args.latency_drain_seconds);
     let drain_deadline = Instant::now() + drain;
-    let (seen, unparsed) = match tokio::time::timeout(drain, observe).await {
+    let mut observe = observe;
+    let (seen, unparsed) = match tokio::time::timeout(drain, &mut observe).await {
         Ok(joined) => joined?,
-        Err(_) => bail!("latency observer did not stop"),
+        Err(_) => {
+            stop.cancel();
+            observe.await?
+        }
     };
     let observed_until_ms = wall_ms();
     stop.cancel();

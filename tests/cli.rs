@@ -1,0 +1,116 @@
+//! The `specflow` binary's offline commands: `extract` and `check`.
+
+use std::process::Command;
+
+fn specflow(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_specflow"))
+        .args(args)
+        .output()
+        .expect("run specflow")
+}
+
+fn reference(name: &str) -> String {
+    let dir = std::env::var("SPECFLOW_REFERENCE_DIR")
+        .unwrap_or_else(|_| format!("{}/../shared/reference", env!("CARGO_MANIFEST_DIR")));
+    format!("{dir}/signals/{name}")
+}
+
+#[test]
+fn extract_prints_one_json_object_per_frame() {
+    let out = specflow(&[
+        "extract",
+        "--features",
+        "rms,f0,mfcc",
+        "--frame-length",
+        "1024",
+        "--hop-length",
+        "256",
+        &reference("sine440_16k.wav"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 16000 samples, 1024/256, center=False: 1 + (16000 - 1024) / 256 frames.
+    assert_eq!(frames.len(), 1 + (16_000 - 1024) / 256);
+    for (i, frame) in frames.iter().enumerate() {
+        assert_eq!(frame["index"], i as u64);
+        assert_eq!(frame["start_sample"], (i * 256) as u64);
+        let keys: Vec<&str> = frame
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys.len(),
+            6,
+            "index, start_sample, rms, f0, voiced, mfcc: {keys:?}"
+        );
+        assert_eq!(frame["mfcc"].as_array().unwrap().len(), 13);
+        let f0 = frame["f0"].as_f64().expect("a steady sine is voiced");
+        assert!((f0 - 440.0).abs() < 440.0 * 0.01, "f0 {f0}");
+    }
+}
+
+#[test]
+fn extract_rejects_bad_files_with_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wav = dir.path().join("not.wav");
+    std::fs::write(&not_wav, b"this is not a RIFF file at all").unwrap();
+    let truncated = dir.path().join("truncated.wav");
+    let whole = std::fs::read(reference("sine440_16k.wav")).unwrap();
+    std::fs::write(&truncated, &whole[..30]).unwrap();
+    let missing = dir.path().join("missing.wav");
+    for path in [&not_wav, &truncated, &missing] {
+        let out = specflow(&["extract", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "one error line: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(path.to_str().unwrap()),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = specflow(&[
+        "extract",
+        "--hop-length",
+        "0",
+        &reference("sine440_16k.wav"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dsp.hop_length"));
+}
+
+#[test]
+fn check_lists_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[dsp]\nhop_length = 0\nn_mfcc = 99\n[mongo]\nuri = \"postgres://x\"\n",
+    )
+    .unwrap();
+    let out = specflow(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("error: dsp.hop_length = 0: must be between 1 and frame_length"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dsp.n_mfcc"), "{stderr}");
+    assert!(stderr.contains("mongo.uri"), "{stderr}");
+    let ok = specflow(&[
+        "check",
+        "--config",
+        &format!("{}/configs/specflow.toml", env!("CARGO_MANIFEST_DIR")),
+    ]);
+    assert!(ok.status.success());
+}
