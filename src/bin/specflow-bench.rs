@@ -453,6 +453,7 @@ impl Ctx {
         Ok(config.create()?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// `specflow produce` with the benchmark's signal and chunking, sending to `topic`.
     fn produce_command(
         &self,
