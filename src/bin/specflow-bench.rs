@@ -79,7 +79,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     streams: usize,
     /// Throughput: seconds of audio per stream.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 20.0)]
     seconds: f64,
     /// Chunk (message) duration in milliseconds, for every phase.
     #[arg(long, default_value_t = 100)]
@@ -116,9 +116,9 @@ struct Args {
     /// the worker's largest batch).
     #[arg(long)]
     mongo_batch: Option<usize>,
-    /// MongoDB ceiling: insert at most this many documents (default: all records).
-    #[arg(long)]
-    mongo_docs: Option<usize>,
+    /// MongoDB ceiling: insert the first this many of the records (0: all).
+    #[arg(long, default_value_t = 2000)]
+    mongo_docs: usize,
 
     /// Latency: concurrent real-time streams.
     #[arg(long, default_value_t = 200)]
@@ -137,10 +137,10 @@ struct Args {
     mongo_sample_every: usize,
     /// Latency: at most this many seconds after the load ends for the last records to show
     /// up; records still missing count as slower than every seen one.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 15.0)]
     latency_drain_seconds: f64,
-    /// Latency: a second, lighter run with this many streams; `auto` = half of the measured
-    /// throughput (in streams of real-time audio), `0` = none.
+    /// Latency: a second, lighter run with this many streams; `auto` = a quarter of the
+    /// measured throughput (in streams of real-time audio), `0` = none.
     #[arg(long, default_value = "auto")]
     latency_light_streams: String,
     /// Skip the latency phase.
@@ -311,7 +311,8 @@ impl Scrape {
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(_, v)| v)
-            .sum()
+            .sum::<f64>()
+            + 0.0
     }
 }
 
@@ -967,11 +968,13 @@ async fn kafka_ceiling(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Resul
     consumer.assign(&assignment)?;
     let deadline = started + Duration::from_secs(120);
     let (mut count, mut bytes) = (0u64, 0u64);
+    let mut first_after = None;
     while count < expect.messages {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message = tokio::time::timeout(remaining, consumer.recv())
             .await
             .context("kafka ceiling timed out")??;
+        first_after.get_or_insert_with(|| started.elapsed().as_secs_f64());
         count += 1;
         bytes += message.payload().map_or(0, <[u8]>::len) as u64;
     }
@@ -980,6 +983,7 @@ async fn kafka_ceiling(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Resul
         "what": "Kafka consume, rdkafka StreamConsumer (worker's settings)",
         "messages": count,
         "wall_s": round3(wall),
+        "first_message_after_s": first_after.map(round3),
         "messages_per_s": round2(count as f64 / wall),
         "mb_per_s": round3(bytes as f64 / 1e6 / wall),
     }))
@@ -1224,7 +1228,10 @@ async fn mongo_ceiling(
     };
     let sink = config.build().await?;
     sink.ensure_indexes().await?;
-    let limit = ctx.args.mongo_docs.unwrap_or(usize::MAX);
+    let limit = match ctx.args.mongo_docs {
+        0 => usize::MAX,
+        n => n,
+    };
     let dsp = &ctx.settings.dsp;
     let mut ws = extractor.workspace();
     let mut out = FrameBatch::new();
@@ -2195,7 +2202,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Value> {
         let light = match args.latency_light_streams.as_str() {
             "auto" => {
                 let chunk_s = args.chunk_ms as f64 / 1000.0;
-                (0.5 * worker_rate * chunk_s).floor() as usize
+                (0.25 * worker_rate * chunk_s).floor() as usize
             }
             n => n.parse().unwrap_or(0),
         }
