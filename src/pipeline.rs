@@ -120,6 +120,17 @@ fn dead_letter(message: &OwnedMessage, error: String) -> DeadLetter {
     }
 }
 
+/// Dead-letters `message`: nothing of it stays in stream state, so the watermark may pass it.
+fn reject(
+    table: &mut PartitionStreams,
+    message: &OwnedMessage,
+    error: String,
+    reason: &'static str,
+) -> Outcome {
+    table.mark_done(message.offset());
+    Outcome::Dead(Box::new(dead_letter(message, error)), reason)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -153,12 +164,7 @@ impl Worker {
             ) {
                 Ok(meta) => meta,
                 Err(e) => {
-                    let reason = decode_reason(&e);
-                    table.mark_done(message.offset());
-                    outcomes.push(Outcome::Dead(
-                        Box::new(dead_letter(message, e.to_string())),
-                        reason,
-                    ));
+                    outcomes.push(reject(table, message, e.to_string(), decode_reason(&e)));
                     continue;
                 }
             };
@@ -177,12 +183,7 @@ impl Worker {
             );
             let outcome = match applied {
                 Err(e) => {
-                    let reason = stream_reason(&e);
-                    table.mark_done(message.offset());
-                    outcomes.push(Outcome::Dead(
-                        Box::new(dead_letter(message, e.to_string())),
-                        reason,
-                    ));
+                    outcomes.push(reject(table, message, e.to_string(), stream_reason(&e)));
                     continue;
                 }
                 Ok(outcome) => outcome,

@@ -48,6 +48,38 @@ fn fault_settings(names: &Names) -> specflow::config::Settings {
     s
 }
 
+/// One fault scenario: its names, settings, the uninterrupted result, and the producer that
+/// feeds the workload in real time while the test injects its fault.
+struct Scenario {
+    names: Names,
+    settings: specflow::config::Settings,
+    expected: std::collections::BTreeMap<String, serde_json::Value>,
+    producer: tokio::task::JoinHandle<()>,
+}
+
+impl Scenario {
+    async fn start(name: &str, pace: Duration) -> Self {
+        let names = Names::new(name);
+        create_topics(&names, PARTITIONS).await;
+        let settings = fault_settings(&names);
+        let streams = workload();
+        let expected = expected_records(&streams, &settings.dsp);
+        let producer = spawn_paced_producer(names.input.clone(), streams, pace);
+        Self {
+            names,
+            settings,
+            expected,
+            producer,
+        }
+    }
+
+    /// Waits for the producer, then checks MongoDB and the output topic.
+    async fn finish(self) {
+        self.producer.await.unwrap();
+        finish_and_check(&self.names, &self.expected).await;
+    }
+}
+
 struct ChildWorker {
     child: Child,
 }
@@ -121,23 +153,13 @@ async fn finish_and_check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let names = Names::new("crash");
-    create_topics(&names, PARTITIONS).await;
-    let settings = fault_settings(&names);
-    let streams = workload();
-    let expected = expected_records(&streams, &settings.dsp);
+    let scenario = Scenario::start("crash", Duration::from_millis(60)).await;
     let dir = tempfile::tempdir().unwrap();
     eprintln!("worker logs in {}", dir.path().display());
     let dir = dir.keep();
     let config = dir.join("specflow.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    std::fs::write(&config, toml::to_string(&scenario.settings).unwrap()).unwrap();
     let log = dir.join("worker.log");
-
-    let producer = spawn_paced_producer(
-        names.input.clone(),
-        streams.clone(),
-        Duration::from_millis(60),
-    );
     let mut worker = ChildWorker::start(&config, &log);
     let mut seed = 0x5eed_u64;
     for _ in 0..5 {
@@ -149,8 +171,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         worker.kill();
         worker = ChildWorker::start(&config, &log);
     }
-    producer.await.unwrap();
-    finish_and_check(&names, &expected).await;
+    scenario.finish().await;
     worker.terminate();
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -162,21 +183,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebalance_one_to_three_to_two_instances() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let names = Names::new("rebalance");
-    create_topics(&names, PARTITIONS).await;
-    let settings = fault_settings(&names);
-    let streams = workload();
-    let expected = expected_records(&streams, &settings.dsp);
-
-    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
+    let scenario = Scenario::start("rebalance", Duration::from_millis(80)).await;
+    let settings = scenario.settings.clone();
     let first = spawn_worker(settings.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = spawn_worker(settings.clone());
     let third = spawn_worker(settings.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     first.stop().await;
-    producer.await.unwrap();
-    finish_and_check(&names, &expected).await;
+    scenario.finish().await;
     let rebalances = second.metrics.rebalances_total.get() + third.metrics.rebalances_total.get();
     second.stop().await;
     third.stop().await;
@@ -186,14 +201,9 @@ async fn rebalance_one_to_three_to_two_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongodb_outage_pauses_without_advancing_offsets() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let names = Names::new("outage");
-    create_topics(&names, PARTITIONS).await;
-    let settings = fault_settings(&names);
-    let streams = workload();
-    let expected = expected_records(&streams, &settings.dsp);
-
-    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
-    let worker = spawn_worker(settings);
+    let scenario = Scenario::start("outage", Duration::from_millis(80)).await;
+    let names = &scenario.names;
+    let worker = spawn_worker(scenario.settings.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     services(&["stop", "mongo"]);
     let down_since = Instant::now();
@@ -212,8 +222,7 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     );
     assert!(down_since.elapsed() >= Duration::from_secs(20));
     services(&["start", "mongo"]);
-    producer.await.unwrap();
-    finish_and_check(&names, &expected).await;
+    scenario.finish().await;
     assert_eq!(
         worker.health.readiness().status,
         "ok",
@@ -225,19 +234,12 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_mid_run() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let names = Names::new("broker");
-    create_topics(&names, PARTITIONS).await;
-    let settings = fault_settings(&names);
-    let streams = workload();
-    let expected = expected_records(&streams, &settings.dsp);
-
-    let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(80));
-    let worker = spawn_worker(settings);
+    let scenario = Scenario::start("broker", Duration::from_millis(80)).await;
+    let worker = spawn_worker(scenario.settings.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::spawn_blocking(|| services(&["restart", "kafka"]))
         .await
         .unwrap();
-    producer.await.unwrap();
-    finish_and_check(&names, &expected).await;
+    scenario.finish().await;
     worker.stop().await;
 }
