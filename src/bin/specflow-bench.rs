@@ -129,12 +129,15 @@ struct Args {
     /// Latency: warm-up seconds excluded from the figures.
     #[arg(long, default_value_t = 5.0)]
     warmup_seconds: f64,
-    /// Latency: MongoDB polling interval in milliseconds.
+    /// Latency: polling interval in milliseconds of the worker's `/metrics` (MongoDB
+    /// acknowledged writes) and of the `_id` lookups.
     #[arg(long, default_value_t = 20)]
     poll_ms: u64,
-    /// Latency: look up in MongoDB the records of one stream in this many.
-    #[arg(long, default_value_t = 10)]
-    mongo_sample_every: usize,
+    /// Latency: also look up by `_id` in MongoDB the records of one stream in this many
+    /// (0 = off). Off by default: on FerretDB 1.24 (SQLite) every `_id` lookup scans the whole
+    /// collection, which takes CPU from the worker's own inserts.
+    #[arg(long, default_value_t = 0)]
+    mongo_lookups: usize,
     /// Latency: at most this many seconds after the load ends for the last records to show
     /// up; records still missing count as slower than every seen one.
     #[arg(long, default_value_t = 15.0)]
@@ -554,6 +557,7 @@ impl Ctx {
             port,
             log,
             started: Instant::now(),
+            services: service_pids(),
         })
     }
 
@@ -585,6 +589,8 @@ struct Worker {
     port: u16,
     log: PathBuf,
     started: Instant,
+    /// The services' pids when the worker started (a change means a restart).
+    services: (Option<u32>, Option<u32>),
 }
 
 impl Worker {
@@ -668,6 +674,56 @@ impl Drop for Worker {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The broker's and the MongoDB server's pids now (see [`service_pid`]).
+fn service_pids() -> (Option<u32>, Option<u32>) {
+    (service_pid("kafka"), service_pid("mongo"))
+}
+
+/// Whether a worker run was disturbed: a service restarted (its pid changed) since the
+/// worker started, and the warnings and errors the worker logged (counted, first few shown).
+fn run_health(log: &Path, services_at_start: (Option<u32>, Option<u32>)) -> Value {
+    let now = service_pids();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut count = 0;
+    let mut distinct: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let plain = strip_ansi(line);
+        let Some(at) = plain.find(" WARN ").or_else(|| plain.find(" ERROR ")) else {
+            continue;
+        };
+        count += 1;
+        let message: String = plain[at + 1..].chars().take(160).collect();
+        let key: String = message.chars().take(60).collect();
+        if distinct.len() < 5 && !distinct.iter().any(|d| d.starts_with(&key)) {
+            distinct.push(message);
+        }
+    }
+    json!({
+        "kafka_restarted": services_at_start.0 != now.0,
+        "mongo_restarted": services_at_start.1 != now.1,
+        "worker_warnings_and_errors": count,
+        "first_distinct": distinct,
+    })
+}
+
+/// A log line without its colour escapes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The last `n` lines of a log file.
@@ -881,7 +937,9 @@ async fn worker_run(
     // Interpolation error of the window is at most one polling interval at each end.
     let wall = end.at.duration_since(start.at).as_secs_f64();
     let consumed_before = start_scrape.get("messages_consumed_total");
+    let (log, services) = (worker.log.clone(), worker.services);
     let clean = worker.stop().await?;
+    let run_health = run_health(&log, services);
 
     let client = ctx.mongo().await?;
     let stored = client
@@ -929,6 +987,7 @@ async fn worker_run(
         "processing_share": round3(processing / wall),
         "mongo_write_share": round3(mongo_write / wall),
         "clean_exit": clean,
+        "run_health": run_health,
     });
     say(format!(
         "  {:.1} s, {:.0} msg/s, {:.0}× real time, worker {:.2} cores, peak RSS {:.0} MB",
@@ -1569,9 +1628,40 @@ async fn poll_mongo(
 }
 
 /// Sampled records looked up per polling round (the oldest pending ones).
-const POLL_BATCH: usize = 32;
+const POLL_BATCH: usize = 4;
 /// Concurrent `_id` lookups per round.
-const POLL_CONCURRENCY: usize = 8;
+const POLL_CONCURRENCY: usize = 1;
+
+/// Polls the worker's `/metrics` every `poll` and records each change of
+/// `mongo_documents_written_total` as (wall ms, documents written); also returns how long
+/// each scrape took. The worker bumps the counter right after MongoDB acknowledged an
+/// `insert_many`, i.e. after the documents were committed and visible.
+async fn poll_written(
+    port: u16,
+    poll: Duration,
+    stop: CancellationToken,
+) -> (Vec<(f64, f64)>, Vec<f64>) {
+    let mut events: Vec<(f64, f64)> = Vec::new();
+    let mut scrapes = Vec::new();
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0.0;
+    while !stop.is_cancelled() {
+        ticker.tick().await;
+        let started = Instant::now();
+        let Ok((200, body)) = http_get(port, "/metrics").await else {
+            continue;
+        };
+        let now = wall_ms();
+        scrapes.push(started.elapsed().as_secs_f64() * 1000.0);
+        let written = Scrape::parse(&body).get("mongo_documents_written_total");
+        if written > last {
+            events.push((now, written));
+            last = written;
+        }
+    }
+    (events, scrapes)
+}
 
 /// Latency summary where `censored` records were never seen: they count as slower than every
 /// seen one; a percentile that falls among them is reported as null with `censored` set, and
@@ -1633,7 +1723,8 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
     let stop = CancellationToken::new();
     let (to_poller, from_observer) = tokio::sync::mpsc::unbounded_channel();
     let prefix = format!("{tag}-");
-    let sample_every = args.mongo_sample_every.max(1);
+    let lookups_on = args.mongo_lookups > 0;
+    let sample_every = args.mongo_lookups.max(1);
     let expected_records = expect.records as usize;
     let observe = {
         let observer = observer.clone();
@@ -1653,7 +1744,8 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
                     unparsed += 1;
                     continue;
                 };
-                if stream_number(&id, &prefix).is_some_and(|n| n % sample_every == 0) {
+                if lookups_on && stream_number(&id, &prefix).is_some_and(|n| n % sample_every == 0)
+                {
                     let _ = to_poller.send(Observed {
                         id: id.clone(),
                         source_ms,
@@ -1685,6 +1777,12 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
         from_observer,
         Duration::from_millis(args.poll_ms),
         poll_stop.clone(),
+    ));
+    let written_stop = CancellationToken::new();
+    let written_poller = tokio::spawn(poll_written(
+        worker.port,
+        Duration::from_millis(args.poll_ms),
+        written_stop.clone(),
     ));
 
     let log = ctx.log_dir.join(format!("produce-{tag}.log"));
@@ -1744,9 +1842,13 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
     }
     poll_stop.cancel();
     let polled = poller.await?;
+    written_stop.cancel();
+    let (written_events, scrape_ms) = written_poller.await?;
     let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
     let final_scrape = worker.scrape().await.unwrap_or_default();
+    let (log, services) = (worker.log.clone(), worker.services);
     let clean = worker.stop().await?;
+    let run_health = run_health(&log, services);
     if !ctx.args.keep {
         let _ = ctx.mongo().await?.database(&names.database).drop().await;
     }
@@ -1788,20 +1890,38 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
             }
         }
     }
-    let mut to_mongo: Vec<f64> = polled
+    // MongoDB by the worker's acknowledged-write counter: one batch is in flight at a time
+    // and its records go to the output topic before its `insert_many`, so the k-th record in
+    // output-topic order is stored once the counter reaches k.
+    let mut to_mongo: Vec<f64> = Vec::new();
+    let mut mongo_censored: Vec<f64> = Vec::new();
+    for (rank, o) in seen.iter().enumerate() {
+        let at = written_events.partition_point(|&(_, w)| w < (rank + 1) as f64);
+        let latency = written_events.get(at).map(|&(t, _)| t - o.source_ms as f64);
+        if measured(&o.id) {
+            match latency {
+                Some(l) => to_mongo.push(l),
+                None => mongo_censored.push(observed_until_ms - o.source_ms as f64),
+            }
+        }
+    }
+    mongo_censored.extend(kafka_censored.iter().copied());
+    let mut scrape_ms = scrape_ms;
+    scrape_ms.sort_by(f64::total_cmp);
+    let mut by_lookup: Vec<f64> = polled
         .latencies
         .iter()
         .filter(|(source, _)| *source >= first_source + (warm_chunks * args.chunk_ms) as i64)
         .map(|(_, l)| *l)
         .collect();
-    let mut mongo_censored: Vec<f64> = polled
+    let mut lookup_censored: Vec<f64> = polled
         .unresolved
         .iter()
         .filter(|(source, _)| *source >= first_source + (warm_chunks * args.chunk_ms) as i64)
         .map(|(_, l)| *l)
         .collect();
     // Sampled records never seen on Kafka were never looked up: they are censored too.
-    mongo_censored.extend(sampled_censored);
+    lookup_censored.extend(sampled_censored);
     let mut gaps = polled.resolution_gaps.clone();
     let mut rounds = polled.round_ms.clone();
     gaps.sort_by(f64::total_cmp);
@@ -1843,10 +1963,20 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
         "to_output_topic": to_output_topic,
         "to_output_topic_warmup": latency_summary(&mut warm_kafka),
         "to_mongodb": to_mongodb,
-        "mongodb_polling": {
+        "mongodb_method": {
+            "what": "time the worker's specflow_mongo_documents_written_total first covered the record's rank in output-topic order (the counter is bumped right after MongoDB acknowledged the insert_many) minus source.timestamp_ms",
+            "metrics_interval_ms": args.poll_ms,
+            "scrape_mean_ms": round2(mean(&scrape_ms)),
+            "scrape_p99_ms": round2(percentile(&scrape_ms, 99.0)),
+            "resolution_ms": round2(args.poll_ms as f64 + mean(&scrape_ms)),
+            "write_events": written_events.len(),
+        },
+        "to_mongodb_by_id_lookup": lookups_on.then(|| censored_summary(&mut by_lookup, &lookup_censored)),
+        "mongodb_lookups": {
+            "enabled": lookups_on,
             "interval_ms": args.poll_ms,
             "sampled": format!("1 stream in {sample_every}"),
-            "method": format!("find_one by _id, oldest {POLL_BATCH} pending per round, {POLL_CONCURRENCY} concurrent; latency taken when the finding lookup returned"),
+            "method": format!("find_one by _id, oldest {POLL_BATCH} pending per round, {POLL_CONCURRENCY} at a time; latency taken when the finding lookup returned"),
             "lookups": polled.lookups,
             "rounds": polled.rounds,
             "found_on_first_lookup": polled.found_first_try,
@@ -1864,10 +1994,18 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
             "mongo_write_ms_per_batch": per_batch("mongo_write_seconds_sum"),
             "cpu": cpu,
         },
+        "whole_run": {
+            "batches": final_scrape.get("processing_seconds_count"),
+            "mean_batch_messages": round2(final_scrape.get("messages_consumed_total") / final_scrape.get("processing_seconds_count").max(1.0)),
+            "processing_ms_per_batch": round2(final_scrape.get("processing_seconds_sum") * 1000.0 / final_scrape.get("processing_seconds_count").max(1.0)),
+            "mongo_write_ms_per_batch": round2(final_scrape.get("mongo_write_seconds_sum") * 1000.0 / final_scrape.get("mongo_write_seconds_count").max(1.0)),
+            "mongo_docs_per_s_while_writing": round2(final_scrape.get("mongo_documents_written_total") / final_scrape.get("mongo_write_seconds_sum").max(1e-9)),
+        },
         "worker_peak_rss_mb": round2(peak_rss as f64 / 1e6),
         "readyz_while_idle": readyz_idle.trim(),
         "worker_dead_letters": final_scrape.sum_of("dead_letters_total"),
         "clean_exit": clean,
+        "run_health": run_health,
     }))
 }
 
@@ -1940,7 +2078,9 @@ async fn memory_run(ctx: &Ctx, streams: usize, eos: bool) -> anyhow::Result<Valu
     let scrape = worker.scrape().await.unwrap_or(last);
     let rss_after = proc_status_bytes(worker.pid, "VmRSS").unwrap_or(0);
     let hwm = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
+    let (log, services) = (worker.log.clone(), worker.services);
     let clean = worker.stop().await?;
+    let run_health = run_health(&log, services);
     if !ctx.args.keep {
         let _ = ctx.mongo().await?.database(&names.database).drop().await;
     }
@@ -1955,6 +2095,7 @@ async fn memory_run(ctx: &Ctx, streams: usize, eos: bool) -> anyhow::Result<Valu
         "rss_after_mb": round2(rss_after as f64 / 1e6),
         "peak_rss_mb": round2(hwm as f64 / 1e6),
         "clean_exit": clean,
+        "run_health": run_health,
     }))
 }
 
@@ -2028,7 +2169,18 @@ async fn machine(ctx: &Ctx) -> Value {
             }),
         Err(_) => None,
     };
+    // What the machine and the services do before the benchmark starts (others' load).
+    let cpu = |service: &str| service_pid(service).and_then(|p| proc_cpu_seconds(p, ctx.ticks));
+    let before = (cpu("kafka"), cpu("mongo"), machine_cpu(ctx.ticks).0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = (cpu("kafka"), cpu("mongo"), machine_cpu(ctx.ticks).0);
+    let cores = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round2((b - a) / 3.0));
     json!({
+        "idle_before_run": {
+            "kafka_cores": cores(before.0, after.0),
+            "mongo_cores": cores(before.1, after.1),
+            "machine_busy_cores": round2((after.2 - before.2) / 3.0),
+        },
         "nproc": std::thread::available_parallelism().map_or(1, usize::from),
         "cpu_model": model,
         "ram_gb": mem_gb,
@@ -2256,6 +2408,13 @@ fn table(r: &Value) -> String {
         m["loadavg_at_start"].as_str().unwrap_or("?"),
         m["mongodb_server_version"].as_str().unwrap_or("?"),
     ));
+    let idle = &m["idle_before_run"];
+    line(format!(
+        "busy before the run (3 s, nothing of ours running): machine {} cores, MongoDB server {} cores, Kafka {} cores",
+        f(num(idle, "machine_busy_cores"), 2),
+        f(num(idle, "mongo_cores"), 2),
+        f(num(idle, "kafka_cores"), 2)
+    ));
     line(format!(
         "load: {} streams × {} s, {} ms chunks, signal {}, {} partitions, frame {}/{} hop, features {}",
         p["streams"],
@@ -2378,22 +2537,33 @@ fn table(r: &Value) -> String {
             "  {:<66} {:>7} {:>9} {:>9} {:>9} {:>9}",
             "from produce (source.timestamp_ms) to", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"
         ));
-        let poll = &l["mongodb_polling"];
-        for (label, key) in [
+        let method = &l["mongodb_method"];
+        let lookups = &l["mongodb_lookups"];
+        let mut rows = vec![
             (
                 "output topic (observer consuming it)".to_string(),
                 "to_output_topic",
             ),
             (
                 format!(
-                    "MongoDB (_id lookups every {} ms, {}; resolution ~{} ms)",
-                    poll["interval_ms"],
-                    poll["sampled"].as_str().unwrap_or(""),
-                    f(num(poll, "resolution_mean_ms"), 0)
+                    "MongoDB (worker's acked-write counter, /metrics every {} ms)",
+                    method["metrics_interval_ms"]
                 ),
                 "to_mongodb",
             ),
-        ] {
+        ];
+        if lookups["enabled"] == true {
+            rows.push((
+                format!(
+                    "MongoDB (_id lookups every {} ms, {}; ~{} ms)",
+                    lookups["interval_ms"],
+                    lookups["sampled"].as_str().unwrap_or(""),
+                    f(num(lookups, "resolution_mean_ms"), 0)
+                ),
+                "to_mongodb_by_id_lookup",
+            ));
+        }
+        for (label, key) in rows {
             let s = &l[key];
             // A percentile among records never seen: at least the least of their waits.
             let cell = |k: &str| {
@@ -2414,13 +2584,16 @@ fn table(r: &Value) -> String {
             ));
         }
         let w = &l["window"];
+        let whole = &l["whole_run"];
         line(format!(
-            "  worker during the window: {} msg/s, {} cores, batches of {} msgs, {} ms DSP+encode and {} ms MongoDB per batch",
+            "  worker: {} msg/s and {} cores in the window; whole run: {} batches of {} msgs, {} ms DSP+encode and {} ms MongoDB insert per batch ({} docs/s while inserting)",
             f(num(w, "messages_per_s"), 0),
             f(num(w, "worker_cores_used"), 2),
-            f(num(w, "mean_batch_messages"), 0),
-            f(num(w, "processing_ms_per_batch"), 1),
-            f(num(w, "mongo_write_ms_per_batch"), 1),
+            whole["batches"],
+            f(num(whole, "mean_batch_messages"), 0),
+            f(num(whole, "processing_ms_per_batch"), 1),
+            f(num(whole, "mongo_write_ms_per_batch"), 1),
+            f(num(whole, "mongo_docs_per_s_while_writing"), 0),
         ));
         if l.get("met").is_some() {
             line(format!(
@@ -2453,6 +2626,59 @@ fn table(r: &Value) -> String {
                 f(num(row, "rss_growth_mb_per_1000_streams"), 2),
                 f(num(row, "state_metric_mb_per_1000_streams"), 2),
             ));
+        }
+    }
+    // Disturbances: a service restarted under a run, or the worker logged problems.
+    let mut runs: Vec<(String, &Value)> = Vec::new();
+    for row in r["scaling"].as_array().into_iter().flatten() {
+        runs.push((
+            format!("throughput {}", row["tag"].as_str().unwrap_or("")),
+            row,
+        ));
+    }
+    if r["scaling"].as_array().is_none_or(|s| s.is_empty()) {
+        runs.push(("throughput main".into(), &r["throughput"]));
+    }
+    for row in r["latency"].as_array().into_iter().flatten() {
+        runs.push((
+            format!("latency {}", row["tag"].as_str().unwrap_or("")),
+            row,
+        ));
+    }
+    for row in r["memory"].as_array().into_iter().flatten() {
+        runs.push((format!("memory {} live", row["streams"]), &row["live"]));
+        runs.push((format!("memory {} freed", row["streams"]), &row["freed"]));
+    }
+    let mut notes = Vec::new();
+    for (name, row) in runs {
+        let h = &row["run_health"];
+        let restarted: Vec<&str> = [("Kafka", "kafka_restarted"), ("MongoDB", "mongo_restarted")]
+            .into_iter()
+            .filter(|(_, k)| h[*k] == true)
+            .map(|(n, _)| n)
+            .collect();
+        let problems = h["worker_warnings_and_errors"].as_u64().unwrap_or(0);
+        if !restarted.is_empty() || problems > 0 {
+            notes.push(format!(
+                "  {name}: {}{problems} worker warnings/errors{}",
+                if restarted.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} RESTARTED during the run; ", restarted.join(" and "))
+                },
+                h["first_distinct"]
+                    .as_array()
+                    .and_then(|d| d.first())
+                    .and_then(Value::as_str)
+                    .map_or(String::new(), |m| format!(", first: {m}"))
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        line(String::new());
+        line("RUN HEALTH (see run_health in the JSON)".into());
+        for note in notes {
+            line(note);
         }
     }
     out

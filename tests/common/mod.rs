@@ -123,6 +123,17 @@ pub struct Chunk {
 }
 
 pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) {
+    try_send_all(producer, topic, chunks)
+        .await
+        .expect("delivered");
+}
+
+/// Sends `chunks` and waits for every acknowledgement; the first delivery error is returned.
+pub async fn try_send_all(
+    producer: &FutureProducer,
+    topic: &str,
+    chunks: &[Chunk],
+) -> Result<(), rdkafka::error::KafkaError> {
     let sends = chunks.iter().map(|c| {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &c.headers {
@@ -140,8 +151,9 @@ pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) 
         producer.send(record, Timeout::After(Duration::from_secs(30)))
     });
     for result in futures::future::join_all(sends).await {
-        result.expect("delivered");
+        result.map_err(|(e, _)| e)?;
     }
+    Ok(())
 }
 
 /// Cuts interleaved s16 PCM of one stream into chunks of random sizes with every header.
@@ -473,14 +485,22 @@ pub fn spawn_paced_producer(
     pace: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let producer = producer();
+        let mut producer = producer();
         let rounds = streams.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
         for round in 0..rounds {
             let batch: Vec<Chunk> = streams
                 .iter()
                 .filter_map(|(_, c)| c.get(round).cloned())
                 .collect();
-            send_all(&producer, &topic, &batch).await;
+            // A broker restart can fail a delivery: send the round again with a fresh producer
+            // (a chunk delivered twice overlaps itself and is dead-lettered, not recomputed).
+            let mut attempts = 0;
+            while let Err(e) = try_send_all(&producer, &topic, &batch).await {
+                attempts += 1;
+                assert!(attempts < 10, "cannot deliver round {round}: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                producer = self::producer();
+            }
             tokio::time::sleep(pace).await;
         }
     })
