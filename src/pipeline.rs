@@ -455,6 +455,7 @@ pub async fn run(
         .build(&settings.kafka)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
     let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
+    health.beat();
     let mongo = settings
         .mongo
         .build()
@@ -467,6 +468,7 @@ pub async fn run(
                 return Err(e).context("MongoDB unreachable at startup");
             }
             Err(e) => {
+                health.beat();
                 warn!(error = %e, "MongoDB not reachable yet; retrying.");
                 health.set_mongo_ok(false);
                 tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => {} }

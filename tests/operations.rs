@@ -100,7 +100,14 @@ async fn metrics_and_health_follow_the_work() {
         .expect("address field")
         .to_string();
 
-    let (status, body) = http_get(&address, "/healthz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = http_get(&address, "/healthz");
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status, 200, "healthz: {body}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
