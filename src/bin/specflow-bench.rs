@@ -283,6 +283,7 @@ async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 struct Scrape(HashMap<String, f64>);
 
 impl Scrape {
+    /// Parses the Prometheus text format (samples only).
     fn parse(body: &str) -> Self {
         let mut values = HashMap::new();
         for line in body.lines() {
@@ -363,25 +364,41 @@ fn num(v: &Value, key: &str) -> f64 {
 
 /// Everything shared by the phases of one benchmark run.
 struct Ctx {
+    /// The command line.
     args: Args,
+    /// The worker's config (`--config` plus environment), for Kafka, MongoDB and `[dsp]`.
     settings: Settings,
+    /// The `specflow` binary.
     specflow: PathBuf,
+    /// `bench-<unix seconds>`: prefix of every topic, group and database of this run.
     run_id: String,
+    /// Where worker and producer logs go.
     log_dir: PathBuf,
+    /// Clock ticks per second of `/proc/<pid>/stat`.
     ticks: f64,
+    /// Partitions of every topic this run creates.
     partitions: i32,
+    /// The broker's pid at the start (re-read at every CPU snapshot).
     kafka_pid: Option<u32>,
+    /// The MongoDB server's pid at the start (re-read at every CPU snapshot).
     mongo_pid: Option<u32>,
+    /// Topics created, deleted at the end.
     topics: std::sync::Mutex<Vec<String>>,
+    /// Databases used, dropped at the end.
     databases: std::sync::Mutex<Vec<String>>,
 }
 
 /// Topics, group and database of one worker run.
 struct Names {
+    /// `source.topic`.
     input: String,
+    /// `output.topic`.
     output: String,
+    /// `dead_letter.topic`.
     dead_letter: String,
+    /// `source.group_id`.
     group: String,
+    /// `mongo.database`.
     database: String,
 }
 
@@ -403,6 +420,7 @@ impl Ctx {
         names
     }
 
+    /// A Kafka admin client.
     fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         self.settings
             .kafka
@@ -584,16 +602,22 @@ impl Ctx {
 
 /// A running `specflow run` process; killed on drop if still running.
 struct Worker {
+    /// The process.
     child: Child,
+    /// Its pid.
     pid: u32,
+    /// Its `/metrics` port on 127.0.0.1.
     port: u16,
+    /// Its log file.
     log: PathBuf,
+    /// When it was spawned.
     started: Instant,
     /// The services' pids when the worker started (a change means a restart).
     services: (Option<u32>, Option<u32>),
 }
 
 impl Worker {
+    /// One scrape of the worker's `/metrics`.
     async fn scrape(&self) -> anyhow::Result<Scrape> {
         let (status, body) = http_get(self.port, "/metrics").await?;
         if status != 200 {
@@ -668,6 +692,7 @@ impl Worker {
 }
 
 impl Drop for Worker {
+    /// Kills the worker if a phase failed before stopping it.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -736,15 +761,21 @@ fn tail(path: &Path, n: usize) -> String {
 /// CPU counters at one instant.
 #[derive(Debug, Clone, Copy)]
 struct CpuSnapshot {
+    /// When it was taken.
     at: Instant,
+    /// CPU seconds of the worker.
     worker: f64,
     /// (pid, CPU seconds) of the broker.
     kafka: Option<(u32, f64)>,
     /// (pid, CPU seconds) of the MongoDB server.
     mongo: Option<(u32, f64)>,
+    /// CPU seconds of this process.
     bench: f64,
+    /// CPU seconds of the `specflow produce` process, when one runs.
     producer: Option<f64>,
+    /// Machine-wide busy CPU seconds.
     busy: f64,
+    /// Machine-wide total CPU seconds (busy + idle).
     total: f64,
 }
 
@@ -787,17 +818,22 @@ impl CpuSnapshot {
     }
 }
 
+/// Rounds to three decimals for the JSON.
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
 /// The audio the benchmark sends.
 enum Signal {
+    /// `specflow produce`'s default 440 Hz tone, 16 kHz.
     Tone,
+    /// White noise (`--noise`), 16 kHz.
     Noise,
+    /// A WAV file (`--wav`), looped, at its own rate and channels.
     Wav(PathBuf),
 }
 
+/// Parses `--signal`: `tone`, `noise` or `wav:PATH` (anything else: the tone).
 fn signal(spec: &str) -> Signal {
     match spec {
         "noise" => Signal::Noise,
@@ -809,10 +845,15 @@ fn signal(spec: &str) -> Signal {
 /// What a load of `streams` × `seconds` must produce.
 #[derive(Debug, Clone, Copy, Default)]
 struct Expect {
+    /// Input messages.
     messages: u64,
+    /// Input payload bytes.
     bytes: u64,
+    /// Feature records (messages that complete at least one frame).
     records: u64,
+    /// Frames over all streams.
     frames: u64,
+    /// Seconds of audio over all streams.
     audio_seconds: f64,
 }
 
@@ -1107,17 +1148,25 @@ fn java_ceiling(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Value
 
 /// One chunk of a stream as read back from the input topic.
 struct Chunk {
+    /// Input partition.
     partition: i32,
+    /// Input offset.
     offset: i64,
+    /// `audio.start_sample`.
     start_sample: u64,
+    /// `audio.timestamp_ms`.
     timestamp_ms: i64,
+    /// Decoded mono samples.
     samples: Vec<f32>,
 }
 
 /// One stream's chunks in order.
 struct StreamAudio {
+    /// Stream id (message key).
     id: String,
+    /// Sample rate in Hz.
     sample_rate: u32,
+    /// Chunks by `start_sample`.
     chunks: Vec<Chunk>,
 }
 
@@ -1171,9 +1220,13 @@ async fn read_back(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Ve
 /// Totals of one DSP pass.
 #[derive(Default, Clone, Copy)]
 struct DspTotals {
+    /// Frames computed.
     frames: u64,
+    /// Chunks that completed at least one frame.
     records: u64,
+    /// Bytes of the records' JSON (when encoding).
     json_bytes: u64,
+    /// Bytes of the records' BSON (when encoding).
     bson_bytes: u64,
 }
 
@@ -1469,19 +1522,25 @@ async fn ceilings(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Vec
 
 /// One record seen on the output topic.
 struct Observed {
+    /// Record id `<stream>:<first frame>`.
     id: String,
+    /// `source.timestamp_ms` (the chunk's send time).
     source_ms: i64,
+    /// Wall-clock ms when the observer received it.
     seen_ms: f64,
 }
 
 #[derive(Deserialize)]
 struct SourceTimestamp {
+    /// `source.timestamp_ms`.
     timestamp_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
 struct RecordHead {
+    /// Record id.
     id: String,
+    /// The `source` object.
     source: SourceTimestamp,
 }
 
@@ -1513,20 +1572,30 @@ fn stream_number(id: &str, prefix: &str) -> Option<usize> {
 
 /// A record waiting to be seen in MongoDB.
 struct Pending {
+    /// Record id (`_id`).
     id: String,
+    /// `source.timestamp_ms`.
     source_ms: i64,
+    /// When it was last known absent (first: when seen on the output topic).
     last_miss_ms: f64,
+    /// Lookups so far.
     attempts: u32,
 }
 
 /// What the MongoDB poller measured.
 #[derive(Default)]
 struct PollResult {
+    /// (source.timestamp_ms, latency ms) of every record found.
     latencies: Vec<(i64, f64)>,
+    /// For each found record, ms between the last miss and the hit.
     resolution_gaps: Vec<f64>,
+    /// Records found by their first lookup.
     found_first_try: usize,
+    /// Lookups issued.
     lookups: u64,
+    /// Polling rounds with something pending.
     rounds: u64,
+    /// Duration of each round in ms.
     round_ms: Vec<f64>,
     /// Records never seen: (source.timestamp_ms, lower bound of their latency).
     unresolved: Vec<(i64, f64)>,
@@ -2009,6 +2078,7 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
     }))
 }
 
+/// Arithmetic mean (NaN when empty).
 fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         f64::NAN
@@ -2231,6 +2301,7 @@ fn thread_counts(args: &Args, cores: usize) -> Vec<usize> {
     counts
 }
 
+/// Every phase in order; returns the whole report.
 async fn run(ctx: &Ctx) -> anyhow::Result<Value> {
     let args = &ctx.args;
     let machine = machine(ctx).await;
@@ -2684,6 +2755,7 @@ fn table(r: &Value) -> String {
     out
 }
 
+/// Loads the config, runs the phases on a Tokio runtime, cleans up, prints and writes.
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load_valid(Some(&args.config))
