@@ -11,7 +11,9 @@ cargo fmt --all -- --check
 echo "test: cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "test: cargo test"
-cargo test --all-targets --locked -- --test-threads="${SPECFLOW_TEST_THREADS:-2}"
+# libtest reads RUST_TEST_THREADS; criterion benches (run once each in test mode) do not take
+# --test-threads, so the flag cannot go on the command line.
+RUST_TEST_THREADS="${SPECFLOW_TEST_THREADS:-2}" cargo test --all-targets --locked
 echo "test: deployment files (systemd-analyze verify, manifests)"
 bash scripts/verify-deploy.sh "$PWD/target/debug/specflow"
 echo "test: all passed"
