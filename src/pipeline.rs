@@ -13,7 +13,7 @@ use futures::future::join_all;
 use mongodb::bson::Document;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
@@ -30,7 +30,7 @@ use crate::sinks::SinkError;
 use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
-use crate::sources::kafka::SourceContext;
+use crate::sources::kafka::{SourceContext, commit_stored_offsets};
 use crate::streams::{ExtractorCache, PartitionStreams, StreamError, WorkspaceSet};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -344,35 +344,73 @@ pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Resu
     Ok(())
 }
 
+/// Pauses the assignment while any sink is failing and resumes it when none is, so that the
+/// Kafka send loop and the MongoDB writer can each hold it.
+struct PauseGate {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// How many sinks are failing, and what was paused when the first began.
+    held: std::sync::Mutex<(u32, Option<TopicPartitionList>)>,
+}
+
+impl PauseGate {
+    fn hold(&self) {
+        let mut held = self.held.lock().expect("pause gate lock");
+        held.0 += 1;
+        if held.0 == 1 {
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            if let Err(e) = self.consumer.pause(&assignment) {
+                warn!(error = %e, "Cannot pause partitions.");
+            }
+            self.metrics
+                .paused_partitions
+                .set(assignment.count() as i64);
+            self.health.set_paused(true);
+            held.1 = Some(assignment);
+        }
+    }
+
+    fn release(&self) {
+        let mut held = self.held.lock().expect("pause gate lock");
+        held.0 = held.0.saturating_sub(1);
+        if held.0 == 0 {
+            if let Some(assignment) = held.1.take() {
+                if let Err(e) = self.consumer.resume(&assignment) {
+                    warn!(error = %e, "Cannot resume partitions.");
+                }
+                self.metrics.paused_partitions.set(0);
+                self.health.set_paused(false);
+            }
+        }
+    }
+}
+
 /// Exponential backoff with jitter for sink writes; while failing, the partitions are paused
-/// and readiness is false, and they are resumed when [`Backoff::succeeded`] is called.
+/// (through the [`PauseGate`]) and readiness is false, until [`Backoff::succeeded`].
 struct Backoff<'a> {
     what: &'static str,
     delay: Duration,
     max: Duration,
     shutdown: &'a CancellationToken,
-    consumer: &'a StreamConsumer<SourceContext>,
-    health: &'a Health,
-    metrics: &'a Metrics,
-    paused: Option<TopicPartitionList>,
+    gate: &'a PauseGate,
+    holding: bool,
 }
 
 impl<'a> Backoff<'a> {
     fn new(
         what: &'static str,
-        worker: &'a Worker,
+        settings: &Settings,
         shutdown: &'a CancellationToken,
-        consumer: &'a StreamConsumer<SourceContext>,
+        gate: &'a PauseGate,
     ) -> Self {
         Self {
             what,
-            delay: Duration::from_millis(worker.settings.mongo.retry_initial_ms),
-            max: Duration::from_millis(worker.settings.mongo.retry_max_ms),
+            delay: Duration::from_millis(settings.mongo.retry_initial_ms),
+            max: Duration::from_millis(settings.mongo.retry_max_ms),
             shutdown,
-            consumer,
-            health: &worker.health,
-            metrics: &worker.metrics,
-            paused: None,
+            gate,
+            holding: false,
         }
     }
 
@@ -382,19 +420,13 @@ impl<'a> Backoff<'a> {
         if !error.retryable() || self.shutdown.is_cancelled() {
             return Err(error);
         }
-        if self.paused.is_none() {
-            let assignment = self.consumer.assignment().unwrap_or_default();
-            if let Err(e) = self.consumer.pause(&assignment) {
-                warn!(error = %e, "Cannot pause partitions.");
-            }
-            self.metrics
-                .paused_partitions
-                .set(assignment.count() as i64);
-            self.health.set_paused(true);
-            self.paused = Some(assignment);
+        if !self.holding {
+            self.gate.hold();
+            self.holding = true;
         }
         let wait = self.delay.mul_f64(rand::random_range(0.5..1.5));
         warn!(sink = self.what, error = %error, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
+        self.gate.health.beat();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = self.shutdown.cancelled() => {}
@@ -405,14 +437,85 @@ impl<'a> Backoff<'a> {
 
     /// The write went through: resume what was paused.
     fn succeeded(self) {
-        if let Some(assignment) = self.paused {
-            if let Err(e) = self.consumer.resume(&assignment) {
-                warn!(error = %e, "Cannot resume partitions.");
-            }
-            self.metrics.paused_partitions.set(0);
-            self.health.set_paused(false);
-            info!(sink = self.what, "Sink is back; partitions resumed.");
+        if self.holding {
+            self.gate.release();
+            info!(sink = self.what, "Sink is back.");
         }
+    }
+}
+
+/// A batch whose records and dead letters Kafka acknowledged, on its way to MongoDB. Its
+/// offsets are stored once MongoDB acknowledged its documents too.
+struct StoreJob {
+    documents: Vec<Document>,
+    end_ms: Vec<i64>,
+    offsets: TopicPartitionList,
+}
+
+/// What the MongoDB writer needs; it runs as its own task so that consuming, DSP and the
+/// output topic do not wait for MongoDB while it keeps up.
+struct MongoWriter {
+    mongo: MongoSink,
+    settings: Settings,
+    gate: Arc<PauseGate>,
+    shutdown: CancellationToken,
+}
+
+impl MongoWriter {
+    /// Writes jobs in arrival order until the channel closes; stores each job's offsets after
+    /// its documents are acknowledged. Returns the error that stopped it, if any.
+    async fn run(self, mut jobs: tokio::sync::mpsc::Receiver<StoreJob>) -> Result<(), SinkError> {
+        while let Some(job) = jobs.recv().await {
+            self.write(job).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, job: StoreJob) -> Result<(), SinkError> {
+        let began = Instant::now();
+        let metrics = &self.gate.metrics;
+        let health = &self.gate.health;
+        let mut backoff = Backoff::new("mongodb", &self.settings, &self.shutdown, &self.gate);
+        loop {
+            let started = Instant::now();
+            let result = self.mongo.insert_idempotent(&job.documents).await;
+            metrics
+                .mongo_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    metrics
+                        .mongo_documents_written_total
+                        .inc_by(job.documents.len() as u64);
+                    health.set_mongo_ok(true);
+                    break;
+                }
+                Err(e) => {
+                    metrics.mongo_write_errors_total.inc();
+                    health.set_mongo_ok(false);
+                    backoff.failed(e).await?;
+                }
+            }
+        }
+        backoff.succeeded();
+        debug!(
+            documents = job.documents.len(),
+            mongo_ms = began.elapsed().as_millis() as u64,
+            "Batch stored."
+        );
+        let now = now_ms();
+        for end_ms in &job.end_ms {
+            metrics
+                .end_to_end_latency_seconds
+                .observe((now - end_ms).max(0) as f64 / 1000.0);
+        }
+        if job.offsets.count() > 0 {
+            if let Err(e) = self.gate.consumer.store_offsets(&job.offsets) {
+                // Happens when a partition was revoked meanwhile; its new owner replays.
+                debug!(error = %e, "Offsets not stored.");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -482,16 +585,36 @@ pub async fn run(
         mongo,
     };
 
-    let context = SourceContext::new(&settings.source.topic, metrics.clone());
-    let consumer = settings
-        .source
-        .build(&settings.kafka, context)
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let context =
+        SourceContext::new(&settings.source.topic, metrics.clone()).with_health(health.clone());
+    let consumer = Arc::new(
+        settings
+            .source
+            .build(&settings.kafka, context)
+            .map_err(|p| anyhow::anyhow!("{p}"))?,
+    );
     consumer
         .subscribe(&[&settings.source.topic])
         .context("cannot subscribe")?;
     info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
     health.set_consuming();
+
+    let gate = Arc::new(PauseGate {
+        consumer: consumer.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        held: Default::default(),
+    });
+    let (jobs, pending_jobs) = tokio::sync::mpsc::channel(settings.mongo.max_pending_batches);
+    let writer = tokio::spawn(
+        MongoWriter {
+            mongo: sinks.mongo.clone(),
+            settings: settings.clone(),
+            gate: gate.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(pending_jobs),
+    );
 
     let mut worker = Worker {
         cache: Arc::new(ExtractorCache::new(settings.dsp.clone())),
@@ -558,30 +681,71 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = handle_batch(&mut worker, batch, &sinks, &consumer, &shutdown).await {
-            error!(error = %e, "Batch could not be written; its offsets were not stored and it will be replayed.");
-            result = Err(anyhow::anyhow!(e));
+        let job = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await {
+            Ok(job) => job,
+            Err(e) => {
+                error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
+                result = Err(anyhow::anyhow!(e));
+                break;
+            }
+        };
+        if !hand_to_writer(&jobs, job, &health, &shutdown).await {
             break;
         }
         sweep(&mut worker, &consumer, idle_timeout);
     }
 
     health.set_draining(true);
-    info!("Draining: flushing producer and committing offsets.");
-    if let Err(e) = sinks.output.flush(Duration::from_secs(
-        worker.settings.shutdown.drain_timeout_secs,
-    )) {
+    info!("Draining: waiting for MongoDB, flushing the producer, committing offsets.");
+    drop(jobs);
+    let drain = Duration::from_secs(worker.settings.shutdown.drain_timeout_secs);
+    match tokio::time::timeout(drain, writer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            error!(error = %e, "MongoDB writes failed; the batches not stored will be replayed.");
+            if result.is_ok() {
+                result = Err(anyhow::anyhow!(e).context("MongoDB writes failed"));
+            }
+        }
+        Ok(Err(e)) => warn!(error = %e, "MongoDB writer task ended abnormally."),
+        Err(_) => {
+            warn!(timeout_secs = drain.as_secs(), "MongoDB writes still pending at the drain deadline; they will be replayed.")
+        }
+    }
+    if let Err(e) = sinks.output.flush(drain) {
         warn!(error = %e, "Producer flush incomplete.");
     }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => info!("Offsets committed."),
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
+    match commit_stored_offsets(&*consumer) {
+        Ok(true) => info!("Offsets committed."),
+        Ok(false) => {}
         Err(e) => warn!(error = %e, "Final commit failed; uncommitted messages will be replayed."),
     }
     consumer.unsubscribe();
     result
+}
+
+/// Queues `job` for the MongoDB writer, waiting while `max_pending_batches` are queued (the
+/// loop stays alive meanwhile). False when the writer stopped or shutdown was requested.
+async fn hand_to_writer(
+    jobs: &tokio::sync::mpsc::Sender<StoreJob>,
+    job: StoreJob,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            permit = jobs.reserve() => match permit {
+                Ok(permit) => {
+                    permit.send(job);
+                    return true;
+                }
+                // The writer stopped on an error; `run` reports it.
+                Err(_) => return false,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => health.beat(),
+            _ = shutdown.cancelled() => return false,
+        }
+    }
 }
 
 fn sweep(worker: &mut Worker, consumer: &StreamConsumer<SourceContext>, idle_timeout: Duration) {
@@ -654,15 +818,16 @@ async fn recovery_lookups(
     Ok(stored)
 }
 
+/// Computes one batch and sends its records and dead letters to Kafka; returns what MongoDB
+/// still has to store, with the offsets that become safe once it has.
 async fn handle_batch(
     worker: &mut Worker,
     batch: Vec<OwnedMessage>,
     sinks: &Sinks,
-    consumer: &StreamConsumer<SourceContext>,
+    gate: &PauseGate,
     shutdown: &CancellationToken,
-) -> Result<(), SinkError> {
+) -> Result<StoreJob, SinkError> {
     let metrics = worker.metrics.clone();
-    let health = worker.health.clone();
     let batch_started = Instant::now();
     let batch_len = batch.len();
     for message in &batch {
@@ -672,7 +837,7 @@ async fn handle_batch(
             .inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
     }
 
-    let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
+    let mut backoff = Backoff::new("mongodb", &worker.settings, shutdown, gate);
     let stored = loop {
         match recovery_lookups(worker, &batch, &sinks.mongo).await {
             Ok(stored) => break stored,
@@ -714,7 +879,7 @@ async fn handle_batch(
     // Kafka: records and dead letters, all acknowledged (failed ones are re-sent).
     let mut pending_records: Vec<&EncodedRecord> = records.clone();
     let mut pending_letters = letters.clone();
-    let mut backoff = Backoff::new("kafka", worker, shutdown, consumer);
+    let mut backoff = Backoff::new("kafka", &worker.settings, shutdown, gate);
     loop {
         let record_sends = pending_records
             .iter()
@@ -757,66 +922,42 @@ async fn handle_batch(
     }
     backoff.succeeded();
 
-    let kafka_done = Instant::now();
-    // MongoDB: one unordered bulk insert; duplicates (replays) count as written.
-    let documents: Vec<Document> = records.iter().map(|r| r.document.clone()).collect();
-    let mut backoff = Backoff::new("mongodb", worker, shutdown, consumer);
-    loop {
-        let started = Instant::now();
-        let result = sinks.mongo.insert_idempotent(&documents).await;
-        metrics
-            .mongo_write_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                metrics
-                    .mongo_documents_written_total
-                    .inc_by(documents.len() as u64);
-                health.set_mongo_ok(true);
-                break;
-            }
-            Err(e) => {
-                metrics.mongo_write_errors_total.inc();
-                health.set_mongo_ok(false);
-                backoff.failed(e).await?;
-            }
-        }
-    }
-    backoff.succeeded();
     debug!(
         messages = batch_len,
         records = records.len(),
         recovered_streams = stored.len(),
         lookups_ms,
         dsp_ms = (dsp_done - batch_started).as_millis() as u64,
-        kafka_ms = (kafka_done - dsp_done).as_millis() as u64,
-        mongo_ms = kafka_done.elapsed().as_millis() as u64,
-        "Batch written."
+        kafka_ms = dsp_done.elapsed().as_millis() as u64,
+        "Batch sent."
     );
-    let now = now_ms();
-    for record in &records {
-        metrics
-            .end_to_end_latency_seconds
-            .observe((now - record.end_ms).max(0) as f64 / 1000.0);
-    }
+    drop((records, letters));
 
-    // Offsets: each touched partition up to its watermark.
+    // Offsets: each touched partition up to its watermark, stored after MongoDB's ack.
     let mut offsets = TopicPartitionList::new();
-    let topic = worker.settings.source.topic.clone();
+    let topic = &worker.settings.source.topic;
     for (partition, _, _) in &processed {
         if let Some(offset) = worker
             .tables
             .get(partition)
             .and_then(PartitionStreams::commit_offset)
         {
-            let _ = offsets.add_partition_offset(&topic, *partition, Offset::Offset(offset));
+            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(offset));
         }
     }
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&offsets) {
-            // Happens when a partition was revoked meanwhile; its new owner replays.
-            debug!(error = %e, "Offsets not stored.");
+    let mut documents = Vec::new();
+    let mut end_ms = Vec::new();
+    for (_, _, outcomes) in processed {
+        for outcome in outcomes {
+            if let Outcome::Record(record) = outcome {
+                documents.push(record.document);
+                end_ms.push(record.end_ms);
+            }
         }
     }
-    Ok(())
+    Ok(StoreJob {
+        documents,
+        end_ms,
+        offsets,
+    })
 }

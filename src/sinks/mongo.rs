@@ -38,6 +38,9 @@ pub struct MongoSinkConfig {
     pub retry_max_ms: u64,
     /// Server selection / connect timeout, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Batches whose records are on the output topic and may wait for MongoDB at once. The
+    /// worker goes on consuming while MongoDB catches up, and stops when this many wait.
+    pub max_pending_batches: usize,
 }
 
 impl Default for MongoSinkConfig {
@@ -51,6 +54,7 @@ impl Default for MongoSinkConfig {
             retry_initial_ms: 200,
             retry_max_ms: 5_000,
             connect_timeout_ms: 5_000,
+            max_pending_batches: 4,
         }
     }
 }
@@ -99,6 +103,13 @@ impl MongoSinkConfig {
                 "mongo.retry_max_ms",
                 self.retry_max_ms,
                 "retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms",
+            ));
+        }
+        if self.max_pending_batches == 0 {
+            problems.push(Problem::new(
+                "mongo.max_pending_batches",
+                self.max_pending_batches,
+                "must be at least 1",
             ));
         }
         problems

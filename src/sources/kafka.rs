@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
+use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use crate::validation::Problem;
 
@@ -163,11 +164,23 @@ pub struct RebalanceEvents {
     pub assigned: Vec<i32>,
 }
 
+/// Commits the offsets stored so far. `Ok(false)` when there was nothing new to commit.
+pub fn commit_stored_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>) -> KafkaResult<bool> {
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) => Ok(true),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Consumer context: records rebalances, commits on revocation, exports statistics.
 pub struct SourceContext {
     topic: String,
     events: Arc<Mutex<RebalanceEvents>>,
     metrics: Arc<Metrics>,
+    health: Option<Arc<Health>>,
 }
 
 impl SourceContext {
@@ -177,7 +190,14 @@ impl SourceContext {
             topic: topic.to_string(),
             events: Arc::default(),
             metrics,
+            health: None,
         }
+    }
+
+    /// Also reports broker reachability (from librdkafka's statistics) to `health`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Takes the partition changes seen since the last call.
@@ -188,6 +208,14 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        if let Some(health) = &self.health {
+            // Bootstrap entries have node id -1; a real broker connection that is up counts.
+            let up = statistics
+                .brokers
+                .values()
+                .any(|b| b.nodeid >= 0 && b.state == "UP");
+            health.set_kafka_ok(up);
+        }
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, stats) in &topic.partitions {
                 if *partition >= 0 && stats.consumer_lag >= 0 {
@@ -208,8 +236,9 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list);
             // Everything stored was fully written; hand it to the next owner now.
-            match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                Ok(()) => info!(?partitions, "Partitions revoked; stored offsets committed."),
+            match commit_stored_offsets(consumer) {
+                Ok(true) => info!(?partitions, "Partitions revoked; stored offsets committed."),
+                Ok(false) => info!(?partitions, "Partitions revoked; no new offsets to commit."),
                 Err(e) => {
                     warn!(?partitions, error = %e, "Partitions revoked; commit failed (records will be replayed).")
                 }
