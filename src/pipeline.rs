@@ -228,7 +228,7 @@ impl Worker {
                 .map_err(|e| e.to_string())
                 .and_then(|json| {
                     record
-                        .to_document()
+                        .to_document(self.settings.mongo.layout)
                         .map(|doc| (json, doc))
                         .map_err(|e| e.to_string())
                 });
@@ -709,7 +709,10 @@ pub async fn run(
         }
         Ok(Err(e)) => warn!(error = %e, "MongoDB writer task ended abnormally."),
         Err(_) => {
-            warn!(timeout_secs = drain.as_secs(), "MongoDB writes still pending at the drain deadline; they will be replayed.")
+            warn!(
+                timeout_secs = drain.as_secs(),
+                "MongoDB writes still pending at the drain deadline; they will be replayed."
+            )
         }
     }
     if let Err(e) = sinks.output.flush(drain) {

@@ -4,11 +4,46 @@
 //! two can never disagree. Everything in it is derived from the message and the stream's
 //! samples, which makes a replayed record identical to the original.
 
-use mongodb::bson::{self, Document};
+use mongodb::bson::binary::Vector;
+use mongodb::bson::{self, Binary, Bson, Document};
 use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
-use crate::dsp::FrameBatch;
+use crate::dsp::{FeatureName, FrameBatch};
+
+/// How a record's frames are laid out in its MongoDB document (`mongo.layout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentLayout {
+    /// `frames`: an array of per-frame objects, exactly as on the output topic (`f0` null when
+    /// unvoiced, vectors as arrays of numbers). Readable and queryable as is.
+    #[default]
+    Frames,
+    /// `columns`: one field per feature holding every frame's values as a packed
+    /// little-endian float32 vector (BSON binary subtype 9, MongoDB's vector type), vectors
+    /// row-major `frame_count × width`; `f0` is NaN when unvoiced, `voiced` and `timestamp_ms`
+    /// are arrays. About a quarter of the size, and several times faster to insert.
+    Columns,
+}
+
+/// Errors turning a record into a MongoDB document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// The serde → BSON step failed.
+    #[error(transparent)]
+    Bson(#[from] bson::ser::Error),
+    /// The `columns` layout names frames by position, which needs consecutive frames on the
+    /// hop grid.
+    #[error("frame {i} (index {index}, start sample {start}) is not on the record's frame grid")]
+    OffGrid {
+        /// Position in the record.
+        i: usize,
+        /// Its frame index.
+        index: u64,
+        /// Its first sample.
+        start: u64,
+    },
+}
 
 /// Version of the record layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -73,14 +108,66 @@ impl FeatureRecord<'_> {
         serde_json::to_vec(self)
     }
 
-    /// BSON document for MongoDB, with `_id` set.
-    pub fn to_document(&self) -> bson::ser::Result<Document> {
-        let mut doc = bson::to_document(self)?;
+    /// BSON document for MongoDB in `layout`, with `_id` set.
+    pub fn to_document(&self, layout: DocumentLayout) -> Result<Document, DocumentError> {
+        let mut doc = match layout {
+            DocumentLayout::Frames => bson::to_document(self)?,
+            DocumentLayout::Columns => {
+                let mut doc = bson::to_document(&WithoutFrames(self))?;
+                doc.insert("columns", self.columns()?);
+                doc
+            }
+        };
         doc.remove("id");
         let mut with_id = Document::new();
         with_id.insert("_id", self.id());
         with_id.extend(doc);
         Ok(with_id)
+    }
+
+    /// The `columns` field: frame `i` is frame index `first_frame + i`, starting at sample
+    /// `(first_frame + i) × hop_length`.
+    fn columns(&self) -> Result<Document, DocumentError> {
+        let batch = self.batch;
+        let first = self.first_frame();
+        for i in 0..batch.len() {
+            let index = batch.index(i);
+            let start = batch.start_sample(i);
+            if index != first + i as u64 || start != index * self.hop_length as u64 {
+                return Err(DocumentError::OffGrid { i, index, start });
+            }
+        }
+        let packed = |values: Vec<f32>| Bson::Binary(Binary::from(Vector::Float32(values)));
+        let mut columns = Document::new();
+        columns.insert(
+            "timestamp_ms",
+            (0..batch.len())
+                .map(|i| self.timestamp_of(batch.start_sample(i)))
+                .collect::<Vec<_>>(),
+        );
+        for &name in batch.selected() {
+            if let Some((values, _)) = batch.vector_column(name) {
+                columns.insert(name.as_str(), packed(values.to_vec()));
+            } else if name == FeatureName::F0 {
+                let f0 = (0..batch.len())
+                    .map(|i| batch.scalar(name, i).unwrap_or(f32::NAN))
+                    .collect();
+                columns.insert("f0", packed(f0));
+                columns.insert("voiced", batch.voiced_column().to_vec());
+            } else if let Some(values) = batch.scalar_column(name) {
+                columns.insert(name.as_str(), packed(values.to_vec()));
+            }
+        }
+        Ok(columns)
+    }
+}
+
+/// A record serialised without its `frames` (the `columns` layout adds its own field).
+struct WithoutFrames<'r, 'a>(&'r FeatureRecord<'a>);
+
+impl Serialize for WithoutFrames<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_fields(serializer, false)
     }
 }
 
@@ -120,11 +207,21 @@ impl Serialize for Frames<'_, '_> {
 
 impl Serialize for FeatureRecord<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize_fields(serializer, true)
+    }
+}
+
+impl FeatureRecord<'_> {
+    fn serialize_fields<S: Serializer>(
+        &self,
+        serializer: S,
+        with_frames: bool,
+    ) -> Result<S::Ok, S::Error> {
         let first = 0;
         let last = self.batch.len() - 1;
         let start_ms = self.timestamp_of(self.batch.start_sample(first));
         let end_ms = self.timestamp_of(self.batch.start_sample(last) + self.frame_length as u64);
-        let mut map = serializer.serialize_map(Some(14))?;
+        let mut map = serializer.serialize_map(Some(13 + usize::from(with_frames)))?;
         map.serialize_entry("schema", &SCHEMA_VERSION)?;
         map.serialize_entry("id", &self.id())?;
         map.serialize_entry("stream_id", self.stream_id)?;
@@ -136,9 +233,139 @@ impl Serialize for FeatureRecord<'_> {
         map.serialize_entry("frame_count", &(self.batch.len() as i64))?;
         map.serialize_entry("start_ms", &start_ms)?;
         map.serialize_entry("end_ms", &end_ms)?;
-        map.serialize_entry("frames", &Frames(self))?;
+        if with_frames {
+            map.serialize_entry("frames", &Frames(self))?;
+        }
         map.serialize_entry("summary", &self.batch.summaries())?;
         map.serialize_entry("source", self.source)?;
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsp::{DspConfig, FeatureExtractor};
+    use mongodb::bson::binary::Vector;
+
+    /// Half a second of a 220 Hz tone then half a second of silence: voiced and unvoiced
+    /// frames, every feature selected.
+    fn batch() -> (FrameBatch, DspConfig) {
+        let dsp = DspConfig::default();
+        let extractor = FeatureExtractor::new(&dsp, 16_000).unwrap();
+        let mut workspace = extractor.workspace();
+        let mut state = extractor.new_stream(0);
+        let samples: Vec<f32> = (0..16_000)
+            .map(|i| {
+                if i < 8_000 {
+                    0.5 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut batch = FrameBatch::new();
+        extractor.process(&mut workspace, &mut state, &samples, &mut batch);
+        (batch, dsp)
+    }
+
+    fn floats(value: &Bson) -> Vec<f32> {
+        let Bson::Binary(binary) = value else {
+            panic!("not binary: {value:?}")
+        };
+        match Vector::try_from(binary).expect("a BSON vector") {
+            Vector::Float32(values) => values,
+            other => panic!("not float32: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn columns_hold_the_same_values_as_frames() {
+        let (batch, dsp) = batch();
+        assert!(batch.len() > 40);
+        let source = SourcePosition {
+            topic: "in".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: Some(1_000),
+        };
+        let record = FeatureRecord {
+            stream_id: "s",
+            sample_rate: 16_000,
+            frame_length: dsp.frame_length,
+            hop_length: dsp.hop_length,
+            batch: &batch,
+            chunk_start_sample: 0,
+            chunk_timestamp_ms: 1_000,
+            source: &source,
+        };
+        let frames_doc = record.to_document(DocumentLayout::Frames).unwrap();
+        let columns_doc = record.to_document(DocumentLayout::Columns).unwrap();
+        assert!(!columns_doc.contains_key("frames"));
+        for key in [
+            "_id",
+            "stream_id",
+            "first_frame",
+            "frame_count",
+            "start_ms",
+            "summary",
+        ] {
+            assert_eq!(frames_doc.get(key), columns_doc.get(key), "{key}");
+        }
+        let frames = frames_doc.get_array("frames").unwrap();
+        let columns = columns_doc.get_document("columns").unwrap();
+        let n = frames.len();
+        let mut voiced = (0, 0);
+        for (i, frame) in frames.iter().enumerate() {
+            let frame = frame.as_document().unwrap();
+            let index = frame.get_i64("index").unwrap() as usize;
+            assert_eq!(index, record.first_frame() as usize + i);
+            assert_eq!(
+                frame.get_i64("start_sample").unwrap() as usize,
+                index * dsp.hop_length
+            );
+            assert_eq!(
+                frame.get("timestamp_ms"),
+                columns.get_array("timestamp_ms").unwrap().get(i)
+            );
+            for (name, value) in frame {
+                let column = match name.as_str() {
+                    "index" | "start_sample" | "timestamp_ms" => continue,
+                    "voiced" => {
+                        let v = columns.get_array("voiced").unwrap()[i].as_bool().unwrap();
+                        assert_eq!(value.as_bool(), Some(v));
+                        if v {
+                            voiced.0 += 1
+                        } else {
+                            voiced.1 += 1
+                        }
+                        continue;
+                    }
+                    name => floats(columns.get(name).unwrap_or_else(|| panic!("{name}"))),
+                };
+                match value {
+                    Bson::Array(values) => {
+                        let width = values.len();
+                        assert_eq!(column.len(), n * width, "{name}");
+                        for (k, v) in values.iter().enumerate() {
+                            assert_eq!(v.as_f64().unwrap() as f32, column[i * width + k], "{name}");
+                        }
+                    }
+                    Bson::Null => assert!(column[i].is_nan(), "{name} unvoiced is NaN"),
+                    v => assert_eq!(v.as_f64().unwrap() as f32, column[i], "{name}"),
+                }
+            }
+        }
+        assert!(
+            voiced.0 > 0 && voiced.1 > 0,
+            "voiced and unvoiced frames: {voiced:?}"
+        );
+        let size = |d: &Document| bson::to_vec(d).unwrap().len();
+        assert!(
+            size(&columns_doc) * 3 < size(&frames_doc),
+            "columns {} B, frames {} B",
+            size(&columns_doc),
+            size(&frames_doc)
+        );
     }
 }

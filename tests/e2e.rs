@@ -395,3 +395,37 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
         .sum();
     assert_eq!(dead as usize, poison.len());
 }
+
+/// `mongo.layout = "columns"` stores the same frames as packed float32 vectors, which a real
+/// MongoDB-compatible server accepts and returns intact; the output topic keeps the frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn columns_layout_stores_the_same_values_as_packed_vectors() {
+    let names = Names::new("columns");
+    create_topics(&names, 2).await;
+    let mut settings = settings(&names);
+    settings.mongo.layout = specflow::record::DocumentLayout::Columns;
+    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
+        .map(|i| {
+            let key = format!("col-{i}");
+            let chunks = fixed_chunks(&key, &synthetic_pcm(40 + i, 1.5), 1_600);
+            (key, chunks)
+        })
+        .collect();
+    let expected = expected_records(&streams, &settings.dsp);
+    let producer = producer();
+    for (_, chunks) in &streams {
+        send_all(&producer, &names.input, chunks).await;
+    }
+    let worker = spawn_worker(settings);
+    let collection = collection(&names).await;
+    let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
+    wait_for_frames(&collection, frames as i64, Duration::from_secs(60)).await;
+    worker.stop().await;
+    let docs = all_documents(&collection).await;
+    assert!(
+        docs.iter()
+            .all(|d| d.contains_key("columns") && !d.contains_key("frames"))
+    );
+    assert_mongo_equals(&collection, &expected).await;
+    assert_topic_has_every_record(&names.output, &expected).await;
+}

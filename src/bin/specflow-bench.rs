@@ -1291,7 +1291,9 @@ fn dsp_pass(
                                     source: &source,
                                 };
                                 let json = record.to_json().expect("record encodes");
-                                let document = record.to_document().expect("record encodes");
+                                let document = record
+                                    .to_document(ctx.settings.mongo.layout)
+                                    .expect("record encodes");
                                 totals.json_bytes += json.len() as u64;
                                 totals.bson_bytes +=
                                     mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
@@ -1382,7 +1384,7 @@ async fn mongo_ceiling(
                     chunk_timestamp_ms: chunk.timestamp_ms,
                     source: &source,
                 };
-                let document = record.to_document()?;
+                let document = record.to_document(ctx.settings.mongo.layout)?;
                 bson_bytes += mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
                 batch.push(document);
             }

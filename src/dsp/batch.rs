@@ -174,6 +174,31 @@ impl FrameBatch {
         Some(&self.vectors[slot][i * len..(i + 1) * len])
     }
 
+    /// Every frame's values of a scalar feature, in frame order (`f0` holds a value for
+    /// unvoiced frames too; see [`FrameBatch::voiced_column`]). `None` when not selected or not
+    /// a scalar.
+    pub fn scalar_column(&self, name: FeatureName) -> Option<&[f32]> {
+        if !self.layout.contains(name) {
+            return None;
+        }
+        scalar_slot(name).map(|slot| &self.scalars[slot][..])
+    }
+
+    /// Every frame's voicing decision, in frame order (all false when `f0` is not selected).
+    pub fn voiced_column(&self) -> &[bool] {
+        &self.voiced
+    }
+
+    /// Every frame's values of a vector feature, frame after frame (row-major
+    /// `len() × width`), with the width. `None` when not selected or not a vector.
+    pub fn vector_column(&self, name: FeatureName) -> Option<(&[f32], usize)> {
+        if !self.layout.contains(name) {
+            return None;
+        }
+        let slot = vector_slot(name)?;
+        Some((&self.vectors[slot][..], self.layout.vector_lens[slot]))
+    }
+
     /// Mean, standard deviation, minimum and maximum of each selected scalar feature over this
     /// batch (`f0` over voiced frames only).
     pub fn summaries(&self) -> Summaries<'_> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::SinkError;
 use crate::config::kafka::read_secret;
 use crate::config::secret::Secret;
+use crate::record::DocumentLayout;
 use crate::validation::Problem;
 
 /// MongoDB's duplicate-key error code.
@@ -41,6 +42,9 @@ pub struct MongoSinkConfig {
     /// Batches whose records are on the output topic and may wait for MongoDB at once. The
     /// worker goes on consuming while MongoDB catches up, and stops when this many wait.
     pub max_pending_batches: usize,
+    /// Document layout: `frames` (per-frame objects, as on the output topic) or `columns`
+    /// (one packed float32 vector per feature; smaller and faster to insert).
+    pub layout: DocumentLayout,
 }
 
 impl Default for MongoSinkConfig {
@@ -55,6 +59,7 @@ impl Default for MongoSinkConfig {
             retry_max_ms: 5_000,
             connect_timeout_ms: 5_000,
             max_pending_batches: 4,
+            layout: DocumentLayout::Frames,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! and SPECFLOW_TEST_MONGO_URI).
 #![allow(dead_code)]
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -417,6 +417,9 @@ pub async fn stored_records(
         .into_iter()
         .map(|doc| {
             let id = doc.get_str("_id").unwrap().to_string();
+            if doc.contains_key("columns") {
+                return (id, frames_of_columns(&doc));
+            }
             let mut json = serde_json::to_value(&doc).unwrap();
             let mut frames = json["frames"].take();
             for frame in frames.as_array_mut().unwrap() {
@@ -425,6 +428,55 @@ pub async fn stored_records(
             (id, frames)
         })
         .collect()
+}
+
+/// The frames (as JSON, without `timestamp_ms`) of a document in the `columns` layout.
+pub fn frames_of_columns(doc: &Document) -> serde_json::Value {
+    use mongodb::bson::binary::Vector;
+    use serde_json::json;
+    let n = doc.get_i64("frame_count").unwrap() as usize;
+    let first = doc.get_i64("first_frame").unwrap();
+    let hop = doc.get_i64("hop_length").unwrap();
+    let mut frames: Vec<serde_json::Map<String, serde_json::Value>> = (0..n)
+        .map(|i| {
+            let index = first + i as i64;
+            let mut frame = serde_json::Map::new();
+            frame.insert("index".into(), json!(index));
+            frame.insert("start_sample".into(), json!(index * hop));
+            frame
+        })
+        .collect();
+    for (name, value) in doc.get_document("columns").unwrap() {
+        match (name.as_str(), value) {
+            ("timestamp_ms", _) => {}
+            ("voiced", Bson::Array(values)) => {
+                for (frame, v) in frames.iter_mut().zip(values) {
+                    frame.insert(name.clone(), json!(v.as_bool().unwrap()));
+                }
+            }
+            (_, Bson::Binary(binary)) => {
+                let Ok(Vector::Float32(values)) = Vector::try_from(binary) else {
+                    panic!("{name} is not a float32 vector")
+                };
+                let vector = matches!(name.as_str(), "mel" | "mfcc" | "chroma" | "band_energy");
+                let width = values.len() / n;
+                assert_eq!(values.len(), n * width, "{name}: length");
+                for (i, frame) in frames.iter_mut().enumerate() {
+                    let row = &values[i * width..(i + 1) * width];
+                    let value = if vector {
+                        serde_json::to_value(row).unwrap()
+                    } else if row[0].is_nan() {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::to_value(row[0]).unwrap()
+                    };
+                    frame.insert(name.clone(), value);
+                }
+            }
+            (_, other) => panic!("unexpected column {name}: {other:?}"),
+        }
+    }
+    serde_json::to_value(frames).unwrap()
 }
 
 /// Asserts MongoDB holds exactly the expected records with identical frames.
