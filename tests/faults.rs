@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -80,53 +79,6 @@ impl Scenario {
     }
 }
 
-struct ChildWorker {
-    child: Child,
-}
-
-impl ChildWorker {
-    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_specflow"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start specflow");
-        Self { child }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "worker exit status after SIGTERM: {status}"
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not drain within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 async fn finish_and_check(
     names: &Names,
     expected: &std::collections::BTreeMap<String, serde_json::Value>,
@@ -160,7 +112,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let config = dir.join("specflow.toml");
     std::fs::write(&config, toml::to_string(&scenario.settings).unwrap()).unwrap();
     let log = dir.join("worker.log");
-    let mut worker = ChildWorker::start(&config, &log);
+    let mut worker = WorkerProcess::start(&config, &log, &[]);
     let mut seed = 0x5eed_u64;
     for _ in 0..5 {
         seed ^= seed << 13;
@@ -169,10 +121,10 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let wait = Duration::from_millis(1_000 + seed % 3_000);
         tokio::time::sleep(wait).await;
         worker.kill();
-        worker = ChildWorker::start(&config, &log);
+        worker = WorkerProcess::start(&config, &log, &[]);
     }
     scenario.finish().await;
-    worker.terminate();
+    worker.terminate(Duration::from_secs(60));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.matches("Consuming.").count() >= 6,

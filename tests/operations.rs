@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Plain HTTP/1.0 GET; returns (status code, body).
@@ -38,20 +38,6 @@ fn metric(body: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn start_worker(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_specflow"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.spawn().expect("start specflow")
-}
-
 fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
@@ -67,15 +53,6 @@ fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> Strin
     }
 }
 
-fn terminate(mut child: Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "worker exit after SIGTERM: {status}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_follow_the_work() {
     let names = Names::new("ops");
@@ -88,7 +65,7 @@ async fn metrics_and_health_follow_the_work() {
     let config = dir.path().join("specflow.toml");
     std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
     let log = dir.path().join("worker.log");
-    let child = start_worker(&config, &log, &[]);
+    let child = WorkerProcess::start(&config, &log, &[]);
     let text = wait_for_log(&log, "HTTP endpoint listening", Duration::from_secs(60));
     let line = text
         .lines()
@@ -113,6 +90,18 @@ async fn metrics_and_health_follow_the_work() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
         "ok"
     );
+
+    // Ready while idle: partitions assigned and both services reachable, before any message
+    // (broker reachability comes from librdkafka's statistics, every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = http_get(&address, "/readyz");
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 200, "readyz before the first message: {body}");
 
     let streams: Vec<(String, Vec<Chunk>)> = (0..3)
         .map(|i| {
@@ -201,7 +190,7 @@ async fn metrics_and_health_follow_the_work() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    terminate(child);
+    child.terminate(Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +236,7 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
 
     // MongoDB on port 1 is unreachable: the worker logs connection errors that carry the URI's host.
     let log = dir.path().join("worker.log");
-    let child = start_worker(&config, &log, &env);
+    let child = WorkerProcess::start(&config, &log, &env);
     let text = wait_for_log(&log, "MongoDB not reachable yet", Duration::from_secs(60));
     let line = text
         .lines()
@@ -260,7 +249,8 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
         .to_string();
     let (_, metrics) = http_get(&address, "/metrics");
     let (_, ready) = http_get(&address, "/readyz");
-    terminate_or_kill(child);
+    // The worker may still be retrying MongoDB at startup: SIGKILL after a short drain.
+    child.terminate_or_kill(Duration::from_secs(10));
     let text = std::fs::read_to_string(&log).unwrap();
     for secret in [KAFKA_SECRET, KEY_SECRET, MONGO_SECRET] {
         assert!(
@@ -274,21 +264,4 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
         assert!(!metrics.contains(secret), "{secret} in /metrics");
         assert!(!ready.contains(secret), "{secret} in /readyz");
     }
-}
-
-/// The worker may still be retrying MongoDB at startup: SIGTERM, then SIGKILL after the drain.
-fn terminate_or_kill(mut child: Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -590,3 +590,84 @@ pub fn services(args: &[&str]) {
         .expect("run scripts/services.sh");
     assert!(status.success(), "scripts/services.sh {args:?} failed");
 }
+
+/// A `specflow run` child process (the test binary's own build). Dropping it kills the
+/// process, so a failing test never leaves a worker running against the shared services.
+pub struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    /// Starts `specflow run --config <config>`, stderr (the log) appended to `log`.
+    pub fn start(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self {
+            child: command.spawn().expect("start specflow"),
+        }
+    }
+
+    /// SIGKILL, no drain.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(&self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    fn wait_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM; asserts a clean exit within `within` (else the drop kills it).
+    pub fn terminate(mut self, within: Duration) {
+        self.sigterm();
+        let status = self.wait_within(within);
+        let status = status.unwrap_or_else(|| panic!("worker did not drain within {within:?}"));
+        assert!(
+            status.success(),
+            "worker exit status after SIGTERM: {status}"
+        );
+    }
+
+    /// SIGTERM, then SIGKILL after `within` (for a worker that may still be starting).
+    pub fn terminate_or_kill(mut self, within: Duration) {
+        self.sigterm();
+        self.wait_within(within);
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
