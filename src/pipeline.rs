@@ -1,11 +1,15 @@
 //! The worker: recv → decode → DSP (off the async runtime, partitions in parallel) → sinks →
 //! offsets.
 //!
-//! One batch is in flight at a time. A batch's offsets are stored only after every record of
-//! it is acknowledged by Kafka and MongoDB and every rejected message by the dead-letter
-//! topic, and never past a message whose samples a live stream still needs (see
-//! [`crate::streams`]). While a sink is down the partitions are paused and the write retried
-//! with exponential backoff; nothing moves until it succeeds.
+//! The processing loop handles one batch at a time: it computes the batch, sends its records
+//! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
+//! documents to the [`MongoWriter`] task and goes on with the next batch. The writer inserts
+//! jobs in order (merging those that queued up) and only then stores the job's offsets, so an
+//! offset is stored only after every record before it is acknowledged by Kafka and MongoDB
+//! and every rejected message by the dead-letter topic, and never past a message whose
+//! samples a live stream still needs (see [`crate::streams`]). At most
+//! `mongo.max_pending_batches` jobs wait; then the loop waits too. While a sink is down the
+//! partitions are paused and the write retried with exponential backoff.
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -449,7 +453,17 @@ impl<'a> Backoff<'a> {
 struct StoreJob {
     documents: Vec<Document>,
     end_ms: Vec<i64>,
-    offsets: TopicPartitionList,
+    /// Next offset to consume, per partition.
+    offsets: std::collections::BTreeMap<i32, i64>,
+}
+
+impl StoreJob {
+    /// Appends a later job: one insert for both, and the later offsets win.
+    fn absorb(&mut self, later: StoreJob) {
+        self.documents.extend(later.documents);
+        self.end_ms.extend(later.end_ms);
+        self.offsets.extend(later.offsets);
+    }
 }
 
 /// What the MongoDB writer needs; it runs as its own task so that consuming, DSP and the
@@ -464,11 +478,32 @@ struct MongoWriter {
 impl MongoWriter {
     /// Writes jobs in arrival order until the channel closes; stores each job's offsets after
     /// its documents are acknowledged. Returns the error that stopped it, if any.
+    /// Jobs that queued up while MongoDB was busy go out in one insert (up to
+    /// `source.batch_max_messages` documents), so a slow server gets fewer, larger writes.
     async fn run(self, mut jobs: tokio::sync::mpsc::Receiver<StoreJob>) -> Result<(), SinkError> {
-        while let Some(job) = jobs.recv().await {
+        let max_documents = self.settings.source.batch_max_messages;
+        let mut carried: Option<StoreJob> = None;
+        loop {
+            let Some(mut job) = (match carried.take() {
+                Some(job) => Some(job),
+                None => jobs.recv().await,
+            }) else {
+                return Ok(());
+            };
+            while job.documents.len() < max_documents {
+                match jobs.try_recv() {
+                    Ok(next) if job.documents.len() + next.documents.len() <= max_documents => {
+                        job.absorb(next)
+                    }
+                    Ok(next) => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             self.write(job).await?;
         }
-        Ok(())
     }
 
     async fn write(&self, job: StoreJob) -> Result<(), SinkError> {
@@ -509,8 +544,16 @@ impl MongoWriter {
                 .end_to_end_latency_seconds
                 .observe((now - end_ms).max(0) as f64 / 1000.0);
         }
-        if job.offsets.count() > 0 {
-            if let Err(e) = self.gate.consumer.store_offsets(&job.offsets) {
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &job.offsets {
+            let _ = offsets.add_partition_offset(
+                &self.settings.source.topic,
+                *partition,
+                Offset::Offset(*offset),
+            );
+        }
+        if offsets.count() > 0 {
+            if let Err(e) = self.gate.consumer.store_offsets(&offsets) {
                 // Happens when a partition was revoked meanwhile; its new owner replays.
                 debug!(error = %e, "Offsets not stored.");
             }
@@ -937,15 +980,14 @@ async fn handle_batch(
     drop((records, letters));
 
     // Offsets: each touched partition up to its watermark, stored after MongoDB's ack.
-    let mut offsets = TopicPartitionList::new();
-    let topic = &worker.settings.source.topic;
+    let mut offsets = std::collections::BTreeMap::new();
     for (partition, _, _) in &processed {
         if let Some(offset) = worker
             .tables
             .get(partition)
             .and_then(PartitionStreams::commit_offset)
         {
-            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(offset));
+            offsets.insert(*partition, offset);
         }
     }
     let mut documents = Vec::new();

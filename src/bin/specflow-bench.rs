@@ -1217,6 +1217,36 @@ async fn read_back(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result<Ve
     Ok(streams)
 }
 
+/// The record the worker writes for `chunk`'s `frames`: its JSON (empty unless `json`) and its
+/// MongoDB document in the configured layout.
+fn encode_record(
+    stream: &StreamAudio,
+    chunk: &Chunk,
+    topic: &str,
+    settings: &Settings,
+    frames: &FrameBatch,
+    json: bool,
+) -> anyhow::Result<(Vec<u8>, Document)> {
+    let source = SourcePosition {
+        topic: topic.to_string(),
+        partition: chunk.partition,
+        offset: chunk.offset,
+        timestamp_ms: Some(chunk.timestamp_ms),
+    };
+    let record = FeatureRecord {
+        stream_id: &stream.id,
+        sample_rate: stream.sample_rate,
+        frame_length: settings.dsp.frame_length,
+        hop_length: settings.dsp.hop_length,
+        batch: frames,
+        chunk_start_sample: chunk.start_sample,
+        chunk_timestamp_ms: chunk.timestamp_ms,
+        source: &source,
+    };
+    let json = if json { record.to_json()? } else { Vec::new() };
+    Ok((json, record.to_document(settings.mongo.layout)?))
+}
+
 /// Totals of one DSP pass.
 #[derive(Default, Clone, Copy)]
 struct DspTotals {
@@ -1244,7 +1274,6 @@ fn dsp_pass(
     for (i, stream) in streams.iter().enumerate() {
         groups[i % threads].push(stream);
     }
-    let dsp = &ctx.settings.dsp;
     let started = Instant::now();
     let totals: Vec<DspTotals> = std::thread::scope(|scope| {
         let handles: Vec<_> = groups
@@ -1274,26 +1303,9 @@ fn dsp_pass(
                             }
                             totals.records += 1;
                             if encode {
-                                let source = SourcePosition {
-                                    topic: topic.to_string(),
-                                    partition: chunk.partition,
-                                    offset: chunk.offset,
-                                    timestamp_ms: Some(chunk.timestamp_ms),
-                                };
-                                let record = FeatureRecord {
-                                    stream_id: &stream.id,
-                                    sample_rate: stream.sample_rate,
-                                    frame_length: dsp.frame_length,
-                                    hop_length: dsp.hop_length,
-                                    batch: &out,
-                                    chunk_start_sample: chunk.start_sample,
-                                    chunk_timestamp_ms: chunk.timestamp_ms,
-                                    source: &source,
-                                };
-                                let json = record.to_json().expect("record encodes");
-                                let document = record
-                                    .to_document(ctx.settings.mongo.layout)
-                                    .expect("record encodes");
+                                let (json, document) =
+                                    encode_record(stream, chunk, topic, &ctx.settings, &out, true)
+                                        .expect("record encodes");
                                 totals.json_bytes += json.len() as u64;
                                 totals.bson_bytes +=
                                     mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
@@ -1346,7 +1358,6 @@ async fn mongo_ceiling(
         0 => usize::MAX,
         n => n,
     };
-    let dsp = &ctx.settings.dsp;
     let mut ws = extractor.workspace();
     let mut out = FrameBatch::new();
     let mut states: Vec<_> = streams
@@ -1368,23 +1379,8 @@ async fn mongo_ceiling(
             extractor.process(&mut ws, state, &chunk.samples, &mut out);
             chunks_covered += 1;
             if !out.is_empty() {
-                let source = SourcePosition {
-                    topic: topic.to_string(),
-                    partition: chunk.partition,
-                    offset: chunk.offset,
-                    timestamp_ms: Some(chunk.timestamp_ms),
-                };
-                let record = FeatureRecord {
-                    stream_id: &stream.id,
-                    sample_rate: stream.sample_rate,
-                    frame_length: dsp.frame_length,
-                    hop_length: dsp.hop_length,
-                    batch: &out,
-                    chunk_start_sample: chunk.start_sample,
-                    chunk_timestamp_ms: chunk.timestamp_ms,
-                    source: &source,
-                };
-                let document = record.to_document(ctx.settings.mongo.layout)?;
+                let (_, document) =
+                    encode_record(stream, chunk, topic, &ctx.settings, &out, false)?;
                 bson_bytes += mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
                 batch.push(document);
             }
