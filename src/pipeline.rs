@@ -8,17 +8,17 @@
 //! offset is stored only after every record before it is acknowledged by Kafka and MongoDB
 //! and every rejected message by the dead-letter topic, and never past a message whose
 //! samples a live stream still needs (see [`crate::streams`]). At most
-//! `mongo.max_pending_batches` jobs wait; then the loop waits too. While a sink is down the
+//! `mongo.max_pending_records` records wait; then the loop waits too (still polling). While a sink is down the
 //! partitions are paused and the write retried with exponential backoff.
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use futures::future::join_all;
-use mongodb::bson::Document;
+use mongodb::bson::RawDocumentBuf;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ enum Outcome {
 struct EncodedRecord {
     key: String,
     json: Vec<u8>,
-    document: Document,
+    document: RawDocumentBuf,
     end_ms: i64,
 }
 
@@ -239,7 +239,7 @@ impl Worker {
             match encoded {
                 Ok((json, document)) => outcomes.push(Outcome::Record(Box::new(EncodedRecord {
                     key: meta.stream_id.clone(),
-                    end_ms: document.get_i64("end_ms").unwrap_or_default(),
+                    end_ms: record.end_ms(),
                     json,
                     document,
                 }))),
@@ -451,10 +451,12 @@ impl<'a> Backoff<'a> {
 /// A batch whose records and dead letters Kafka acknowledged, on its way to MongoDB. Its
 /// offsets are stored once MongoDB acknowledged its documents too.
 struct StoreJob {
-    documents: Vec<Document>,
+    documents: Vec<RawDocumentBuf>,
     end_ms: Vec<i64>,
     /// Next offset to consume, per partition.
     offsets: std::collections::BTreeMap<i32, i64>,
+    /// Room taken in the pending-records budget, given back when the job is dropped.
+    room: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl StoreJob {
@@ -463,6 +465,7 @@ impl StoreJob {
         self.documents.extend(later.documents);
         self.end_ms.extend(later.end_ms);
         self.offsets.extend(later.offsets);
+        self.room.extend(later.room);
     }
 }
 
@@ -480,7 +483,10 @@ impl MongoWriter {
     /// its documents are acknowledged. Returns the error that stopped it, if any.
     /// Jobs that queued up while MongoDB was busy go out in one insert (up to
     /// `source.batch_max_messages` documents), so a slow server gets fewer, larger writes.
-    async fn run(self, mut jobs: tokio::sync::mpsc::Receiver<StoreJob>) -> Result<(), SinkError> {
+    async fn run(
+        self,
+        mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,
+    ) -> Result<(), SinkError> {
         let max_documents = self.settings.source.batch_max_messages;
         let mut carried: Option<StoreJob> = None;
         loop {
@@ -562,21 +568,42 @@ impl MongoWriter {
     }
 }
 
-/// Receives one message, noting revocations that happened during the call.
-async fn recv_tracking(
+/// What one [`receive`] call brought.
+enum Received {
+    /// A message was appended.
+    Message,
+    /// Nothing arrived in time.
+    Idle,
+    /// The consumer reported an error.
+    Error(rdkafka::error::KafkaError),
+}
+
+/// Receives one message into `pending`, waiting at most `wait`. Partitions revoked during the
+/// call, even when assigned again since, lose their stream tables and the messages received
+/// before the revocation: their next owner (maybe this worker) replays them from the committed
+/// offset and rebuilds the streams through the recovery lookups.
+async fn receive(
     consumer: &StreamConsumer<SourceContext>,
-    revoked_now: &mut HashSet<i32>,
-) -> Option<Result<OwnedMessage, rdkafka::error::KafkaError>> {
-    let received = consumer
-        .recv()
-        .await
-        .map(|m: BorrowedMessage<'_>| m.detach());
+    pending: &mut Vec<OwnedMessage>,
+    tables: &mut HashMap<i32, PartitionStreams>,
+    wait: Duration,
+) -> Received {
+    let received = tokio::time::timeout(wait, consumer.recv()).await;
     let events = consumer.context().take_events();
-    revoked_now.extend(events.revoked.iter().copied());
-    for p in events.assigned {
-        revoked_now.remove(&p);
+    if !events.revoked.is_empty() {
+        pending.retain(|m| !events.revoked.contains(&m.partition()));
+        for partition in &events.revoked {
+            tables.remove(partition);
+        }
     }
-    Some(received)
+    match received {
+        Err(_) => Received::Idle,
+        Ok(Err(e)) => Received::Error(e),
+        Ok(Ok(message)) => {
+            pending.push(message.detach());
+            Received::Message
+        }
+    }
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
@@ -648,7 +675,13 @@ pub async fn run(
         metrics: metrics.clone(),
         held: Default::default(),
     });
-    let (jobs, pending_jobs) = tokio::sync::mpsc::channel(settings.mongo.max_pending_batches);
+    let (jobs, pending_jobs) = tokio::sync::mpsc::unbounded_channel();
+    let room = PendingRoom::new(
+        settings
+            .mongo
+            .max_pending_records
+            .max(settings.source.batch_max_messages),
+    );
     let writer = tokio::spawn(
         MongoWriter {
             mongo: sinks.mongo.clone(),
@@ -672,58 +705,41 @@ pub async fn run(
     let idle_timeout = Duration::from_secs(worker.settings.streams.idle_timeout_secs);
     let mut result = Ok(());
 
+    // Messages received but not processed yet (the next batch starts with them).
+    let mut pending: Vec<OwnedMessage> = Vec::new();
     while !shutdown.is_cancelled() {
         health.beat();
-        let mut revoked_now = HashSet::new();
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = tokio::time::timeout(Duration::from_secs(1), recv_tracking(&consumer, &mut revoked_now)) => r,
-        };
-        let drop_revoked =
-            |batch: &mut Vec<OwnedMessage>, revoked: &HashSet<i32>, worker: &mut Worker| {
-                if !revoked.is_empty() {
-                    batch.retain(|m| !revoked.contains(&m.partition()));
-                    for p in revoked {
-                        worker.tables.remove(p);
-                    }
-                }
+        if pending.is_empty() {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = receive(&consumer, &mut pending, &mut worker.tables, Duration::from_secs(1)) => r,
             };
-        match first {
-            Err(_) | Ok(None) => {
-                drop_revoked(&mut batch, &revoked_now, &mut worker);
-                sweep(&mut worker, &consumer, idle_timeout);
-                continue;
-            }
-            Ok(Some(Err(e))) => {
-                warn!(error = %e, "Kafka consumer error.");
-                health.set_kafka_ok(false);
-                continue;
-            }
-            Ok(Some(Ok(message))) => batch.push(message),
-        }
-        health.set_kafka_ok(true);
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < max_batch {
-            let mut revoked_during = HashSet::new();
-            match tokio::time::timeout_at(deadline, recv_tracking(&consumer, &mut revoked_during))
-                .await
-            {
-                Ok(Some(Ok(message))) => {
-                    drop_revoked(&mut batch, &revoked_during, &mut worker);
-                    batch.push(message);
+            match received {
+                Received::Idle => {
+                    sweep(&mut worker, &consumer, idle_timeout);
+                    continue;
                 }
-                _ => {
-                    drop_revoked(&mut batch, &revoked_during, &mut worker);
-                    break;
+                Received::Error(e) => {
+                    warn!(error = %e, "Kafka consumer error.");
+                    health.set_kafka_ok(false);
+                    continue;
                 }
+                Received::Message => health.set_kafka_ok(true),
             }
         }
-        drop_revoked(&mut batch, &revoked_now, &mut worker);
-        if batch.is_empty() {
+        let deadline = Instant::now() + linger;
+        while pending.len() < max_batch {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let received = receive(&consumer, &mut pending, &mut worker.tables, wait).await;
+            if !matches!(received, Received::Message) {
+                break;
+            }
+        }
+        if pending.is_empty() {
             continue;
         }
+        let batch = std::mem::take(&mut pending);
         let job = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await {
             Ok(job) => job,
             Err(e) => {
@@ -732,7 +748,19 @@ pub async fn run(
                 break;
             }
         };
-        if !hand_to_writer(&jobs, job, &health, &shutdown).await {
+        let handed = hand_to_writer(
+            &jobs,
+            &room,
+            job,
+            &consumer,
+            &mut pending,
+            &mut worker.tables,
+            max_batch,
+            &health,
+            &shutdown,
+        )
+        .await;
+        if !handed {
             break;
         }
         sweep(&mut worker, &consumer, idle_timeout);
@@ -770,26 +798,51 @@ pub async fn run(
     result
 }
 
-/// Queues `job` for the MongoDB writer, waiting while `max_pending_batches` are queued (the
-/// loop stays alive meanwhile). False when the writer stopped or shutdown was requested.
+/// The budget of records waiting for MongoDB (`mongo.max_pending_records`).
+struct PendingRoom {
+    permits: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+}
+
+impl PendingRoom {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+}
+
+/// Queues `job` for the MongoDB writer once the pending-records budget has room for it.
+/// While waiting it keeps polling the consumer (into `pending`, up to `max_batch` messages),
+/// which serves rebalances and keeps the member in the group however long MongoDB takes.
+/// False when the writer stopped or shutdown was requested.
+#[allow(clippy::too_many_arguments)]
 async fn hand_to_writer(
-    jobs: &tokio::sync::mpsc::Sender<StoreJob>,
-    job: StoreJob,
+    jobs: &tokio::sync::mpsc::UnboundedSender<StoreJob>,
+    room: &PendingRoom,
+    mut job: StoreJob,
+    consumer: &StreamConsumer<SourceContext>,
+    pending: &mut Vec<OwnedMessage>,
+    tables: &mut HashMap<i32, PartitionStreams>,
+    max_batch: usize,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
+    let wanted = job.documents.len().min(room.capacity) as u32;
     loop {
+        let polling = pending.len() < max_batch;
         tokio::select! {
-            permit = jobs.reserve() => match permit {
-                Ok(permit) => {
-                    permit.send(job);
-                    return true;
-                }
-                // The writer stopped on an error; `run` reports it.
-                Err(_) => return false,
-            },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => health.beat(),
+            biased;
             _ = shutdown.cancelled() => return false,
+            permit = room.permits.clone().acquire_many_owned(wanted) => {
+                job.room.push(permit.expect("the budget is never closed"));
+                // Fails only when the writer stopped on an error; `run` reports it.
+                return jobs.send(job).is_ok();
+            }
+            _ = receive(consumer, pending, tables, Duration::from_secs(1)), if polling => health.beat(),
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
         }
     }
 }
@@ -1004,5 +1057,6 @@ async fn handle_batch(
         documents,
         end_ms,
         offsets,
+        room: Vec::new(),
     })
 }

@@ -387,13 +387,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
         expected.len(),
         "good stream complete despite poison"
     );
-    let dead: u64 = metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("specflow_dead_letters_total"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(dead as usize, poison.len());
+    assert_eq!(dead_letters_sent(&metrics) as usize, poison.len());
 }
 
 /// `mongo.layout = "columns"` stores the same frames as packed float32 vectors, which a real

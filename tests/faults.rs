@@ -142,12 +142,20 @@ async fn rebalance_one_to_three_to_two_instances() {
     let second = spawn_worker(settings.clone());
     let third = spawn_worker(settings.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let first_metrics = first.metrics.clone();
     first.stop().await;
     scenario.finish().await;
     let rebalances = second.metrics.rebalances_total.get() + third.metrics.rebalances_total.get();
+    // A clean workload: a replay after a rebalance must never look like a chunk going
+    // backwards (a partition taken back keeps no stale stream state).
+    let dead = [&first_metrics, &second.metrics, &third.metrics]
+        .iter()
+        .map(|m| dead_letters_sent(m))
+        .sum::<u64>();
     second.stop().await;
     third.stop().await;
     assert!(rebalances >= 1, "partitions moved between the instances");
+    assert_eq!(dead, 0, "dead letters from a clean workload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1226,7 +1226,7 @@ fn encode_record(
     settings: &Settings,
     frames: &FrameBatch,
     json: bool,
-) -> anyhow::Result<(Vec<u8>, Document)> {
+) -> anyhow::Result<(Vec<u8>, mongodb::bson::RawDocumentBuf)> {
     let source = SourcePosition {
         topic: topic.to_string(),
         partition: chunk.partition,
@@ -1307,8 +1307,7 @@ fn dsp_pass(
                                     encode_record(stream, chunk, topic, &ctx.settings, &out, true)
                                         .expect("record encodes");
                                 totals.json_bytes += json.len() as u64;
-                                totals.bson_bytes +=
-                                    mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
+                                totals.bson_bytes += document.as_bytes().len() as u64;
                                 black_box((json, document));
                             }
                         }
@@ -1365,7 +1364,7 @@ async fn mongo_ceiling(
         .map(|s| extractor.new_stream(s.chunks.first().map_or(0, |c| c.start_sample)))
         .collect();
     let rounds = streams.iter().map(|s| s.chunks.len()).max().unwrap_or(0);
-    let mut batch: Vec<Document> = Vec::with_capacity(batch_size);
+    let mut batch: Vec<mongodb::bson::RawDocumentBuf> = Vec::with_capacity(batch_size);
     let (mut inserted, mut bson_bytes, mut inserts) = (0usize, 0u64, 0usize);
     let mut insert_time = 0.0;
     let mut slowest: f64 = 0.0;
@@ -1381,7 +1380,7 @@ async fn mongo_ceiling(
             if !out.is_empty() {
                 let (_, document) =
                     encode_record(stream, chunk, topic, &ctx.settings, &out, false)?;
-                bson_bytes += mongodb::bson::to_vec(&document).map_or(0, |v| v.len()) as u64;
+                bson_bytes += document.as_bytes().len() as u64;
                 batch.push(document);
             }
             let last = inserted + batch.len() >= limit;

@@ -4,7 +4,7 @@
 //! replayed record maps onto the document it already wrote. Writes are unordered
 //! `insert_many`; duplicate-key errors (code 11000) count as success.
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Document, RawDocumentBuf, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -39,9 +39,10 @@ pub struct MongoSinkConfig {
     pub retry_max_ms: u64,
     /// Server selection / connect timeout, in milliseconds.
     pub connect_timeout_ms: u64,
-    /// Batches whose records are on the output topic and may wait for MongoDB at once. The
-    /// worker goes on consuming while MongoDB catches up, and stops when this many wait.
-    pub max_pending_batches: usize,
+    /// Records already on the output topic that may wait for MongoDB at once. The worker goes
+    /// on consuming while MongoDB catches up, and waits when this many wait (at least
+    /// `source.batch_max_messages` are let through).
+    pub max_pending_records: usize,
     /// Document layout: `frames` (per-frame objects, as on the output topic) or `columns`
     /// (one packed float32 vector per feature; smaller and faster to insert).
     pub layout: DocumentLayout,
@@ -58,7 +59,7 @@ impl Default for MongoSinkConfig {
             retry_initial_ms: 200,
             retry_max_ms: 5_000,
             connect_timeout_ms: 5_000,
-            max_pending_batches: 4,
+            max_pending_records: 5_000,
             layout: DocumentLayout::Frames,
         }
     }
@@ -110,10 +111,10 @@ impl MongoSinkConfig {
                 "retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms",
             ));
         }
-        if self.max_pending_batches == 0 {
+        if self.max_pending_records == 0 {
             problems.push(Problem::new(
-                "mongo.max_pending_batches",
-                self.max_pending_batches,
+                "mongo.max_pending_records",
+                self.max_pending_records,
                 "must be at least 1",
             ));
         }
@@ -216,11 +217,12 @@ impl MongoSink {
     }
 
     /// Inserts `docs` unordered; documents that already exist (same `_id`) count as written.
-    pub async fn insert_idempotent(&self, docs: &[Document]) -> Result<(), SinkError> {
+    pub async fn insert_idempotent(&self, docs: &[RawDocumentBuf]) -> Result<(), SinkError> {
         if docs.is_empty() {
             return Ok(());
         }
-        match self.collection.insert_many(docs).ordered(false).await {
+        let raw = self.collection.clone_with_type::<RawDocumentBuf>();
+        match raw.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {

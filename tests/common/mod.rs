@@ -671,3 +671,13 @@ impl Drop for WorkerProcess {
         }
     }
 }
+
+/// Dead letters a worker sent, over every reason (`specflow_dead_letters_total`).
+pub fn dead_letters_sent(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("specflow_dead_letters_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
