@@ -769,7 +769,9 @@ pub async fn run(
     health.set_draining(true);
     info!("Draining: waiting for MongoDB, flushing the producer, committing offsets.");
     drop(jobs);
+    // One deadline for both: what MongoDB has not stored by then is replayed by the next owner.
     let drain = Duration::from_secs(worker.settings.shutdown.drain_timeout_secs);
+    let drain_deadline = Instant::now() + drain;
     match tokio::time::timeout(drain, writer).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => {
@@ -786,7 +788,10 @@ pub async fn run(
             )
         }
     }
-    if let Err(e) = sinks.output.flush(drain) {
+    if let Err(e) = sinks
+        .output
+        .flush(drain_deadline.saturating_duration_since(Instant::now()))
+    {
         warn!(error = %e, "Producer flush incomplete.");
     }
     match commit_stored_offsets(&*consumer) {
