@@ -3,8 +3,9 @@
 //!
 //! The processing loop handles one batch at a time: it computes the batch, sends its records
 //! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
-//! documents to the [`MongoWriter`] task and goes on with the next batch. The writer inserts
-//! jobs in order (merging those that queued up) and only then stores the job's offsets, so an
+//! documents to the [`MongoWriter`] tasks (`mongo.concurrent_writes`; partitions are dealt
+//! over them) and goes on with the next batch. Each writer inserts its jobs in order (merging
+//! those that queued up) and only then stores the job's offsets, so an
 //! offset is stored only after every record before it is acknowledged by Kafka and MongoDB
 //! and every rejected message by the dead-letter topic, and never past a message whose
 //! samples a live stream still needs (see [`crate::streams`]). At most
@@ -448,8 +449,9 @@ impl<'a> Backoff<'a> {
     }
 }
 
-/// A batch whose records and dead letters Kafka acknowledged, on its way to MongoDB. Its
-/// offsets are stored once MongoDB acknowledged its documents too.
+/// A batch (its share for one writer) whose records and dead letters Kafka acknowledged, on its
+/// way to MongoDB. Its offsets are stored once MongoDB acknowledged its documents too.
+#[derive(Default)]
 struct StoreJob {
     documents: Vec<RawDocumentBuf>,
     end_ms: Vec<i64>,
@@ -675,22 +677,27 @@ pub async fn run(
         metrics: metrics.clone(),
         held: Default::default(),
     });
-    let (jobs, pending_jobs) = tokio::sync::mpsc::unbounded_channel();
     let room = PendingRoom::new(
         settings
             .mongo
             .max_pending_records
             .max(settings.source.batch_max_messages),
     );
-    let writer = tokio::spawn(
-        MongoWriter {
-            mongo: sinks.mongo.clone(),
-            settings: settings.clone(),
-            gate: gate.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(pending_jobs),
-    );
+    let mut jobs = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..settings.mongo.concurrent_writes.max(1) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        jobs.push(sender);
+        writers.push(tokio::spawn(
+            MongoWriter {
+                mongo: sinks.mongo.clone(),
+                settings: settings.clone(),
+                gate: gate.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(receiver),
+        ));
+    }
 
     let mut worker = Worker {
         cache: Arc::new(ExtractorCache::new(settings.dsp.clone())),
@@ -740,18 +747,18 @@ pub async fn run(
             continue;
         }
         let batch = std::mem::take(&mut pending);
-        let job = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await {
-            Ok(job) => job,
+        let batch_jobs = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await {
+            Ok(batch_jobs) => batch_jobs,
             Err(e) => {
                 error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
                 result = Err(anyhow::anyhow!(e));
                 break;
             }
         };
-        let handed = hand_to_writer(
+        let handed = hand_to_writers(
             &jobs,
             &room,
-            job,
+            batch_jobs,
             &consumer,
             &mut pending,
             &mut worker.tables,
@@ -772,15 +779,21 @@ pub async fn run(
     // One deadline for both: what MongoDB has not stored by then is replayed by the next owner.
     let drain = Duration::from_secs(worker.settings.shutdown.drain_timeout_secs);
     let drain_deadline = Instant::now() + drain;
-    match tokio::time::timeout(drain, writer).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            error!(error = %e, "MongoDB writes failed; the batches not stored will be replayed.");
-            if result.is_ok() {
-                result = Err(anyhow::anyhow!(e).context("MongoDB writes failed"));
+    match tokio::time::timeout(drain, join_all(writers)).await {
+        Ok(ended) => {
+            for outcome in ended {
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        error!(error = %e, "MongoDB writes failed; the batches not stored will be replayed.");
+                        if result.is_ok() {
+                            result = Err(anyhow::anyhow!(e).context("MongoDB writes failed"));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "MongoDB writer task ended abnormally."),
+                }
             }
         }
-        Ok(Err(e)) => warn!(error = %e, "MongoDB writer task ended abnormally."),
         Err(_) => {
             warn!(
                 timeout_secs = drain.as_secs(),
@@ -819,15 +832,15 @@ impl PendingRoom {
     }
 }
 
-/// Queues `job` for the MongoDB writer once the pending-records budget has room for it.
+/// Queues each writer's share of a batch once the pending-records budget has room for it.
 /// While waiting it keeps polling the consumer (into `pending`, up to `max_batch` messages),
 /// which serves rebalances and keeps the member in the group however long MongoDB takes.
-/// False when the writer stopped or shutdown was requested.
+/// False when a writer stopped or shutdown was requested.
 #[allow(clippy::too_many_arguments)]
-async fn hand_to_writer(
-    jobs: &tokio::sync::mpsc::UnboundedSender<StoreJob>,
+async fn hand_to_writers(
+    writers: &[tokio::sync::mpsc::UnboundedSender<StoreJob>],
     room: &PendingRoom,
-    mut job: StoreJob,
+    jobs: Vec<StoreJob>,
     consumer: &StreamConsumer<SourceContext>,
     pending: &mut Vec<OwnedMessage>,
     tables: &mut HashMap<i32, PartitionStreams>,
@@ -835,21 +848,30 @@ async fn hand_to_writer(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
-    let wanted = job.documents.len().min(room.capacity) as u32;
-    loop {
-        let polling = pending.len() < max_batch;
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return false,
-            permit = room.permits.clone().acquire_many_owned(wanted) => {
-                job.room.push(permit.expect("the budget is never closed"));
-                // Fails only when the writer stopped on an error; `run` reports it.
-                return jobs.send(job).is_ok();
+    for (writer, mut job) in writers.iter().zip(jobs) {
+        if job.documents.is_empty() && job.offsets.is_empty() {
+            continue;
+        }
+        let wanted = job.documents.len().min(room.capacity) as u32;
+        loop {
+            let polling = pending.len() < max_batch;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return false,
+                permit = room.permits.clone().acquire_many_owned(wanted) => {
+                    job.room.push(permit.expect("the budget is never closed"));
+                    break;
+                }
+                _ = receive(consumer, pending, tables, Duration::from_secs(1)), if polling => health.beat(),
+                _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
             }
-            _ = receive(consumer, pending, tables, Duration::from_secs(1)), if polling => health.beat(),
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
+        }
+        // Fails only when the writer stopped on an error; `run` reports it.
+        if writer.send(job).is_err() {
+            return false;
         }
     }
+    true
 }
 
 fn sweep(worker: &mut Worker, consumer: &StreamConsumer<SourceContext>, idle_timeout: Duration) {
@@ -922,15 +944,15 @@ async fn recovery_lookups(
     Ok(stored)
 }
 
-/// Computes one batch and sends its records and dead letters to Kafka; returns what MongoDB
-/// still has to store, with the offsets that become safe once it has.
+/// Computes one batch and sends its records and dead letters to Kafka; returns, per MongoDB
+/// writer, what MongoDB still has to store, with the offsets that become safe once it has.
 async fn handle_batch(
     worker: &mut Worker,
     batch: Vec<OwnedMessage>,
     sinks: &Sinks,
     gate: &PauseGate,
     shutdown: &CancellationToken,
-) -> Result<StoreJob, SinkError> {
+) -> Result<Vec<StoreJob>, SinkError> {
     let metrics = worker.metrics.clone();
     let batch_started = Instant::now();
     let batch_len = batch.len();
@@ -1037,31 +1059,31 @@ async fn handle_batch(
     );
     drop((records, letters));
 
-    // Offsets: each touched partition up to its watermark, stored after MongoDB's ack.
-    let mut offsets = std::collections::BTreeMap::new();
-    for (partition, _, _) in &processed {
+    // Per MongoDB writer (partitions are dealt over them, so each partition's documents and
+    // offsets stay in order): the documents, and each touched partition's watermark, stored
+    // after MongoDB's ack.
+    let writers = worker.settings.mongo.concurrent_writes.max(1);
+    let mut jobs: Vec<StoreJob> = (0..writers).map(|_| StoreJob::default()).collect();
+    for (partition, _, outcomes) in processed {
+        let job = &mut jobs[writer_of(partition, writers)];
         if let Some(offset) = worker
             .tables
-            .get(partition)
+            .get(&partition)
             .and_then(PartitionStreams::commit_offset)
         {
-            offsets.insert(*partition, offset);
+            job.offsets.insert(partition, offset);
         }
-    }
-    let mut documents = Vec::new();
-    let mut end_ms = Vec::new();
-    for (_, _, outcomes) in processed {
         for outcome in outcomes {
             if let Outcome::Record(record) = outcome {
-                documents.push(record.document);
-                end_ms.push(record.end_ms);
+                job.documents.push(record.document);
+                job.end_ms.push(record.end_ms);
             }
         }
     }
-    Ok(StoreJob {
-        documents,
-        end_ms,
-        offsets,
-        room: Vec::new(),
-    })
+    Ok(jobs)
+}
+
+/// Which MongoDB writer stores `partition`'s documents.
+fn writer_of(partition: i32, writers: usize) -> usize {
+    partition.unsigned_abs() as usize % writers
 }

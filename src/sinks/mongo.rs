@@ -43,6 +43,9 @@ pub struct MongoSinkConfig {
     /// on consuming while MongoDB catches up, and waits when this many wait (at least
     /// `source.batch_max_messages` are let through).
     pub max_pending_records: usize,
+    /// Inserts in flight at once. Partitions are dealt over them, so a partition's (and a
+    /// stream's) documents are still stored in order.
+    pub concurrent_writes: usize,
     /// Document layout: `frames` (per-frame objects, as on the output topic) or `columns`
     /// (one packed float32 vector per feature; smaller and faster to insert).
     pub layout: DocumentLayout,
@@ -60,6 +63,7 @@ impl Default for MongoSinkConfig {
             retry_max_ms: 5_000,
             connect_timeout_ms: 5_000,
             max_pending_records: 5_000,
+            concurrent_writes: 2,
             layout: DocumentLayout::Frames,
         }
     }
@@ -109,6 +113,13 @@ impl MongoSinkConfig {
                 "mongo.retry_max_ms",
                 self.retry_max_ms,
                 "retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms",
+            ));
+        }
+        if !(1..=64).contains(&self.concurrent_writes) {
+            problems.push(Problem::new(
+                "mongo.concurrent_writes",
+                self.concurrent_writes,
+                "must be between 1 and 64",
             ));
         }
         if self.max_pending_records == 0 {
