@@ -1364,10 +1364,9 @@ async fn mongo_ceiling(
         .map(|s| extractor.new_stream(s.chunks.first().map_or(0, |c| c.start_sample)))
         .collect();
     let rounds = streams.iter().map(|s| s.chunks.len()).max().unwrap_or(0);
-    let mut batch: Vec<mongodb::bson::RawDocumentBuf> = Vec::with_capacity(batch_size);
-    let (mut inserted, mut bson_bytes, mut inserts) = (0usize, 0u64, 0usize);
-    let mut insert_time = 0.0;
-    let mut slowest: f64 = 0.0;
+    // Encode first (not timed), then insert with the worker's concurrency, timed as a whole.
+    let mut batches: Vec<Vec<mongodb::bson::RawDocumentBuf>> = vec![Vec::new()];
+    let (mut encoded, mut bson_bytes) = (0usize, 0u64);
     let mut chunks_covered = 0u64;
     'outer: for round in 0..rounds {
         for (stream, state) in streams.iter().zip(states.iter_mut()) {
@@ -1381,31 +1380,35 @@ async fn mongo_ceiling(
                 let (_, document) =
                     encode_record(stream, chunk, topic, &ctx.settings, &out, false)?;
                 bson_bytes += document.as_bytes().len() as u64;
-                batch.push(document);
-            }
-            let last = inserted + batch.len() >= limit;
-            if batch.len() >= batch_size || last {
-                let started = Instant::now();
-                sink.insert_idempotent(&batch).await?;
-                let took = started.elapsed().as_secs_f64();
-                insert_time += took;
-                slowest = slowest.max(took);
-                inserts += 1;
-                inserted += batch.len();
-                batch.clear();
-                if last {
+                if batches.last().is_some_and(|b| b.len() >= batch_size) {
+                    batches.push(Vec::new());
+                }
+                batches.last_mut().expect("one batch").push(document);
+                encoded += 1;
+                if encoded >= limit {
                     break 'outer;
                 }
             }
         }
     }
-    if !batch.is_empty() {
-        let started = Instant::now();
-        sink.insert_idempotent(&batch).await?;
-        insert_time += started.elapsed().as_secs_f64();
-        inserts += 1;
-        inserted += batch.len();
+    let concurrency = ctx.settings.mongo.concurrent_writes.max(1);
+    let inserts = batches.len();
+    let started = Instant::now();
+    let took: Vec<anyhow::Result<f64>> = futures::stream::iter(batches.iter())
+        .map(|batch| async {
+            let started = Instant::now();
+            sink.insert_idempotent(batch).await?;
+            Ok(started.elapsed().as_secs_f64())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let insert_time = started.elapsed().as_secs_f64();
+    let mut slowest: f64 = 0.0;
+    for t in took {
+        slowest = slowest.max(t?);
     }
+    let inserted = encoded;
     let stored = sink.collection().count_documents(doc! {}).await?;
     if !ctx.args.keep {
         let client = ctx.mongo().await?;
@@ -1420,7 +1423,7 @@ async fn mongo_ceiling(
         .map_or(0.0, |c| c.samples.len() as f64 * 2.0);
     let docs_per_s = inserted as f64 / insert_time;
     Ok(json!({
-        "what": format!("MongoDB insert_many unordered, {batch_size} docs per call, worker's indexes"),
+        "what": format!("MongoDB insert_many unordered, {batch_size} docs per call, {concurrency} at once, worker's indexes"),
         "documents": inserted,
         "stored": stored,
         "inserts": inserts,
