@@ -14,7 +14,7 @@
 #      produce time to the output topic and to MongoDB;
 #   4. scaling over runtime.worker_threads;
 #   5. memory per 1000 live streams.
-# It prints a table and, with --out FILE.json, writes every figure as JSON.
+# It prints a table and writes every figure as JSON (target/bench/<run id>/bench.json, or --out).
 #
 # Common flags (all optional; `--help` lists every one with its default):
 #   --streams N            throughput streams (default 100)
@@ -25,7 +25,7 @@
 #                          --skip-java-ceiling)
 #   --threads 1,2          worker_threads values for scaling (default 1, 2, 4, … up to nproc)
 #   --memory-streams LIST  one-chunk stream counts of the memory phase (default 10000)
-#   --out FILE.json        write the figures as JSON
+#   --out FILE.json        where to write the JSON figures
 #   --keep                 keep the topics and databases the run created
 #
 # Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`.

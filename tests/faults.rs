@@ -165,15 +165,17 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     let names = &scenario.names;
     let worker = spawn_worker(scenario.settings.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    services(&["stop", "mongo"]);
+    let mongo = StoppedService::stop("mongo");
     let down_since = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let during = committed_offsets(&names.group, &names.input, PARTITIONS);
+    // Not ready once a write has failed (after the driver's server-selection timeout).
     assert!(
-        worker.health.readiness().status == "fail",
+        eventually(Duration::from_secs(15), || worker.health.readiness().status
+            == "fail")
+        .await,
         "not ready while MongoDB is down"
     );
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    let during = committed_offsets(&names.group, &names.input, PARTITIONS);
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(down_since.elapsed())).await;
     let later = committed_offsets(&names.group, &names.input, PARTITIONS);
     assert_eq!(during, later, "offsets advanced while MongoDB was down");
     assert!(
@@ -181,7 +183,7 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
         "writes failed during the outage"
     );
     assert!(down_since.elapsed() >= Duration::from_secs(20));
-    services(&["start", "mongo"]);
+    mongo.start();
     scenario.finish().await;
     assert_eq!(
         worker.health.readiness().status,

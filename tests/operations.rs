@@ -53,6 +53,18 @@ fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> Strin
     }
 }
 
+/// GETs `path` until it answers 200 or `timeout` passes; the last answer.
+fn get_until_ok(address: &str, path: &str, timeout: Duration) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(address, path);
+        if status == 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_follow_the_work() {
     let names = Names::new("ops");
@@ -77,14 +89,7 @@ async fn metrics_and_health_follow_the_work() {
         .expect("address field")
         .to_string();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (status, body) = loop {
-        let (status, body) = http_get(&address, "/healthz");
-        if status == 200 || Instant::now() > deadline {
-            break (status, body);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, body) = get_until_ok(&address, "/healthz", Duration::from_secs(20));
     assert_eq!(status, 200, "healthz: {body}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
@@ -93,14 +98,7 @@ async fn metrics_and_health_follow_the_work() {
 
     // Ready while idle: partitions assigned and both services reachable, before any message
     // (broker reachability comes from librdkafka's statistics, every 5 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
-        let (status, body) = http_get(&address, "/readyz");
-        if status == 200 || Instant::now() > deadline {
-            break (status, body);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, body) = get_until_ok(&address, "/readyz", Duration::from_secs(30));
     assert_eq!(status, 200, "readyz before the first message: {body}");
 
     let streams: Vec<(String, Vec<Chunk>)> = (0..3)

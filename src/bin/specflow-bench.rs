@@ -71,7 +71,8 @@ struct Args {
     /// Directory for worker and producer logs (a subdirectory per run).
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
-    /// Write the figures as JSON to this file.
+    /// Write the figures as JSON to this file (default: `bench.json` in the run's log
+    /// directory under --work-dir).
     #[arg(long)]
     out: Option<PathBuf>,
 
@@ -2806,9 +2807,12 @@ fn main() -> anyhow::Result<()> {
     let report = result?;
     let text = table(&report);
     println!("{text}");
-    if let Some(path) = &ctx.args.out {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
-        say(format!("figures written to {}", path.display()));
-    }
+    let path = ctx
+        .args
+        .out
+        .clone()
+        .unwrap_or_else(|| ctx.log_dir.join("bench.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    say(format!("figures written to {}", path.display()));
     Ok(())
 }

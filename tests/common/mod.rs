@@ -591,6 +591,56 @@ pub fn services(args: &[&str]) {
     assert!(status.success(), "scripts/services.sh {args:?} failed");
 }
 
+/// A local service stopped by a test (`scripts/services.sh stop <name>`). It is started again
+/// by [`StoppedService::start`], or on drop if the test fails first, so one failing fault test
+/// cannot take the service away from the tests after it.
+pub struct StoppedService {
+    name: &'static str,
+    started: bool,
+}
+
+impl StoppedService {
+    /// Stops `name` (`kafka` or `mongo`).
+    pub fn stop(name: &'static str) -> Self {
+        services(&["stop", name]);
+        Self {
+            name,
+            started: false,
+        }
+    }
+
+    /// Starts it again and waits until it answers.
+    pub fn start(mut self) {
+        self.started = true;
+        services(&["start", self.name]);
+    }
+}
+
+impl Drop for StoppedService {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = std::process::Command::new("bash")
+                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
+                .args(["start", self.name])
+                .status();
+        }
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes; whether it held.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A `specflow run` child process (the test binary's own build). Dropping it kills the
 /// process, so a failing test never leaves a worker running against the shared services.
 pub struct WorkerProcess {
