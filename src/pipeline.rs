@@ -5,12 +5,12 @@
 //! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
 //! documents to the [`MongoWriter`] tasks (`mongo.concurrent_writes`; partitions are dealt
 //! over them) and goes on with the next batch. Each writer inserts its jobs in order (merging
-//! those that queued up) and only then stores the job's offsets, so an
-//! offset is stored only after every record before it is acknowledged by Kafka and MongoDB
-//! and every rejected message by the dead-letter topic, and never past a message whose
-//! samples a live stream still needs (see [`crate::streams`]). At most
-//! `mongo.max_pending_records` records wait; then the loop waits too (still polling). While a sink is down the
-//! partitions are paused and the write retried with exponential backoff.
+//! those that queued up) and only then stores the job's offsets, so an offset is stored only
+//! after every record before it is acknowledged by Kafka and MongoDB and every rejected
+//! message by the dead-letter topic, and never past a message whose samples a live stream
+//! still needs (see [`crate::streams`]). At most `mongo.max_pending_records` records wait;
+//! then the loop waits too (still polling). While a sink is down the partitions are paused
+//! and the write retried with exponential backoff.
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -482,9 +482,9 @@ struct MongoWriter {
 
 impl MongoWriter {
     /// Writes jobs in arrival order until the channel closes; stores each job's offsets after
-    /// its documents are acknowledged. Returns the error that stopped it, if any.
-    /// Jobs that queued up while MongoDB was busy go out in one insert (up to
-    /// `source.batch_max_messages` documents), so a slow server gets fewer, larger writes.
+    /// its documents are acknowledged. Jobs that queued up while MongoDB was busy go out in one
+    /// insert (up to `source.batch_max_messages` documents), so a slow server gets fewer,
+    /// larger writes. Returns the error that stopped it, if any.
     async fn run(
         self,
         mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,

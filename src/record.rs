@@ -111,12 +111,11 @@ impl FeatureRecord<'_> {
     /// BSON document for MongoDB in `layout`, with `_id` first, serialised straight to bytes
     /// (a quarter of the memory of a `Document` tree, and what the driver sends as is).
     pub fn to_document(&self, layout: DocumentLayout) -> Result<RawDocumentBuf, DocumentError> {
-        let with_frames = layout == DocumentLayout::Frames;
         let mut document = bson::to_raw_document_buf(&ForMongo {
             record: self,
-            with_frames,
+            layout,
         })?;
-        if !with_frames {
+        if layout == DocumentLayout::Columns {
             document.append("columns", self.columns()?);
         }
         Ok(document)
@@ -171,13 +170,12 @@ impl FeatureRecord<'_> {
 /// How FeatureRecord goes to MongoDB: `_id` instead of `id`, and `frames` only in that layout.
 struct ForMongo<'r, 'a> {
     record: &'r FeatureRecord<'a>,
-    with_frames: bool,
+    layout: DocumentLayout,
 }
 
 impl Serialize for ForMongo<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.record
-            .serialize_fields(serializer, "_id", self.with_frames)
+        self.record.serialize_fields(serializer, Some(self.layout))
     }
 }
 
@@ -217,7 +215,7 @@ impl Serialize for Frames<'_, '_> {
 
 impl Serialize for FeatureRecord<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.serialize_fields(serializer, "id", true)
+        self.serialize_fields(serializer, None)
     }
 }
 
@@ -225,18 +223,19 @@ impl FeatureRecord<'_> {
     fn serialize_fields<S: Serializer>(
         &self,
         serializer: S,
-        id_key: &'static str,
-        with_frames: bool,
+        mongo: Option<DocumentLayout>,
     ) -> Result<S::Ok, S::Error> {
         let start_ms = self.timestamp_of(self.batch.start_sample(0));
         let end_ms = self.end_ms();
+        // `frames` goes everywhere but into the `columns` layout (which appends `columns`).
+        let with_frames = mongo != Some(DocumentLayout::Columns);
         let mut map = serializer.serialize_map(Some(13 + usize::from(with_frames)))?;
-        if id_key == "_id" {
-            map.serialize_entry(id_key, &self.id())?;
+        if mongo.is_some() {
+            map.serialize_entry("_id", &self.id())?;
             map.serialize_entry("schema", &SCHEMA_VERSION)?;
         } else {
             map.serialize_entry("schema", &SCHEMA_VERSION)?;
-            map.serialize_entry(id_key, &self.id())?;
+            map.serialize_entry("id", &self.id())?;
         }
         map.serialize_entry("stream_id", self.stream_id)?;
         map.serialize_entry("sample_rate", &self.sample_rate)?;

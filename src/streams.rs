@@ -435,6 +435,26 @@ mod tests {
             }
         }
 
+        /// Applies a chunk described by `m` (frames land in `self.out`).
+        fn apply(
+            &mut self,
+            m: &ChunkMeta,
+            samples: &[f32],
+            offset: i64,
+            stored_through: Option<u64>,
+        ) -> Result<ChunkOutcome, StreamError> {
+            self.table.apply(
+                &self.cache,
+                &self.limits,
+                &mut self.ws,
+                m,
+                samples,
+                offset,
+                stored_through,
+                &mut self.out,
+            )
+        }
+
         /// Applies a chunk; returns its outcome and the (index, rms bits) of its frames.
         fn feed(
             &mut self,
@@ -444,16 +464,7 @@ mod tests {
             offset: i64,
         ) -> Result<(ChunkOutcome, Vec<(u64, u32)>), StreamError> {
             let m = meta(stream, start, samples.len(), false);
-            let outcome = self.table.apply(
-                &self.cache,
-                &self.limits,
-                &mut self.ws,
-                &m,
-                samples,
-                offset,
-                None,
-                &mut self.out,
-            )?;
+            let outcome = self.apply(&m, samples, offset, None)?;
             let frames = (0..self.out.len())
                 .map(|i| {
                     (
@@ -523,9 +534,7 @@ mod tests {
         let x = signal(100);
         let mut h = Harness::new();
         let m = meta("s", Some(0), 100, true);
-        h.table
-            .apply(&h.cache, &h.limits, &mut h.ws, &m, &x, 0, None, &mut h.out)
-            .unwrap();
+        h.apply(&m, &x, 0, None).unwrap();
         assert!(!h.table.contains("s"));
         h.feed("t", Some(0), &x, 1).unwrap();
         h.table.last_sweep = Instant::now() - Duration::from_secs(2);
@@ -559,18 +568,7 @@ mod tests {
         assert_eq!(h.table.commit_offset(), Some(12));
         // A stream that ended releases everything.
         let m = meta("s", Some(200), 10, true);
-        h.table
-            .apply(
-                &h.cache,
-                &h.limits,
-                &mut h.ws,
-                &m,
-                &x[200..210],
-                20,
-                None,
-                &mut h.out,
-            )
-            .unwrap();
+        h.apply(&m, &x[200..210], 20, None).unwrap();
         assert_eq!(h.table.commit_offset(), Some(21));
     }
 
@@ -582,18 +580,7 @@ mod tests {
         // Replay starts at sample 128 with the message whose record (frames 8..=16, all that end
         // before sample 328) was stored before the restart: records are stored whole.
         let m = meta("s", Some(128), 200, false);
-        h.table
-            .apply(
-                &h.cache,
-                &h.limits,
-                &mut h.ws,
-                &m,
-                &x[128..328],
-                5,
-                Some(16),
-                &mut h.out,
-            )
-            .unwrap();
+        h.apply(&m, &x[128..328], 5, Some(16)).unwrap();
         assert!(h.out.is_empty(), "frames 8..=16 were stored already");
         let (_, frames) = h.feed("s", Some(328), &x[328..], 6).unwrap();
         assert_eq!(frames.first().map(|f| f.0), Some(17));

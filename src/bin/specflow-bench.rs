@@ -1978,18 +1978,17 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
     mongo_censored.extend(kafka_censored.iter().copied());
     let mut scrape_ms = scrape_ms;
     scrape_ms.sort_by(f64::total_cmp);
-    let mut by_lookup: Vec<f64> = polled
-        .latencies
-        .iter()
-        .filter(|(source, _)| *source >= first_source + (warm_chunks * args.chunk_ms) as i64)
-        .map(|(_, l)| *l)
-        .collect();
-    let mut lookup_censored: Vec<f64> = polled
-        .unresolved
-        .iter()
-        .filter(|(source, _)| *source >= first_source + (warm_chunks * args.chunk_ms) as i64)
-        .map(|(_, l)| *l)
-        .collect();
+    // Lookups of records produced after the warm-up.
+    let measured = |pairs: &[(i64, f64)]| -> Vec<f64> {
+        let warm_end = first_source + (warm_chunks * args.chunk_ms) as i64;
+        pairs
+            .iter()
+            .filter(|(source, _)| *source >= warm_end)
+            .map(|(_, l)| *l)
+            .collect()
+    };
+    let mut by_lookup = measured(&polled.latencies);
+    let mut lookup_censored = measured(&polled.unresolved);
     // Sampled records never seen on Kafka were never looked up: they are censored too.
     lookup_censored.extend(sampled_censored);
     let mut gaps = polled.resolution_gaps.clone();
