@@ -683,6 +683,11 @@ pub async fn run(
             .max_pending_records
             .max(settings.source.batch_max_messages),
     );
+    let probe = tokio::spawn(probe_mongo(
+        sinks.mongo.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let mut jobs = Vec::new();
     let mut writers = Vec::new();
     for _ in 0..settings.mongo.concurrent_writes.max(1) {
@@ -812,8 +817,25 @@ pub async fn run(
         Ok(false) => {}
         Err(e) => warn!(error = %e, "Final commit failed; uncommitted messages will be replayed."),
     }
+    probe.abort();
     consumer.unsubscribe();
     result
+}
+
+/// How often MongoDB is pinged for readiness.
+const MONGO_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Pings MongoDB every [`MONGO_PROBE_INTERVAL`] so that readiness follows it even while no
+/// batch is being written (failed writes also report it at once, and pause the partitions).
+async fn probe_mongo(mongo: MongoSink, health: Arc<Health>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MONGO_PROBE_INTERVAL) => {}
+        }
+        let reachable = mongo.ping().await.is_ok();
+        health.set_mongo_ok(reachable);
+    }
 }
 
 /// The budget of records waiting for MongoDB (`mongo.max_pending_records`).

@@ -161,13 +161,20 @@ async fn rebalance_one_to_three_to_two_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongodb_outage_pauses_without_advancing_offsets() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let scenario = Scenario::start("outage", Duration::from_millis(80)).await;
+    // 40 rounds 200 ms apart: the load goes on for several seconds into the outage, so that
+    // writes are attempted (and fail) while MongoDB is down.
+    let scenario = Scenario::start("outage", Duration::from_millis(200)).await;
     let names = &scenario.names;
     let worker = spawn_worker(scenario.settings.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mongo = StoppedService::stop("mongo");
+    assert!(
+        !scenario.producer.is_finished(),
+        "the load must still be running when MongoDB goes down"
+    );
     let down_since = Instant::now();
-    // Not ready once a write has failed (after the driver's server-selection timeout).
+    // Not ready once a write or the worker's MongoDB ping has failed (after the driver's
+    // server-selection timeout), even when no record is waiting.
     assert!(
         eventually(Duration::from_secs(15), || worker.health.readiness().status
             == "fail")
