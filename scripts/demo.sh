@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: installs build deps, starts local Kafka + FerretDB, builds
-# specflow, runs the worker, streams a sample WAV through it as 4 concurrent streams, and
-# prints feature records from Kafka and the count stored in MongoDB.
+# specflow, runs the worker, streams the speech sample shipped in tests/data/signals through it
+# as 4 concurrent streams, and prints a few feature records from Kafka, one line per stream
+# (frames, voiced frames, mean f0) and the count stored in MongoDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,8 +10,7 @@ bash scripts/services.sh up
 echo "demo: building"
 cargo build --locked --bin specflow
 bin=target/debug/specflow
-wav=../shared/reference/signals/speech_16k.wav
-[ -f "$wav" ] || wav=""
+wav=tests/data/signals/speech_16k.wav
 run_id="demo-$(date +%s)"
 export SPECFLOW__SOURCE__TOPIC="$run_id.audio"
 export SPECFLOW__OUTPUT__TOPIC="$run_id.features"
@@ -26,13 +26,17 @@ worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do grep -q "Consuming." "$log" && break; sleep 1; done
 grep -q "Consuming." "$log" || { echo "demo: worker did not start:"; tail -20 "$log"; exit 1; }
-echo "demo: streaming ${wav:-a 440 Hz tone} as 4 streams"
-if [ -n "$wav" ]; then
-  "$bin" produce --config configs/specflow.toml --wav "$wav" --streams 4 --chunk-ms 100
-else
-  "$bin" produce --config configs/specflow.toml --tone 440 --duration 5 --streams 4 --chunk-ms 100
-fi
-sleep 3
+echo "demo: streaming $wav (espeak-ng speech) as 4 streams"
+"$bin" produce --config configs/specflow.toml --wav "$wav" --streams 4 --chunk-ms 100
+# Wait until the worker has stored everything: the MongoDB count stops changing.
+previous=-1
+for _ in $(seq 1 30); do
+  count=$("$bin" inspect --config configs/specflow.toml --records 0 --wait 5 2>/dev/null \
+    | sed -n 's/^mongodb .*: \([0-9]*\) feature records stored$/\1/p')
+  [ -n "$count" ] && [ "$count" -gt 0 ] && [ "$count" = "$previous" ] && break
+  previous=${count:--1}
+  sleep 1
+done
 echo "demo: feature records from Kafka topic $SPECFLOW__OUTPUT__TOPIC:"
 "$bin" inspect --config configs/specflow.toml --records 3 --wait 15
 kill -TERM $worker; wait $worker || true

@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Writes extra librosa reference cases to tests/data/ for tests/dsp_parity.rs.
+"""Regenerates every reference file under tests/data/ from its WAV, with librosa.
 
-The shared reference (shared/reference) uses one parameter family (Hann, Slaney mel, power-of-two
-frames). These cases use other windows, the HTK mel scale, odd and non-power-of-two frame
-lengths and other pitch/rolloff settings, on signals synthesised here, so parity cannot come from
-tuning to the shared files. The JSON layout is the shared one, with the extra parameters as
-numbers (roll_percent, pitch_fmin, pitch_fmax, pitch_threshold) and `mel` = "htk" | "slaney".
+For each case below it writes
+- `signals/<case>.wav` (only for the cases synthesised here; the others are the recordings and
+  test signals shipped in `signals/`, which this script reads),
+- `features/<case>.json`: what librosa computes for the spectral features, `f0_yin`
+  (`librosa.yin`) and `yin_voiced`, the YIN voicing rule per frame (a trough of the cumulative
+  mean normalised difference below `trough_threshold` within `[sr/fmax, sr/fmin]`; where there is
+  none, librosa.yin still reports the global minimum, so `f0_yin` alone cannot say it),
+- `pyin/<case>.json`: what `librosa.pyin` computes (`f0` null where unvoiced, `voiced`,
+  `voiced_prob`) with `center=False`, the case's pitch range and librosa's other defaults.
+
+Every file records the librosa and numpy versions that made it. The definitions are in
+tests/data/README.md. The synthesised cases use other windows, the HTK mel scale, odd and
+non-power-of-two frame lengths and other pitch/rolloff settings, so parity cannot come from
+tuning to one parameter family.
 
     python3 -m venv ~/.cache/specflow/venv-librosa      # any venv with librosa 0.11 will do
     ~/.cache/specflow/venv-librosa/bin/pip install librosa
@@ -19,8 +28,17 @@ from pathlib import Path
 import librosa
 import numpy as np
 import scipy.io.wavfile
+from librosa.core.pitch import _cumulative_mean_normalized_difference
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data"
+
+# The parameter family of the shipped test signals (Hann, Slaney mel, power-of-two frames).
+YIN_DEFAULTS = dict(pitch_fmin=65.0, pitch_fmax=2093.0, pitch_threshold=0.1, roll_percent=0.85)
+
+
+def shipped(n_fft: int, hop: int, n_mels: int, n_mfcc: int, fmin: float, fmax: float) -> dict:
+    return dict(frame_length=n_fft, hop_length=hop, window="hann", n_mels=n_mels, n_mfcc=n_mfcc,
+                fmin=fmin, fmax=fmax, mel="slaney", **YIN_DEFAULTS)
 
 
 def harmonic_vibrato(sr: int) -> np.ndarray:
@@ -52,6 +70,14 @@ def two_notes(sr: int) -> np.ndarray:
 
 
 CASES = [
+    {"name": "chirp_16k", "sample_rate": 16000, "params": shipped(512, 128, 40, 13, 0.0, 8000.0)},
+    {"name": "noise_16k", "sample_rate": 16000, "params": shipped(1024, 512, 40, 13, 0.0, 8000.0)},
+    {"name": "sine440_16k", "sample_rate": 16000, "params": shipped(1024, 256, 40, 13, 0.0, 8000.0)},
+    {"name": "speech_16k", "sample_rate": 16000, "params": shipped(512, 160, 40, 13, 20.0, 7600.0)},
+    {"name": "square220_22k", "sample_rate": 22050,
+     "params": shipped(2048, 512, 128, 20, 0.0, 11025.0)},
+    {"name": "twotone_stereo_44k", "sample_rate": 44100,
+     "params": shipped(2048, 512, 128, 20, 0.0, 22050.0)},
     {
         "name": "vibrato_hamming_htk_400_16k",
         "make": harmonic_vibrato,
@@ -71,14 +97,50 @@ CASES = [
 ]
 
 
-def write_case(case: dict) -> None:
+def versions() -> dict:
+    return dict(librosa=librosa.__version__, numpy=np.__version__,
+                generator="scripts/make_reference.py")
+
+
+def rounded(v):
+    """7 significant digits; None stays None (pyin's unvoiced f0)."""
+    return [None if x is None or np.isnan(x) else float(f"{x:.7g}")
+            for x in np.asarray(v, dtype=np.float64).ravel().tolist()] if np.ndim(v) == 1 else \
+        [rounded(row) for row in v]
+
+
+def load_signal(case: dict) -> np.ndarray:
+    """Mono float32 samples (int16 / 32768, channels averaged) of the case's WAV, writing the
+    WAV first when the case is synthesised here."""
+    sr = case["sample_rate"]
+    path = OUT / "signals" / (case["name"] + ".wav")
+    if "make" in case:
+        pcm = np.clip(np.round(case["make"](sr) * 32767), -32768, 32767).astype(np.int16)
+        scipy.io.wavfile.write(path, sr, pcm)
+    rate, pcm = scipy.io.wavfile.read(path)
+    assert rate == sr, f"{path}: {rate} Hz, expected {sr}"
+    assert pcm.dtype == np.int16, f"{path}: expected 16-bit PCM"
+    y = pcm.astype(np.float64) / 32768.0
+    if y.ndim == 2:
+        y = y.mean(axis=1)
+    return y.astype(np.float32)
+
+
+def yin_voiced(y: np.ndarray, sr: int, n_fft: int, hop: int, fmin: float, fmax: float,
+               threshold: float) -> np.ndarray:
+    """librosa.yin's own rule, per frame: is there a trough below the threshold?"""
+    frames = librosa.util.frame(y, frame_length=n_fft, hop_length=hop)
+    min_period = int(np.floor(sr / fmax))
+    max_period = min(int(np.ceil(sr / fmin)), n_fft - 1)
+    cmnd = _cumulative_mean_normalized_difference(frames, min_period, max_period)
+    is_trough = librosa.util.localmin(cmnd, axis=-2)
+    is_trough[..., 0, :] = cmnd[..., 0, :] < cmnd[..., 1, :]
+    return np.any(np.logical_and(is_trough, cmnd < threshold), axis=-2)
+
+
+def write_features(case: dict, y: np.ndarray) -> int:
     sr = case["sample_rate"]
     p = case["params"]
-    pcm = np.clip(np.round(case["make"](sr) * 32767), -32768, 32767).astype(np.int16)
-    signal = case["name"] + ".wav"
-    scipy.io.wavfile.write(OUT / "signals" / signal, sr, pcm)
-    y = pcm.astype(np.float32) / 32768.0
-
     n_fft, hop = p["frame_length"], p["hop_length"]
     htk = p["mel"] == "htk"
     S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, window=p["window"], center=False))
@@ -102,31 +164,60 @@ def write_case(case: dict) -> None:
     }
     frames = features["rms"].size
     assert all(len(v) == frames for v in features.values())
-
-    def rounded(v):
-        return np.vectorize(lambda x: float(f"{x:.7g}"), otypes=[object])(np.asarray(v, dtype=np.float64)).tolist()
-
+    voiced = yin_voiced(y, sr, n_fft, hop, p["pitch_fmin"], p["pitch_fmax"], p["pitch_threshold"])
+    assert voiced.size == frames
     doc = {
-        "signal": signal,
+        "signal": case["name"] + ".wav",
         "sample_rate": sr,
         "frames": frames,
         "samples": int(y.size),
         "params": dict(p, center=False, mel_norm="slaney",
                        mfcc="dct-II ortho over power_to_db(mel, ref=1, amin=1e-10, top_db=None)",
-                       chroma="chroma_stft tuning=0 norm=inf", librosa=librosa.__version__,
-                       generator="scripts/make_reference.py"),
-        "features": {k: rounded(v) for k, v in features.items()},
+                       chroma="chroma_stft tuning=0 norm=inf",
+                       f0="librosa.yin trough_threshold=pitch_threshold; yin_voiced: a trough "
+                          "below it within [sr/pitch_fmax, sr/pitch_fmin]",
+                       **versions()),
+        "features": dict({k: rounded(v) for k, v in features.items()},
+                         yin_voiced=[bool(v) for v in voiced]),
     }
     with open(OUT / "features" / (case["name"] + ".json"), "w") as f:
         json.dump(doc, f, separators=(",", ":"))
-    print(f"{case['name']}: {frames} frames, {y.size} samples")
+    return frames
+
+
+def write_pyin(case: dict, y: np.ndarray) -> int:
+    sr = case["sample_rate"]
+    p = case["params"]
+    n_fft, hop = p["frame_length"], p["hop_length"]
+    f0, voiced, voiced_prob = librosa.pyin(y, fmin=p["pitch_fmin"], fmax=p["pitch_fmax"], sr=sr,
+                                           frame_length=n_fft, hop_length=hop, center=False)
+    doc = {
+        "signal": case["name"] + ".wav",
+        "sample_rate": sr,
+        "frames": int(f0.size),
+        "params": dict(frame_length=n_fft, hop_length=hop, center=False, fmin=p["pitch_fmin"],
+                       fmax=p["pitch_fmax"],
+                       pyin="librosa.pyin defaults: n_thresholds 100, beta (2, 18), boltzmann 2, "
+                            "resolution 0.1, max_transition_rate 35.92, switch_prob 0.01, "
+                            "no_trough_prob 0.01",
+                       **versions()),
+        "f0": rounded(f0),
+        "voiced": [bool(v) for v in voiced],
+        "voiced_prob": rounded(voiced_prob),
+    }
+    with open(OUT / "pyin" / (case["name"] + ".json"), "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    return int(voiced.sum())
 
 
 def main() -> None:
-    os.makedirs(OUT / "signals", exist_ok=True)
-    os.makedirs(OUT / "features", exist_ok=True)
+    for sub in ("signals", "features", "pyin"):
+        os.makedirs(OUT / sub, exist_ok=True)
     for case in CASES:
-        write_case(case)
+        y = load_signal(case)
+        frames = write_features(case, y)
+        voiced = write_pyin(case, y)
+        print(f"{case['name']}: {frames} frames ({voiced} pyin-voiced), {y.size} samples")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+echo "test: the repository stands on its own"
+bash scripts/check-standalone.sh
 bash scripts/setup.sh
 bash scripts/services.sh up
 echo "test: cargo fmt --check"

@@ -69,20 +69,28 @@ struct ExtractArgs {
     /// Comma-separated feature names, or `all`.
     #[arg(long)]
     features: Option<String>,
+    /// Samples per frame (dsp.frame_length).
     #[arg(long)]
     frame_length: Option<usize>,
+    /// Samples between frame starts (dsp.hop_length).
     #[arg(long)]
     hop_length: Option<usize>,
+    /// Mel bands (dsp.n_mels).
     #[arg(long)]
     n_mels: Option<usize>,
+    /// MFCC coefficients (dsp.n_mfcc).
     #[arg(long)]
     n_mfcc: Option<usize>,
+    /// Lowest mel band edge in Hz (dsp.fmin).
     #[arg(long)]
     fmin: Option<f64>,
+    /// Highest mel band edge in Hz (dsp.fmax; default: half the sample rate).
     #[arg(long)]
     fmax: Option<f64>,
+    /// Lowest pitch searched, in Hz (dsp.pitch_fmin).
     #[arg(long)]
     pitch_fmin: Option<f64>,
+    /// Highest pitch searched, in Hz (dsp.pitch_fmax).
     #[arg(long)]
     pitch_fmax: Option<f64>,
     /// The WAV file.

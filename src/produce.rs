@@ -118,6 +118,12 @@ fn synthesize(signal: &Signal, sample_rate: u32, seconds: f64, seed: u64) -> any
     })
 }
 
+/// Capture time in Unix ms of the sample `start_sample` of a stream whose first sample was
+/// captured at `stream_start_ms`.
+fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) -> i64 {
+    stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -166,6 +172,10 @@ pub async fn produce(
         .div_ceil(frames_per_chunk * usize::from(first.channels));
     info!(streams = options.streams, chunks, chunk_ms = options.chunk_ms, %topic, "Producing.");
     let started = Instant::now();
+    // Capture time of each stream's first sample. Without `realtime` the audio is sent faster
+    // than it plays, so each chunk is stamped start + start_sample / sample_rate (its capture
+    // time), not the time it was sent.
+    let stream_start_ms = now_ms();
     let mut summary = ProduceSummary {
         messages: 0,
         bytes: 0,
@@ -175,7 +185,6 @@ pub async fn produce(
             let due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
             tokio::time::sleep_until(due.into()).await;
         }
-        let timestamp = now_ms().to_string();
         let mut payloads = Vec::with_capacity(pcm.len());
         for (stream, audio) in pcm.iter().enumerate() {
             let per_chunk = frames_per_chunk * usize::from(audio.channels);
@@ -189,16 +198,23 @@ pub async fn produce(
                 .flat_map(|s| s.to_le_bytes())
                 .collect();
             let last = end == audio.samples.len();
+            let start_sample = (chunk * frames_per_chunk) as u64;
+            let timestamp = if options.realtime {
+                now_ms()
+            } else {
+                capture_time_ms(stream_start_ms, start_sample, audio.sample_rate)
+            };
             payloads.push((
                 format!("{}{stream}", options.stream_prefix),
                 payload,
-                (chunk * frames_per_chunk).to_string(),
+                start_sample.to_string(),
+                timestamp.to_string(),
                 last,
                 audio,
             ));
         }
         let mut sends = Vec::with_capacity(payloads.len());
-        for (key, payload, start, last, audio) in &payloads {
+        for (key, payload, start, timestamp, last, audio) in &payloads {
             let rate = audio.sample_rate.to_string();
             let channels = audio.channels.to_string();
             let mut headers = OwnedHeaders::new()
@@ -247,4 +263,16 @@ pub async fn produce(
         "Produced."
     );
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capture_time_ms;
+
+    #[test]
+    fn capture_time_follows_the_sample_position() {
+        assert_eq!(capture_time_ms(1_000, 0, 16_000), 1_000);
+        assert_eq!(capture_time_ms(1_000, 1_120, 16_000), 1_070);
+        assert_eq!(capture_time_ms(5, 44_100, 44_100), 1_005);
+    }
 }

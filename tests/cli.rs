@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn specflow(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_specflow"))
         .args(args)
@@ -10,9 +12,7 @@ fn specflow(args: &[&str]) -> std::process::Output {
 }
 
 fn reference(name: &str) -> String {
-    let dir = std::env::var("SPECFLOW_REFERENCE_DIR")
-        .unwrap_or_else(|_| format!("{}/../shared/reference", env!("CARGO_MANIFEST_DIR")));
-    format!("{dir}/signals/{name}")
+    common::reference_signal(name).display().to_string()
 }
 
 #[test]
@@ -50,8 +50,8 @@ fn extract_prints_one_json_object_per_frame() {
             .collect();
         assert_eq!(
             keys.len(),
-            6,
-            "index, start_sample, rms, f0, voiced, mfcc: {keys:?}"
+            7,
+            "index, start_sample, rms, f0, voiced, voiced_prob (pyin), mfcc: {keys:?}"
         );
         assert_eq!(frame["mfcc"].as_array().unwrap().len(), 13);
         let f0 = frame["f0"].as_f64().expect("a steady sine is voiced");
@@ -113,4 +113,51 @@ fn check_lists_every_problem_and_fails() {
         &format!("{}/configs/specflow.toml", env!("CARGO_MANIFEST_DIR")),
     ]);
     assert!(ok.status.success());
+}
+
+/// Option lines of a subcommand's `--help`: `(flag, help text)`.
+fn options_of(subcommand: &str) -> Vec<(String, String)> {
+    let out = specflow(&[subcommand, "--help"]);
+    assert!(out.status.success(), "{subcommand} --help");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut options = Vec::new();
+    let mut in_options = false;
+    for line in text.lines() {
+        if line.starts_with("Options:") {
+            in_options = true;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if !in_options || !trimmed.starts_with('-') {
+            continue;
+        }
+        // `  -c, --config <CONFIG>  TOML config file [env: ...]`: the help follows two spaces.
+        let (flag, help) = trimmed.split_once("  ").unwrap_or((trimmed, ""));
+        options.push((flag.trim().to_string(), help.trim().to_string()));
+    }
+    options
+}
+
+#[test]
+fn every_option_of_every_command_has_a_help_line() {
+    for subcommand in ["run", "check", "extract", "produce", "inspect"] {
+        let options = options_of(subcommand);
+        assert!(
+            options.len() >= 2,
+            "{subcommand}: too few options parsed: {options:?}"
+        );
+        for (flag, help) in &options {
+            assert!(
+                !help.is_empty(),
+                "specflow {subcommand} {flag} has no --help text"
+            );
+        }
+    }
+    let extract: Vec<String> = options_of("extract").into_iter().map(|(f, _)| f).collect();
+    for flag in ["--frame-length", "--hop-length", "--n-mels", "--pitch-fmin"] {
+        assert!(
+            extract.iter().any(|f| f.contains(flag)),
+            "extract lists {flag}: {extract:?}"
+        );
+    }
 }
