@@ -381,7 +381,7 @@ pub fn decode<'h>(
         return Err(DecodeError::EmptyPayload);
     }
     let frame_bytes = format.bytes_per_sample() * usize::from(channels);
-    if payload.len() % frame_bytes != 0 {
+    if !payload.len().is_multiple_of(frame_bytes) {
         return Err(DecodeError::RaggedPayload {
             len: payload.len(),
             frame_bytes,

@@ -292,10 +292,10 @@ impl Scrape {
                 continue;
             }
             let mut parts = line.rsplitn(2, ' ');
-            if let (Some(value), Some(name)) = (parts.next(), parts.next()) {
-                if let Ok(v) = value.trim().parse::<f64>() {
-                    values.insert(name.trim().to_string(), v);
-                }
+            if let (Some(value), Some(name)) = (parts.next(), parts.next())
+                && let Ok(v) = value.trim().parse::<f64>()
+            {
+                values.insert(name.trim().to_string(), v);
             }
         }
         Self(values)
@@ -2268,11 +2268,11 @@ async fn clean_up(ctx: &Ctx) {
         return;
     }
     let topics = ctx.topics.lock().expect("lock").clone();
-    if !topics.is_empty() {
-        if let Ok(admin) = ctx.admin() {
-            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
-        }
+    if !topics.is_empty()
+        && let Ok(admin) = ctx.admin()
+    {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
     }
     let databases = ctx.databases.lock().expect("lock").clone();
     if let Ok(client) = ctx.mongo().await {

@@ -164,14 +164,14 @@ impl KafkaConfig {
             ),
             ("kafka.ssl_key_location", &self.ssl_key_location),
         ] {
-            if let Some(path) = file {
-                if std::fs::metadata(path).is_err() {
-                    problems.push(Problem::new(
-                        key,
-                        path,
-                        "file does not exist or is not readable",
-                    ));
-                }
+            if let Some(path) = file
+                && std::fs::metadata(path).is_err()
+            {
+                problems.push(Problem::new(
+                    key,
+                    path,
+                    "file does not exist or is not readable",
+                ));
             }
         }
         for (section, props) in [

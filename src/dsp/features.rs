@@ -370,7 +370,7 @@ impl BandBins {
     /// Writes the mean-square energy of each band of `power` into `out`.
     #[inline(always)]
     pub fn energies(&self, power: &[f64], out: &mut [f64]) {
-        let nyquist_bin = if self.n_fft % 2 == 0 {
+        let nyquist_bin = if self.n_fft.is_multiple_of(2) {
             Some(self.n_fft / 2)
         } else {
             None

@@ -207,7 +207,7 @@ mod tests {
         let mut n = fast_len(2787);
         assert!(n >= 2787);
         for p in [2, 3, 5] {
-            while n % p == 0 {
+            while n.is_multiple_of(p) {
                 n /= p;
             }
         }
