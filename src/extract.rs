@@ -33,9 +33,17 @@ pub fn extract_wav(
     let mut state = extractor.new_stream(0);
     let mut frames = FrameBatch::new();
     let mut count = 0;
-    // Feed in one-second chunks, exactly as the daemon would see a stream.
-    for chunk in audio.samples.chunks(audio.sample_rate.max(1) as usize) {
+    // Feed in one-second chunks, exactly as the daemon would see a stream, then end it (the
+    // frames still waiting for their pitch decision with pYIN are decided in full).
+    let mut chunks = audio
+        .samples
+        .chunks(audio.sample_rate.max(1) as usize)
+        .peekable();
+    while let Some(chunk) = chunks.next() {
         extractor.process(&mut workspace, &mut state, chunk, &mut frames);
+        if chunks.peek().is_none() {
+            extractor.finish_stream(&mut state, &mut frames);
+        }
         for i in 0..frames.len() {
             serde_json::to_writer(&mut *out, &frames.frame(i)).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;

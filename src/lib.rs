@@ -9,17 +9,20 @@
 //! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
 //!   YIN, streaming per-stream state. No I/O, no async.
 //! - [`streams`]: per-partition stream table: alignment on `audio.start_sample`, gaps,
-//!   eviction, and the offset watermark that keeps restarts lossless.
+//!   eviction, and the checkpoints each stream's state is restored from.
+//! - [`checkpoint`]: the compacted checkpoint topic, co-partitioned with the input: its
+//!   record format, the restore of a partition and the topic checks.
 //! - [`record`]: the feature record (JSON for Kafka, BSON for MongoDB, one view).
 //! - [`sources`]: the Kafka consumer, its rebalance hooks and offset storage.
 //! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
-//! - [`pipeline`]: the worker loop: recv → decode → DSP → sinks → offsets.
+//! - [`pipeline`]: the worker loop: recv → decode → DSP → sinks → checkpoints → offsets.
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
 //! - [`shutdown`]: signals and draining.
 //! - [`produce`], [`extract`] and [`inspect`]: the load generator, the offline WAV extractor
 //!   and a look at what a deployment wrote.
 
 pub mod audio;
+pub mod checkpoint;
 pub mod config;
 pub mod dsp;
 pub mod extract;

@@ -1,19 +1,21 @@
 //! The worker: recv → decode → DSP (off the async runtime, partitions in parallel) → sinks →
-//! offsets.
+//! checkpoints → offsets.
 //!
 //! The processing loop handles one batch at a time: it computes the batch, sends its records
 //! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
-//! documents to the [`MongoWriter`] tasks (`mongo.concurrent_writes`; partitions are dealt
-//! over them) and goes on with the next batch. Each writer inserts its jobs in order (merging
-//! those that queued up) and only then stores the job's offsets, so an offset is stored only
-//! after every record before it is acknowledged by Kafka and MongoDB and every rejected
-//! message by the dead-letter topic, and never past a message whose samples a live stream
-//! still needs (see [`crate::streams`]). At most `mongo.max_pending_records` records wait;
-//! then the loop waits too (still polling). While a sink is down the partitions are paused
-//! and the write retried with exponential backoff.
+//! documents and the checkpoints of the streams the batch touched to the [`StoreWriter`] tasks
+//! (`mongo.concurrent_writes`; partitions are dealt over them) and goes on with the next batch.
+//! Each writer inserts its jobs in order (merging those that queued up), then writes their
+//! checkpoints, and only then stores the jobs' offsets: an offset is stored only after every
+//! record before it is acknowledged by the sinks, every rejected message by the dead-letter
+//! topic, and the state of every stream up to it by the checkpoint topic. At most
+//! `mongo.max_pending_records` records wait; then the loop waits too (still polling). While a
+//! sink is down the partitions are paused and the write retried with exponential backoff.
+//!
+//! A partition assigned to this worker is paused until its checkpoints are read
+//! ([`crate::checkpoint::read_partition`], off the runtime); the loop keeps polling meanwhile.
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use futures::future::join_all;
 use mongodb::bson::RawDocumentBuf;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,13 +23,14 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::audio::{self, DecodeError, HEADER_START_SAMPLE};
+use crate::audio::{self, DecodeError};
+use crate::checkpoint;
 use crate::config::Settings;
 use crate::dsp::FrameBatch;
 use crate::record::{FeatureRecord, SourcePosition};
@@ -44,7 +47,8 @@ use crate::telemetry::metrics::Metrics;
 enum Outcome {
     /// Frames were computed: send this record.
     Record(Box<EncodedRecord>),
-    /// Nothing to send (no frame completed, or frames already stored before a restart).
+    /// Nothing to send (no frame completed, or a replay of a message handled before the
+    /// stream's checkpoint).
     Nothing,
     /// Malformed: send to the dead-letter topic.
     Dead(Box<DeadLetter>, &'static str),
@@ -57,17 +61,24 @@ struct EncodedRecord {
     end_ms: i64,
 }
 
-/// One partition's table, messages and outcomes after a DSP pass.
-type PartitionResult = (i32, PartitionStreams, Vec<OwnedMessage>, Vec<Outcome>);
+/// Checkpoint records of one partition: per stream id, a value or a tombstone.
+type CheckpointRecords = Vec<(String, Option<Vec<u8>>)>;
 
-/// A stream's last stored frame, keyed by (partition, stream id).
-type StoredFrames = HashMap<(i32, String), u64>;
+/// What one partition's DSP pass produced: its messages' outcomes and the checkpoints of the
+/// streams they touched.
+struct PartitionResult {
+    partition: i32,
+    outcomes: Vec<Outcome>,
+    checkpoints: CheckpointRecords,
+}
 
 /// Handles shared by every batch.
 struct Sinks {
+    /// The producer: feature records (when `output.enabled`), checkpoints, dead letters.
     output: KafkaSink,
     dead_letters: DeadLetterSink,
-    mongo: MongoSink,
+    /// `None` when `mongo.enabled` is off.
+    mongo: Option<MongoSink>,
 }
 
 /// Everything the worker loop owns between batches.
@@ -125,14 +136,19 @@ fn dead_letter(message: &OwnedMessage, error: String) -> DeadLetter {
     }
 }
 
-/// Dead-letters `message`: nothing of it stays in stream state, so the watermark may pass it.
+/// The stream id a message's key names, if it is valid UTF-8.
+fn stream_key(message: &OwnedMessage) -> Option<&str> {
+    message.key().and_then(|k| std::str::from_utf8(k).ok())
+}
+
+/// Dead-letters `message`; a known stream's checkpoint records it, so a replay skips it.
 fn reject(
     table: &mut PartitionStreams,
     message: &OwnedMessage,
     error: String,
     reason: &'static str,
 ) -> Outcome {
-    table.mark_done(message.offset());
+    table.reject(stream_key(message), message.offset());
     Outcome::Dead(Box::new(dead_letter(message, error)), reason)
 }
 
@@ -148,12 +164,18 @@ impl Worker {
         &self,
         table: &mut PartitionStreams,
         messages: &[OwnedMessage],
-        stored: &StoredFrames,
         scratch: &mut (WorkspaceSet, FrameBatch, Vec<f32>),
     ) -> Vec<Outcome> {
         let (workspaces, frames, samples) = scratch;
         let mut outcomes = Vec::with_capacity(messages.len());
         for message in messages {
+            // Handled before the stream's checkpoint: emitted (or dead-lettered) back then.
+            if stream_key(message).is_some_and(|id| table.already_handled(id, message.offset())) {
+                table.skip_replayed(message.offset());
+                self.metrics.messages_replayed_total.inc();
+                outcomes.push(Outcome::Nothing);
+                continue;
+            }
             let headers = message.headers();
             let header_pairs = headers
                 .iter()
@@ -173,9 +195,6 @@ impl Worker {
                     continue;
                 }
             };
-            let stored_through = stored
-                .get(&(message.partition(), meta.stream_id.clone()))
-                .copied();
             let applied = table.apply(
                 &self.cache,
                 &self.settings.streams,
@@ -183,7 +202,6 @@ impl Worker {
                 &meta,
                 samples,
                 message.offset(),
-                stored_through,
                 frames,
             );
             let outcome = match applied {
@@ -199,9 +217,6 @@ impl Worker {
             }
             if outcome.evicted_for_cap {
                 self.metrics.streams_evicted_total.inc();
-            }
-            if outcome.skipped_frames > 0 {
-                debug!(stream = %meta.stream_id, frames = outcome.skipped_frames, "Frames stored before restart skipped.");
             }
             if frames.is_empty() {
                 outcomes.push(Outcome::Nothing);
@@ -260,8 +275,7 @@ impl Worker {
     fn process_batch(
         &mut self,
         by_partition: Vec<(i32, Vec<OwnedMessage>)>,
-        stored: &StoredFrames,
-    ) -> Vec<(i32, Vec<OwnedMessage>, Vec<Outcome>)> {
+    ) -> Vec<PartitionResult> {
         let threads = self
             .settings
             .runtime
@@ -282,7 +296,7 @@ impl Worker {
         }
         let mut scratch: Vec<_> = self.workspaces.drain(..threads).collect();
         let this = &*self;
-        let results: Vec<Vec<PartitionResult>> = std::thread::scope(|scope| {
+        let results: Vec<Vec<(PartitionStreams, PartitionResult)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = groups
                 .into_iter()
                 .zip(scratch.iter_mut())
@@ -292,8 +306,14 @@ impl Worker {
                             .into_iter()
                             .map(|(partition, mut table, messages)| {
                                 let outcomes =
-                                    this.process_partition(&mut table, &messages, stored, scratch);
-                                (partition, table, messages, outcomes)
+                                    this.process_partition(&mut table, &messages, scratch);
+                                let checkpoints = table.take_checkpoints();
+                                let result = PartitionResult {
+                                    partition,
+                                    outcomes,
+                                    checkpoints,
+                                };
+                                (table, result)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -305,23 +325,28 @@ impl Worker {
                 .collect()
         });
         self.workspaces.extend(scratch);
-        let mut out = Vec::new();
-        for (partition, table, messages, outcomes) in results.into_iter().flatten() {
-            self.tables.insert(partition, table);
-            out.push((partition, messages, outcomes));
-        }
-        out
+        results
+            .into_iter()
+            .flatten()
+            .map(|(table, result)| {
+                self.tables.insert(result.partition, table);
+                result
+            })
+            .collect()
     }
 }
 
-/// Creates `topics` when missing (for `source.create_topics`).
-pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = settings
-        .kafka
-        .client_config(&Default::default())
-        .map_err(|p| anyhow::anyhow!("{p}"))?
-        .create()
-        .context("cannot create Kafka admin client")?;
+/// Creates the input, output and dead-letter topics when missing (for `source.create_topics`),
+/// then the checkpoint topic: compacted, with as many partitions as the input topic has.
+pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
+    let admin = admin_client(settings)?;
+    let mut topics = vec![
+        settings.source.topic.as_str(),
+        settings.output.topic.as_str(),
+    ];
+    if settings.dead_letter.enabled {
+        topics.push(settings.dead_letter.topic.as_str());
+    }
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -332,9 +357,43 @@ pub async fn ensure_topics(settings: &Settings, topics: &[&str]) -> anyhow::Resu
             )
         })
         .collect();
+    create_missing(&admin, &new_topics).await?;
+    let input_partitions = admin
+        .inner()
+        .fetch_metadata(Some(&settings.source.topic), Duration::from_secs(10))
+        .context("cannot read the input topic's metadata")?
+        .topics()
+        .first()
+        .map_or(settings.source.topic_partitions, |t| {
+            t.partitions().len() as i32
+        });
+    create_missing(
+        &admin,
+        &[checkpoint::new_topic(
+            &settings.checkpoint.topic,
+            input_partitions,
+            settings.source.topic_replication,
+        )],
+    )
+    .await
+}
+
+fn admin_client(settings: &Settings) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    settings
+        .kafka
+        .client_config(&Default::default())
+        .map_err(|p| anyhow::anyhow!("{p}"))?
+        .create()
+        .context("cannot create Kafka admin client")
+}
+
+async fn create_missing(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[NewTopic<'_>],
+) -> anyhow::Result<()> {
     let results = admin
         .create_topics(
-            &new_topics,
+            topics,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -376,17 +435,34 @@ impl PauseGate {
         }
     }
 
+    /// Resumes a partition whose restore finished, or leaves it to [`Self::release`] while a
+    /// sink outage holds the assignment paused.
+    fn resume_partition(&self, partition: i32) {
+        let mut list = TopicPartitionList::new();
+        let _ = list.add_partition(self.consumer.context().topic(), partition);
+        let mut held = self.held.lock().expect("pause gate lock");
+        if held.0 > 0 {
+            if let Some(paused) = held.1.as_mut() {
+                let _ = paused.add_partition(self.consumer.context().topic(), partition);
+            }
+            return;
+        }
+        if let Err(e) = self.consumer.resume(&list) {
+            warn!(partition, error = %e, "Cannot resume a restored partition.");
+        }
+    }
+
     fn release(&self) {
         let mut held = self.held.lock().expect("pause gate lock");
         held.0 = held.0.saturating_sub(1);
-        if held.0 == 0 {
-            if let Some(assignment) = held.1.take() {
-                if let Err(e) = self.consumer.resume(&assignment) {
-                    warn!(error = %e, "Cannot resume partitions.");
-                }
-                self.metrics.paused_partitions.set(0);
-                self.health.set_paused(false);
+        if held.0 == 0
+            && let Some(assignment) = held.1.take()
+        {
+            if let Err(e) = self.consumer.resume(&assignment) {
+                warn!(error = %e, "Cannot resume partitions.");
             }
+            self.metrics.paused_partitions.set(0);
+            self.health.set_paused(false);
         }
     }
 }
@@ -450,11 +526,13 @@ impl<'a> Backoff<'a> {
 }
 
 /// A batch (its share for one writer) whose records and dead letters Kafka acknowledged, on its
-/// way to MongoDB. Its offsets are stored once MongoDB acknowledged its documents too.
+/// way to MongoDB and the checkpoint topic. Its offsets are stored once both acknowledged it.
 #[derive(Default)]
 struct StoreJob {
     documents: Vec<RawDocumentBuf>,
     end_ms: Vec<i64>,
+    /// Checkpoint records per partition, in the order they were taken.
+    checkpoints: Vec<(i32, CheckpointRecords)>,
     /// Next offset to consume, per partition.
     offsets: std::collections::BTreeMap<i32, i64>,
     /// Room taken in the pending-records budget, given back when the job is dropped.
@@ -462,29 +540,35 @@ struct StoreJob {
 }
 
 impl StoreJob {
-    /// Appends a later job: one insert for both, and the later offsets win.
+    /// Appends a later job: one insert for both, checkpoints in order, and the later offsets win.
     fn absorb(&mut self, later: StoreJob) {
         self.documents.extend(later.documents);
         self.end_ms.extend(later.end_ms);
+        self.checkpoints.extend(later.checkpoints);
         self.offsets.extend(later.offsets);
         self.room.extend(later.room);
     }
+
+    fn is_empty(&self) -> bool {
+        self.documents.is_empty() && self.checkpoints.is_empty() && self.offsets.is_empty()
+    }
 }
 
-/// What the MongoDB writer needs; it runs as its own task so that consuming, DSP and the
-/// output topic do not wait for MongoDB while it keeps up.
-struct MongoWriter {
-    mongo: MongoSink,
+/// What a store writer needs; it runs as its own task so that consuming, DSP and the output
+/// topic do not wait for MongoDB and the checkpoint topic while they keep up.
+struct StoreWriter {
+    mongo: Option<MongoSink>,
+    producer: KafkaSink,
     settings: Settings,
     gate: Arc<PauseGate>,
     shutdown: CancellationToken,
 }
 
-impl MongoWriter {
-    /// Writes jobs in arrival order until the channel closes; stores each job's offsets after
-    /// its documents are acknowledged. Jobs that queued up while MongoDB was busy go out in one
-    /// insert (up to `source.batch_max_messages` documents), so a slow server gets fewer,
-    /// larger writes. Returns the error that stopped it, if any.
+impl StoreWriter {
+    /// Writes jobs in arrival order until the channel closes: each job's documents, then its
+    /// checkpoints, then its offsets are stored. Jobs that queued up while MongoDB was busy go
+    /// out in one insert (up to `source.batch_max_messages` documents), so a slow server gets
+    /// fewer, larger writes. Returns the error that stopped it, if any.
     async fn run(
         self,
         mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,
@@ -516,12 +600,56 @@ impl MongoWriter {
 
     async fn write(&self, job: StoreJob) -> Result<(), SinkError> {
         let began = Instant::now();
+        if let Some(mongo) = &self.mongo {
+            self.insert(mongo, &job.documents).await?;
+        }
+        let mongo_ms = began.elapsed().as_millis() as u64;
+        self.write_checkpoints(&job.checkpoints).await?;
+        let metrics = &self.gate.metrics;
+        debug!(
+            documents = job.documents.len(),
+            checkpoints = job.checkpoints.iter().map(|(_, c)| c.len()).sum::<usize>(),
+            mongo_ms,
+            checkpoint_ms = began.elapsed().as_millis() as u64 - mongo_ms,
+            "Batch stored."
+        );
+        if self.mongo.is_some() {
+            let now = now_ms();
+            for end_ms in &job.end_ms {
+                metrics
+                    .end_to_end_latency_seconds
+                    .observe((now - end_ms).max(0) as f64 / 1000.0);
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &job.offsets {
+            let _ = offsets.add_partition_offset(
+                &self.settings.source.topic,
+                *partition,
+                Offset::Offset(*offset),
+            );
+        }
+        if offsets.count() > 0
+            && let Err(e) = self.gate.consumer.store_offsets(&offsets)
+        {
+            // Happens when a partition was revoked meanwhile; its new owner replays.
+            debug!(error = %e, "Offsets not stored.");
+        }
+        Ok(())
+    }
+
+    /// Inserts `documents`, retrying with backoff (partitions paused) while MongoDB fails.
+    async fn insert(
+        &self,
+        mongo: &MongoSink,
+        documents: &[RawDocumentBuf],
+    ) -> Result<(), SinkError> {
         let metrics = &self.gate.metrics;
         let health = &self.gate.health;
         let mut backoff = Backoff::new("mongodb", &self.settings, &self.shutdown, &self.gate);
         loop {
             let started = Instant::now();
-            let result = self.mongo.insert_idempotent(&job.documents).await;
+            let result = mongo.insert_idempotent(documents).await;
             metrics
                 .mongo_write_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -529,7 +657,7 @@ impl MongoWriter {
                 Ok(()) => {
                     metrics
                         .mongo_documents_written_total
-                        .inc_by(job.documents.len() as u64);
+                        .inc_by(documents.len() as u64);
                     health.set_mongo_ok(true);
                     break;
                 }
@@ -541,38 +669,55 @@ impl MongoWriter {
             }
         }
         backoff.succeeded();
-        debug!(
-            documents = job.documents.len(),
-            mongo_ms = began.elapsed().as_millis() as u64,
-            "Batch stored."
-        );
-        let now = now_ms();
-        for end_ms in &job.end_ms {
-            metrics
-                .end_to_end_latency_seconds
-                .observe((now - end_ms).max(0) as f64 / 1000.0);
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (partition, offset) in &job.offsets {
-            let _ = offsets.add_partition_offset(
-                &self.settings.source.topic,
-                *partition,
-                Offset::Offset(*offset),
-            );
-        }
-        if offsets.count() > 0 {
-            if let Err(e) = self.gate.consumer.store_offsets(&offsets) {
-                // Happens when a partition was revoked meanwhile; its new owner replays.
-                debug!(error = %e, "Offsets not stored.");
+        Ok(())
+    }
+
+    /// Writes each partition's checkpoint records to the same partition of the checkpoint
+    /// topic, retrying with backoff while Kafka fails. Only the latest record per stream is
+    /// sent (a merged job may hold several).
+    async fn write_checkpoints(
+        &self,
+        checkpoints: &[(i32, CheckpointRecords)],
+    ) -> Result<(), SinkError> {
+        let mut latest: std::collections::BTreeMap<i32, HashMap<&str, Option<&[u8]>>> =
+            Default::default();
+        for (partition, records) in checkpoints {
+            let streams = latest.entry(*partition).or_default();
+            for (stream, value) in records {
+                streams.insert(stream.as_str(), value.as_deref());
             }
         }
+        let metrics = &self.gate.metrics;
+        let topic = &self.settings.checkpoint.topic;
+        let mut backoff = Backoff::new("checkpoint", &self.settings, &self.shutdown, &self.gate);
+        for (partition, streams) in &latest {
+            let records: Vec<(&str, Option<&[u8]>)> =
+                streams.iter().map(|(s, v)| (*s, *v)).collect();
+            loop {
+                match checkpoint::write_partition(&self.producer, topic, *partition, &records).await
+                {
+                    Ok(()) => break,
+                    Err(e) => backoff.failed(e).await?,
+                }
+            }
+            metrics
+                .checkpoints_written_total
+                .inc_by(records.len() as u64);
+            metrics.checkpoint_bytes_total.inc_by(
+                records
+                    .iter()
+                    .map(|(_, v)| v.map_or(0, <[u8]>::len) as u64)
+                    .sum(),
+            );
+        }
+        backoff.succeeded();
         Ok(())
     }
 }
 
 /// What one [`receive`] call brought.
 enum Received {
-    /// A message was appended.
+    /// A message was appended (or set aside for a partition being restored).
     Message,
     /// Nothing arrived in time.
     Idle,
@@ -580,14 +725,150 @@ enum Received {
     Error(rdkafka::error::KafkaError),
 }
 
-/// Receives one message into `pending`, waiting at most `wait`. Partitions revoked during the
-/// call, even when assigned again since, lose their stream tables and the messages received
-/// before the revocation: their next owner (maybe this worker) replays them from the committed
-/// offset and rebuilds the streams through the recovery lookups.
+/// A partition's streams read back from the checkpoint topic.
+struct Restored {
+    partition: i32,
+    generation: u64,
+    table: PartitionStreams,
+    elapsed: Duration,
+}
+
+/// Partitions being restored from the checkpoint topic. Each is paused on assignment and read
+/// off the runtime; what arrives for it meanwhile is set aside, in order, and handed on once its
+/// streams are back.
+struct Restores {
+    client: rdkafka::ClientConfig,
+    topic: String,
+    timeout: Duration,
+    cache: Arc<ExtractorCache>,
+    /// Partition → generation of the restore in flight (a revocation abandons it).
+    running: HashMap<i32, u64>,
+    next_generation: u64,
+    /// Messages of partitions still being restored.
+    set_aside: Vec<OwnedMessage>,
+    done_sender: tokio::sync::mpsc::UnboundedSender<Restored>,
+    done: tokio::sync::mpsc::UnboundedReceiver<Restored>,
+}
+
+impl Restores {
+    fn new(settings: &Settings, cache: Arc<ExtractorCache>) -> anyhow::Result<Self> {
+        let client = settings
+            .kafka
+            .client_config(&settings.kafka.consumer)
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Self {
+            client,
+            topic: settings.checkpoint.topic.clone(),
+            timeout: Duration::from_secs(settings.checkpoint.restore_timeout_secs),
+            cache,
+            running: HashMap::new(),
+            next_generation: 0,
+            set_aside: Vec::new(),
+            done_sender,
+            done,
+        })
+    }
+
+    /// Pauses `partition` and starts reading its checkpoints (retrying until it succeeds or
+    /// the partition is revoked).
+    fn start(&mut self, consumer: &StreamConsumer<SourceContext>, partition: i32, topic: &str) {
+        let mut paused = TopicPartitionList::new();
+        let _ = paused.add_partition(topic, partition);
+        if let Err(e) = consumer.pause(&paused) {
+            warn!(partition, error = %e, "Cannot pause a partition being restored.");
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.running.insert(partition, generation);
+        let (client, checkpoint_topic, timeout, cache, done) = (
+            self.client.clone(),
+            self.topic.clone(),
+            self.timeout,
+            self.cache.clone(),
+            self.done_sender.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match checkpoint::read_partition(&client, &checkpoint_topic, partition, timeout) {
+                    Ok(checkpoints) => {
+                        let table = PartitionStreams::restore(partition, &cache, checkpoints);
+                        let _ = done.send(Restored {
+                            partition,
+                            generation,
+                            table,
+                            elapsed: started.elapsed(),
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(partition, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot read checkpoints; retrying.");
+                        if done.is_closed() {
+                            return;
+                        }
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Forgets the restore of a revoked partition and what was set aside for it.
+    fn cancel(&mut self, partition: i32) {
+        self.running.remove(&partition);
+        self.set_aside.retain(|m| m.partition() != partition);
+    }
+
+    fn is_restoring(&self, partition: i32) -> bool {
+        self.running.contains_key(&partition)
+    }
+
+    /// Installs the tables of finished restores, hands their set-aside messages to `pending`
+    /// and resumes their partitions (unless a sink outage holds the assignment paused).
+    fn finish(
+        &mut self,
+        tables: &mut HashMap<i32, PartitionStreams>,
+        pending: &mut Vec<OwnedMessage>,
+        gate: &PauseGate,
+        metrics: &Metrics,
+    ) {
+        while let Ok(restored) = self.done.try_recv() {
+            if self.running.get(&restored.partition) != Some(&restored.generation) {
+                continue;
+            }
+            self.running.remove(&restored.partition);
+            metrics
+                .restore_seconds
+                .observe(restored.elapsed.as_secs_f64());
+            info!(
+                partition = restored.partition,
+                streams = restored.table.len(),
+                restore_ms = restored.elapsed.as_millis() as u64,
+                "Partition restored from checkpoints."
+            );
+            tables.insert(restored.partition, restored.table);
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.set_aside)
+                .into_iter()
+                .partition(|m| m.partition() == restored.partition);
+            self.set_aside = waiting;
+            pending.extend(ready);
+            gate.resume_partition(restored.partition);
+        }
+    }
+}
+
+/// Receives one message into `pending` (or sets it aside while its partition is restored),
+/// waiting at most `wait`. Partitions revoked during the call, even when assigned again since,
+/// lose their stream tables and the messages received before the revocation; assigned ones
+/// start restoring from their checkpoints.
 async fn receive(
     consumer: &StreamConsumer<SourceContext>,
     pending: &mut Vec<OwnedMessage>,
     tables: &mut HashMap<i32, PartitionStreams>,
+    restores: &mut Restores,
     wait: Duration,
 ) -> Received {
     let received = tokio::time::timeout(wait, consumer.recv()).await;
@@ -596,13 +877,22 @@ async fn receive(
         pending.retain(|m| !events.revoked.contains(&m.partition()));
         for partition in &events.revoked {
             tables.remove(partition);
+            restores.cancel(*partition);
         }
+    }
+    for partition in &events.assigned {
+        restores.start(consumer, *partition, consumer.context().topic());
     }
     match received {
         Err(_) => Received::Idle,
         Ok(Err(e)) => Received::Error(e),
         Ok(Ok(message)) => {
-            pending.push(message.detach());
+            let message = message.detach();
+            if restores.is_restoring(message.partition()) {
+                restores.set_aside.push(message);
+            } else {
+                pending.push(message);
+            }
             Received::Message
         }
     }
@@ -616,41 +906,40 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if settings.source.create_topics {
-        let mut topics = vec![
-            settings.source.topic.as_str(),
-            settings.output.topic.as_str(),
-        ];
-        if settings.dead_letter.enabled {
-            topics.push(settings.dead_letter.topic.as_str());
-        }
-        ensure_topics(&settings, &topics).await?;
+        ensure_topics(&settings).await?;
     }
+    checkpoint::check_topic(
+        &admin_client(&settings)?,
+        &settings.source.topic,
+        &settings.checkpoint.topic,
+    )
+    .await
+    .context("checkpoint topic")?;
     let output = settings
         .output
         .build(&settings.kafka)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
     let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
     health.beat();
-    let mongo = settings
-        .mongo
-        .build()
-        .await
-        .context("cannot configure MongoDB client")?;
-    loop {
-        match mongo.ensure_indexes().await {
-            Ok(()) => break,
-            Err(e) if shutdown.is_cancelled() => {
-                return Err(e).context("MongoDB unreachable at startup");
-            }
-            Err(e) => {
-                health.beat();
-                warn!(error = %e, "MongoDB not reachable yet; retrying.");
-                health.set_mongo_ok(false);
-                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => {} }
-            }
-        }
-    }
-    health.set_mongo_ok(true);
+    let mongo = if settings.mongo.enabled {
+        let mongo = settings
+            .mongo
+            .build()
+            .await
+            .context("cannot configure MongoDB client")?;
+        // MongoDB may be down at start-up: consuming (and restoring partitions) begins at once;
+        // writes wait for it, paused and retried, like in any outage.
+        tokio::spawn(create_indexes(
+            mongo.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        Some(mongo)
+    } else {
+        info!("mongo.enabled is off: the output topic is the only sink.");
+        health.set_mongo_ok(true);
+        None
+    };
     let sinks = Sinks {
         output,
         dead_letters,
@@ -683,19 +972,19 @@ pub async fn run(
             .max_pending_records
             .max(settings.source.batch_max_messages),
     );
-    let probe = tokio::spawn(probe_mongo(
-        sinks.mongo.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let probe = sinks
+        .mongo
+        .clone()
+        .map(|mongo| tokio::spawn(probe_mongo(mongo, health.clone(), shutdown.clone())));
     let mut jobs = Vec::new();
     let mut writers = Vec::new();
     for _ in 0..settings.mongo.concurrent_writes.max(1) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         jobs.push(sender);
         writers.push(tokio::spawn(
-            MongoWriter {
+            StoreWriter {
                 mongo: sinks.mongo.clone(),
+                producer: sinks.output.clone(),
                 settings: settings.clone(),
                 gate: gate.clone(),
                 shutdown: shutdown.clone(),
@@ -704,8 +993,10 @@ pub async fn run(
         ));
     }
 
+    let cache = Arc::new(ExtractorCache::new(settings.dsp.clone()));
+    let mut restores = Restores::new(&settings, cache.clone())?;
     let mut worker = Worker {
-        cache: Arc::new(ExtractorCache::new(settings.dsp.clone())),
+        cache,
         settings,
         metrics: metrics.clone(),
         health: health.clone(),
@@ -721,15 +1012,34 @@ pub async fn run(
     let mut pending: Vec<OwnedMessage> = Vec::new();
     while !shutdown.is_cancelled() {
         health.beat();
+        restores.finish(&mut worker.tables, &mut pending, &gate, &metrics);
         if pending.is_empty() {
             let received = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                r = receive(&consumer, &mut pending, &mut worker.tables, Duration::from_secs(1)) => r,
+                r = receive(&consumer, &mut pending, &mut worker.tables, &mut restores, Duration::from_millis(500)) => r,
             };
             match received {
                 Received::Idle => {
-                    sweep(&mut worker, &consumer, idle_timeout);
+                    let evictions = sweep(&mut worker, &consumer, idle_timeout);
+                    if !hand_to_writers(
+                        &jobs,
+                        &room,
+                        evictions,
+                        &mut Intake {
+                            consumer: &consumer,
+                            pending: &mut pending,
+                            tables: &mut worker.tables,
+                            restores: &mut restores,
+                        },
+                        max_batch,
+                        &health,
+                        &shutdown,
+                    )
+                    .await
+                    {
+                        break;
+                    }
                     continue;
                 }
                 Received::Error(e) => {
@@ -739,11 +1049,21 @@ pub async fn run(
                 }
                 Received::Message => health.set_kafka_ok(true),
             }
+            if pending.is_empty() {
+                continue;
+            }
         }
         let deadline = Instant::now() + linger;
         while pending.len() < max_batch {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let received = receive(&consumer, &mut pending, &mut worker.tables, wait).await;
+            let received = receive(
+                &consumer,
+                &mut pending,
+                &mut worker.tables,
+                &mut restores,
+                wait,
+            )
+            .await;
             if !matches!(received, Received::Message) {
                 break;
             }
@@ -752,7 +1072,8 @@ pub async fn run(
             continue;
         }
         let batch = std::mem::take(&mut pending);
-        let batch_jobs = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await {
+        let mut batch_jobs = match handle_batch(&mut worker, batch, &sinks, &gate, &shutdown).await
+        {
             Ok(batch_jobs) => batch_jobs,
             Err(e) => {
                 error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
@@ -760,28 +1081,37 @@ pub async fn run(
                 break;
             }
         };
-        let handed = hand_to_writers(
+        let evictions = sweep(&mut worker, &consumer, idle_timeout);
+        for (job, eviction) in batch_jobs.iter_mut().zip(evictions) {
+            job.absorb(eviction);
+        }
+        let mut intake = Intake {
+            consumer: &consumer,
+            pending: &mut pending,
+            tables: &mut worker.tables,
+            restores: &mut restores,
+        };
+        if !hand_to_writers(
             &jobs,
             &room,
             batch_jobs,
-            &consumer,
-            &mut pending,
-            &mut worker.tables,
+            &mut intake,
             max_batch,
             &health,
             &shutdown,
         )
-        .await;
-        if !handed {
+        .await
+        {
             break;
         }
-        sweep(&mut worker, &consumer, idle_timeout);
     }
 
     health.set_draining(true);
-    info!("Draining: waiting for MongoDB, flushing the producer, committing offsets.");
+    info!(
+        "Draining: waiting for MongoDB and the checkpoints, flushing the producer, committing offsets."
+    );
     drop(jobs);
-    // One deadline for both: what MongoDB has not stored by then is replayed by the next owner.
+    // One deadline for all: what is not stored by then is replayed by the next owner.
     let drain = Duration::from_secs(worker.settings.shutdown.drain_timeout_secs);
     let drain_deadline = Instant::now() + drain;
     match tokio::time::timeout(drain, join_all(writers)).await {
@@ -790,19 +1120,19 @@ pub async fn run(
                 match outcome {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        error!(error = %e, "MongoDB writes failed; the batches not stored will be replayed.");
+                        error!(error = %e, "Store writes failed; the batches not stored will be replayed.");
                         if result.is_ok() {
-                            result = Err(anyhow::anyhow!(e).context("MongoDB writes failed"));
+                            result = Err(anyhow::anyhow!(e).context("store writes failed"));
                         }
                     }
-                    Err(e) => warn!(error = %e, "MongoDB writer task ended abnormally."),
+                    Err(e) => warn!(error = %e, "Store writer task ended abnormally."),
                 }
             }
         }
         Err(_) => {
             warn!(
                 timeout_secs = drain.as_secs(),
-                "MongoDB writes still pending at the drain deadline; they will be replayed."
+                "Store writes still pending at the drain deadline; they will be replayed."
             )
         }
     }
@@ -817,9 +1147,41 @@ pub async fn run(
         Ok(false) => {}
         Err(e) => warn!(error = %e, "Final commit failed; uncommitted messages will be replayed."),
     }
-    probe.abort();
+    if let Some(probe) = probe {
+        probe.abort();
+        let _ = probe.await;
+    }
     consumer.unsubscribe();
+    if let Some(mongo) = sinks.mongo {
+        let remaining = drain_deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(remaining.max(Duration::from_secs(1)), mongo.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("MongoDB client did not shut down in time.");
+        }
+    }
     result
+}
+
+/// Creates MongoDB's query indexes, retrying until the server answers (or shutdown).
+async fn create_indexes(mongo: MongoSink, health: Arc<Health>, shutdown: CancellationToken) {
+    loop {
+        match mongo.ensure_indexes().await {
+            Ok(()) => {
+                health.set_mongo_ok(true);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "MongoDB not reachable yet; its indexes are created once it is.");
+                health.set_mongo_ok(false);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
 }
 
 /// How often MongoDB is pinged for readiness.
@@ -838,7 +1200,7 @@ async fn probe_mongo(mongo: MongoSink, health: Arc<Health>, shutdown: Cancellati
     }
 }
 
-/// The budget of records waiting for MongoDB (`mongo.max_pending_records`).
+/// The budget of records waiting for the store writers (`mongo.max_pending_records`).
 struct PendingRoom {
     permits: Arc<tokio::sync::Semaphore>,
     capacity: usize,
@@ -854,29 +1216,34 @@ impl PendingRoom {
     }
 }
 
+/// What receiving needs: the consumer, where messages go, the partition tables and restores.
+struct Intake<'a> {
+    consumer: &'a StreamConsumer<SourceContext>,
+    pending: &'a mut Vec<OwnedMessage>,
+    tables: &'a mut HashMap<i32, PartitionStreams>,
+    restores: &'a mut Restores,
+}
+
 /// Queues each writer's share of a batch once the pending-records budget has room for it.
 /// While waiting it keeps polling the consumer (into `pending`, up to `max_batch` messages),
 /// which serves rebalances and keeps the member in the group however long MongoDB takes.
 /// False when a writer stopped or shutdown was requested.
-#[allow(clippy::too_many_arguments)]
 async fn hand_to_writers(
     writers: &[tokio::sync::mpsc::UnboundedSender<StoreJob>],
     room: &PendingRoom,
     jobs: Vec<StoreJob>,
-    consumer: &StreamConsumer<SourceContext>,
-    pending: &mut Vec<OwnedMessage>,
-    tables: &mut HashMap<i32, PartitionStreams>,
+    intake: &mut Intake<'_>,
     max_batch: usize,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
     for (writer, mut job) in writers.iter().zip(jobs) {
-        if job.documents.is_empty() && job.offsets.is_empty() {
+        if job.is_empty() {
             continue;
         }
         let wanted = job.documents.len().min(room.capacity) as u32;
         loop {
-            let polling = pending.len() < max_batch;
+            let polling = intake.pending.len() < max_batch;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return false,
@@ -884,7 +1251,7 @@ async fn hand_to_writers(
                     job.room.push(permit.expect("the budget is never closed"));
                     break;
                 }
-                _ = receive(consumer, pending, tables, Duration::from_secs(1)), if polling => health.beat(),
+                _ = receive(intake.consumer, intake.pending, intake.tables, intake.restores, Duration::from_secs(1)), if polling => health.beat(),
                 _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
             }
         }
@@ -896,78 +1263,40 @@ async fn hand_to_writers(
     true
 }
 
-fn sweep(worker: &mut Worker, consumer: &StreamConsumer<SourceContext>, idle_timeout: Duration) {
+/// Evicts idle streams and updates the stream gauges; returns, per writer, the tombstones (and
+/// ended-stream markers) the eviction made due.
+fn sweep(
+    worker: &mut Worker,
+    consumer: &StreamConsumer<SourceContext>,
+    idle_timeout: Duration,
+) -> Vec<StoreJob> {
+    let writers = worker.settings.mongo.concurrent_writes.max(1);
+    let mut jobs: Vec<StoreJob> = (0..writers).map(|_| StoreJob::default()).collect();
     let mut live = 0;
     let mut bytes = 0;
-    for table in worker.tables.values_mut() {
+    for (partition, table) in worker.tables.iter_mut() {
         let evicted = table.evict_idle(idle_timeout);
         worker.metrics.streams_evicted_total.inc_by(evicted as u64);
         live += table.len();
         bytes += table.heap_bytes();
+        let checkpoints = table.take_checkpoints();
+        if !checkpoints.is_empty() {
+            jobs[writer_of(*partition, writers)]
+                .checkpoints
+                .push((*partition, checkpoints));
+        }
     }
     worker.metrics.live_streams.set(live as i64);
     worker.metrics.stream_state_bytes.set(bytes as i64);
     let assigned = consumer.assignment().map_or(0, |a| a.count());
     worker.metrics.assigned_partitions.set(assigned as i64);
     worker.health.set_assigned(assigned > 0);
+    jobs
 }
 
-/// Streams in `batch` first seen since this worker took their partition, that start mid-stream:
-/// asks MongoDB how far each was stored before (restart and rebalance recovery).
-async fn recovery_lookups(
-    worker: &Worker,
-    batch: &[OwnedMessage],
-    mongo: &MongoSink,
-) -> Result<StoredFrames, SinkError> {
-    let hop = worker.settings.dsp.hop_length as u64;
-    let mut wanted: HashMap<(i32, String), u64> = HashMap::new();
-    let mut seen: HashSet<(i32, &str)> = HashSet::new();
-    for message in batch {
-        let Some(Ok(stream)) = message.key().map(std::str::from_utf8) else {
-            continue;
-        };
-        // Only a stream's first message in the batch can find it without state.
-        if !seen.insert((message.partition(), stream)) {
-            continue;
-        }
-        let known = worker
-            .tables
-            .get(&message.partition())
-            .is_some_and(|t| t.contains(stream));
-        let start = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == HEADER_START_SAMPLE)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
-        if let Some(start) = start.filter(|s| *s > 0 && !known) {
-            wanted.insert((message.partition(), stream.to_string()), start);
-        }
-    }
-    let found: Vec<Result<Option<_>, SinkError>> = futures::stream::iter(wanted)
-        .map(|(key, start)| async move {
-            // Only frames from the one before the chunk's first on can matter.
-            let from_frame = (start / hop.max(1)).saturating_sub(1);
-            mongo
-                .last_stored_frame_from(&key.1, from_frame)
-                .await
-                .map(|last| last.map(|l| (key, l)))
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut stored = HashMap::new();
-    for item in found {
-        if let Some((key, last)) = item? {
-            stored.insert(key, last);
-        }
-    }
-    Ok(stored)
-}
-
-/// Computes one batch and sends its records and dead letters to Kafka; returns, per MongoDB
-/// writer, what MongoDB still has to store, with the offsets that become safe once it has.
+/// Computes one batch and sends its records and dead letters to Kafka; returns, per store
+/// writer, what MongoDB and the checkpoint topic still have to store, with the offsets that
+/// become safe once they have.
 async fn handle_batch(
     worker: &mut Worker,
     batch: Vec<OwnedMessage>,
@@ -985,16 +1314,6 @@ async fn handle_batch(
             .inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
     }
 
-    let mut backoff = Backoff::new("mongodb", &worker.settings, shutdown, gate);
-    let stored = loop {
-        match recovery_lookups(worker, &batch, &sinks.mongo).await {
-            Ok(stored) => break stored,
-            Err(e) => backoff.failed(e).await?,
-        }
-    };
-    backoff.succeeded();
-    let lookups_ms = batch_started.elapsed().as_millis() as u64;
-
     let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
     for message in batch {
         match by_partition
@@ -1005,20 +1324,20 @@ async fn handle_batch(
             None => by_partition.push((message.partition(), vec![message])),
         }
     }
-    let started = Instant::now();
-    let processed = tokio::task::block_in_place(|| worker.process_batch(by_partition, &stored));
+    let processed = tokio::task::block_in_place(|| worker.process_batch(by_partition));
     metrics
         .processing_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .observe(batch_started.elapsed().as_secs_f64());
 
+    let send_records = worker.settings.output.enabled;
     let mut records: Vec<&EncodedRecord> = Vec::new();
     let mut letters: Vec<(&DeadLetter, &'static str)> = Vec::new();
-    for (_, _, outcomes) in &processed {
-        for outcome in outcomes {
+    for result in &processed {
+        for outcome in &result.outcomes {
             match outcome {
-                Outcome::Record(record) => records.push(record),
+                Outcome::Record(record) if send_records => records.push(record),
                 Outcome::Dead(letter, reason) => letters.push((letter, reason)),
-                Outcome::Nothing => {}
+                Outcome::Record(_) | Outcome::Nothing => {}
             }
         }
     }
@@ -1039,9 +1358,17 @@ async fn handle_batch(
             futures::join!(join_all(record_sends), join_all(letter_sends));
         let mut first_error = None;
         let mut still_records = Vec::new();
+        let now = now_ms();
         for (record, result) in pending_records.iter().zip(record_results) {
             match result {
-                Ok(()) => metrics.records_produced_total.inc(),
+                Ok(()) => {
+                    metrics.records_produced_total.inc();
+                    if sinks.mongo.is_none() {
+                        metrics
+                            .end_to_end_latency_seconds
+                            .observe((now - record.end_ms).max(0) as f64 / 1000.0);
+                    }
+                }
                 Err(e) => {
                     still_records.push(*record);
                     first_error.get_or_insert(e);
@@ -1073,30 +1400,34 @@ async fn handle_batch(
     debug!(
         messages = batch_len,
         records = records.len(),
-        recovered_streams = stored.len(),
-        lookups_ms,
         dsp_ms = (dsp_done - batch_started).as_millis() as u64,
         kafka_ms = dsp_done.elapsed().as_millis() as u64,
         "Batch sent."
     );
     drop((records, letters));
 
-    // Per MongoDB writer (partitions are dealt over them, so each partition's documents and
-    // offsets stay in order): the documents, and each touched partition's watermark, stored
-    // after MongoDB's ack.
+    // Per store writer (partitions are dealt over them, so each partition's documents,
+    // checkpoints and offsets stay in order): the documents, the checkpoints of the streams the
+    // batch touched, and each touched partition's next offset, stored after both acknowledged.
     let writers = worker.settings.mongo.concurrent_writes.max(1);
+    let store_documents = sinks.mongo.is_some();
     let mut jobs: Vec<StoreJob> = (0..writers).map(|_| StoreJob::default()).collect();
-    for (partition, _, outcomes) in processed {
-        let job = &mut jobs[writer_of(partition, writers)];
+    for result in processed {
+        let job = &mut jobs[writer_of(result.partition, writers)];
         if let Some(offset) = worker
             .tables
-            .get(&partition)
+            .get(&result.partition)
             .and_then(PartitionStreams::commit_offset)
         {
-            job.offsets.insert(partition, offset);
+            job.offsets.insert(result.partition, offset);
         }
-        for outcome in outcomes {
-            if let Outcome::Record(record) = outcome {
+        if !result.checkpoints.is_empty() {
+            job.checkpoints.push((result.partition, result.checkpoints));
+        }
+        for outcome in result.outcomes {
+            if let Outcome::Record(record) = outcome
+                && store_documents
+            {
                 job.documents.push(record.document);
                 job.end_ms.push(record.end_ms);
             }
@@ -1105,7 +1436,7 @@ async fn handle_batch(
     Ok(jobs)
 }
 
-/// Which MongoDB writer stores `partition`'s documents.
+/// Which store writer stores `partition`'s documents and checkpoints.
 fn writer_of(partition: i32, writers: usize) -> usize {
     partition.unsigned_abs() as usize % writers
 }

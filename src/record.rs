@@ -128,19 +128,29 @@ impl FeatureRecord<'_> {
     }
 
     /// The `columns` field: frame `i` is frame index `first_frame + i`, starting at sample
-    /// `(first_frame + i) × hop_length`.
+    /// `(first_frame + i) × hop_length`; when the frames are not consecutive (a gap inside the
+    /// record, which pYIN's waiting frames can cause) an `index` array names each frame.
     fn columns(&self) -> Result<RawDocumentBuf, DocumentError> {
         let batch = self.batch;
         let first = self.first_frame();
+        let mut consecutive = true;
         for i in 0..batch.len() {
             let index = batch.index(i);
             let start = batch.start_sample(i);
-            if index != first + i as u64 || start != index * self.hop_length as u64 {
+            if start != index * self.hop_length as u64 {
                 return Err(DocumentError::OffGrid { i, index, start });
             }
+            consecutive &= index == first + i as u64;
         }
         let packed = |values: Vec<f32>| RawBson::from(Vector::Float32(values));
         let mut columns = RawDocumentBuf::new();
+        if !consecutive {
+            let mut indexes = RawArrayBuf::new();
+            for i in 0..batch.len() {
+                indexes.push(i64::try_from(batch.index(i)).unwrap_or(i64::MAX));
+            }
+            columns.append("index", indexes);
+        }
         let mut timestamps = RawArrayBuf::new();
         for i in 0..batch.len() {
             timestamps.push(self.timestamp_of(batch.start_sample(i)));
@@ -159,6 +169,9 @@ impl FeatureRecord<'_> {
                     voiced.push(v);
                 }
                 columns.append("voiced", voiced);
+                if !batch.voiced_prob_column().is_empty() {
+                    columns.append("voiced_prob", packed(batch.voiced_prob_column().to_vec()));
+                }
             } else if let Some(values) = batch.scalar_column(name) {
                 columns.append(name.as_str(), packed(values.to_vec()));
             }

@@ -1,17 +1,19 @@
 //! Per-stream state of one partition: alignment on `audio.start_sample`, gaps, overlaps,
-//! end of stream, idle eviction, the live-stream cap, and the offset watermark.
+//! end of stream, idle eviction, the live-stream cap, and the checkpoints that restore it.
 //!
-//! The watermark is what makes restarts lossless: a partition's committed offset never
-//! passes the oldest message whose samples a live stream still needs (for its next frame,
-//! and for the previous frame's spectrum that `spectral_flux` compares against).
+//! Checkpoints are what make restarts and rebalances exact: every stream a batch touched gets
+//! one (its whole [`StreamState`], the last message it handled, its sample rate and channels)
+//! in the checkpoint topic before the batch's offsets are committed, so a new owner of the
+//! partition continues each stream where it was and skips the messages it had already handled.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::audio::ChunkMeta;
+use crate::checkpoint::StreamCheckpoint;
 use crate::dsp::{DspConfig, FeatureExtractor, FrameBatch, StreamState, Workspace};
 use crate::validation::Problem;
 
@@ -116,33 +118,17 @@ impl ExtractorCache {
 struct StreamEntry {
     extractor: Arc<FeatureExtractor>,
     state: StreamState,
+    channels: u16,
     last_seen: Instant,
-    /// Sample where the state's continuity began (stream start, gap or recovery point).
-    continuous_from: u64,
-    /// (first sample, offset) of recent messages, oldest first; the front one is the oldest
-    /// message that still holds samples the stream needs.
-    messages: VecDeque<(u64, i64)>,
-    /// Frames up to and including this index were stored before a restart: do not emit them.
-    stored_through: Option<u64>,
+    /// Offset of the last message of this stream that was handled (applied or rejected).
+    applied_offset: i64,
 }
 
-impl StreamEntry {
-    /// Oldest stream sample the next frames need, including the previous frame for flux.
-    fn needed_from(&self) -> u64 {
-        let next_frame = self.state.next_frame();
-        let hop = self.extractor.hop_length() as u64;
-        let previous_frame_start = next_frame.saturating_sub(1) * hop;
-        self.state
-            .oldest_needed_sample()
-            .min(previous_frame_start.max(self.continuous_from))
-    }
-
-    fn release_messages(&mut self) {
-        let needed = self.needed_from();
-        while self.messages.len() >= 2 && self.messages[1].0 <= needed {
-            self.messages.pop_front();
-        }
-    }
+/// A stream that ended (`audio.eos`): kept until idle eviction so that a replay of its chunks
+/// is recognised as such and not taken for a new stream.
+struct EndedStream {
+    applied_offset: i64,
+    last_seen: Instant,
 }
 
 /// What applying a chunk did.
@@ -156,14 +142,18 @@ pub struct ChunkOutcome {
     pub new_stream: bool,
     /// A stream was evicted to respect `max_streams`.
     pub evicted_for_cap: bool,
-    /// Frames computed but withheld because they were stored before a restart.
-    pub skipped_frames: usize,
+    /// The message was handled before the stream's checkpoint was taken (a replay after a
+    /// restart or rebalance): it was skipped, and nothing is emitted for it again.
+    pub replayed: bool,
 }
 
-/// All live streams of one partition.
+/// All streams of one partition, and which of them changed since their last checkpoint.
 pub struct PartitionStreams {
     partition: i32,
     streams: HashMap<String, StreamEntry>,
+    ended: HashMap<String, EndedStream>,
+    /// Streams whose checkpoint is due (a value, or a tombstone when neither map holds them).
+    changed: HashSet<String>,
     last_offset: Option<i64>,
     last_sweep: Instant,
 }
@@ -174,9 +164,62 @@ impl PartitionStreams {
         Self {
             partition,
             streams: HashMap::new(),
+            ended: HashMap::new(),
+            changed: HashSet::new(),
             last_offset: None,
             last_sweep: Instant::now(),
         }
+    }
+
+    /// A table rebuilt from the checkpoints of `partition` (the latest value per stream). A
+    /// checkpoint that does not fit the current `[dsp]` settings or sample rate is dropped with a
+    /// warning: that stream starts afresh at its next chunk.
+    pub fn restore(
+        partition: i32,
+        cache: &ExtractorCache,
+        checkpoints: impl IntoIterator<Item = (String, StreamCheckpoint)>,
+    ) -> Self {
+        let mut table = Self::new(partition);
+        let now = Instant::now();
+        for (id, checkpoint) in checkpoints {
+            let Some(snapshot) = &checkpoint.state else {
+                table.ended.insert(
+                    id,
+                    EndedStream {
+                        applied_offset: checkpoint.applied_offset,
+                        last_seen: now,
+                    },
+                );
+                continue;
+            };
+            let restored = cache
+                .get(checkpoint.sample_rate)
+                .map_err(|e| e.to_string())
+                .and_then(|extractor| {
+                    extractor
+                        .restore_stream(snapshot)
+                        .map(|state| (extractor, state))
+                        .map_err(|e| e.to_string())
+                });
+            match restored {
+                Ok((extractor, state)) => {
+                    table.streams.insert(
+                        id,
+                        StreamEntry {
+                            extractor,
+                            state,
+                            channels: checkpoint.channels,
+                            last_seen: now,
+                            applied_offset: checkpoint.applied_offset,
+                        },
+                    );
+                }
+                Err(reason) => {
+                    warn!(partition, stream = %id, %reason, "Checkpoint does not fit; the stream starts afresh.");
+                }
+            }
+        }
+        table
     }
 
     /// Live streams.
@@ -198,19 +241,49 @@ impl PartitionStreams {
     pub fn heap_bytes(&self) -> usize {
         self.streams
             .iter()
-            .map(|(id, e)| id.len() + e.state.heap_bytes() + e.messages.len() * 16 + 96)
+            .map(|(id, e)| id.len() + e.state.heap_bytes() + 96)
+            .chain(self.ended.keys().map(|id| id.len() + 48))
             .sum()
     }
 
-    /// Records that the message at `offset` was handled without touching any stream state
-    /// (dead-lettered), so the watermark may pass it.
-    pub fn mark_done(&mut self, offset: i64) {
+    /// True when the message at `offset` for `stream_id` was handled before the stream's
+    /// checkpoint was taken: a replay, to be skipped (it was emitted or dead-lettered then).
+    pub fn already_handled(&self, stream_id: &str, offset: i64) -> bool {
+        let applied = match (self.streams.get(stream_id), self.ended.get(stream_id)) {
+            (Some(live), _) => live.applied_offset,
+            (None, Some(ended)) => ended.applied_offset,
+            (None, None) => return false,
+        };
+        offset <= applied
+    }
+
+    /// Records that the message at `offset` was rejected (dead-lettered) without touching any
+    /// stream's samples. When it names a known stream, that stream's checkpoint records it, so a
+    /// replay does not dead-letter it twice.
+    pub fn reject(&mut self, stream_id: Option<&str>, offset: i64) {
+        self.mark_done(offset);
+        let Some(id) = stream_id else { return };
+        let applied = match (self.streams.get_mut(id), self.ended.get_mut(id)) {
+            (Some(live), _) => &mut live.applied_offset,
+            (None, Some(ended)) => &mut ended.applied_offset,
+            (None, None) => return,
+        };
+        *applied = (*applied).max(offset);
+        self.changed.insert(id.to_string());
+    }
+
+    /// Records that the message at `offset` was skipped as a replay (see
+    /// [`Self::already_handled`]), so the committed offset moves past it.
+    pub fn skip_replayed(&mut self, offset: i64) {
+        self.mark_done(offset);
+    }
+
+    fn mark_done(&mut self, offset: i64) {
         self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
     }
 
     /// Applies one decoded chunk from `offset`: frames it completes are appended to `out`
-    /// (cleared first). `stored_through` is the last frame already stored for a stream seen
-    /// for the first time since this worker took the partition (restart recovery).
+    /// (cleared first).
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
@@ -220,13 +293,18 @@ impl PartitionStreams {
         meta: &ChunkMeta,
         samples: &[f32],
         offset: i64,
-        stored_through: Option<u64>,
         out: &mut FrameBatch,
     ) -> Result<ChunkOutcome, StreamError> {
         out.clear();
         let mut outcome = ChunkOutcome::default();
+        if self.already_handled(&meta.stream_id, offset) {
+            self.mark_done(offset);
+            outcome.replayed = true;
+            return Ok(outcome);
+        }
         let extractor = cache.get(meta.sample_rate)?;
         let now = Instant::now();
+        self.ended.remove(&meta.stream_id);
 
         if self
             .streams
@@ -242,19 +320,14 @@ impl PartitionStreams {
                 outcome.evicted_for_cap = true;
             }
             let start = meta.start_sample.unwrap_or(0);
-            // A recovered stream may only trust frames whose context lies in replayed data;
-            // if nothing stored lies there, the original run restarted here too.
-            let hop = extractor.hop_length() as u64;
-            let stored_through = stored_through.filter(|last| last * hop >= start);
             self.streams.insert(
                 meta.stream_id.clone(),
                 StreamEntry {
                     state: extractor.new_stream(start),
                     extractor: extractor.clone(),
+                    channels: meta.channels,
                     last_seen: now,
-                    continuous_from: start,
-                    messages: VecDeque::new(),
-                    stored_through,
+                    applied_offset: offset,
                 },
             );
             outcome.new_stream = true;
@@ -264,15 +337,15 @@ impl PartitionStreams {
             .get_mut(&meta.stream_id)
             .expect("stream inserted above");
         entry.last_seen = now;
+        entry.channels = meta.channels;
 
         let expected = entry.state.next_sample();
         let start = meta.start_sample.unwrap_or(expected);
         let mut feed = samples;
         if start > expected {
             outcome.gap = true;
-            entry.state.reset(start);
-            entry.continuous_from = start;
-            entry.messages.clear();
+            // Frames still waiting for their pitch (pYIN) are decided and emitted first.
+            entry.extractor.restart_stream(&mut entry.state, start, out);
         } else if start < expected {
             let overlap = (expected - start) as usize;
             if overlap >= samples.len() && !samples.is_empty() {
@@ -285,62 +358,97 @@ impl PartitionStreams {
             outcome.trimmed = overlap.min(samples.len());
             feed = &samples[outcome.trimmed..];
         }
-        entry
-            .messages
-            .push_back((start + outcome.trimmed as u64, offset));
+        entry.applied_offset = offset;
 
         let ws = workspace.for_extractor(&entry.extractor);
         entry.extractor.process(ws, &mut entry.state, feed, out);
-        if let Some(stored) = entry.stored_through {
-            if !out.is_empty() && out.index(0) <= stored {
-                outcome.skipped_frames = out.len();
-                out.clear();
-            }
-            if entry.state.next_frame() > stored + 1 {
-                entry.stored_through = None;
-            }
-        }
-        entry.release_messages();
         if meta.eos {
+            entry.extractor.finish_stream(&mut entry.state, out);
             self.streams.remove(&meta.stream_id);
+            self.ended.insert(
+                meta.stream_id.clone(),
+                EndedStream {
+                    applied_offset: offset,
+                    last_seen: now,
+                },
+            );
         }
+        self.changed.insert(meta.stream_id.clone());
         self.mark_done(offset);
         Ok(outcome)
     }
 
-    /// The offset to commit: the oldest message a live stream still needs, or the one after
-    /// the last message handled. `None` before any message was handled.
+    /// The offset to commit: the one after the last message handled (every stream's state up
+    /// to it is in its checkpoint once [`Self::take_checkpoints`]' records are acknowledged).
+    /// `None` before any message was handled.
     pub fn commit_offset(&self) -> Option<i64> {
-        let after_last = self.last_offset? + 1;
-        let oldest_needed = self
-            .streams
-            .values()
-            .filter_map(|e| e.messages.front().map(|m| m.1))
-            .min();
-        Some(oldest_needed.map_or(after_last, |o| o.min(after_last)))
+        Some(self.last_offset? + 1)
     }
 
-    /// Drops streams idle for longer than the timeout (checked at most once a second).
-    /// Returns how many were dropped.
+    /// The checkpoint records due since the last call, keyed by stream id: the stream's
+    /// [`StreamCheckpoint`], encoded, or `None` (a tombstone) for a stream that was evicted.
+    pub fn take_checkpoints(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut records = Vec::with_capacity(self.changed.len());
+        for id in self.changed.drain() {
+            let value = if let Some(live) = self.streams.get(&id) {
+                Some(StreamCheckpoint {
+                    applied_offset: live.applied_offset,
+                    sample_rate: live.extractor.sample_rate(),
+                    channels: live.channels,
+                    state: Some(live.state.snapshot()),
+                })
+            } else {
+                self.ended.get(&id).map(|ended| StreamCheckpoint {
+                    applied_offset: ended.applied_offset,
+                    sample_rate: 0,
+                    channels: 0,
+                    state: None,
+                })
+            };
+            records.push((id, value.map(|c| c.encode())));
+        }
+        records
+    }
+
+    /// Drops streams (and ended-stream markers) idle for longer than the timeout (checked at most
+    /// once a second); each gets a tombstone at the next [`Self::take_checkpoints`]. Returns how
+    /// many live streams were dropped.
     pub fn evict_idle(&mut self, idle_timeout: Duration) -> usize {
         let now = Instant::now();
         if now.duration_since(self.last_sweep) < Duration::from_secs(1) {
             return 0;
         }
         self.last_sweep = now;
-        let before = self.streams.len();
-        self.streams
-            .retain(|_, e| now.duration_since(e.last_seen) < idle_timeout);
-        let dropped = before - self.streams.len();
-        if dropped > 0 {
+        let idle = |last_seen: Instant| now.duration_since(last_seen) >= idle_timeout;
+        let dropped: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| idle(e.last_seen))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dropped {
+            self.streams.remove(id);
+        }
+        let forgotten: Vec<String> = self
+            .ended
+            .iter()
+            .filter(|(_, e)| idle(e.last_seen))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &forgotten {
+            self.ended.remove(id);
+        }
+        self.changed
+            .extend(dropped.iter().chain(&forgotten).cloned());
+        if !dropped.is_empty() {
             info!(
                 partition = self.partition,
-                dropped,
+                dropped = dropped.len(),
                 live = self.streams.len(),
                 "Idle streams evicted."
             );
         }
-        dropped
+        dropped.len()
     }
 
     fn evict_least_recent(&mut self, cap: usize) {
@@ -357,6 +465,7 @@ impl PartitionStreams {
                 "Live stream cap reached; least recently seen stream evicted (raise streams.max_streams)."
             );
             self.streams.remove(&victim);
+            self.changed.insert(victim);
         }
     }
 }
@@ -441,7 +550,6 @@ mod tests {
             m: &ChunkMeta,
             samples: &[f32],
             offset: i64,
-            stored_through: Option<u64>,
         ) -> Result<ChunkOutcome, StreamError> {
             self.table.apply(
                 &self.cache,
@@ -450,7 +558,6 @@ mod tests {
                 m,
                 samples,
                 offset,
-                stored_through,
                 &mut self.out,
             )
         }
@@ -464,7 +571,7 @@ mod tests {
             offset: i64,
         ) -> Result<(ChunkOutcome, Vec<(u64, u32)>), StreamError> {
             let m = meta(stream, start, samples.len(), false);
-            let outcome = self.apply(&m, samples, offset, None)?;
+            let outcome = self.apply(&m, samples, offset)?;
             let frames = (0..self.out.len())
                 .map(|i| {
                     (
@@ -534,7 +641,7 @@ mod tests {
         let x = signal(100);
         let mut h = Harness::new();
         let m = meta("s", Some(0), 100, true);
-        h.apply(&m, &x, 0, None).unwrap();
+        h.apply(&m, &x, 0).unwrap();
         assert!(!h.table.contains("s"));
         h.feed("t", Some(0), &x, 1).unwrap();
         h.table.last_sweep = Instant::now() - Duration::from_secs(2);
@@ -555,37 +662,108 @@ mod tests {
         assert!(h.table.contains("a") && h.table.contains("c") && !h.table.contains("b"));
     }
 
-    #[test]
-    fn watermark_holds_the_oldest_message_a_stream_still_needs() {
-        let x = signal(1000);
-        let mut h = Harness::new();
-        // 10-sample chunks at offsets 0..; frame 64, hop 16.
-        for (i, chunk) in x.chunks(10).enumerate().take(20) {
-            h.feed("s", Some(i as u64 * 10), chunk, i as i64).unwrap();
-        }
-        // 200 samples seen: frames 0..=8 emitted (frame 8 covers 128..192), next is 9 (144..208).
-        // Flux of frame 9 needs frame 8, which starts at sample 128: message 12 (120..130).
-        assert_eq!(h.table.commit_offset(), Some(12));
-        // A stream that ended releases everything.
-        let m = meta("s", Some(200), 10, true);
-        h.apply(&m, &x[200..210], 20, None).unwrap();
-        assert_eq!(h.table.commit_offset(), Some(21));
+    /// Decodes the table's due checkpoints as a restore would read them (latest per stream).
+    fn checkpoints(table: &mut PartitionStreams) -> Vec<(String, Option<StreamCheckpoint>)> {
+        table
+            .take_checkpoints()
+            .into_iter()
+            .map(|(id, value)| (id, value.map(|v| StreamCheckpoint::decode(&v).unwrap())))
+            .collect()
     }
 
     #[test]
-    fn recovered_stream_withholds_frames_stored_before_the_restart() {
-        let x = signal(600);
+    fn a_restored_stream_continues_bit_for_bit_and_skips_what_it_handled() {
+        let x = signal(1000);
         let reference = whole(&x);
         let mut h = Harness::new();
-        // Replay starts at sample 128 with the message whose record (frames 8..=16, all that end
-        // before sample 328) was stored before the restart: records are stored whole.
-        let m = meta("s", Some(128), 200, false);
-        h.apply(&m, &x[128..328], 5, Some(16)).unwrap();
-        assert!(h.out.is_empty(), "frames 8..=16 were stored already");
-        let (_, frames) = h.feed("s", Some(328), &x[328..], 6).unwrap();
-        assert_eq!(frames.first().map(|f| f.0), Some(17));
-        let tail: Vec<_> = reference.iter().filter(|f| f.0 >= 17).copied().collect();
-        // rms depends only on the frame's samples: identical to the uninterrupted run.
-        assert_eq!(frames, tail);
+        let (_, mut frames) = h.feed("s", Some(0), &x[..333], 0).unwrap();
+        frames.extend(h.feed("s", Some(333), &x[333..517], 1).unwrap().1);
+        let saved = checkpoints(&mut h.table);
+        assert_eq!(saved.len(), 1);
+        assert_eq!(
+            h.table.commit_offset(),
+            Some(2),
+            "commits right after the last message"
+        );
+        assert!(
+            h.table.take_checkpoints().is_empty(),
+            "nothing changed since"
+        );
+
+        // A new owner restores from the checkpoint and replays from an older offset.
+        let mut restored = Harness::new();
+        restored.table = PartitionStreams::restore(
+            0,
+            &restored.cache,
+            saved.into_iter().map(|(id, c)| (id, c.unwrap())),
+        );
+        let (outcome, replayed) = restored.feed("s", Some(333), &x[333..517], 1).unwrap();
+        assert!(
+            outcome.replayed && replayed.is_empty(),
+            "offset 1 was handled"
+        );
+        let (outcome, more) = restored.feed("s", Some(517), &x[517..], 2).unwrap();
+        assert!(!outcome.replayed && !outcome.gap && outcome.trimmed == 0);
+        frames.extend(more);
+        assert_eq!(
+            frames, reference,
+            "flux and every frame as in one uninterrupted run"
+        );
+    }
+
+    #[test]
+    fn a_rejected_message_of_a_known_stream_is_recorded_in_its_checkpoint() {
+        let x = signal(200);
+        let mut h = Harness::new();
+        h.feed("s", Some(0), &x, 0).unwrap();
+        h.table.take_checkpoints();
+        h.table.reject(Some("s"), 1);
+        h.table.reject(Some("unknown"), 2);
+        let saved = checkpoints(&mut h.table);
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].1.as_ref().unwrap().applied_offset, 1);
+        assert!(h.table.already_handled("s", 1));
+        assert!(!h.table.already_handled("unknown", 2));
+        assert_eq!(h.table.commit_offset(), Some(3));
+    }
+
+    #[test]
+    fn an_ended_stream_leaves_a_marker_then_a_tombstone() {
+        let x = signal(100);
+        let mut h = Harness::new();
+        h.apply(&meta("s", Some(0), 100, true), &x, 4).unwrap();
+        let saved = checkpoints(&mut h.table);
+        assert_eq!(saved.len(), 1);
+        let marker = saved[0]
+            .1
+            .as_ref()
+            .expect("an ended marker, not a tombstone");
+        assert!(marker.state.is_none());
+        assert_eq!(marker.applied_offset, 4);
+        // A replay of the last chunk is recognised; a later chunk starts a new stream.
+        assert!(h.table.already_handled("s", 4));
+        let (outcome, _) = h.feed("s", Some(0), &x, 5).unwrap();
+        assert!(outcome.new_stream);
+        h.table.take_checkpoints();
+        h.table.last_sweep = Instant::now() - Duration::from_secs(2);
+        assert_eq!(h.table.evict_idle(Duration::ZERO), 1);
+        assert_eq!(checkpoints(&mut h.table), vec![("s".to_string(), None)]);
+    }
+
+    #[test]
+    fn a_checkpoint_for_other_dsp_settings_is_dropped() {
+        let x = signal(300);
+        let mut h = Harness::new();
+        h.feed("s", Some(0), &x, 0).unwrap();
+        let saved = checkpoints(&mut h.table);
+        let other = ExtractorCache::new(DspConfig {
+            frame_length: 128,
+            hop_length: 32,
+            features: vec!["rms".into()],
+            ..DspConfig::default()
+        });
+        let table =
+            PartitionStreams::restore(0, &other, saved.into_iter().map(|(i, c)| (i, c.unwrap())));
+        assert!(table.is_empty());
     }
 }

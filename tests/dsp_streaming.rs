@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use proptest::prelude::*;
 use specflow::dsp::{
-    DspConfig, FeatureExtractor, FeatureName, FrameBatch, StreamState, WindowKind,
+    DspConfig, FeatureExtractor, FeatureName, FrameBatch, PitchMethod, StreamState, WindowKind,
 };
 
 /// Counts allocations made by the current thread, so tests running in parallel do not interfere.
@@ -63,8 +63,16 @@ fn serialised(batch: &FrameBatch) -> Vec<String> {
         .collect()
 }
 
+/// YIN instead of the default pYIN: for the grid tests, whose streams start or restart at other
+/// frames (pYIN's decisions depend on the stream's past by design).
+fn yin(mut config: DspConfig) -> DspConfig {
+    config.pitch_method = PitchMethod::Yin;
+    config
+}
+
 /// Feeds `signal` (whose first sample has absolute index `start`) in chunks cycling through
-/// `chunk_sizes`, checking the state invariants after every call.
+/// `chunk_sizes`, checking the state invariants after every call, then ends the stream (as
+/// `audio.eos`: frames waiting for pYIN's decision are decided).
 fn run_chunked(
     extractor: &FeatureExtractor,
     start: u64,
@@ -93,7 +101,14 @@ fn run_chunked(
             state.oldest_needed_sample(),
             (state.next_frame() * hop).min(state.next_sample())
         );
+        assert!(
+            state.pending_frames() <= extractor.pitch_lag_frames(),
+            "{} frames wait for pitch",
+            state.pending_frames()
+        );
     }
+    extractor.finish_stream(&mut state, &mut out);
+    assert_eq!(state.pending_frames(), 0);
     (out, state)
 }
 
@@ -138,9 +153,14 @@ proptest! {
         window in window_strategy(),
         chunks in chunking_strategy(),
         start in prop_oneof![Just(0u64), 0u64..100_000],
+        pitch_method in prop_oneof![Just(PitchMethod::Pyin), Just(PitchMethod::Yin)],
+        lag in 1usize..40,
     ) {
         let hop_length = 1 + ((frame_length - 1) as f64 * hop_fraction) as usize;
-        let extractor = FeatureExtractor::new(&config(frame_length, hop_length, window), SAMPLE_RATE)
+        let mut config = config(frame_length, hop_length, window);
+        config.pitch_method = pitch_method;
+        config.pitch_lag_frames = lag;
+        let extractor = FeatureExtractor::new(&config, SAMPLE_RATE)
             .expect("valid config");
         let (whole, whole_state) = run_chunked(&extractor, start, &signal, &[signal.len().max(1)]);
         let (chunked, chunked_state) = run_chunked(&extractor, start, &signal, &chunks);
@@ -211,7 +231,7 @@ fn assert_same_frames_except_first_flux(early: &FrameBatch, late: &FrameBatch) {
 #[test]
 fn stream_starting_off_grid_emits_ceil_start_over_hop_first() {
     let extractor =
-        FeatureExtractor::new(&config(400, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
+        FeatureExtractor::new(&yin(config(400, 160, WindowKind::Hann)), SAMPLE_RATE).unwrap();
     let signal = noise(6000, 7);
     let (from_zero, _) = run_chunked(&extractor, 0, &signal, &[6000]);
 
@@ -229,7 +249,7 @@ fn stream_starting_off_grid_emits_ceil_start_over_hop_first() {
 #[test]
 fn reset_after_a_gap_continues_on_the_grid() {
     let extractor =
-        FeatureExtractor::new(&config(512, 160, WindowKind::Hann), SAMPLE_RATE).unwrap();
+        FeatureExtractor::new(&yin(config(512, 160, WindowKind::Hann)), SAMPLE_RATE).unwrap();
     let signal = noise(10_000, 11);
     let (from_zero, _) = run_chunked(&extractor, 0, &signal, &[10_000]);
 
@@ -258,19 +278,28 @@ fn reset_after_a_gap_continues_on_the_grid() {
 
 #[test]
 fn carried_state_is_small() {
-    let extractor = FeatureExtractor::new(&config(2048, 480, WindowKind::Hann), 48000).unwrap();
-    let mut ws = extractor.workspace();
-    let mut state = extractor.new_stream(0);
-    let mut out = FrameBatch::new();
-    for chunk in noise(48_000, 3).chunks(1000) {
-        extractor.process(&mut ws, &mut state, chunk, &mut out);
-        assert!(
-            state.heap_bytes() <= 2048 * 4 + 1025 * 8,
-            "{} bytes",
-            state.heap_bytes()
-        );
+    // YIN: the sample tail and the previous spectrum. pYIN adds its decoder (the best score per
+    // state, back-pointers for `pitch_lag_frames` frames, work rows) and the waiting frames.
+    for (method, bound) in [
+        (PitchMethod::Yin, 2048 * 4 + 1025 * 8),
+        (PitchMethod::Pyin, 2048 * 4 + 1025 * 8 + 256 * 1024),
+    ] {
+        let mut config = config(2048, 480, WindowKind::Hann);
+        config.pitch_method = method;
+        let extractor = FeatureExtractor::new(&config, 48000).unwrap();
+        let mut ws = extractor.workspace();
+        let mut state = extractor.new_stream(0);
+        let mut out = FrameBatch::new();
+        for chunk in noise(48_000, 3).chunks(1000) {
+            extractor.process(&mut ws, &mut state, chunk, &mut out);
+            assert!(
+                state.heap_bytes() <= bound,
+                "{method:?}: {} bytes",
+                state.heap_bytes()
+            );
+        }
+        assert!(state.heap_bytes() > 0);
     }
-    assert!(state.heap_bytes() > 0);
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn expected_frames(
     let mut state = extractor.new_stream(0);
     let mut batch = FrameBatch::new();
     extractor.process(&mut ws, &mut state, &mono, &mut batch);
+    extractor.finish_stream(&mut state, &mut batch);
     (0..batch.len())
         .map(|i| {
             (
@@ -46,20 +47,6 @@ fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
     let spec = reader.spec();
     let pcm: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
     (pcm, spec.channels, spec.sample_rate)
-}
-
-/// Rounds every number to f32, the precision features are computed in (JSON text carries the
-/// shortest f32 representation, BSON the exact f32 value widened to f64).
-fn as_f32(value: Value) -> Value {
-    match value {
-        Value::Number(n) if n.is_f64() => {
-            serde_json::Number::from_f64(f64::from(n.as_f64().unwrap() as f32))
-                .map_or(Value::Null, Value::Number)
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(as_f32).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, as_f32(v))).collect()),
-        other => other,
-    }
 }
 
 fn strip_time(mut frame: Value) -> Value {
@@ -422,4 +409,62 @@ async fn columns_layout_stores_the_same_values_as_packed_vectors() {
     );
     assert_mongo_equals(&collection, &expected).await;
     assert_topic_has_every_record(&names.output, &expected).await;
+}
+
+/// `specflow produce` without `--realtime` sends faster than real time, yet stamps every chunk
+/// with its capture time: the stream's start + start_sample / sample_rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_stamps_capture_time_not_send_time() {
+    let names = Names::new("produce-time");
+    create_topics(&names, 1).await;
+    let settings = settings(&names);
+    let options = specflow::produce::ProduceOptions {
+        signal: specflow::produce::Signal::Wav(reference_signal("speech_16k.wav")),
+        streams: 2,
+        stream_prefix: "speaker-".into(),
+        chunk_ms: 70,
+        duration_secs: None,
+        sample_rate: 16_000,
+        realtime: false,
+        eos: true,
+        topic: None,
+    };
+    let summary = specflow::produce::produce(&settings, &options)
+        .await
+        .expect("produce");
+    let messages = consume(
+        &names.input,
+        summary.messages as usize,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(messages.len() as u64, summary.messages);
+    let header = |m: &rdkafka::message::OwnedMessage, name: &str| -> i64 {
+        let headers = m.headers().expect("headers");
+        (0..headers.count())
+            .map(|i| headers.get(i))
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            .unwrap_or_else(|| panic!("header {name}"))
+    };
+    let mut first: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut checked = 0;
+    for m in &messages {
+        let key = m.key().expect("key").to_vec();
+        let start_sample = header(m, "audio.start_sample");
+        let timestamp = header(m, "audio.timestamp_ms");
+        let start = *first.entry(key).or_insert_with(|| {
+            assert_eq!(start_sample, 0, "first chunk of a stream starts at 0");
+            timestamp
+        });
+        // 70 ms chunks at 16 kHz: chunk k starts at sample 1120 k, captured 70 k ms in.
+        assert_eq!(
+            timestamp - start,
+            start_sample * 1000 / 16_000,
+            "chunk at sample {start_sample}"
+        );
+        checked += 1;
+    }
+    assert_eq!(first.len(), 2);
+    assert!(checked > 2 * 60, "speech is ~4.5 s: {checked} chunks");
 }

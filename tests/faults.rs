@@ -38,12 +38,8 @@ fn fault_settings(names: &Names) -> specflow::config::Settings {
     s.source.commit_interval_ms = 100;
     s.mongo.retry_max_ms = 1_000;
     // A crashed member's partitions come back after the broker's minimum session timeout.
-    s.kafka
-        .consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    s.kafka
-        .consumer
-        .insert("heartbeat.interval.ms".into(), "1000".into());
+    s.source.session_timeout_ms = 6_000;
+    s.source.heartbeat_interval_ms = 1_000;
     s
 }
 
@@ -211,4 +207,54 @@ async fn broker_restart_mid_run() {
         .unwrap();
     scenario.finish().await;
     worker.stop().await;
+}
+
+/// A new owner takes over while MongoDB is down: it restores its partitions from the
+/// checkpoint topic within seconds of the assignment (no database is asked), and once MongoDB
+/// is back the result is the uninterrupted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_owner_restores_while_mongodb_is_down() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = Scenario::start("takeover", Duration::from_millis(150)).await;
+    let first = spawn_worker(scenario.settings.clone());
+    assert!(
+        eventually(Duration::from_secs(30), || first
+            .metrics
+            .checkpoints_written_total
+            .get()
+            > 0)
+        .await,
+        "the first owner wrote checkpoints"
+    );
+    let mongo = StoppedService::stop("mongo");
+    assert!(
+        !scenario.producer.is_finished(),
+        "the load must still be running when MongoDB goes down"
+    );
+    // The first owner leaves (its last batches wait for MongoDB and are not committed).
+    first.token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), first.handle).await;
+    let second = spawn_worker(scenario.settings.clone());
+    let assigned_by = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || second
+            .metrics
+            .restore_seconds
+            .get_sample_count()
+            >= PARTITIONS as u64)
+        .await,
+        "every partition restored while MongoDB is down"
+    );
+    let restored_after = assigned_by.elapsed();
+    let slowest = second.metrics.restore_seconds.get_sample_sum();
+    eprintln!(
+        "restored {PARTITIONS} partitions {restored_after:?} after start ({slowest:.3} s reading checkpoints)"
+    );
+    assert!(
+        slowest < 5.0 * PARTITIONS as f64,
+        "reading checkpoints took {slowest:.1} s"
+    );
+    mongo.start();
+    scenario.finish().await;
+    second.stop().await;
 }

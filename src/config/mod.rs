@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::audio::InputConfig;
+use crate::checkpoint::CheckpointConfig;
 use crate::dsp::DspConfig;
 use crate::sinks::dead_letter::DeadLetterConfig;
 use crate::sinks::kafka::KafkaSinkConfig;
@@ -41,6 +42,8 @@ pub struct Settings {
     pub dsp: DspConfig,
     /// `[streams]`: per-stream state limits.
     pub streams: StreamsConfig,
+    /// `[checkpoint]`: the compacted topic that restores stream state after a restart.
+    pub checkpoint: CheckpointConfig,
     /// `[output]`: the feature-record topic.
     pub output: KafkaSinkConfig,
     /// `[dead_letter]`: where malformed messages go.
@@ -159,6 +162,7 @@ impl Settings {
             problems.extend(self.dsp.validate());
         }
         problems.extend(self.streams.validate());
+        problems.extend(self.checkpoint.validate());
         problems.extend(self.output.validate());
         problems.extend(self.dead_letter.validate());
         problems.extend(self.mongo.validate());
@@ -171,12 +175,32 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !self.output.enabled && !self.mongo.enabled {
+            problems.push(Problem::new(
+                "output.enabled",
+                false,
+                "at least one sink must be on: output.enabled or mongo.enabled",
+            ));
+        }
+        for (key, topic) in [
+            ("output.topic", &self.output.topic),
+            ("dead_letter.topic", &self.dead_letter.topic),
+            ("checkpoint.topic", &self.checkpoint.topic),
+        ] {
+            if *topic == self.source.topic {
+                problems.push(Problem::new(key, topic, "must differ from source.topic"));
+            }
+        }
         for (key, topic) in [
             ("output.topic", &self.output.topic),
             ("dead_letter.topic", &self.dead_letter.topic),
         ] {
-            if *topic == self.source.topic {
-                problems.push(Problem::new(key, topic, "must differ from source.topic"));
+            if *topic == self.checkpoint.topic {
+                problems.push(Problem::new(
+                    key,
+                    topic,
+                    "must differ from checkpoint.topic",
+                ));
             }
         }
         problems

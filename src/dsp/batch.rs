@@ -63,6 +63,8 @@ pub(crate) struct BatchLayout {
     pub(crate) mask: u32,
     /// Length of each vector feature, by [`vector_slot`] (0 when not selected).
     pub(crate) vector_lens: [usize; VECTORS.len()],
+    /// `f0` comes from pYIN, which adds `voiced_prob` to every frame.
+    pub(crate) voiced_prob: bool,
 }
 
 impl BatchLayout {
@@ -80,7 +82,27 @@ pub struct FrameBatch {
     start_samples: Vec<u64>,
     scalars: [Vec<f32>; SCALARS.len()],
     voiced: Vec<bool>,
+    /// pYIN's voicing probability per frame (only with a pYIN layout).
+    voiced_prob: Vec<f32>,
     vectors: [Vec<f32>; VECTORS.len()],
+}
+
+/// A [`FrameBatch`]'s frames as plain columns (serde), for checkpoints of frames that wait for
+/// their pitch decision.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchColumns {
+    /// Frame indexes.
+    pub indexes: Vec<u64>,
+    /// First sample of each frame.
+    pub start_samples: Vec<u64>,
+    /// Scalar columns in storage order (empty when not selected).
+    pub scalars: Vec<Vec<f32>>,
+    /// Voicing decisions.
+    pub voiced: Vec<bool>,
+    /// Voicing probabilities (pYIN).
+    pub voiced_prob: Vec<f32>,
+    /// Vector columns in storage order, row-major.
+    pub vectors: Vec<Vec<f32>>,
 }
 
 /// Converts a computed value to the stored f32, never letting a non-finite value out.
@@ -102,6 +124,7 @@ impl FrameBatch {
         self.start_samples.clear();
         self.scalars.iter_mut().for_each(Vec::clear);
         self.voiced.clear();
+        self.voiced_prob.clear();
         self.vectors.iter_mut().for_each(Vec::clear);
     }
 
@@ -155,6 +178,18 @@ impl FrameBatch {
             return None;
         }
         scalar_slot(name).map(|slot| self.scalars[slot][i])
+    }
+
+    /// pYIN's probability that frame `i` is voiced; `None` unless `f0` comes from pYIN.
+    pub fn voiced_prob(&self, i: usize) -> Option<f32> {
+        (self.layout.voiced_prob && self.layout.contains(FeatureName::F0))
+            .then(|| self.voiced_prob[i])
+    }
+
+    /// Every frame's pYIN voicing probability, in frame order (empty unless `f0` comes from
+    /// pYIN).
+    pub fn voiced_prob_column(&self) -> &[f32] {
+        &self.voiced_prob
     }
 
     /// Whether frame `i` is voiced; `None` when `f0` is not selected.
@@ -221,6 +256,7 @@ impl FrameBatch {
         self.layout.selected.extend_from_slice(&layout.selected);
         self.layout.mask = layout.mask;
         self.layout.vector_lens = layout.vector_lens;
+        self.layout.voiced_prob = layout.voiced_prob;
     }
 
     /// Starts a new frame; the caller then pushes every selected feature once.
@@ -243,6 +279,136 @@ impl FrameBatch {
         self.voiced.push(f0.is_some());
     }
 
+    /// Appends a pitch still to be decided (pYIN): unvoiced, probability 0, until
+    /// [`Self::set_last_pitch`].
+    pub(crate) fn push_pending_pitch(&mut self) {
+        self.push_f0(None);
+        self.voiced_prob.push(0.0);
+    }
+
+    /// Sets the pitch decision of the last frame.
+    pub(crate) fn set_last_pitch(&mut self, f0: Option<f64>, voiced_prob: f64) {
+        let slot = scalar_slot(FeatureName::F0).unwrap_or_default();
+        if let (Some(value), Some(voiced), Some(prob)) = (
+            self.scalars[slot].last_mut(),
+            self.voiced.last_mut(),
+            self.voiced_prob.last_mut(),
+        ) {
+            *value = f0.map_or(0.0, finite_f32);
+            *voiced = f0.is_some();
+            *prob = finite_f32(voiced_prob);
+        }
+    }
+
+    /// Moves the oldest frame to the end of `out` (which takes this batch's layout).
+    ///
+    /// # Panics
+    /// When the batch is empty.
+    pub(crate) fn move_front_to(&mut self, out: &mut FrameBatch) {
+        assert!(!self.is_empty(), "no frame to move");
+        out.set_layout(&self.layout);
+        out.indexes.push(self.indexes.remove(0));
+        out.start_samples.push(self.start_samples.remove(0));
+        for (from, to) in self.scalars.iter_mut().zip(out.scalars.iter_mut()) {
+            if !from.is_empty() {
+                to.push(from.remove(0));
+            }
+        }
+        if !self.voiced.is_empty() {
+            out.voiced.push(self.voiced.remove(0));
+        }
+        if !self.voiced_prob.is_empty() {
+            out.voiced_prob.push(self.voiced_prob.remove(0));
+        }
+        for (slot, (from, to)) in self
+            .vectors
+            .iter_mut()
+            .zip(out.vectors.iter_mut())
+            .enumerate()
+        {
+            let width = self.layout.vector_lens[slot];
+            if width > 0 && from.len() >= width {
+                to.extend(from.drain(..width));
+            }
+        }
+    }
+
+    /// The frames as plain columns.
+    pub fn to_columns(&self) -> BatchColumns {
+        BatchColumns {
+            indexes: self.indexes.clone(),
+            start_samples: self.start_samples.clone(),
+            scalars: self.scalars.to_vec(),
+            voiced: self.voiced.clone(),
+            voiced_prob: self.voiced_prob.clone(),
+            vectors: self.vectors.to_vec(),
+        }
+    }
+
+    /// Replaces the frames with `columns`, taken from a batch of `layout`. `None` when the
+    /// columns do not fit the layout.
+    pub(crate) fn set_columns(
+        &mut self,
+        layout: &BatchLayout,
+        columns: &BatchColumns,
+    ) -> Option<()> {
+        let n = columns.indexes.len();
+        let fits =
+            columns.start_samples.len() == n
+                && columns.scalars.len() == SCALARS.len()
+                && columns.vectors.len() == VECTORS.len()
+                && SCALARS.iter().zip(&columns.scalars).all(|(&name, column)| {
+                    column.len() == if layout.contains(name) { n } else { 0 }
+                })
+                && VECTORS.iter().zip(&columns.vectors).enumerate().all(
+                    |(slot, (&name, column))| {
+                        column.len()
+                            == if layout.contains(name) {
+                                n * layout.vector_lens[slot]
+                            } else {
+                                0
+                            }
+                    },
+                )
+                && columns.voiced.len()
+                    == if layout.contains(FeatureName::F0) {
+                        n
+                    } else {
+                        0
+                    }
+                && columns.voiced_prob.len()
+                    == if layout.voiced_prob && layout.contains(FeatureName::F0) {
+                        n
+                    } else {
+                        0
+                    };
+        if !fits {
+            return None;
+        }
+        self.clear();
+        self.set_layout(layout);
+        self.indexes.extend_from_slice(&columns.indexes);
+        self.start_samples.extend_from_slice(&columns.start_samples);
+        for (to, from) in self.scalars.iter_mut().zip(&columns.scalars) {
+            to.extend_from_slice(from);
+        }
+        self.voiced.extend_from_slice(&columns.voiced);
+        self.voiced_prob.extend_from_slice(&columns.voiced_prob);
+        for (to, from) in self.vectors.iter_mut().zip(&columns.vectors) {
+            to.extend_from_slice(from);
+        }
+        Some(())
+    }
+
+    /// Heap bytes held (capacity).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        (self.indexes.capacity() + self.start_samples.capacity()) * 8
+            + self.scalars.iter().map(|c| c.capacity() * 4).sum::<usize>()
+            + self.voiced.capacity()
+            + self.voiced_prob.capacity() * 4
+            + self.vectors.iter().map(|c| c.capacity() * 4).sum::<usize>()
+    }
+
     /// Appends a vector feature of the frame being pushed.
     pub(crate) fn push_vector(&mut self, name: FeatureName, values: &[f64]) {
         if let Some(slot) = vector_slot(name) {
@@ -258,7 +424,8 @@ fn as_i64(value: u64) -> i64 {
 }
 
 /// One frame of a [`FrameBatch`]. Serialises as a flat map: `index`, `start_sample`, then every
-/// selected feature by name (`f0` is null when unvoiced and is followed by `voiced`).
+/// selected feature by name (`f0` is null when unvoiced and is followed by `voiced`, and with
+/// pYIN by `voiced_prob`).
 #[derive(Debug, Clone, Copy)]
 pub struct FrameView<'a> {
     batch: &'a FrameBatch,
@@ -293,13 +460,17 @@ impl Serialize for FrameView<'_> {
         let i = self.i;
         let selected = &batch.layout.selected;
         let with_f0 = usize::from(batch.layout.contains(FeatureName::F0));
-        let mut map = serializer.serialize_map(Some(2 + selected.len() + with_f0))?;
+        let with_prob = with_f0 * usize::from(batch.layout.voiced_prob);
+        let mut map = serializer.serialize_map(Some(2 + selected.len() + with_f0 + with_prob))?;
         map.serialize_entry("index", &as_i64(batch.indexes[i]))?;
         map.serialize_entry("start_sample", &as_i64(batch.start_samples[i]))?;
         for &name in selected {
             if name == FeatureName::F0 {
                 map.serialize_entry("f0", &batch.scalar(name, i))?;
                 map.serialize_entry("voiced", &batch.voiced[i])?;
+                if batch.layout.voiced_prob {
+                    map.serialize_entry("voiced_prob", &batch.voiced_prob[i])?;
+                }
             } else if let Some(slot) = scalar_slot(name) {
                 map.serialize_entry(name.as_str(), &batch.scalars[slot][i])?;
             } else if let Some(values) = batch.vector(name, i) {

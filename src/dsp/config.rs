@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::pyin::{Pyin, PyinParams};
+
 use crate::validation::Problem;
 
 /// Largest accepted `frame_length`, a guard against typos that would allocate huge plans.
@@ -44,8 +46,31 @@ pub struct DspConfig {
     pub pitch_fmin: f64,
     /// Highest f0 the YIN pitch tracker looks for, in Hz.
     pub pitch_fmax: f64,
-    /// YIN trough threshold: a frame is voiced when its normalised difference dips below it.
+    /// YIN trough threshold (`pitch_method = "yin"`): a frame is voiced when its normalised
+    /// difference dips below it.
     pub pitch_threshold: f64,
+    /// Pitch tracker for `f0`: `pyin` (librosa.pyin's probabilistic YIN with a streaming
+    /// fixed-lag Viterbi decode; adds `voiced_prob`) or `yin` (librosa.yin's trough rule; no
+    /// added latency).
+    pub pitch_method: PitchMethod,
+    /// pYIN: frames a pitch decision waits for (fixed-lag Viterbi). A frame is emitted, with
+    /// all its features, `pitch_lag_frames × hop_length` samples after it ends.
+    pub pitch_lag_frames: usize,
+    /// pYIN: thresholds of the YIN prior (librosa's `n_thresholds`).
+    pub pyin_n_thresholds: usize,
+    /// pYIN: shape of the beta prior over thresholds (librosa's `beta_parameters`; positive
+    /// integers).
+    pub pyin_beta_parameters: [u32; 2],
+    /// pYIN: Boltzmann parameter of the prior over trough ranks.
+    pub pyin_boltzmann_parameter: f64,
+    /// pYIN: pitch bin width in semitones.
+    pub pyin_resolution: f64,
+    /// pYIN: largest pitch change, in octaves per second.
+    pub pyin_max_transition_rate: f64,
+    /// pYIN: probability of switching between voiced and unvoiced.
+    pub pyin_switch_prob: f64,
+    /// pYIN: probability mass given to the global minimum when no trough is below a threshold.
+    pub pyin_no_trough_prob: f64,
     /// Frequency bands `[low, high)` in Hz for `band_energy`; bands reaching past Nyquist are clipped to it.
     pub bands: Vec<[f64; 2]>,
 }
@@ -66,9 +91,30 @@ impl Default for DspConfig {
             pitch_fmin: 65.0,
             pitch_fmax: 2093.0,
             pitch_threshold: 0.1,
+            pitch_method: PitchMethod::Pyin,
+            pitch_lag_frames: 20,
+            pyin_n_thresholds: 100,
+            pyin_beta_parameters: [2, 18],
+            pyin_boltzmann_parameter: 2.0,
+            pyin_resolution: 0.1,
+            pyin_max_transition_rate: 35.92,
+            pyin_switch_prob: 0.01,
+            pyin_no_trough_prob: 0.01,
             bands: vec![[0.0, 300.0], [300.0, 2000.0], [2000.0, 8000.0]],
         }
     }
+}
+
+/// How `f0` is tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PitchMethod {
+    /// `librosa.pyin`: probabilistic YIN and an HMM over pitch bins and voicing, decoded with a
+    /// fixed lag of `pitch_lag_frames`.
+    #[default]
+    Pyin,
+    /// `librosa.yin` with its trough rule for voicing: per frame, no added latency.
+    Yin,
 }
 
 /// Analysis window shape.
@@ -338,6 +384,13 @@ impl DspConfig {
                 format!("must be greater than pitch_fmin ({} Hz)", self.pitch_fmin),
             );
         }
+        if self.pitch_lag_frames == 0 || self.pitch_lag_frames > 1000 {
+            push(
+                "pitch_lag_frames",
+                &self.pitch_lag_frames,
+                "must be between 1 and 1000".to_owned(),
+            );
+        }
         if !(self.pitch_threshold.is_finite() && self.pitch_threshold > 0.0) {
             push(
                 "pitch_threshold",
@@ -364,6 +417,93 @@ impl DspConfig {
             }
         }
         problems
+    }
+
+    /// The pYIN parameters of this configuration.
+    pub fn pyin_params(&self) -> PyinParams {
+        PyinParams {
+            fmin: self.pitch_fmin,
+            fmax: self.pitch_fmax,
+            n_thresholds: self.pyin_n_thresholds,
+            beta_parameters: (self.pyin_beta_parameters[0], self.pyin_beta_parameters[1]),
+            boltzmann_parameter: self.pyin_boltzmann_parameter,
+            resolution: self.pyin_resolution,
+            max_transition_rate: self.pyin_max_transition_rate,
+            switch_prob: self.pyin_switch_prob,
+            no_trough_prob: self.pyin_no_trough_prob,
+        }
+    }
+
+    /// What pYIN rejects at `rate`, each under the key it comes from (the pitch range
+    /// conditions already reported by [`DspConfig::validate`] are not repeated).
+    fn pyin_problems(&self, rate: f64) -> Vec<Problem> {
+        let Err(messages) = Pyin::new(
+            &self.pyin_params(),
+            rate,
+            self.frame_length,
+            self.hop_length.max(1),
+        ) else {
+            return Vec::new();
+        };
+        let keys = [
+            ("fmin=", "pitch_fmin", self.pitch_fmin.to_string()),
+            ("fmax=", "pitch_fmax", self.pitch_fmax.to_string()),
+            (
+                "n_thresholds",
+                "pyin_n_thresholds",
+                self.pyin_n_thresholds.to_string(),
+            ),
+            (
+                "beta_parameters",
+                "pyin_beta_parameters",
+                format!("{:?}", self.pyin_beta_parameters),
+            ),
+            (
+                "boltzmann_parameter",
+                "pyin_boltzmann_parameter",
+                self.pyin_boltzmann_parameter.to_string(),
+            ),
+            (
+                "resolution",
+                "pyin_resolution",
+                self.pyin_resolution.to_string(),
+            ),
+            (
+                "max_transition_rate",
+                "pyin_max_transition_rate",
+                self.pyin_max_transition_rate.to_string(),
+            ),
+            (
+                "switch_prob",
+                "pyin_switch_prob",
+                self.pyin_switch_prob.to_string(),
+            ),
+            (
+                "no_trough_prob",
+                "pyin_no_trough_prob",
+                self.pyin_no_trough_prob.to_string(),
+            ),
+        ];
+        let already_reported = |m: &str| {
+            (m.starts_with("fmin=") || m.starts_with("fmax="))
+                && (m.contains("must be finite")
+                    || m.contains("must be less than")
+                    || m.contains("Nyquist"))
+        };
+        messages
+            .into_iter()
+            .filter(|m| !already_reported(m))
+            .map(|message| {
+                let (field, value) = keys
+                    .iter()
+                    .find(|(prefix, _, _)| message.starts_with(prefix))
+                    .map_or(
+                        ("pitch_method", "\"pyin\"".to_string()),
+                        |(_, field, value)| (*field, value.clone()),
+                    );
+                Problem::new(key(field), value, format!("pyin: {message}"))
+            })
+            .collect()
     }
 
     /// Every problem for this sample rate, [`DspConfig::validate`] included.
@@ -412,7 +552,9 @@ impl DspConfig {
                     ),
                 ));
             }
-            if self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0 {
+            if self.pitch_method == PitchMethod::Pyin {
+                problems.extend(self.pyin_problems(rate));
+            } else if self.pitch_fmin.is_finite() && self.pitch_fmin > 0.0 {
                 let period = rate / self.pitch_fmin;
                 if period >= (self.frame_length / 2) as f64 {
                     let lowest = rate / (self.frame_length / 2) as f64;
@@ -530,11 +672,21 @@ mod tests {
 
     #[test]
     fn pitch_fmin_too_low_for_the_frame() {
-        // 65 Hz at 16 kHz is a 246-sample period: it fits twice in 512 but not in 400.
+        // YIN: 65 Hz at 16 kHz is a 246-sample period: it fits twice in 512 but not in 400.
+        // (pYIN only needs one period inside the frame, as librosa.pyin.)
         let config = DspConfig {
             frame_length: 400,
+            pitch_method: PitchMethod::Yin,
             ..DspConfig::default()
         };
+        assert!(
+            DspConfig {
+                pitch_method: PitchMethod::Pyin,
+                ..config.clone()
+            }
+            .validate_for_rate(16000)
+            .is_empty()
+        );
         assert!(config.validate().is_empty());
         let problems = config.validate_for_rate(16000);
         let problem = problem_for(&problems, "dsp.pitch_fmin");

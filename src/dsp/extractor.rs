@@ -8,12 +8,15 @@ use realfft::{RealFftPlanner, RealToComplex};
 use super::DspError;
 use super::batch::{BatchLayout, FrameBatch, vector_slot};
 use super::chroma::{ChromaFilterBank, N_CHROMA};
+use super::config::PitchMethod;
 use super::config::{DspConfig, FeatureName};
 use super::features::{self, BandBins};
 use super::mel::{DctMatrix, MelFilterBank};
 use super::pitch::{Yin, YinScratch};
-use super::stream::StreamState;
+use super::pyin::{PitchDecision, Pyin, PyinDecoder, PyinScratch};
+use super::stream::{PitchTrack, StreamSnapshot, StreamState};
 use super::window::periodic_window;
+use crate::validation::Problem;
 
 /// The FFT plan and window for the magnitude spectrum.
 struct SpectrumPlan {
@@ -40,6 +43,8 @@ pub struct FeatureExtractor {
     chroma: Option<ChromaFilterBank>,
     bands: Option<BandBins>,
     yin: Option<Yin>,
+    /// pYIN tables, and the decoder lag, when `f0` comes from pYIN.
+    pyin: Option<(Pyin, usize)>,
     /// Run the per-frame kernels compiled for AVX2 (same results, wider vectors).
     pub(crate) use_avx2: bool,
 }
@@ -72,6 +77,15 @@ pub struct Workspace {
     chroma: Vec<f64>,
     bands: Vec<f64>,
     yin: Option<YinScratch>,
+    pyin: Option<PyinWork>,
+}
+
+/// Per-thread pYIN buffers: FFT scratch, the frame's observation probabilities and its
+/// voicing probability.
+struct PyinWork {
+    scratch: PyinScratch,
+    observation: Vec<f64>,
+    voiced_prob: f64,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -92,6 +106,7 @@ struct WorkspaceShape {
     n_mfcc: usize,
     n_bands: usize,
     yin: bool,
+    pyin_states: usize,
 }
 
 impl FeatureExtractor {
@@ -132,7 +147,28 @@ impl FeatureExtractor {
         let chroma = wants(FeatureName::Chroma).then(|| ChromaFilterBank::new(rate, n));
         let bands = wants(FeatureName::BandEnergy)
             .then(|| BandBins::new(&config.bands, rate, n, window_power));
-        let yin = wants(FeatureName::F0).then(|| {
+        let pyin_selected = config.pitch_method == PitchMethod::Pyin;
+        let pyin = if wants(FeatureName::F0) && pyin_selected {
+            let pyin = Pyin::with_planner(
+                &config.pyin_params(),
+                rate,
+                n,
+                config.hop_length,
+                &mut planner,
+            )
+            .map_err(|messages| {
+                DspError::InvalidConfig(
+                    messages
+                        .into_iter()
+                        .map(|m| Problem::new("dsp.pitch_method", "\"pyin\"", m))
+                        .collect(),
+                )
+            })?;
+            Some((pyin, config.pitch_lag_frames.max(1)))
+        } else {
+            None
+        };
+        let yin = (wants(FeatureName::F0) && !pyin_selected).then(|| {
             Yin::new(
                 rate,
                 n,
@@ -167,6 +203,7 @@ impl FeatureExtractor {
                 selected,
                 mask,
                 vector_lens,
+                voiced_prob: pyin.is_some(),
             },
             spectrum,
             mel,
@@ -174,6 +211,7 @@ impl FeatureExtractor {
             chroma,
             bands,
             yin,
+            pyin,
             use_avx2: avx2_available(),
         })
     }
@@ -221,6 +259,7 @@ impl FeatureExtractor {
             n_mfcc: self.layout.vector_lens[1],
             n_bands: self.bands.as_ref().map_or(0, BandBins::len),
             yin: self.yin.is_some(),
+            pyin_states: self.pyin.as_ref().map_or(0, |(p, _)| p.n_states()),
         }
     }
 
@@ -242,6 +281,11 @@ impl FeatureExtractor {
             chroma: vec![0.0; if self.chroma.is_some() { N_CHROMA } else { 0 }],
             bands: vec![0.0; shape.n_bands],
             yin: self.yin.as_ref().map(Yin::scratch),
+            pyin: self.pyin.as_ref().map(|(pyin, _)| PyinWork {
+                scratch: pyin.scratch(),
+                observation: vec![0.0; pyin.n_states()],
+                voiced_prob: 0.0,
+            }),
         }
     }
 
@@ -254,7 +298,119 @@ impl FeatureExtractor {
         } else {
             0
         };
-        StreamState::new(self.frame_length, self.hop_length, flux_bins, start_sample)
+        let mut state =
+            StreamState::new(self.frame_length, self.hop_length, flux_bins, start_sample);
+        state.pitch = self.pyin.as_ref().map(|(pyin, lag)| {
+            let mut pending = FrameBatch::new();
+            pending.set_layout(&self.layout);
+            PitchTrack {
+                decoder: PyinDecoder::new(pyin, *lag),
+                pending,
+            }
+        });
+        state
+    }
+
+    /// Frames a stream's records trail its newest sample by: pYIN's decoder lag (0 with YIN).
+    pub fn pitch_lag_frames(&self) -> usize {
+        self.pyin.as_ref().map_or(0, |(_, lag)| *lag)
+    }
+
+    /// Ends a stream (`audio.eos`): with pYIN, decodes the frames still waiting for their pitch
+    /// in full (as librosa's backtrack) and appends them to `out`. Nothing to do with YIN.
+    pub fn finish_stream(&self, state: &mut StreamState, out: &mut FrameBatch) {
+        let (Some((pyin, _)), Some(track)) = (&self.pyin, state.pitch.as_mut()) else {
+            return;
+        };
+        let PitchTrack { decoder, pending } = track;
+        decoder.finish(pyin, &mut |decision: PitchDecision| {
+            pending.move_front_to(out);
+            out.set_last_pitch(decision.f0, decision.voiced_prob);
+        });
+    }
+
+    /// Continues a stream at `start_sample` after a gap: its waiting frames are decoded in full
+    /// and appended to `out` ([`Self::finish_stream`]), then the state is reset there.
+    pub fn restart_stream(&self, state: &mut StreamState, start_sample: u64, out: &mut FrameBatch) {
+        self.finish_stream(state, out);
+        state.reset(start_sample);
+    }
+
+    /// Rebuilds a stream from a [`StreamSnapshot`] taken by an extractor with the same frame and
+    /// hop length and feature selection; it then continues exactly as the original would have.
+    ///
+    /// # Errors
+    /// [`DspError::Snapshot`] naming what does not fit this extractor.
+    pub fn restore_stream(&self, snapshot: &StreamSnapshot) -> Result<StreamState, DspError> {
+        let mismatch = |what: String| Err(DspError::Snapshot(what));
+        if snapshot.frame_length as usize != self.frame_length
+            || snapshot.hop_length as usize != self.hop_length
+        {
+            return mismatch(format!(
+                "made for frame/hop {}/{}, the extractor uses {}/{}",
+                snapshot.frame_length, snapshot.hop_length, self.frame_length, self.hop_length
+            ));
+        }
+        if snapshot.tail.len() >= self.frame_length
+            || snapshot.tail.len() as u64 > snapshot.next_sample
+        {
+            return mismatch(format!(
+                "{} buffered samples at sample {} with frame length {}",
+                snapshot.tail.len(),
+                snapshot.next_sample,
+                self.frame_length
+            ));
+        }
+        let mut state = self.new_stream(snapshot.next_sample);
+        state.next_frame = snapshot.next_frame;
+        state.tail.extend_from_slice(&snapshot.tail);
+        if let Some(previous) = &snapshot.previous_magnitude {
+            if !self.wants(FeatureName::SpectralFlux) || previous.len() != self.n_bins {
+                return mismatch(format!(
+                    "previous spectrum of {} bins; the extractor {}",
+                    previous.len(),
+                    if self.wants(FeatureName::SpectralFlux) {
+                        format!("has {} bins", self.n_bins)
+                    } else {
+                        "does not compute spectral_flux".to_string()
+                    }
+                ));
+            }
+            state.previous_magnitude.extend_from_slice(previous);
+            state.has_previous = true;
+        }
+        match (
+            &self.pyin,
+            state.pitch.as_mut(),
+            &snapshot.pitch_decoder,
+            &snapshot.pending_frames,
+        ) {
+            (None, None, None, None) => {}
+            (Some((pyin, lag)), Some(track), Some(decoder), Some(pending)) => {
+                let decoder = PyinDecoder::from_bytes(pyin, decoder)
+                    .map_err(|e| DspError::Snapshot(format!("pitch decoder: {e}")))?;
+                if decoder.lag() != *lag || decoder.pending() != pending.indexes.len() {
+                    return mismatch(format!(
+                        "pitch decoder with lag {} and {} waiting frames; the extractor uses lag {lag}",
+                        decoder.lag(),
+                        pending.indexes.len()
+                    ));
+                }
+                track.decoder = decoder;
+                track
+                    .pending
+                    .set_columns(&self.layout, pending)
+                    .ok_or_else(|| {
+                        DspError::Snapshot("waiting frames do not fit the feature selection".into())
+                    })?;
+            }
+            _ => {
+                return mismatch(
+                    "pitch method (pyin or yin) differs from the snapshot's".to_string(),
+                );
+            }
+        }
+        Ok(state)
     }
 
     /// Feeds `samples` (mono, nominally in `[-1, 1)`) that continue exactly at
@@ -306,8 +462,28 @@ impl FeatureExtractor {
             let rest = self.frame_length - filled;
             copy_finite(&mut ws.frame[filled..], &samples[from..from + rest]);
 
-            out.push_frame(state.next_frame, start);
-            self.compute_frame(ws, state, out);
+            match (&self.pyin, state.pitch.take()) {
+                (Some((pyin, _)), Some(mut track)) => {
+                    // With pYIN the frame waits for its pitch decision in the stream's state.
+                    track.pending.push_frame(state.next_frame, start);
+                    self.compute_frame(ws, state, &mut track.pending);
+                    let work = ws.pyin.as_ref().expect("pyin workspace");
+                    if let Some(decision) =
+                        track
+                            .decoder
+                            .push(pyin, &work.observation, work.voiced_prob)
+                    {
+                        track.pending.move_front_to(out);
+                        out.set_last_pitch(decision.f0, decision.voiced_prob);
+                    }
+                    state.pitch = Some(track);
+                }
+                (_, track) => {
+                    state.pitch = track;
+                    out.push_frame(state.next_frame, start);
+                    self.compute_frame(ws, state, out);
+                }
+            }
             state.next_frame += 1;
         }
 
@@ -426,13 +602,20 @@ impl FeatureExtractor {
                 FeatureName::DominantFrequency => {
                     out.push_scalar(name, features::dominant_frequency(magnitude, self.bin_hz));
                 }
-                FeatureName::F0 => {
-                    let f0 = match (&self.yin, &mut ws.yin) {
-                        (Some(yin), Some(scratch)) => yin.estimate(frame, scratch),
-                        _ => None,
-                    };
-                    out.push_f0(f0);
-                }
+                FeatureName::F0 => match (&self.pyin, &mut ws.pyin) {
+                    (Some((pyin, _)), Some(work)) => {
+                        work.voiced_prob =
+                            pyin.observe(frame, &mut work.scratch, &mut work.observation);
+                        out.push_pending_pitch();
+                    }
+                    _ => {
+                        let f0 = match (&self.yin, &mut ws.yin) {
+                            (Some(yin), Some(scratch)) => yin.estimate(frame, scratch),
+                            _ => None,
+                        };
+                        out.push_f0(f0);
+                    }
+                },
                 FeatureName::Mel => {
                     if let Some(mel) = &self.mel {
                         mel.apply(power, &mut ws.mel);

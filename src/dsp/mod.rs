@@ -7,7 +7,8 @@
 //! - [`stream`]: [`StreamState`], what one stream carries between chunks.
 //! - [`batch`]: [`FrameBatch`], columnar output with serde views.
 //! - [`features`]: the per-frame formulas (and the definitions of specflow's own features),
-//!   [`window`], [`mel`], [`chroma`], [`pitch`] (YIN): the building blocks.
+//!   [`window`], [`mel`], [`chroma`], [`pitch`] (YIN), [`pyin`] (probabilistic YIN and its
+//!   streaming fixed-lag decoder): the building blocks.
 //!
 //! Nothing here does I/O or async work; the caller runs it off the async runtime.
 
@@ -18,13 +19,15 @@ pub mod extractor;
 pub mod features;
 pub mod mel;
 pub mod pitch;
+pub mod pyin;
 pub mod stream;
 pub mod window;
 
+pub use batch::BatchColumns;
 pub use batch::{FrameBatch, FrameView, Summaries, Summary};
-pub use config::{DspConfig, FeatureName, MelScale, UnknownFeature, WindowKind};
+pub use config::{DspConfig, FeatureName, MelScale, PitchMethod, UnknownFeature, WindowKind};
 pub use extractor::{FeatureExtractor, Workspace};
-pub use stream::StreamState;
+pub use stream::{StreamSnapshot, StreamState};
 
 use crate::validation::Problem;
 
@@ -35,13 +38,17 @@ pub enum DspError {
     /// Retrying does not help: the configuration (or the stream's sample rate) must change.
     #[error("invalid dsp configuration: {}", join_problems(.0))]
     InvalidConfig(Vec<Problem>),
+    /// A stream snapshot does not fit the extractor asked to restore it (the `[dsp]` settings
+    /// changed since it was taken). Retrying does not help; the stream starts afresh.
+    #[error("stream snapshot does not fit: {0}")]
+    Snapshot(String),
 }
 
 impl DspError {
     /// Whether retrying the same operation could succeed (never, for configuration errors).
     pub fn retryable(&self) -> bool {
         match self {
-            DspError::InvalidConfig(_) => false,
+            DspError::InvalidConfig(_) | DspError::Snapshot(_) => false,
         }
     }
 }

@@ -15,6 +15,9 @@ use crate::validation::Problem;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSinkConfig {
+    /// Send feature records to the output topic. Off: MongoDB is the only sink (the producer
+    /// still carries checkpoints and dead letters).
+    pub enabled: bool,
     /// Output topic for feature records (key = stream id).
     pub topic: String,
     /// Producer `linger.ms`: how long records wait to be batched.
@@ -30,6 +33,7 @@ pub struct KafkaSinkConfig {
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             topic: "audio.features".into(),
             linger_ms: 5,
             compression: "lz4".into(),

@@ -23,6 +23,9 @@ const DUPLICATE_KEY: i32 = 11000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MongoSinkConfig {
+    /// Store feature records in MongoDB. Off: the output topic is the only sink (feed MongoDB
+    /// from it with Kafka Connect, for example).
+    pub enabled: bool,
     /// Connection string; credentials and TLS options go here (`mongodb://user:pw@host/?tls=true`).
     pub uri: String,
     /// File whose contents (trimmed) are the connection string; wins over `uri`.
@@ -54,6 +57,7 @@ pub struct MongoSinkConfig {
 impl Default for MongoSinkConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             uri: "mongodb://127.0.0.1:27017".into(),
             uri_file: None,
             database: "specflow".into(),
@@ -82,14 +86,14 @@ impl MongoSinkConfig {
                 "must start with mongodb:// or mongodb+srv://",
             ));
         }
-        if let Some(path) = &self.uri_file {
-            if std::fs::metadata(path).is_err() {
-                problems.push(Problem::new(
-                    "mongo.uri_file",
-                    path,
-                    "file does not exist or is not readable",
-                ));
-            }
+        if let Some(path) = &self.uri_file
+            && std::fs::metadata(path).is_err()
+        {
+            problems.push(Problem::new(
+                "mongo.uri_file",
+                path,
+                "file does not exist or is not readable",
+            ));
         }
         if self.database.is_empty() || self.database.contains(['/', '\\', '.', ' ', '"', '$']) {
             problems.push(Problem::new(
@@ -172,8 +176,8 @@ impl MongoSink {
         &self.collection
     }
 
-    /// Creates the indexes that serve "frames of stream S between two times" and the
-    /// restart lookup of a stream's last stored frame (a no-op when they exist).
+    /// Creates the index that serves "frames of stream S between two times" (a no-op when it
+    /// exists). Restart recovery reads the checkpoint topic, never MongoDB.
     pub async fn ensure_indexes(&self) -> Result<(), SinkError> {
         if !self.create_indexes {
             return Ok(());
@@ -186,14 +190,6 @@ impl MongoSink {
                     .build(),
             )
             .build();
-        let by_frame = IndexModel::builder()
-            .keys(doc! { "stream_id": 1, "last_frame": -1 })
-            .options(
-                IndexOptions::builder()
-                    .name("stream_last_frame".to_string())
-                    .build(),
-            )
-            .build();
         // Only create what is missing: re-creating existing indexes is a no-op on MongoDB but
         // crashes the connection on FerretDB 1.24.
         let existing = match self.collection.list_index_names().await {
@@ -203,7 +199,7 @@ impl MongoSink {
             }
             Err(e) => return Err(e.into()),
         };
-        let missing: Vec<IndexModel> = [by_time, by_frame]
+        let missing: Vec<IndexModel> = [by_time]
             .into_iter()
             .filter(|m| {
                 m.options
@@ -251,27 +247,9 @@ impl MongoSink {
         }
     }
 
-    /// The highest frame index stored for `stream_id` among records whose last frame is at
-    /// least `from_frame`, if any. (Filtering instead of sorting keeps this cheap on servers
-    /// that cannot sort with an index, like FerretDB.)
-    pub async fn last_stored_frame_from(
-        &self,
-        stream_id: &str,
-        from_frame: u64,
-    ) -> Result<Option<u64>, SinkError> {
-        use futures::TryStreamExt;
-        let from = i64::try_from(from_frame).unwrap_or(i64::MAX);
-        let docs: Vec<Document> = self
-            .collection
-            .find(doc! { "stream_id": stream_id, "last_frame": { "$gte": from } })
-            .projection(doc! { "last_frame": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(docs
-            .iter()
-            .filter_map(|d| d.get_i64("last_frame").ok())
-            .filter_map(|v| u64::try_from(v).ok())
-            .max())
+    /// Closes the client: ends its sessions and waits for its background tasks (without this,
+    /// dropping the last handle can panic in the driver at exit).
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
     }
 }

@@ -39,6 +39,16 @@ pub struct KafkaSourceConfig {
     pub commit_interval_ms: u64,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
+    /// Static group membership (`group.instance.id`), e.g. the pod name: a restarted instance
+    /// takes its partitions back without a rebalance if it returns within the session timeout.
+    /// Must be unique within the group. Empty: dynamic membership.
+    pub instance_id: String,
+    /// `session.timeout.ms`: how long the group waits for a silent member before its partitions
+    /// move. Short, because a stalled partition stalls real-time audio.
+    pub session_timeout_ms: u64,
+    /// `heartbeat.interval.ms`: how often the member tells the coordinator it is alive (at most
+    /// a third of the session timeout).
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for KafkaSourceConfig {
@@ -53,6 +63,9 @@ impl Default for KafkaSourceConfig {
             batch_linger_ms: 5,
             commit_interval_ms: 1000,
             auto_offset_reset: "earliest".into(),
+            instance_id: String::new(),
+            session_timeout_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
         }
     }
 }
@@ -95,6 +108,34 @@ impl KafkaSourceConfig {
                 "must be at least 1",
             ));
         }
+        if !(6_000..=300_000).contains(&self.session_timeout_ms) {
+            problems.push(Problem::new(
+                "source.session_timeout_ms",
+                self.session_timeout_ms,
+                "must be between 6000 and 300000 (the broker's default group limits)",
+            ));
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms * 3 > self.session_timeout_ms
+        {
+            problems.push(Problem::new(
+                "source.heartbeat_interval_ms",
+                self.heartbeat_interval_ms,
+                "must be at least 1 and at most a third of source.session_timeout_ms",
+            ));
+        }
+        if self.instance_id.len() > 249
+            || self
+                .instance_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.push(Problem::new(
+                "source.instance_id",
+                &self.instance_id,
+                "must be at most 249 characters, without spaces or control characters",
+            ));
+        }
         if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
             problems.push(Problem::new(
                 "source.auto_offset_reset",
@@ -121,7 +162,15 @@ impl KafkaSourceConfig {
                 self.commit_interval_ms.to_string(),
             )
             .set("auto.offset.reset", &self.auto_offset_reset)
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                self.heartbeat_interval_ms.to_string(),
+            );
+        if !self.instance_id.is_empty() {
+            config.set("group.instance.id", &self.instance_id);
+        }
         if !kafka.consumer.contains_key("partition.assignment.strategy") {
             config.set("partition.assignment.strategy", "cooperative-sticky");
         }
@@ -200,6 +249,11 @@ impl SourceContext {
         self
     }
 
+    /// The input topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Takes the partition changes seen since the last call.
     pub fn take_events(&self) -> RebalanceEvents {
         std::mem::take(&mut *self.events.lock().expect("rebalance events lock"))
@@ -273,15 +327,15 @@ impl ConsumerContext for SourceContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            if !matches!(
+        if let Err(e) = result
+            && !matches!(
                 e,
                 rdkafka::error::KafkaError::ConsumerCommit(
                     rdkafka::types::RDKafkaErrorCode::NoOffset
                 )
-            ) {
-                warn!(error = %e, offsets = offsets.count(), "Offset commit failed.");
-            }
+            )
+        {
+            warn!(error = %e, offsets = offsets.count(), "Offset commit failed.");
         }
     }
 }

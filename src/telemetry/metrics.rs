@@ -44,6 +44,14 @@ pub struct Metrics {
     pub streams_evicted_total: IntCounter,
     /// Bytes held by per-stream state.
     pub stream_state_bytes: IntGauge,
+    /// Replayed input messages skipped because their stream's checkpoint already covered them.
+    pub messages_replayed_total: IntCounter,
+    /// Checkpoint records (values and tombstones) acknowledged by the checkpoint topic.
+    pub checkpoints_written_total: IntCounter,
+    /// Checkpoint payload bytes acknowledged by the checkpoint topic.
+    pub checkpoint_bytes_total: IntCounter,
+    /// Time to restore one assigned partition's streams from the checkpoint topic.
+    pub restore_seconds: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -102,6 +110,27 @@ impl Metrics {
             .register(Box::new(consumer_lag.clone()))
             .expect("unique metric");
         Self {
+            messages_replayed_total: counter(
+                &registry,
+                "messages_replayed_total",
+                "Replayed input messages skipped: their stream's checkpoint already covered them",
+            ),
+            checkpoints_written_total: counter(
+                &registry,
+                "checkpoints_written_total",
+                "Checkpoint records acknowledged by the checkpoint topic",
+            ),
+            checkpoint_bytes_total: counter(
+                &registry,
+                "checkpoint_bytes_total",
+                "Checkpoint payload bytes acknowledged by the checkpoint topic",
+            ),
+            restore_seconds: histogram(
+                &registry,
+                "restore_seconds",
+                "Time to restore an assigned partition's streams from the checkpoint topic",
+                latency.clone(),
+            ),
             messages_consumed_total: counter(
                 &registry,
                 "messages_consumed_total",

@@ -42,10 +42,18 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The reference data shipped in the repository: `signals/*.wav`, librosa's `features/*.json`
+/// and `pyin/*.json` (made by `scripts/make_reference.py`). `SPECFLOW_REFERENCE_DIR` points the
+/// tests at another directory of the same layout (for example held-out recordings).
 pub fn reference_dir() -> PathBuf {
     std::env::var_os("SPECFLOW_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
+}
+
+/// The path of a shipped reference signal, `signals/NAME`.
+pub fn reference_signal(name: &str) -> PathBuf {
+    reference_dir().join("signals").join(name)
 }
 
 /// Topics and database of one test.
@@ -53,6 +61,7 @@ pub struct Names {
     pub input: String,
     pub output: String,
     pub dead_letter: String,
+    pub checkpoint: String,
     pub database: String,
     pub group: String,
 }
@@ -64,6 +73,7 @@ impl Names {
             input: format!("{id}.in"),
             output: format!("{id}.out"),
             dead_letter: format!("{id}.dlq"),
+            checkpoint: format!("{id}.checkpoints"),
             database: id.replace(['.', '-'], "_"),
             group: format!("{id}.group"),
         }
@@ -79,6 +89,7 @@ pub fn settings(names: &Names) -> Settings {
     s.source.commit_interval_ms = 200;
     s.output.topic = names.output.clone();
     s.dead_letter.topic = names.dead_letter.clone();
+    s.checkpoint.topic = names.checkpoint.clone();
     s.mongo.uri = mongo_uri();
     s.mongo.database = names.database.clone();
     s.http.enabled = false;
@@ -92,10 +103,15 @@ pub async fn create_topics(names: &Names, partitions: i32) {
         .create()
         .expect("admin client");
     let topics = [&names.input, &names.output, &names.dead_letter];
-    let new: Vec<_> = topics
+    let mut new: Vec<_> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
+    new.push(specflow::checkpoint::new_topic(
+        &names.checkpoint,
+        partitions,
+        1,
+    ));
     for result in admin
         .create_topics(&new, &AdminOptions::new())
         .await
@@ -394,6 +410,13 @@ pub fn expected_records(
             .unwrap();
             batch.clear();
             extractor.process(&mut ws, &mut state, &samples, &mut batch);
+            if chunk
+                .headers
+                .iter()
+                .any(|(k, v)| k == "audio.eos" && v == "1")
+            {
+                extractor.finish_stream(&mut state, &mut batch);
+            }
             if !batch.is_empty() {
                 let frames: Vec<serde_json::Value> = (0..batch.len())
                     .map(|i| serde_json::to_value(batch.frame(i)).unwrap())
@@ -449,6 +472,13 @@ pub fn frames_of_columns(doc: &Document) -> serde_json::Value {
     for (name, value) in doc.get_document("columns").unwrap() {
         match (name.as_str(), value) {
             ("timestamp_ms", _) => {}
+            ("index", Bson::Array(values)) => {
+                for (frame, v) in frames.iter_mut().zip(values) {
+                    let index = v.as_i64().unwrap();
+                    frame.insert("index".into(), json!(index));
+                    frame.insert("start_sample".into(), json!(index * hop));
+                }
+            }
             ("voiced", Bson::Array(values)) => {
                 for (frame, v) in frames.iter_mut().zip(values) {
                     frame.insert(name.clone(), json!(v.as_bool().unwrap()));
@@ -730,4 +760,22 @@ pub fn dead_letters_sent(metrics: &Metrics) -> u64 {
         .filter(|l| l.starts_with("specflow_dead_letters_total"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
+}
+
+/// Rounds every number to f32, the precision features are computed in (JSON text carries the
+/// shortest f32 representation, BSON the exact f32 value widened to f64).
+pub fn as_f32(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            serde_json::Number::from_f64(f64::from(n.as_f64().unwrap() as f32))
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(as_f32).collect())
+        }
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.into_iter().map(|(k, v)| (k, as_f32(v))).collect())
+        }
+        other => other,
+    }
 }
