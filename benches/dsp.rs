@@ -7,7 +7,7 @@ use std::f64::consts::PI;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch};
+use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
 
 const SECONDS: usize = 10;
 /// Samples per `process` call (100 ms), like one decoded message.
@@ -39,11 +39,13 @@ fn bench_case(
     frame_length: usize,
     hop_length: usize,
     features: &[&str],
+    pitch_method: PitchMethod,
 ) {
     let config = DspConfig {
         frame_length,
         hop_length,
         features: features.iter().map(|s| (*s).to_owned()).collect(),
+        pitch_method,
         ..DspConfig::default()
     };
     let extractor = FeatureExtractor::new(&config, rate).expect("valid bench config");
@@ -64,15 +66,32 @@ fn bench_case(
                 extractor.process(&mut ws, &mut state, black_box(samples), &mut out);
                 frames += out.len();
             }
-            black_box(frames)
+            out.clear();
+            extractor.finish_stream(&mut state, &mut out);
+            black_box(frames + out.len())
         });
     });
     group.finish();
 }
 
 fn benches(c: &mut Criterion) {
-    bench_case(c, "all/16k_512_160", 16_000, 512, 160, &["all"]);
-    bench_case(c, "all/48k_2048_480", 48_000, 2048, 480, &["all"]);
+    use PitchMethod::{Pyin, Yin};
+    // Every feature, with pYIN (the default) and with YIN.
+    bench_case(c, "all/16k_512_160", 16_000, 512, 160, &["all"], Pyin);
+    bench_case(c, "all/48k_2048_480", 48_000, 2048, 480, &["all"], Pyin);
+    bench_case(c, "all_yin/16k_512_160", 16_000, 512, 160, &["all"], Yin);
+    bench_case(c, "all_yin/48k_2048_480", 48_000, 2048, 480, &["all"], Yin);
+    // pYIN alone, against `librosa.pyin` (scripts/librosa_bench.py --pyin).
+    bench_case(c, "pyin_only/16k_512_160", 16_000, 512, 160, &["f0"], Pyin);
+    bench_case(
+        c,
+        "pyin_only/48k_2048_480",
+        48_000,
+        2048,
+        480,
+        &["f0"],
+        Pyin,
+    );
     // The librosa subset (what scripts/librosa_bench.py computes), for a like-for-like ratio.
     let librosa_set = [
         "rms",
@@ -86,7 +105,15 @@ fn benches(c: &mut Criterion) {
         "chroma",
         "f0",
     ];
-    bench_case(c, "librosa_set/16k_512_160", 16_000, 512, 160, &librosa_set);
+    bench_case(
+        c,
+        "librosa_set/16k_512_160",
+        16_000,
+        512,
+        160,
+        &librosa_set,
+        Yin,
+    );
     bench_case(
         c,
         "librosa_set/48k_2048_480",
@@ -94,6 +121,7 @@ fn benches(c: &mut Criterion) {
         2048,
         480,
         &librosa_set,
+        Yin,
     );
     // Breakdown: spectral features only, and YIN only.
     bench_case(
@@ -117,9 +145,10 @@ fn benches(c: &mut Criterion) {
             "band_energy",
             "loudness_dbfs",
         ],
+        Yin,
     );
-    bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"]);
-    bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"]);
+    bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"], Yin);
+    bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"], Yin);
 }
 
 criterion_group!(dsp, benches);

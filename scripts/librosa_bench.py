@@ -53,10 +53,31 @@ def features(y: np.ndarray, sr: int, n_fft: int, hop: int) -> int:
     return f0.size
 
 
+def pyin_only() -> None:
+    """librosa.pyin on the same signal, per frame (benches/dsp.rs `pyin_only`)."""
+    print(f"librosa {librosa.__version__}, numpy {np.__version__}, one thread, pyin")
+    for sr, n_fft, hop in ((16000, 512, 160), (48000, 2048, 480)):
+        y = chirp_plus_noise(sr)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            f0, _, _ = librosa.pyin(y, fmin=65.0, fmax=2093.0, sr=sr, frame_length=n_fft,
+                                    hop_length=hop, center=False)
+            times.append(time.perf_counter() - start)
+        median = float(np.median(times))
+        print(f"{sr // 1000}k {n_fft}/{hop}: {f0.size} frames, median {median:.2f} s, "
+              f"{median / f0.size * 1e3:.2f} ms per frame, {y.size / median / 1e6:.3f} M samples/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per case (median reported)")
+    parser.add_argument("--pyin", action="store_true",
+                        help="time librosa.pyin alone (fmin 65, fmax 2093, center=False; 3 runs)")
     args = parser.parse_args()
+    if args.pyin:
+        pyin_only()
+        return
     print(f"librosa {librosa.__version__}, numpy {np.__version__}, one thread")
     for sr, n_fft, hop in ((16000, 512, 160), (48000, 2048, 480)):
         y = chirp_plus_noise(sr)

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use specflow::config::{ConfigError, Settings};
-use specflow::dsp::DspConfig;
+use specflow::dsp::{DspConfig, PitchMethod};
 use specflow::produce::{ProduceOptions, Signal};
 use specflow::telemetry::LogConfig;
 use specflow::telemetry::health::Health;
@@ -93,6 +93,12 @@ struct ExtractArgs {
     /// Highest pitch searched, in Hz (dsp.pitch_fmax).
     #[arg(long)]
     pitch_fmax: Option<f64>,
+    /// Pitch tracker: pyin or yin (dsp.pitch_method).
+    #[arg(long, value_parser = ["pyin", "yin"])]
+    pitch_method: Option<String>,
+    /// Frames a pYIN pitch decision waits for (dsp.pitch_lag_frames).
+    #[arg(long)]
+    pitch_lag_frames: Option<usize>,
     /// The WAV file.
     input: PathBuf,
 }
@@ -211,6 +217,12 @@ fn extract(args: ExtractArgs) -> ExitCode {
         fmax: args.fmax.or(dsp.fmax),
         pitch_fmin: args.pitch_fmin.unwrap_or(dsp.pitch_fmin),
         pitch_fmax: args.pitch_fmax.unwrap_or(dsp.pitch_fmax),
+        pitch_method: match args.pitch_method.as_deref() {
+            Some("yin") => PitchMethod::Yin,
+            Some(_) => PitchMethod::Pyin,
+            None => dsp.pitch_method,
+        },
+        pitch_lag_frames: args.pitch_lag_frames.unwrap_or(dsp.pitch_lag_frames),
         ..dsp
     };
     let stdout = std::io::stdout();

@@ -302,14 +302,14 @@ fn triangle(m: usize) -> Vec<f64> {
     let half = m.div_ceil(2);
     let mut w: Vec<f64> = (1..=half)
         .map(|n| {
-            if m % 2 == 0 {
+            if m.is_multiple_of(2) {
                 (2.0 * n as f64 - 1.0) / m as f64
             } else {
                 2.0 * n as f64 / (m as f64 + 1.0)
             }
         })
         .collect();
-    let mirrored: Vec<f64> = if m % 2 == 0 {
+    let mirrored: Vec<f64> = if m.is_multiple_of(2) {
         w.iter().rev().copied().collect()
     } else {
         w.iter().rev().skip(1).copied().collect()
