@@ -121,19 +121,27 @@ fn options_of(subcommand: &str) -> Vec<(String, String)> {
     assert!(out.status.success(), "{subcommand} --help");
     let text = String::from_utf8(out.stdout).unwrap();
     let mut options = Vec::new();
-    let mut in_options = false;
-    for line in text.lines() {
-        if line.starts_with("Options:") {
-            in_options = true;
-            continue;
-        }
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("Options:")) else {
+        return options;
+    };
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
         let trimmed = line.trim_start();
-        if !in_options || !trimmed.starts_with('-') {
+        if !trimmed.starts_with('-') {
             continue;
         }
-        // `  -c, --config <CONFIG>  TOML config file [env: ...]`: the help follows two spaces.
+        // `  -c, --config <CONFIG>  TOML config file [env: ...]`: the help follows two spaces,
+        // or (clap's long layout) stands on the next line.
         let (flag, help) = trimmed.split_once("  ").unwrap_or((trimmed, ""));
-        options.push((flag.trim().to_string(), help.trim().to_string()));
+        let help = match help.trim() {
+            "" => lines
+                .get(i + 1)
+                .map(|next| next.trim())
+                .filter(|next| !next.starts_with('-'))
+                .unwrap_or(""),
+            help => help,
+        };
+        options.push((flag.trim().to_string(), help.to_string()));
     }
     options
 }
