@@ -14,32 +14,6 @@ use specflow::dsp::{
     DspConfig, FeatureExtractor, FeatureName, FrameBatch, MelScale, PitchMethod, WindowKind,
 };
 
-/// Mono f32 samples (channels averaged, int16 / 32768) and the sample rate of a WAV file.
-fn read_wav(path: &Path) -> (Vec<f32>, u32) {
-    let mut reader =
-        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = reader.spec();
-    assert_eq!(
-        spec.bits_per_sample,
-        16,
-        "{}: expected 16-bit PCM",
-        path.display()
-    );
-    let channels = usize::from(spec.channels);
-    let raw: Vec<i16> = reader
-        .samples::<i16>()
-        .map(|s| s.expect("wav sample"))
-        .collect();
-    let mono = raw
-        .chunks_exact(channels)
-        .map(|frame| {
-            let sum: f64 = frame.iter().map(|&s| f64::from(s) / 32768.0).sum();
-            (sum / channels as f64) as f32
-        })
-        .collect();
-    (mono, spec.sample_rate)
-}
-
 fn config_from_params(params: &Value) -> DspConfig {
     let num = |key: &str| params.get(key).and_then(Value::as_f64);
     let int = |key: &str| params.get(key).and_then(Value::as_u64).map(|v| v as usize);
@@ -119,7 +93,7 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
     let text = std::fs::read_to_string(json_path).expect("read reference json");
     let reference: Value = serde_json::from_str(&text).expect("parse reference json");
     let signal = reference["signal"].as_str().expect("signal");
-    let (samples, sample_rate) = read_wav(&signals.join(signal));
+    let (samples, sample_rate) = common::read_mono_wav(&signals.join(signal));
     assert_eq!(
         u64::from(sample_rate),
         reference["sample_rate"].as_u64().unwrap(),

@@ -287,27 +287,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
     let producer = producer();
     // All on one partition so the backwards chunk lands after the good stream's first half.
     for chunk in &sequence {
-        let mut headers = rdkafka::message::OwnedHeaders::new();
-        for (k, v) in &chunk.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&names.input)
-            .payload(&chunk.payload)
-            .headers(headers)
-            .partition(0);
-        if let Some(key) = &chunk.key {
-            record = record.key(key.as_slice());
-        }
-        producer
-            .send(
-                record,
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .expect("delivered");
+        send_to_partition(&producer, &names.input, 0, chunk).await;
     }
 
     let worker = spawn_worker(settings);

@@ -6,32 +6,12 @@
 //! all frames. Run with `--nocapture` for the table. The decoder alone (offline Viterbi and
 //! every lag) is compared too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use specflow::dsp::pyin::{PitchDecision, Pyin, PyinDecoder, decode_offline};
 use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
 
 mod common;
-
-/// Mono samples as the reference script makes them: int16 / 32768, channels averaged.
-fn read_wav(path: &Path) -> (u32, Vec<f32>) {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let spec = reader.spec();
-    assert_eq!(spec.bits_per_sample, 16, "{path:?}");
-    let channels = usize::from(spec.channels);
-    let pcm: Vec<i16> = reader
-        .samples::<i16>()
-        .map(|s| s.expect("sample"))
-        .collect();
-    let mono = pcm
-        .chunks_exact(channels)
-        .map(|c| {
-            let sum: f64 = c.iter().map(|&s| f64::from(s) / 32768.0).sum();
-            (sum / channels as f64) as f32
-        })
-        .collect();
-    (spec.sample_rate, mono)
-}
 
 struct Reference {
     name: String,
@@ -59,8 +39,8 @@ fn references() -> Vec<Reference> {
                 serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
             let params = &json["params"];
             assert_eq!(params["center"], false, "{path:?}");
-            let (sample_rate, samples) =
-                read_wav(&dir.join("signals").join(json["signal"].as_str().unwrap()));
+            let (samples, sample_rate) =
+                common::read_mono_wav(&dir.join("signals").join(json["signal"].as_str().unwrap()));
             assert_eq!(
                 f64::from(sample_rate),
                 json["sample_rate"].as_f64().unwrap()

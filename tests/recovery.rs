@@ -201,27 +201,7 @@ async fn replay_after_a_bad_or_resent_chunk_stores_nothing_twice() {
         let a1 = pcm_chunk(a_key, &a[8_000..], 8_000);
         let sequence = [a0.clone(), b0.clone(), variant.x.clone(), a1.clone()];
         for chunk in &sequence {
-            let mut headers = rdkafka::message::OwnedHeaders::new();
-            for (k, v) in &chunk.headers {
-                headers = headers.insert(rdkafka::message::Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&names.input)
-                .payload(&chunk.payload)
-                .headers(headers)
-                .partition(n as i32);
-            if let Some(key) = &chunk.key {
-                record = record.key(key.as_slice());
-            }
-            producer
-                .send(
-                    record,
-                    rdkafka::util::Timeout::After(Duration::from_secs(30)),
-                )
-                .await
-                .expect("delivered");
+            send_to_partition(&producer, &names.input, n as i32, chunk).await;
         }
         streams.push((a_key.clone(), vec![a0, a1]));
         streams.push((b_key, vec![b0]));
@@ -237,15 +217,14 @@ async fn replay_after_a_bad_or_resent_chunk_stores_nothing_twice() {
     let worker = spawn_worker(settings.clone());
     let collection = collection(&names).await;
     wait_for_frames(&collection, total, Duration::from_secs(120)).await;
+    // Every partition holds 4 messages.
+    let all_committed = || {
+        committed_offsets(&names.group, &names.input, partitions)
+            .iter()
+            .all(|o| *o == 4)
+    };
     assert!(
-        eventually(Duration::from_secs(30), || committed_offsets(
-            &names.group,
-            &names.input,
-            partitions
-        )
-        .iter()
-        .all(|o| *o == 4))
-        .await,
+        eventually(Duration::from_secs(30), all_committed).await,
         "every partition committed through its last message: {:?}",
         committed_offsets(&names.group, &names.input, partitions)
     );
@@ -256,14 +235,7 @@ async fn replay_after_a_bad_or_resent_chunk_stores_nothing_twice() {
     rewind(&names, partitions, 1);
     let worker = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(60), || committed_offsets(
-            &names.group,
-            &names.input,
-            partitions
-        )
-        .iter()
-        .all(|o| *o == 4))
-        .await,
+        eventually(Duration::from_secs(60), all_committed).await,
         "the replay was consumed"
     );
     let replayed = worker.metrics.messages_replayed_total.get();

@@ -41,7 +41,7 @@ pub struct YinScratch {
 }
 
 /// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for rustfft).
-fn fast_len(n: usize) -> usize {
+pub(crate) fn fast_len(n: usize) -> usize {
     let mut best = n.next_power_of_two();
     let mut p5 = 1;
     while p5 < best {

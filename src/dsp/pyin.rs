@@ -63,6 +63,7 @@
 
 use std::sync::Arc;
 
+use super::pitch::fast_len;
 use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
@@ -214,25 +215,6 @@ fn bins_per_semitone(params: &PyinParams) -> usize {
 fn n_pitch_bins(params: &PyinParams) -> usize {
     let per_octave = (12 * bins_per_semitone(params)) as f64;
     (per_octave * (params.fmax / params.fmin).log2()).floor() as usize + 1
-}
-
-/// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for rustfft).
-fn fast_len(n: usize) -> usize {
-    let mut best = n.next_power_of_two();
-    let mut p5 = 1;
-    while p5 < best {
-        let mut p35 = p5;
-        while p35 < best {
-            let mut p = p35;
-            while p < n {
-                p *= 2;
-            }
-            best = best.min(p);
-            p35 *= 3;
-        }
-        p5 *= 5;
-    }
-    best
 }
 
 /// numpy's pairwise summation of a contiguous `float64` slice (`np.sum`), bit for bit.

@@ -779,3 +779,57 @@ pub fn as_f32(value: serde_json::Value) -> serde_json::Value {
         other => other,
     }
 }
+
+/// Sends `chunk` to `partition` of `topic` and waits for the acknowledgement.
+pub async fn send_to_partition(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    chunk: &Chunk,
+) {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &chunk.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(&chunk.payload)
+        .headers(headers)
+        .partition(partition);
+    if let Some(key) = &chunk.key {
+        record = record.key(key.as_slice());
+    }
+    producer
+        .send(record, Timeout::After(Duration::from_secs(30)))
+        .await
+        .expect("delivered");
+}
+
+/// Mono samples of a 16-bit WAV as the reference script makes them (int16 / 32768, channels
+/// averaged in f64), and its sample rate.
+pub fn read_mono_wav(path: &std::path::Path) -> (Vec<f32>, u32) {
+    let mut reader =
+        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = reader.spec();
+    assert_eq!(
+        spec.bits_per_sample,
+        16,
+        "{}: expected 16-bit PCM",
+        path.display()
+    );
+    let channels = usize::from(spec.channels);
+    let raw: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|s| s.expect("wav sample"))
+        .collect();
+    let mono = raw
+        .chunks_exact(channels)
+        .map(|frame| {
+            let sum: f64 = frame.iter().map(|&s| f64::from(s) / 32768.0).sum();
+            (sum / channels as f64) as f32
+        })
+        .collect();
+    (mono, spec.sample_rate)
+}
