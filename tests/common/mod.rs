@@ -138,6 +138,26 @@ pub struct Chunk {
     pub headers: Vec<(String, String)>,
 }
 
+impl Chunk {
+    /// The Kafka record of this chunk for `topic` (any partition).
+    pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &self.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(&self.payload)
+            .headers(headers);
+        match &self.key {
+            Some(key) => record.key(key.as_slice()),
+            None => record,
+        }
+    }
+}
+
 pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) {
     try_send_all(producer, topic, chunks)
         .await
@@ -150,22 +170,9 @@ pub async fn try_send_all(
     topic: &str,
     chunks: &[Chunk],
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let sends = chunks.iter().map(|c| {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &c.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(&c.payload)
-            .headers(headers);
-        if let Some(key) = &c.key {
-            record = record.key(key.as_slice());
-        }
-        producer.send(record, Timeout::After(Duration::from_secs(30)))
-    });
+    let sends = chunks
+        .iter()
+        .map(|c| producer.send(c.record(topic), Timeout::After(Duration::from_secs(30))));
     for result in futures::future::join_all(sends).await {
         result.map_err(|(e, _)| e)?;
     }
@@ -787,22 +794,11 @@ pub async fn send_to_partition(
     partition: i32,
     chunk: &Chunk,
 ) {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &chunk.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-        .payload(&chunk.payload)
-        .headers(headers)
-        .partition(partition);
-    if let Some(key) = &chunk.key {
-        record = record.key(key.as_slice());
-    }
     producer
-        .send(record, Timeout::After(Duration::from_secs(30)))
+        .send(
+            chunk.record(topic).partition(partition),
+            Timeout::After(Duration::from_secs(30)),
+        )
         .await
         .expect("delivered");
 }
