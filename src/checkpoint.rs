@@ -49,7 +49,9 @@ pub const TOPIC_SETTINGS: [(&str, &str); 4] = [
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Compacted topic with exactly as many partitions as `source.topic`; created with the
-    /// other topics by `source.create_topics`, otherwise checked at start-up.
+    /// other topics by `source.create_topics`, otherwise checked at start-up. Empty (the
+    /// default): `<source.group_id>.checkpoints`, so that two groups reading the same input
+    /// never share stream state.
     pub topic: String,
     /// Longest time, in seconds, a restore may take to read a checkpoint partition to its end
     /// before the worker gives up on the partition (it is then revoked and retried).
@@ -59,18 +61,36 @@ pub struct CheckpointConfig {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
-            topic: "audio.checkpoints".into(),
+            topic: String::new(),
             restore_timeout_secs: 60,
         }
     }
 }
 
 impl CheckpointConfig {
-    /// Every problem with these settings.
-    pub fn validate(&self) -> Vec<Problem> {
+    /// The checkpoint topic of consumer group `group_id`: `topic`, or when it is empty
+    /// `<group_id>.checkpoints`.
+    pub fn topic_for(&self, group_id: &str) -> String {
+        if self.topic.is_empty() {
+            format!("{group_id}.checkpoints")
+        } else {
+            self.topic.clone()
+        }
+    }
+
+    /// Every problem with these settings for consumer group `group_id`.
+    pub fn validate(&self, group_id: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if let Err(why) = valid_topic_name(&self.topic) {
-            problems.push(Problem::new("checkpoint.topic", &self.topic, why));
+        let topic = self.topic_for(group_id);
+        if let Err(why) = valid_topic_name(&topic) {
+            let why = if self.topic.is_empty() {
+                format!(
+                    "{why} (derived from source.group_id; set checkpoint.topic to a valid topic name)"
+                )
+            } else {
+                why.to_string()
+            };
+            problems.push(Problem::new("checkpoint.topic", &topic, why));
         }
         if self.restore_timeout_secs == 0 {
             problems.push(Problem::new(

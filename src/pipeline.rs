@@ -370,7 +370,7 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
     create_missing(
         &admin,
         &[checkpoint::new_topic(
-            &settings.checkpoint.topic,
+            &settings.checkpoint_topic(),
             input_partitions,
             settings.source.topic_replication,
         )],
@@ -688,7 +688,7 @@ impl StoreWriter {
             }
         }
         let metrics = &self.gate.metrics;
-        let topic = &self.settings.checkpoint.topic;
+        let topic = &self.settings.checkpoint_topic();
         let mut backoff = Backoff::new("checkpoint", &self.settings, &self.shutdown, &self.gate);
         for (partition, streams) in &latest {
             let records: Vec<(&str, Option<&[u8]>)> =
@@ -759,7 +759,7 @@ impl Restores {
         let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,
-            topic: settings.checkpoint.topic.clone(),
+            topic: settings.checkpoint_topic(),
             timeout: Duration::from_secs(settings.checkpoint.restore_timeout_secs),
             cache,
             running: HashMap::new(),
@@ -911,7 +911,7 @@ pub async fn run(
     checkpoint::check_topic(
         &admin_client(&settings)?,
         &settings.source.topic,
-        &settings.checkpoint.topic,
+        &settings.checkpoint_topic(),
     )
     .await
     .context("checkpoint topic")?;

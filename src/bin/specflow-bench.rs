@@ -2069,6 +2069,10 @@ async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<V
             "processing_ms_per_batch": round2(final_scrape.get("processing_seconds_sum") * 1000.0 / final_scrape.get("processing_seconds_count").max(1.0)),
             "mongo_write_ms_per_batch": round2(final_scrape.get("mongo_write_seconds_sum") * 1000.0 / final_scrape.get("mongo_write_seconds_count").max(1.0)),
             "mongo_docs_per_s_while_writing": round2(final_scrape.get("mongo_documents_written_total") / final_scrape.get("mongo_write_seconds_sum").max(1e-9)),
+            // The checkpoint topic's share: records and bytes per input message, and per batch.
+            "checkpoints_per_message": round2(final_scrape.get("checkpoints_written_total") / final_scrape.get("messages_consumed_total").max(1.0)),
+            "checkpoint_bytes_per_message": round2(final_scrape.get("checkpoint_bytes_total") / final_scrape.get("messages_consumed_total").max(1.0)),
+            "checkpoints_per_batch": round2(final_scrape.get("checkpoints_written_total") / final_scrape.get("processing_seconds_count").max(1.0)),
         },
         "worker_peak_rss_mb": round2(peak_rss as f64 / 1e6),
         "readyz_while_idle": readyz_idle.trim(),

@@ -150,6 +150,11 @@ impl Settings {
         }
     }
 
+    /// The checkpoint topic in effect (`checkpoint.topic`, or `<source.group_id>.checkpoints`).
+    pub fn checkpoint_topic(&self) -> String {
+        self.checkpoint.topic_for(&self.source.group_id)
+    }
+
     /// Every problem in the settings, each naming its key.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -162,7 +167,7 @@ impl Settings {
             problems.extend(self.dsp.validate());
         }
         problems.extend(self.streams.validate());
-        problems.extend(self.checkpoint.validate());
+        problems.extend(self.checkpoint.validate(&self.source.group_id));
         problems.extend(self.output.validate());
         problems.extend(self.dead_letter.validate());
         problems.extend(self.mongo.validate());
@@ -185,7 +190,7 @@ impl Settings {
         for (key, topic) in [
             ("output.topic", &self.output.topic),
             ("dead_letter.topic", &self.dead_letter.topic),
-            ("checkpoint.topic", &self.checkpoint.topic),
+            ("checkpoint.topic", &self.checkpoint_topic()),
         ] {
             if *topic == self.source.topic {
                 problems.push(Problem::new(key, topic, "must differ from source.topic"));
@@ -195,7 +200,7 @@ impl Settings {
             ("output.topic", &self.output.topic),
             ("dead_letter.topic", &self.dead_letter.topic),
         ] {
-            if *topic == self.checkpoint.topic {
+            if *topic == self.checkpoint_topic() {
                 problems.push(Problem::new(
                     key,
                     topic,
