@@ -4,8 +4,9 @@
 
 use anyhow::Context as _;
 use mongodb::bson::doc;
+use rdkafka::ClientContext;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -57,6 +58,22 @@ struct FramePitch {
     f0: Option<f64>,
 }
 
+/// Consumer context that takes "end of partition" for what it is here: the signal to stop, not
+/// an error worth logging.
+struct ReadToEnd;
+
+impl ClientContext for ReadToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::error!(%error, reason, "Kafka client error.");
+        }
+    }
+}
+
+impl ConsumerContext for ReadToEnd {}
+
 /// Reads the output topic from its start until it has caught up with every partition (or
 /// `wait` has passed), printing the first `records` records and summarising every stream, then
 /// counts the MongoDB documents.
@@ -75,7 +92,9 @@ pub async fn inspect(
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let consumer: StreamConsumer = config.create().context("cannot create consumer")?;
+    let consumer: StreamConsumer<ReadToEnd> = config
+        .create_with_context(ReadToEnd)
+        .context("cannot create consumer")?;
     consumer
         .subscribe(&[&settings.output.topic])
         .context("cannot subscribe")?;
