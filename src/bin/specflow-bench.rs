@@ -878,11 +878,30 @@ impl Ctx {
         let chunk = (u64::from(rate) * chunk_ms / 1000).max(1);
         let n = self.settings.dsp.frame_length as u64;
         let hop = self.settings.dsp.hop_length as u64;
+        // With pYIN a frame is emitted `pitch_lag_frames` frames after it is complete; the
+        // last chunk (audio.eos) emits the rest.
+        let lag = match self.settings.dsp.pitch_method {
+            specflow::dsp::PitchMethod::Pyin
+                if self
+                    .settings
+                    .dsp
+                    .selected_features()
+                    .contains(&specflow::dsp::FeatureName::F0) =>
+            {
+                self.settings.dsp.pitch_lag_frames as u64
+            }
+            _ => 0,
+        };
         let mut done = Vec::new();
         let mut start = 0;
         while start < samples {
             let end = (start + chunk).min(samples);
-            done.push(if end >= n { (end - n) / hop + 1 } else { 0 });
+            let complete = if end >= n { (end - n) / hop + 1 } else { 0 };
+            done.push(if end == samples {
+                complete
+            } else {
+                complete.saturating_sub(lag)
+            });
             start = end;
         }
         Ok((samples, done))
