@@ -420,24 +420,8 @@ impl PartitionStreams {
         }
         self.last_sweep = now;
         let idle = |last_seen: Instant| now.duration_since(last_seen) >= idle_timeout;
-        let dropped: Vec<String> = self
-            .streams
-            .iter()
-            .filter(|(_, e)| idle(e.last_seen))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &dropped {
-            self.streams.remove(id);
-        }
-        let forgotten: Vec<String> = self
-            .ended
-            .iter()
-            .filter(|(_, e)| idle(e.last_seen))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &forgotten {
-            self.ended.remove(id);
-        }
+        let dropped = remove_where(&mut self.streams, |e| idle(e.last_seen));
+        let forgotten = remove_where(&mut self.ended, |e| idle(e.last_seen));
         self.changed
             .extend(dropped.iter().chain(&forgotten).cloned());
         if !dropped.is_empty() {
@@ -468,6 +452,19 @@ impl PartitionStreams {
             self.changed.insert(victim);
         }
     }
+}
+
+/// Removes the entries of `map` that `drop` selects; returns their keys.
+fn remove_where<T>(map: &mut HashMap<String, T>, mut drop: impl FnMut(&T) -> bool) -> Vec<String> {
+    let mut removed = Vec::new();
+    map.retain(|id, entry| {
+        let keep = !drop(entry);
+        if !keep {
+            removed.push(id.clone());
+        }
+        keep
+    });
+    removed
 }
 
 /// One DSP workspace per extractor, owned by a worker thread.
