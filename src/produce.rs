@@ -10,11 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
+use crate::audio::SampleFormat;
+use crate::audio::headers::ChunkHeaders;
 use crate::audio::wav::read_wav;
-use crate::audio::{
-    HEADER_CHANNELS, HEADER_EOS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_START_SAMPLE,
-    HEADER_TIMESTAMP_MS,
-};
 use crate::config::Settings;
 
 /// What audio to send.
@@ -204,44 +202,27 @@ pub async fn produce(
             } else {
                 capture_time_ms(stream_start_ms, start_sample, audio.sample_rate)
             };
+            let headers = ChunkHeaders::pcm(
+                SampleFormat::S16le,
+                audio.sample_rate,
+                audio.channels,
+                start_sample,
+            )
+            .with_timestamp_ms(timestamp)
+            .with_eos(last && options.eos);
             payloads.push((
                 format!("{}{stream}", options.stream_prefix),
                 payload,
-                start_sample.to_string(),
-                timestamp.to_string(),
-                last,
-                audio,
+                headers.to_pairs(),
             ));
         }
         let mut sends = Vec::with_capacity(payloads.len());
-        for (key, payload, start, timestamp, last, audio) in &payloads {
-            let rate = audio.sample_rate.to_string();
-            let channels = audio.channels.to_string();
-            let mut headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: HEADER_FORMAT,
-                    value: Some("s16le"),
-                })
-                .insert(Header {
-                    key: HEADER_SAMPLE_RATE,
-                    value: Some(rate.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_CHANNELS,
-                    value: Some(channels.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_START_SAMPLE,
-                    value: Some(start.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_TIMESTAMP_MS,
-                    value: Some(timestamp.as_str()),
-                });
-            if *last && options.eos {
+        for (key, payload, header_pairs) in &payloads {
+            let mut headers = OwnedHeaders::new_with_capacity(header_pairs.len());
+            for (name, value) in header_pairs {
                 headers = headers.insert(Header {
-                    key: HEADER_EOS,
-                    value: Some("1"),
+                    key: name,
+                    value: Some(value.as_str()),
                 });
             }
             let record = FutureRecord::to(&topic)

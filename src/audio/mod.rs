@@ -1,9 +1,11 @@
-//! Input wire format: one Kafka message (key, headers, PCM payload) → an [`AudioChunk`].
+//! Input wire format: one Kafka message (key, headers, PCM payload) → mono samples
+//! and their [`ChunkMeta`].
 //!
 //! Pure and synchronous: the Kafka source hands in borrowed bytes, this module returns
 //! mono `f32` samples in `[-1, 1)` plus the chunk's metadata, or a [`DecodeError`] that
 //! names exactly what was wrong (it becomes the dead-letter `error` header).
 
+pub mod headers;
 pub mod wav;
 
 use serde::{Deserialize, Serialize};
@@ -11,19 +13,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::validation::Problem;
+use headers::{
+    CHANNELS as HEADER_CHANNELS, EOS as HEADER_EOS, FORMAT as HEADER_FORMAT,
+    SAMPLE_RATE as HEADER_SAMPLE_RATE, START_SAMPLE as HEADER_START_SAMPLE,
+    TIMESTAMP_MS as HEADER_TIMESTAMP_MS,
+};
 
-/// Header naming the sample encoding of the payload.
-pub const HEADER_FORMAT: &str = "audio.format";
-/// Header carrying the sample rate in Hz.
-pub const HEADER_SAMPLE_RATE: &str = "audio.sample_rate";
-/// Header carrying the number of interleaved channels.
-pub const HEADER_CHANNELS: &str = "audio.channels";
-/// Header carrying the index (per channel) of the chunk's first sample within its stream.
-pub const HEADER_START_SAMPLE: &str = "audio.start_sample";
-/// Header carrying the capture time of the chunk's first sample, in Unix milliseconds.
-pub const HEADER_TIMESTAMP_MS: &str = "audio.timestamp_ms";
-/// Header set to `1` on a stream's last chunk.
-pub const HEADER_EOS: &str = "audio.eos";
 /// Longest accepted stream id (the message key), in bytes.
 pub const MAX_STREAM_ID_BYTES: usize = 256;
 
@@ -235,15 +230,6 @@ pub struct ChunkMeta {
     pub eos: bool,
     /// Mono samples decoded (payload frames).
     pub frames: usize,
-}
-
-/// A decoded message: metadata plus mono samples (borrowed from a reused buffer).
-#[derive(Debug)]
-pub struct AudioChunk<'a> {
-    /// Metadata from key and headers.
-    pub meta: ChunkMeta,
-    /// Mono samples in `[-1, 1)`, channels averaged.
-    pub samples: &'a [f32],
 }
 
 fn header_str<'h>(name: &'static str, value: &'h [u8]) -> Result<&'h str, DecodeError> {
