@@ -604,8 +604,12 @@ impl StoreWriter {
             self.insert(mongo, &job.documents).await?;
         }
         let mongo_ms = began.elapsed().as_millis() as u64;
+        let checkpoints_began = Instant::now();
         self.write_checkpoints(&job.checkpoints).await?;
         let metrics = &self.gate.metrics;
+        metrics
+            .checkpoint_write_seconds
+            .observe(checkpoints_began.elapsed().as_secs_f64());
         debug!(
             documents = job.documents.len(),
             checkpoints = job.checkpoints.iter().map(|(_, c)| c.len()).sum::<usize>(),

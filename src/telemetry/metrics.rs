@@ -50,6 +50,8 @@ pub struct Metrics {
     pub checkpoints_written_total: IntCounter,
     /// Checkpoint payload bytes acknowledged by the checkpoint topic.
     pub checkpoint_bytes_total: IntCounter,
+    /// Time a store writer spent writing one job's checkpoints, until every ack.
+    pub checkpoint_write_seconds: Histogram,
     /// Time to restore one assigned partition's streams from the checkpoint topic.
     pub restore_seconds: Histogram,
 }
@@ -124,6 +126,12 @@ impl Metrics {
                 &registry,
                 "checkpoint_bytes_total",
                 "Checkpoint payload bytes acknowledged by the checkpoint topic",
+            ),
+            checkpoint_write_seconds: histogram(
+                &registry,
+                "checkpoint_write_seconds",
+                "Time a store writer spent writing one job's checkpoints, until every acknowledgement",
+                latency.clone(),
             ),
             restore_seconds: histogram(
                 &registry,
