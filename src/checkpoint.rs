@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::dsp::StreamSnapshot;
+use crate::kafka::valid_topic_name;
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
-use crate::sources::kafka::valid_topic_name;
 use crate::validation::Problem;
 
 /// Version of the checkpoint value format (its first byte).

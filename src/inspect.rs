@@ -82,10 +82,7 @@ pub async fn inspect(
     records: usize,
     wait: Duration,
 ) -> anyhow::Result<InspectReport> {
-    let mut config = settings
-        .kafka
-        .client_config(&settings.kafka.consumer)
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut config = settings.kafka.client_config(&settings.kafka.consumer)?;
     let group = format!("specflow-inspect-{}", std::process::id());
     config
         .set("group.id", &group)

@@ -18,8 +18,7 @@
 use anyhow::Context as _;
 use futures::future::join_all;
 use mongodb::bson::RawDocumentBuf;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -33,6 +32,7 @@ use crate::audio::{self, DecodeError};
 use crate::checkpoint;
 use crate::config::Settings;
 use crate::dsp::FrameBatch;
+use crate::kafka;
 use crate::record::{FeatureRecord, SourcePosition};
 use crate::sinks::SinkError;
 use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
@@ -339,7 +339,7 @@ impl Worker {
 /// Creates the input, output and dead-letter topics when missing (for `source.create_topics`),
 /// then the checkpoint topic: compacted, with as many partitions as the input topic has.
 pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
-    let admin = admin_client(settings)?;
+    let admin = kafka::topics::admin_client(&settings.kafka)?;
     let mut topics = vec![
         settings.source.topic.as_str(),
         settings.output.topic.as_str(),
@@ -357,7 +357,7 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
             )
         })
         .collect();
-    create_missing(&admin, &new_topics).await?;
+    kafka::topics::create_missing(&admin, &new_topics).await?;
     let input_partitions = admin
         .inner()
         .fetch_metadata(Some(&settings.source.topic), Duration::from_secs(10))
@@ -367,7 +367,7 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
         .map_or(settings.source.topic_partitions, |t| {
             t.partitions().len() as i32
         });
-    create_missing(
+    kafka::topics::create_missing(
         &admin,
         &[checkpoint::new_topic(
             &settings.checkpoint_topic(),
@@ -375,36 +375,7 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
             settings.source.topic_replication,
         )],
     )
-    .await
-}
-
-fn admin_client(settings: &Settings) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    settings
-        .kafka
-        .client_config(&Default::default())
-        .map_err(|p| anyhow::anyhow!("{p}"))?
-        .create()
-        .context("cannot create Kafka admin client")
-}
-
-async fn create_missing(
-    admin: &AdminClient<DefaultClientContext>,
-    topics: &[NewTopic<'_>],
-) -> anyhow::Result<()> {
-    let results = admin
-        .create_topics(
-            topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .context("cannot create topics")?;
-    for result in results {
-        match result {
-            Ok(topic) => info!(%topic, "Topic created."),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
-        }
-    }
+    .await?;
     Ok(())
 }
 
@@ -756,10 +727,7 @@ struct Restores {
 
 impl Restores {
     fn new(settings: &Settings, cache: Arc<ExtractorCache>) -> anyhow::Result<Self> {
-        let client = settings
-            .kafka
-            .client_config(&settings.kafka.consumer)
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        let client = settings.kafka.client_config(&settings.kafka.consumer)?;
         let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,
@@ -913,16 +881,13 @@ pub async fn run(
         ensure_topics(&settings).await?;
     }
     checkpoint::check_topic(
-        &admin_client(&settings)?,
+        &kafka::topics::admin_client(&settings.kafka)?,
         &settings.source.topic,
         &settings.checkpoint_topic(),
     )
     .await
     .context("checkpoint topic")?;
-    let output = settings
-        .output
-        .build(&settings.kafka)
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let output = settings.output.build(&settings.kafka)?;
     let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
     health.beat();
     let mongo = if settings.mongo.enabled {
@@ -952,12 +917,7 @@ pub async fn run(
 
     let context =
         SourceContext::new(&settings.source.topic, metrics.clone()).with_health(health.clone());
-    let consumer = Arc::new(
-        settings
-            .source
-            .build(&settings.kafka, context)
-            .map_err(|p| anyhow::anyhow!("{p}"))?,
-    );
+    let consumer = Arc::new(settings.source.build(&settings.kafka, context)?);
     consumer
         .subscribe(&[&settings.source.topic])
         .context("cannot subscribe")?;

@@ -133,10 +133,7 @@ pub async fn produce(
     settings: &Settings,
     options: &ProduceOptions,
 ) -> anyhow::Result<ProduceSummary> {
-    let mut config = settings
-        .kafka
-        .client_config(&settings.kafka.producer)
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut config = settings.kafka.client_config(&settings.kafka.producer)?;
     config
         .set("linger.ms", "5")
         .set("enable.idempotence", "true");

@@ -4,15 +4,14 @@
 //! [`crate::sources::kafka`], `[mongo]` by [`crate::sinks::mongo`], …); this module only
 //! assembles them, loads them, and collects every validation problem at once.
 
-pub mod kafka;
-pub mod secret;
-
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::audio::InputConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::dsp::DspConfig;
+use crate::kafka::KafkaConfig;
+use crate::secret;
 use crate::sinks::dead_letter::DeadLetterConfig;
 use crate::sinks::kafka::KafkaSinkConfig;
 use crate::sinks::mongo::MongoSinkConfig;
@@ -21,7 +20,6 @@ use crate::streams::StreamsConfig;
 use crate::telemetry::LogConfig;
 use crate::telemetry::http::HttpConfig;
 use crate::validation::Problem;
-pub use kafka::KafkaConfig;
 
 /// Prefix of environment overrides: `SPECFLOW__DSP__HOP_LENGTH=256`.
 pub const ENV_PREFIX: &str = "SPECFLOW";

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SinkError;
 use super::kafka::KafkaSink;
-use crate::sources::kafka::valid_topic_name;
+use crate::kafka::valid_topic_name;
 use crate::validation::Problem;
 
 /// Header that carries the reason a message was rejected.

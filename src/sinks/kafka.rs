@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::SinkError;
-use crate::config::KafkaConfig;
-use crate::sources::kafka::valid_topic_name;
+use crate::kafka::valid_topic_name;
+use crate::kafka::{BuildError, KafkaConfig};
 use crate::validation::Problem;
 
 /// `[output]`: the topic that receives one JSON feature record per input message.
@@ -71,7 +71,7 @@ impl KafkaSinkConfig {
     }
 
     /// Builds the producer (idempotent, acks=all).
-    pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, Problem> {
+    pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, BuildError> {
         let mut config = kafka.client_config(&Default::default())?;
         config
             .set("enable.idempotence", "true")
@@ -83,13 +83,7 @@ impl KafkaSinkConfig {
         for (key, value) in &kafka.producer {
             config.set(key, value);
         }
-        let producer: FutureProducer = config.create().map_err(|e| {
-            Problem::new(
-                "kafka.brokers",
-                &kafka.brokers,
-                format!("cannot create producer: {e}"),
-            )
-        })?;
+        let producer: FutureProducer = kafka.create("producer", &config)?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),

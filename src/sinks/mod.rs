@@ -21,6 +21,9 @@ pub enum SinkError {
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
     Encode(String),
+    /// A `*_file` secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretFileError),
 }
 
 impl SinkError {
@@ -33,7 +36,7 @@ impl SinkError {
                     | Some(rdkafka::types::RDKafkaErrorCode::InvalidRecord)
             ),
             Self::Mongo(_) => true,
-            Self::Encode(_) => false,
+            Self::Encode(_) | Self::Secret(_) => false,
         }
     }
 }

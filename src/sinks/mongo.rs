@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::SinkError;
-use crate::config::kafka::read_secret;
-use crate::config::secret::Secret;
 use crate::record::DocumentLayout;
+use crate::secret::{Secret, read_secret, redact_uri};
 use crate::validation::Problem;
 
 /// MongoDB's duplicate-key error code.
@@ -82,7 +81,7 @@ impl MongoSinkConfig {
         {
             problems.push(Problem::new(
                 "mongo.uri",
-                crate::config::secret::redact_uri(&self.uri),
+                redact_uri(&self.uri),
                 "must start with mongodb:// or mongodb+srv://",
             ));
         }
@@ -142,8 +141,7 @@ impl MongoSinkConfig {
             "mongo.uri_file",
             &Secret::new(self.uri.clone()),
             &self.uri_file,
-        )
-        .map_err(|p| SinkError::Encode(p.to_string()))?;
+        )?;
         let mut options = ClientOptions::parse(&uri).await?;
         options.app_name.get_or_insert_with(|| "specflow".into());
         options.server_selection_timeout = Some(Duration::from_millis(self.connect_timeout_ms));

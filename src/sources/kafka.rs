@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
-use crate::config::KafkaConfig;
+use crate::kafka::{BuildError, KafkaConfig, valid_topic_name};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use crate::validation::Problem;
@@ -151,7 +151,7 @@ impl KafkaSourceConfig {
         &self,
         kafka: &KafkaConfig,
         context: SourceContext,
-    ) -> Result<StreamConsumer<SourceContext>, Problem> {
+    ) -> Result<StreamConsumer<SourceContext>, BuildError> {
         let mut config = kafka.client_config(&kafka.consumer)?;
         config
             .set("group.id", &self.group_id)
@@ -177,31 +177,8 @@ impl KafkaSourceConfig {
         if !kafka.consumer.contains_key("statistics.interval.ms") {
             config.set("statistics.interval.ms", "5000");
         }
-        config.create_with_context(context).map_err(|e| {
-            Problem::new(
-                "kafka.brokers",
-                &kafka.brokers,
-                format!("cannot create consumer: {e}"),
-            )
-        })
+        kafka.create_with_context("consumer", &config, context)
     }
-}
-
-/// Checks a Kafka topic name (legal characters, length).
-pub fn valid_topic_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 249 {
-        return Err("must be 1 to 249 characters");
-    }
-    if name == "." || name == ".." {
-        return Err("must not be . or ..");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
-    }
-    Ok(())
 }
 
 /// Partition changes seen by the consumer callbacks, drained by the pipeline.

@@ -1,4 +1,4 @@
-//! Secret values: never printed, logged or serialised in clear.
+//! Secret values: never printed, logged or serialised in clear, and read from files.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -47,6 +47,36 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Self)
+    }
+}
+
+/// A secret file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {path}: cannot read secret file: {source}")]
+pub struct SecretFileError {
+    /// The config key naming the file, e.g. `kafka.sasl_password_file`.
+    pub key: String,
+    /// The file's path.
+    pub path: String,
+    /// Why it could not be read.
+    pub source: std::io::Error,
+}
+
+/// The secret's value: from its file (trimmed) when one is configured, else inline.
+pub fn read_secret(
+    file_key: &str,
+    inline: &Secret,
+    file: &Option<String>,
+) -> Result<String, SecretFileError> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| SecretFileError {
+                key: file_key.to_string(),
+                path: path.clone(),
+                source,
+            }),
+        None => Ok(inline.expose().to_string()),
     }
 }
 

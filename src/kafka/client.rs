@@ -1,10 +1,13 @@
-//! `[kafka]`: how to reach the cluster; shared by the source, the sinks and the admin client.
+//! `[kafka]`: how to reach the cluster and authenticate; every Kafka client specflow makes
+//! (the source, the sinks, the checkpoint reader and the admin client) starts from
+//! [`KafkaConfig::client_config`].
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::secret::Secret;
+use super::BuildError;
+use crate::secret::{Secret, read_secret};
 use crate::validation::Problem;
 
 /// `kafka.security_protocol`.
@@ -193,7 +196,10 @@ impl KafkaConfig {
 
     /// A librdkafka config with the connection, security and `extra` properties set.
     /// Reads `*_file` secrets; the error names the key whose file could not be read.
-    pub fn client_config(&self, extra: &BTreeMap<String, String>) -> Result<ClientConfig, Problem> {
+    pub fn client_config(
+        &self,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<ClientConfig, BuildError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -246,17 +252,3 @@ const RESERVED: &[&str] = &[
     "sasl.password",
     "ssl.key.password",
 ];
-
-/// The secret's value: from its file when one is configured, else inline.
-pub fn read_secret(
-    file_key: &str,
-    inline: &Secret,
-    file: &Option<String>,
-) -> Result<String, Problem> {
-    match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| Problem::new(file_key, path, format!("cannot read secret file: {e}"))),
-        None => Ok(inline.expose().to_string()),
-    }
-}
