@@ -3,33 +3,42 @@
 //! record per input message to an output topic and stores it in MongoDB.
 //!
 //! # Layout
-//! - [`config`]: the settings tree; defaults → TOML file → `SPECFLOW__SECTION__KEY`
-//!   environment; validation that lists every problem with its key.
-//! - [`audio`]: the input wire format (key, headers, PCM payload → mono samples) and WAV files.
-//! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
-//!   YIN, streaming per-stream state. No I/O, no async.
+//! A message's way through the worker, module by module:
+//! - [`sources`]: the Kafka consumer, its rebalance hooks and offset commits (`[source]`).
+//! - [`pipeline`]: the worker loop, one file per stage: `intake` (a message enters, the pending
+//!   batch, the partition tables), `recovery` (restoring an assigned partition), `compute` (the
+//!   DSP fan-out), `deliver` (records and dead letters to Kafka), `store` (MongoDB, checkpoints,
+//!   then offsets), `backpressure` (pausing and backoff), and `mod.rs` orchestrating them.
+//! - [`audio`]: the input wire format: key, `audio.*` headers ([`audio::headers`]), PCM payload
+//!   → mono samples.
 //! - [`streams`]: per-partition stream table: alignment on `audio.start_sample`, gaps,
 //!   eviction, and the checkpoints each stream's state is restored from.
+//! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
+//!   YIN, pYIN, streaming per-stream state. No I/O, no async.
+//! - [`record`]: the feature record (JSON for Kafka, BSON for MongoDB, one view).
+//! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
 //! - [`checkpoint`]: the compacted checkpoint topic, co-partitioned with the input: its
 //!   record format, the restore of a partition and the topic checks.
-//! - [`record`]: the feature record (JSON for Kafka, BSON for MongoDB, one view).
-//! - [`sources`]: the Kafka consumer, its rebalance hooks and offset storage.
-//! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
-//! - [`pipeline`]: the worker loop: recv → decode → DSP → sinks → checkpoints → offsets.
+//!
+//! Shared by all of them:
+//! - [`kafka`]: Kafka client settings (`[kafka]`): connection, security, topic names, topic
+//!   creation. A leaf: it knows none of its users.
+//! - [`secret`]: secret values and secret files.
+//! - [`config`]: the settings tree; defaults → TOML file → `SPECFLOW__SECTION__KEY`
+//!   environment; validation that lists every problem with its key.
+//! - [`validation`]: the config problem type.
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
 //! - [`shutdown`]: signals and draining.
-//! - [`produce`], [`extract`] and [`inspect`]: the load generator, the offline WAV extractor
-//!   and a look at what a deployment wrote.
+//!
+//! The commands besides `run` (`check`, `extract`, `produce`, `inspect`) live in the binary
+//! (`src/cli/`), not in this library.
 
 pub mod audio;
 pub mod checkpoint;
 pub mod config;
 pub mod dsp;
-pub mod extract;
-pub mod inspect;
 pub mod kafka;
 pub mod pipeline;
-pub mod produce;
 pub mod record;
 pub mod secret;
 pub mod shutdown;

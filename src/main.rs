@@ -1,4 +1,6 @@
 //! The `specflow` binary: parse arguments, set up telemetry, load config, run, map exit codes.
+//! The worker itself is the library ([`specflow::pipeline::run`]); the other commands live in
+//! [`cli`].
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -8,9 +10,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use specflow::config::{ConfigError, Settings};
-use specflow::dsp::{DspConfig, PitchMethod};
-use specflow::produce::{ProduceOptions, Signal};
+mod cli;
+
+use specflow::config::Settings;
 use specflow::telemetry::LogConfig;
 use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
@@ -44,9 +46,9 @@ enum Command {
         print: bool,
     },
     /// Print the features of a WAV file as JSON lines (one object per frame).
-    Extract(ExtractArgs),
+    Extract(cli::ExtractArgs),
     /// Stream audio into the input topic as N concurrent streams.
-    Produce(ProduceArgs),
+    Produce(cli::ProduceArgs),
     /// Print records from the output topic and the MongoDB record count.
     Inspect {
         /// TOML config file.
@@ -59,48 +61,6 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
-}
-
-#[derive(clap::Args)]
-struct ExtractArgs {
-    /// TOML config file whose [dsp] section is used.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Comma-separated feature names, or `all`.
-    #[arg(long)]
-    features: Option<String>,
-    /// Samples per frame (dsp.frame_length).
-    #[arg(long)]
-    frame_length: Option<usize>,
-    /// Samples between frame starts (dsp.hop_length).
-    #[arg(long)]
-    hop_length: Option<usize>,
-    /// Mel bands (dsp.n_mels).
-    #[arg(long)]
-    n_mels: Option<usize>,
-    /// MFCC coefficients (dsp.n_mfcc).
-    #[arg(long)]
-    n_mfcc: Option<usize>,
-    /// Lowest mel band edge in Hz (dsp.fmin).
-    #[arg(long)]
-    fmin: Option<f64>,
-    /// Highest mel band edge in Hz (dsp.fmax; default: half the sample rate).
-    #[arg(long)]
-    fmax: Option<f64>,
-    /// Lowest pitch searched, in Hz (dsp.pitch_fmin).
-    #[arg(long)]
-    pitch_fmin: Option<f64>,
-    /// Highest pitch searched, in Hz (dsp.pitch_fmax).
-    #[arg(long)]
-    pitch_fmax: Option<f64>,
-    /// Pitch tracker: pyin or yin (dsp.pitch_method).
-    #[arg(long, value_parser = ["pyin", "yin"])]
-    pitch_method: Option<String>,
-    /// Frames a pYIN pitch decision waits for (dsp.pitch_lag_frames).
-    #[arg(long)]
-    pitch_lag_frames: Option<usize>,
-    /// The WAV file.
-    input: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -143,15 +103,11 @@ struct ProduceArgs {
     topic: Option<String>,
 }
 
-fn load(config: Option<&PathBuf>) -> Result<Settings, ConfigError> {
-    Settings::load(config.map(PathBuf::as_path))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, print } => check(config, print),
-        Command::Extract(args) => extract(args),
+        Command::Check { config, print } => cli::check(config, print),
+        Command::Extract(args) => cli::extract(args),
         Command::Run { config } => {
             with_runtime(config, |settings| async move { run(settings).await })
         }
@@ -160,79 +116,15 @@ fn main() -> ExitCode {
             records,
             wait,
         } => with_runtime(config, |settings| async move {
-            specflow::inspect::inspect(&settings, records, std::time::Duration::from_secs(wait))
+            cli::inspect::inspect(&settings, records, std::time::Duration::from_secs(wait))
                 .await
                 .map(|_| ())
         }),
         Command::Produce(args) => {
             let config = args.config.clone();
-            with_runtime(
-                config,
-                |settings| async move { produce(settings, args).await },
-            )
-        }
-    }
-}
-
-fn check(config: Option<PathBuf>, print: bool) -> ExitCode {
-    let settings = match load(config.as_ref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let problems = settings.validate();
-    if print {
-        print!("{}", settings.to_redacted_toml());
-    }
-    if problems.is_empty() {
-        eprintln!("config ok");
-        ExitCode::SUCCESS
-    } else {
-        for problem in &problems {
-            eprintln!("error: {problem}");
-        }
-        ExitCode::from(1)
-    }
-}
-
-fn extract(args: ExtractArgs) -> ExitCode {
-    let dsp = match load(args.config.as_ref()) {
-        Ok(settings) => settings.dsp,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let dsp = DspConfig {
-        features: args.features.map_or(dsp.features.clone(), |f| {
-            f.split(',').map(|s| s.trim().to_string()).collect()
-        }),
-        frame_length: args.frame_length.unwrap_or(dsp.frame_length),
-        hop_length: args.hop_length.unwrap_or(dsp.hop_length),
-        n_mels: args.n_mels.unwrap_or(dsp.n_mels),
-        n_mfcc: args.n_mfcc.unwrap_or(dsp.n_mfcc),
-        fmin: args.fmin.unwrap_or(dsp.fmin),
-        fmax: args.fmax.or(dsp.fmax),
-        pitch_fmin: args.pitch_fmin.unwrap_or(dsp.pitch_fmin),
-        pitch_fmax: args.pitch_fmax.unwrap_or(dsp.pitch_fmax),
-        pitch_method: match args.pitch_method.as_deref() {
-            Some("yin") => PitchMethod::Yin,
-            Some(_) => PitchMethod::Pyin,
-            None => dsp.pitch_method,
-        },
-        pitch_lag_frames: args.pitch_lag_frames.unwrap_or(dsp.pitch_lag_frames),
-        ..dsp
-    };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    match specflow::extract::extract_wav(&args.input, &dsp, &mut out) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            drop(out);
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+            with_runtime(config, |settings| async move {
+                cli::produce(settings, args).await
+            })
         }
     }
 }
@@ -304,29 +196,4 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         http.abort();
     }
     result
-}
-
-async fn produce(settings: Settings, args: ProduceArgs) -> anyhow::Result<()> {
-    let signal = match (args.wav, args.tone, args.noise) {
-        (Some(path), _, _) => Signal::Wav(path),
-        (_, _, true) => Signal::Noise,
-        (_, tone, _) => Signal::Tone(tone.unwrap_or(440.0)),
-    };
-    let options = ProduceOptions {
-        signal,
-        streams: args.streams,
-        stream_prefix: args.stream_prefix,
-        chunk_ms: args.chunk_ms,
-        duration_secs: args.duration,
-        sample_rate: args.sample_rate,
-        realtime: args.realtime,
-        eos: !args.no_eos,
-        topic: args.topic,
-    };
-    let summary = specflow::produce::produce(&settings, &options).await?;
-    println!(
-        "produced {} messages, {} bytes",
-        summary.messages, summary.bytes
-    );
-    Ok(())
 }

@@ -9,7 +9,8 @@ use mongodb::bson::{self, RawArrayBuf, RawBson, RawDocumentBuf};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::dsp::{FeatureName, FrameBatch};
+use crate::audio::ChunkMeta;
+use crate::dsp::{DspConfig, FeatureName, FrameBatch};
 
 /// How a record's frames are laid out in its MongoDB document (`mongo.layout`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,29 @@ pub enum DocumentError {
         /// Its first sample.
         start: u64,
     },
+}
+
+/// Why a record could not be encoded for a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// JSON for the output topic.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// BSON for MongoDB.
+    #[error("bson: {0}")]
+    Document(#[from] DocumentError),
+}
+
+/// One record encoded for both sinks.
+pub struct EncodedRecord {
+    /// The stream id: the output record's key.
+    pub key: String,
+    /// JSON for the output topic.
+    pub json: Vec<u8>,
+    /// BSON for MongoDB.
+    pub document: RawDocumentBuf,
+    /// The end of the last frame, Unix milliseconds (for the end-to-end latency).
+    pub end_ms: i64,
 }
 
 /// Version of the record layout; bumped on incompatible changes.
@@ -79,6 +103,40 @@ pub struct FeatureRecord<'a> {
     pub chunk_timestamp_ms: i64,
     /// The input message.
     pub source: &'a SourcePosition,
+}
+
+impl<'a> FeatureRecord<'a> {
+    /// The record of the frames `batch` that the chunk `meta` (the message at `source`)
+    /// completed. Timestamps count from the chunk's start sample (or, without one, from the
+    /// first frame's) at its capture time.
+    pub fn of_chunk(
+        meta: &'a ChunkMeta,
+        dsp: &DspConfig,
+        batch: &'a FrameBatch,
+        source: &'a SourcePosition,
+    ) -> Self {
+        Self {
+            stream_id: &meta.stream_id,
+            sample_rate: meta.sample_rate,
+            frame_length: dsp.frame_length,
+            hop_length: dsp.hop_length,
+            batch,
+            chunk_start_sample: meta.start_sample.unwrap_or_else(|| batch.start_sample(0)),
+            chunk_timestamp_ms: meta.timestamp_ms.unwrap_or(0),
+            source,
+        }
+    }
+
+    /// Encodes the record for both sinks: JSON for the output topic, BSON in `layout` for
+    /// MongoDB.
+    pub fn encode(&self, layout: DocumentLayout) -> Result<EncodedRecord, EncodeError> {
+        Ok(EncodedRecord {
+            key: self.stream_id.to_owned(),
+            json: self.to_json()?,
+            document: self.to_document(layout)?,
+            end_ms: self.end_ms(),
+        })
+    }
 }
 
 impl FeatureRecord<'_> {

@@ -79,6 +79,16 @@ pub enum StreamError {
     },
 }
 
+impl StreamError {
+    /// Short label of the error: the `reason` of `dead_letters_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Backwards { .. } => "start_sample_backwards",
+            Self::Dsp { .. } => "unsupported_sample_rate",
+        }
+    }
+}
+
 /// Shares one [`FeatureExtractor`] per sample rate between all streams and threads.
 pub struct ExtractorCache {
     config: DspConfig,

@@ -398,27 +398,38 @@ async fn produce_stamps_capture_time_not_send_time() {
     let names = Names::new("produce-time");
     create_topics(&names, 1).await;
     let settings = settings(&names);
-    let options = specflow::produce::ProduceOptions {
-        signal: specflow::produce::Signal::Wav(reference_signal("speech_16k.wav")),
-        streams: 2,
-        stream_prefix: "speaker-".into(),
-        chunk_ms: 70,
-        duration_secs: None,
-        sample_rate: 16_000,
-        realtime: false,
-        eos: true,
-        topic: None,
-    };
-    let summary = specflow::produce::produce(&settings, &options)
-        .await
-        .expect("produce");
-    let messages = consume(
-        &names.input,
-        summary.messages as usize,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(messages.len() as u64, summary.messages);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("specflow.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"))
+        .args(["produce", "--config"])
+        .arg(&config)
+        .arg("--wav")
+        .arg(reference_signal("speech_16k.wav"))
+        .args([
+            "--streams",
+            "2",
+            "--stream-prefix",
+            "speaker-",
+            "--chunk-ms",
+            "70",
+        ])
+        .output()
+        .expect("run specflow produce");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "specflow produce failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "produced N messages, B bytes"
+    let produced: u64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+    let messages = consume(&names.input, produced as usize, Duration::from_secs(30)).await;
+    assert_eq!(messages.len() as u64, produced);
     let header = |m: &rdkafka::message::OwnedMessage, name: &str| -> i64 {
         let headers = m.headers().expect("headers");
         (0..headers.count())

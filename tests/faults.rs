@@ -19,6 +19,8 @@ const STREAMS: u64 = 20;
 const SECONDS: f64 = 4.0;
 const CHUNK: usize = 1_600; // 100 ms at 16 kHz
 const PARTITIONS: i32 = 4;
+/// How long MongoDB stays down in the outage test.
+const OUTAGE: Duration = Duration::from_secs(20);
 
 fn workload() -> Vec<(String, Vec<Chunk>)> {
     (0..STREAMS)
@@ -87,8 +89,14 @@ async fn finish_and_check(
     let started = Instant::now();
     wait_for_frames(&collection, total, Duration::from_secs(180)).await;
     eprintln!("all frames stored after {:?}", started.elapsed());
-    // Let any in-flight duplicate (which must not exist) land before comparing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // An in-flight duplicate (which must not exist) would land now: the count must stay.
+    assert!(
+        holds_for(Duration::from_secs(1), async || stored_frames(&collection)
+            .await
+            == total)
+        .await,
+        "more than the expected {total} frames were stored"
+    );
     assert_mongo_equals(&collection, expected).await;
     let records = assert_topic_has_every_record(&names.output, expected).await;
     eprintln!(
@@ -109,13 +117,24 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     std::fs::write(&config, toml::to_string(&scenario.settings).unwrap()).unwrap();
     let log = dir.join("worker.log");
     let mut worker = WorkerProcess::start(&config, &log, &[]);
+    let consuming = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Consuming.")
+            .count()
+    };
     let mut seed = 0x5eed_u64;
-    for _ in 0..5 {
+    for started in 1..=5 {
+        assert!(
+            eventually(Duration::from_secs(60), || consuming() >= started).await,
+            "worker {started} did not start consuming"
+        );
+        // Then a random moment in its run: anywhere from mid-restore to mid-batch.
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let wait = Duration::from_millis(1_000 + seed % 3_000);
-        tokio::time::sleep(wait).await;
+        let moment = Duration::from_millis(500 + seed % 3_000);
+        tokio::time::sleep(moment).await;
         worker.kill();
         worker = WorkerProcess::start(&config, &log, &[]);
     }
@@ -134,10 +153,24 @@ async fn rebalance_one_to_three_to_two_instances() {
     let scenario = Scenario::start("rebalance", Duration::from_millis(80)).await;
     let settings = scenario.settings.clone();
     let first = spawn_worker(settings.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || first
+            .metrics
+            .records_produced_total
+            .get()
+            > 0)
+        .await,
+        "the first instance produced records"
+    );
     let second = spawn_worker(settings.clone());
     let third = spawn_worker(settings.clone());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        eventually(Duration::from_secs(60), || [&first, &second, &third]
+            .iter()
+            .all(|w| w.metrics.assigned_partitions.get() > 0))
+        .await,
+        "the partitions were spread over the three instances"
+    );
     let first_metrics = first.metrics.clone();
     first.stop().await;
     scenario.finish().await;
@@ -162,7 +195,15 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     let scenario = Scenario::start("outage", Duration::from_millis(200)).await;
     let names = &scenario.names;
     let worker = spawn_worker(scenario.settings.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || worker
+            .metrics
+            .mongo_documents_written_total
+            .get()
+            > 0)
+        .await,
+        "documents stored before the outage"
+    );
     let mongo = StoppedService::stop("mongo");
     assert!(
         !scenario.producer.is_finished(),
@@ -178,14 +219,15 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
         "not ready while MongoDB is down"
     );
     let during = committed_offsets(&names.group, &names.input, PARTITIONS);
-    tokio::time::sleep(Duration::from_secs(20).saturating_sub(down_since.elapsed())).await;
+    // The outage lasts OUTAGE in all: a fault's length, not a wait for the worker.
+    tokio::time::sleep_until((down_since + OUTAGE).into()).await;
     let later = committed_offsets(&names.group, &names.input, PARTITIONS);
     assert_eq!(during, later, "offsets advanced while MongoDB was down");
     assert!(
         worker.metrics.mongo_write_errors_total.get() > 0,
         "writes failed during the outage"
     );
-    assert!(down_since.elapsed() >= Duration::from_secs(20));
+    assert!(down_since.elapsed() >= OUTAGE);
     mongo.start();
     scenario.finish().await;
     assert_eq!(
@@ -201,10 +243,48 @@ async fn broker_restart_mid_run() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = Scenario::start("broker", Duration::from_millis(80)).await;
     let worker = spawn_worker(scenario.settings.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || worker
+            .metrics
+            .records_produced_total
+            .get()
+            > 0)
+        .await,
+        "records produced before the restart"
+    );
+    // Watch readiness through the restart: the worker must notice the broker is gone.
+    let health = worker.health.clone();
+    let saw_broker_gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let saw = saw_broker_gone.clone();
+        tokio::spawn(async move {
+            loop {
+                if health.readiness().reasons.contains(&"kafka unreachable") {
+                    saw.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     tokio::task::spawn_blocking(|| services(&["restart", "kafka"]))
         .await
         .unwrap();
+    let unreachable = || {
+        worker
+            .health
+            .readiness()
+            .reasons
+            .contains(&"kafka unreachable")
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || !unreachable()).await,
+        "the worker saw the broker come back"
+    );
+    watcher.abort();
+    assert!(
+        saw_broker_gone.load(std::sync::atomic::Ordering::Relaxed),
+        "the worker saw the broker go away"
+    );
     scenario.finish().await;
     worker.stop().await;
 }

@@ -6,7 +6,6 @@
 //! names exactly what was wrong (it becomes the dead-letter `error` header).
 
 pub mod headers;
-pub mod wav;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -209,6 +208,20 @@ pub enum DecodeError {
         /// Its value.
         value: f32,
     },
+}
+
+impl DecodeError {
+    /// Short label of the error: the `reason` of `dead_letters_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::EmptyKey | Self::KeyNotUtf8 | Self::KeyTooLong(_) => "bad_key",
+            Self::HeaderNotUtf8(_) | Self::BadHeader { .. } => "bad_header",
+            Self::EmptyPayload => "empty_payload",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RaggedPayload { .. } => "ragged_payload",
+            Self::NonFiniteSample { .. } => "non_finite_sample",
+        }
+    }
 }
 
 /// What a chunk is, apart from its samples.

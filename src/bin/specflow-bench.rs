@@ -863,8 +863,8 @@ impl Ctx {
     fn audio_format(&self) -> anyhow::Result<(u32, u16)> {
         Ok(match signal(&self.args.signal) {
             Signal::Wav(path) => {
-                let audio = specflow::audio::wav::read_wav(&path)?;
-                (audio.sample_rate, audio.channels)
+                let spec = hound::WavReader::open(&path)?.spec();
+                (spec.sample_rate, spec.channels)
             }
             _ => (16_000, 1),
         })

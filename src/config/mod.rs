@@ -252,6 +252,41 @@ mod tests {
     }
 
     #[test]
+    fn unknown_enum_values_name_their_key() {
+        for (text, key, value) in [
+            (
+                "[output]\ncompression = \"brotli\"\n",
+                "output.compression",
+                "brotli",
+            ),
+            (
+                "[source]\nauto_offset_reset = \"newest\"\n",
+                "source.auto_offset_reset",
+                "newest",
+            ),
+        ] {
+            let f = file(text);
+            let err = Settings::load_with_env(Some(f.path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(value), "{err}");
+        }
+        let err = Settings::load_with_env(
+            None,
+            vec![(
+                "SPECFLOW__OUTPUT__COMPRESSION".to_string(),
+                "brotli".to_string(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("output.compression") && err.contains("brotli"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn file_then_env_override() {
         let f = file("[dsp]\nhop_length = 256\n[kafka.producer]\n\"compression.type\" = \"lz4\"\n");
         let env = vec![

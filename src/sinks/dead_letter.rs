@@ -1,6 +1,6 @@
 //! Dead-letter sink: malformed messages, verbatim, with an `error` header saying why.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 
 use super::SinkError;
@@ -63,6 +63,29 @@ pub struct DeadLetter {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
+}
+
+impl DeadLetter {
+    /// The dead letter of `message`, rejected because of `error`.
+    pub fn from_message(message: &impl Message, error: String) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            error,
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        }
+    }
 }
 
 /// Sends dead letters through the output producer.

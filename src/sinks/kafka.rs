@@ -11,6 +11,35 @@ use crate::kafka::valid_topic_name;
 use crate::kafka::{BuildError, KafkaConfig};
 use crate::validation::Problem;
 
+/// `output.compression`: the producer's `compression.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (the default: cheap on CPU, good on feature JSON).
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// librdkafka's name for it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
 /// `[output]`: the topic that receives one JSON feature record per input message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,11 +52,16 @@ pub struct KafkaSinkConfig {
     /// Producer `linger.ms`: how long records wait to be batched.
     pub linger_ms: u64,
     /// Producer `compression.type`: none, gzip, snappy, lz4 or zstd.
-    pub compression: String,
+    pub compression: Compression,
     /// Producer `batch.size` in bytes.
     pub batch_size_bytes: usize,
     /// How long a record may wait for delivery before the batch is retried, in milliseconds.
     pub delivery_timeout_ms: u64,
+    /// First wait, in milliseconds, before a failed send to Kafka (records, dead letters,
+    /// checkpoints) is retried; it doubles on each failure, with jitter.
+    pub retry_initial_ms: u64,
+    /// Longest wait between Kafka send retries, in milliseconds.
+    pub retry_max_ms: u64,
 }
 
 impl Default for KafkaSinkConfig {
@@ -36,9 +70,11 @@ impl Default for KafkaSinkConfig {
             enabled: true,
             topic: "audio.features".into(),
             linger_ms: 5,
-            compression: "lz4".into(),
+            compression: Compression::Lz4,
             batch_size_bytes: 1_000_000,
             delivery_timeout_ms: 30_000,
+            retry_initial_ms: 200,
+            retry_max_ms: 5_000,
         }
     }
 }
@@ -50,14 +86,11 @@ impl KafkaSinkConfig {
         if let Err(why) = valid_topic_name(&self.topic) {
             problems.push(Problem::new("output.topic", &self.topic, why));
         }
-        if !matches!(
-            self.compression.as_str(),
-            "none" | "gzip" | "snappy" | "lz4" | "zstd"
-        ) {
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
             problems.push(Problem::new(
-                "output.compression",
-                &self.compression,
-                "must be none, gzip, snappy, lz4 or zstd",
+                "output.retry_max_ms",
+                self.retry_max_ms,
+                "retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms",
             ));
         }
         if self.delivery_timeout_ms < 1000 {
@@ -70,6 +103,11 @@ impl KafkaSinkConfig {
         problems
     }
 
+    /// The backoff of Kafka send retries: (first, longest) wait in milliseconds.
+    pub fn retry_ms(&self) -> (u64, u64) {
+        (self.retry_initial_ms, self.retry_max_ms)
+    }
+
     /// Builds the producer (idempotent, acks=all).
     pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, BuildError> {
         let mut config = kafka.client_config(&Default::default())?;
@@ -77,7 +115,7 @@ impl KafkaSinkConfig {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
-            .set("compression.type", &self.compression)
+            .set("compression.type", self.compression.as_str())
             .set("batch.size", self.batch_size_bytes.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
         for (key, value) in &kafka.producer {

@@ -9,10 +9,13 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::SinkError;
 use crate::record::DocumentLayout;
 use crate::secret::{Secret, read_secret, redact_uri};
+use crate::telemetry::health::Health;
 use crate::validation::Problem;
 
 /// MongoDB's duplicate-key error code.
@@ -135,6 +138,11 @@ impl MongoSinkConfig {
         problems
     }
 
+    /// The backoff of MongoDB write retries: (first, longest) wait in milliseconds.
+    pub fn retry_ms(&self) -> (u64, u64) {
+        (self.retry_initial_ms, self.retry_max_ms)
+    }
+
     /// Connects (lazily; the driver reconnects on its own) and prepares the collection.
     pub async fn build(&self) -> Result<MongoSink, SinkError> {
         let uri = read_secret(
@@ -158,6 +166,9 @@ impl MongoSinkConfig {
         })
     }
 }
+
+/// How often [`MongoSink::probe_readiness`] pings the server.
+pub const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A connected MongoDB collection of feature records.
 #[derive(Clone)]
@@ -242,6 +253,40 @@ impl MongoSink {
                 }
                 Err(SinkError::Mongo(e))
             }
+        }
+    }
+
+    /// Creates the query indexes, retrying every second until the server answers (or
+    /// `shutdown`); MongoDB may be down when the worker starts.
+    pub async fn create_indexes_when_up(&self, health: &Health, shutdown: &CancellationToken) {
+        loop {
+            match self.ensure_indexes().await {
+                Ok(()) => {
+                    health.set_mongo_ok(true);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "MongoDB not reachable yet; its indexes are created once it is.");
+                    health.set_mongo_ok(false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The readiness probe: pings the server every [`READINESS_PROBE_INTERVAL`] until
+    /// `shutdown`, so that readiness follows MongoDB even while no batch is being written
+    /// (failed writes also report it at once).
+    pub async fn probe_readiness(&self, health: &Health, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(READINESS_PROBE_INTERVAL) => {}
+            }
+            health.set_mongo_ok(self.ping().await.is_ok());
         }
     }
 

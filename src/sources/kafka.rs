@@ -17,6 +17,26 @@ use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use crate::validation::Problem;
 
+/// `source.auto_offset_reset`: where a group without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoOffsetReset {
+    /// The oldest message still in the topic (the default: nothing is skipped).
+    Earliest,
+    /// Only messages produced after the group first joins.
+    Latest,
+}
+
+impl AutoOffsetReset {
+    /// librdkafka's name for it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
 /// `[source]`: the input topic and how it is consumed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,7 +58,7 @@ pub struct KafkaSourceConfig {
     /// How often stored offsets are committed, in milliseconds.
     pub commit_interval_ms: u64,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
-    pub auto_offset_reset: String,
+    pub auto_offset_reset: AutoOffsetReset,
     /// Static group membership (`group.instance.id`), e.g. the pod name: a restarted instance
     /// takes its partitions back without a rebalance if it returns within the session timeout.
     /// Must be unique within the group. Empty: dynamic membership.
@@ -62,7 +82,7 @@ impl Default for KafkaSourceConfig {
             batch_max_messages: 1000,
             batch_linger_ms: 5,
             commit_interval_ms: 1000,
-            auto_offset_reset: "earliest".into(),
+            auto_offset_reset: AutoOffsetReset::Earliest,
             instance_id: String::new(),
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 2_000,
@@ -136,13 +156,6 @@ impl KafkaSourceConfig {
                 "must be at most 249 characters, without spaces or control characters",
             ));
         }
-        if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
-            problems.push(Problem::new(
-                "source.auto_offset_reset",
-                &self.auto_offset_reset,
-                "must be earliest or latest",
-            ));
-        }
         problems
     }
 
@@ -161,7 +174,7 @@ impl KafkaSourceConfig {
                 "auto.commit.interval.ms",
                 self.commit_interval_ms.to_string(),
             )
-            .set("auto.offset.reset", &self.auto_offset_reset)
+            .set("auto.offset.reset", self.auto_offset_reset.as_str())
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(

@@ -664,6 +664,20 @@ impl Drop for StoppedService {
     }
 }
 
+/// Polls the async `condition` every 100 ms for `window`; whether it held at every poll.
+pub async fn holds_for(window: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + window;
+    loop {
+        if !condition().await {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `condition` every 100 ms until it holds or `timeout` passes; whether it held.
 pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

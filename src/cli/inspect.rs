@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::Settings;
+use specflow::config::Settings;
 
 /// What `inspect` saw.
 #[derive(Debug, Clone, Default, PartialEq)]

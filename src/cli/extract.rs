@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::audio::wav::{WavError, read_wav};
-use crate::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch};
+use super::wav::{WavError, read_wav};
+use specflow::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch};
 
 /// Why extraction failed.
 #[derive(Debug, thiserror::Error)]

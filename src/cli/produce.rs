@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
-use crate::audio::SampleFormat;
-use crate::audio::headers::ChunkHeaders;
-use crate::audio::wav::read_wav;
-use crate::config::Settings;
+use super::wav::read_wav;
+use specflow::audio::SampleFormat;
+use specflow::audio::headers::ChunkHeaders;
+use specflow::config::Settings;
 
 /// What audio to send.
 #[derive(Debug, Clone)]

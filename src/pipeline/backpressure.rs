@@ -1,0 +1,153 @@
+//! Back-pressure: the pause gate that stops consuming while a sink fails, and the backoff that
+//! paces the retries of a failed write.
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::sinks::SinkError;
+use crate::sources::kafka::SourceContext;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+/// Pauses the assignment while any sink is failing and resumes it when none is, so that the
+/// Kafka send loop and the MongoDB writer can each hold it.
+pub(super) struct PauseGate {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// How many sinks are failing, and what was paused when the first began.
+    held: std::sync::Mutex<(u32, Option<TopicPartitionList>)>,
+}
+
+impl PauseGate {
+    /// A gate over `consumer`'s assignment; nothing is held.
+    pub(super) fn new(
+        consumer: Arc<StreamConsumer<SourceContext>>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            consumer,
+            health,
+            metrics,
+            held: Default::default(),
+        }
+    }
+
+    /// The consumer whose assignment this gate pauses.
+    pub(super) fn consumer(&self) -> &StreamConsumer<SourceContext> {
+        &self.consumer
+    }
+
+    /// A sink began failing: the first holder pauses the whole assignment.
+    fn hold(&self) {
+        let mut held = self.held.lock().expect("pause gate lock");
+        held.0 += 1;
+        if held.0 == 1 {
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            if let Err(e) = self.consumer.pause(&assignment) {
+                warn!(error = %e, "Cannot pause partitions.");
+            }
+            self.metrics
+                .paused_partitions
+                .set(assignment.count() as i64);
+            self.health.set_paused(true);
+            held.1 = Some(assignment);
+        }
+    }
+
+    /// Resumes a partition whose restore finished, or leaves it to [`Self::release`] while a
+    /// sink outage holds the assignment paused.
+    pub(super) fn resume_partition(&self, partition: i32) {
+        let mut list = TopicPartitionList::new();
+        let _ = list.add_partition(self.consumer.context().topic(), partition);
+        let mut held = self.held.lock().expect("pause gate lock");
+        if held.0 > 0 {
+            if let Some(paused) = held.1.as_mut() {
+                let _ = paused.add_partition(self.consumer.context().topic(), partition);
+            }
+            return;
+        }
+        if let Err(e) = self.consumer.resume(&list) {
+            warn!(partition, error = %e, "Cannot resume a restored partition.");
+        }
+    }
+
+    /// A sink is back: the last holder resumes what was paused.
+    fn release(&self) {
+        let mut held = self.held.lock().expect("pause gate lock");
+        held.0 = held.0.saturating_sub(1);
+        if held.0 == 0
+            && let Some(assignment) = held.1.take()
+        {
+            if let Err(e) = self.consumer.resume(&assignment) {
+                warn!(error = %e, "Cannot resume partitions.");
+            }
+            self.metrics.paused_partitions.set(0);
+            self.health.set_paused(false);
+        }
+    }
+}
+
+/// Exponential backoff with jitter for sink writes; while failing, the partitions are paused
+/// (through the [`PauseGate`]) and readiness is false, until [`Backoff::succeeded`].
+pub(super) struct Backoff<'a> {
+    what: &'static str,
+    delay: Duration,
+    max: Duration,
+    shutdown: &'a CancellationToken,
+    gate: &'a PauseGate,
+    holding: bool,
+}
+
+impl<'a> Backoff<'a> {
+    /// A backoff for writes to `what`, from `initial_ms` doubling up to `max_ms`.
+    pub(super) fn new(
+        what: &'static str,
+        (initial_ms, max_ms): (u64, u64),
+        shutdown: &'a CancellationToken,
+        gate: &'a PauseGate,
+    ) -> Self {
+        Self {
+            what,
+            delay: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+            shutdown,
+            gate,
+            holding: false,
+        }
+    }
+
+    /// Handles a failed attempt: pauses, waits, and returns `Ok` to try again, or the error
+    /// when retrying cannot help or a stop was requested.
+    pub(super) async fn failed(&mut self, error: SinkError) -> Result<(), SinkError> {
+        if !error.retryable() || self.shutdown.is_cancelled() {
+            return Err(error);
+        }
+        if !self.holding {
+            self.gate.hold();
+            self.holding = true;
+        }
+        let wait = self.delay.mul_f64(rand::random_range(0.5..1.5));
+        warn!(sink = self.what, error = %error, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
+        self.gate.health.beat();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        self.delay = (self.delay * 2).min(self.max);
+        Ok(())
+    }
+
+    /// The write went through: resume what was paused.
+    pub(super) fn succeeded(self) {
+        if self.holding {
+            self.gate.release();
+            info!(sink = self.what, "Sink is back.");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The DSP fan-out: a batch's messages, grouped by partition, decoded and computed on the
+//! worker threads (one [`Scratch`] each), each partition in order, into records, dead letters
+//! and the checkpoints of the streams they touched.
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tracing::{error, info};
+
+use crate::audio;
+use crate::config::Settings;
+use crate::dsp::FrameBatch;
+use crate::record::{EncodedRecord, FeatureRecord, SourcePosition};
+use crate::sinks::dead_letter::DeadLetter;
+use crate::streams::{ExtractorCache, PartitionStreams, WorkspaceSet};
+use crate::telemetry::metrics::Metrics;
+
+/// What became of one input message.
+pub(super) enum Outcome {
+    /// Frames were computed: send this record.
+    Record(Box<EncodedRecord>),
+    /// Nothing to send (no frame completed, or a replay of a message handled before the
+    /// stream's checkpoint).
+    Nothing,
+    /// Malformed: send to the dead-letter topic.
+    Dead(Box<DeadLetter>, &'static str),
+}
+
+/// Checkpoint records of one partition: per stream id, a value or a tombstone.
+pub(super) type CheckpointRecords = Vec<(String, Option<Vec<u8>>)>;
+
+/// What one partition's DSP pass produced: its messages' outcomes and the checkpoints of the
+/// streams they touched.
+pub(super) struct PartitionResult {
+    pub(super) partition: i32,
+    pub(super) outcomes: Vec<Outcome>,
+    pub(super) checkpoints: CheckpointRecords,
+}
+
+/// One worker thread's reusable buffers: DSP workspaces, the frames of the message at hand
+/// and its decoded samples.
+#[derive(Default)]
+pub(super) struct Scratch {
+    workspaces: WorkspaceSet,
+    frames: FrameBatch,
+    samples: Vec<f32>,
+}
+
+/// The DSP side of the worker: settings, the shared extractor plans and per-thread scratch.
+pub(super) struct Compute {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    cache: Arc<ExtractorCache>,
+    scratch: Vec<Scratch>,
+}
+
+/// The stream id a message's key names, if it is valid UTF-8.
+fn stream_key(message: &OwnedMessage) -> Option<&str> {
+    message.key().and_then(|k| std::str::from_utf8(k).ok())
+}
+
+/// Dead-letters `message`; a known stream's checkpoint records it, so a replay skips it.
+fn reject(
+    table: &mut PartitionStreams,
+    message: &OwnedMessage,
+    error: String,
+    reason: &'static str,
+) -> Outcome {
+    table.reject(stream_key(message), message.offset());
+    Outcome::Dead(Box::new(DeadLetter::from_message(message, error)), reason)
+}
+
+impl Compute {
+    /// A compute stage for `settings` over the shared `cache`.
+    pub(super) fn new(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        cache: Arc<ExtractorCache>,
+    ) -> Self {
+        Self {
+            settings,
+            metrics,
+            cache,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decodes and computes one partition's messages in order.
+    fn process_partition(
+        &self,
+        table: &mut PartitionStreams,
+        messages: &[OwnedMessage],
+        scratch: &mut Scratch,
+    ) -> Vec<Outcome> {
+        let Scratch {
+            workspaces,
+            frames,
+            samples,
+        } = scratch;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            // Handled before the stream's checkpoint: emitted (or dead-lettered) back then.
+            if stream_key(message).is_some_and(|id| table.already_handled(id, message.offset())) {
+                table.skip_replayed(message.offset());
+                self.metrics.messages_replayed_total.inc();
+                outcomes.push(Outcome::Nothing);
+                continue;
+            }
+            let headers = message.headers();
+            let header_pairs = headers
+                .iter()
+                .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+            let timestamp = message.timestamp().to_millis();
+            let meta = match audio::decode(
+                &self.settings.input,
+                message.key(),
+                message.payload(),
+                header_pairs,
+                timestamp,
+                samples,
+            ) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    outcomes.push(reject(table, message, e.to_string(), e.reason()));
+                    continue;
+                }
+            };
+            let applied = table.apply(
+                &self.cache,
+                &self.settings.streams,
+                workspaces,
+                &meta,
+                samples,
+                message.offset(),
+                frames,
+            );
+            let outcome = match applied {
+                Err(e) => {
+                    outcomes.push(reject(table, message, e.to_string(), e.reason()));
+                    continue;
+                }
+                Ok(outcome) => outcome,
+            };
+            if outcome.gap {
+                self.metrics.stream_gaps_total.inc();
+                info!(stream = %meta.stream_id, start_sample = meta.start_sample, "Gap in stream; state reset.");
+            }
+            if outcome.evicted_for_cap {
+                self.metrics.streams_evicted_total.inc();
+            }
+            if frames.is_empty() {
+                outcomes.push(Outcome::Nothing);
+                continue;
+            }
+            self.metrics
+                .frames_computed_total
+                .inc_by(frames.len() as u64);
+            let source = SourcePosition {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp_ms: meta.timestamp_ms,
+            };
+            let record = FeatureRecord::of_chunk(&meta, self.cache.config(), frames, &source);
+            match record.encode(self.settings.mongo.layout) {
+                Ok(encoded) => outcomes.push(Outcome::Record(Box::new(encoded))),
+                Err(e) => {
+                    error!(stream = %meta.stream_id, error = %e, "Cannot encode record.");
+                    outcomes.push(Outcome::Dead(
+                        Box::new(DeadLetter::from_message(
+                            message,
+                            format!("cannot encode record: {e}"),
+                        )),
+                        "encode",
+                    ));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Runs the DSP for a whole batch, partitions spread over the worker threads.
+    pub(super) fn process_batch(
+        &mut self,
+        tables: &mut HashMap<i32, PartitionStreams>,
+        by_partition: Vec<(i32, Vec<OwnedMessage>)>,
+    ) -> Vec<PartitionResult> {
+        let threads = self
+            .settings
+            .runtime
+            .effective_worker_threads()
+            .min(by_partition.len())
+            .max(1);
+        while self.scratch.len() < threads {
+            self.scratch.push(Scratch::default());
+        }
+        let mut groups: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (i, (partition, messages)) in by_partition.into_iter().enumerate() {
+            let table = tables
+                .remove(&partition)
+                .unwrap_or_else(|| PartitionStreams::new(partition));
+            groups[i % threads].push((partition, table, messages));
+        }
+        let mut scratch: Vec<Scratch> = self.scratch.drain(..threads).collect();
+        let this = &*self;
+        let results: Vec<Vec<(PartitionStreams, PartitionResult)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .zip(scratch.iter_mut())
+                .map(|(group, scratch)| {
+                    scope.spawn(move || {
+                        group
+                            .into_iter()
+                            .map(|(partition, mut table, messages)| {
+                                let outcomes =
+                                    this.process_partition(&mut table, &messages, scratch);
+                                let checkpoints = table.take_checkpoints();
+                                let result = PartitionResult {
+                                    partition,
+                                    outcomes,
+                                    checkpoints,
+                                };
+                                (table, result)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("DSP thread panicked"))
+                .collect()
+        });
+        self.scratch.extend(scratch);
+        results
+            .into_iter()
+            .flatten()
+            .map(|(table, result)| {
+                tables.insert(result.partition, table);
+                result
+            })
+            .collect()
+    }
+}

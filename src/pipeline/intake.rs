@@ -1,0 +1,204 @@
+//! Intake: the consumer, the messages received but not processed yet (the next batch), and the
+//! per-partition stream tables; rebalances add and drop partitions here.
+
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::backpressure::PauseGate;
+use super::compute::CheckpointRecords;
+use super::recovery::Restores;
+use crate::config::Settings;
+use crate::sources::kafka::SourceContext;
+use crate::streams::PartitionStreams;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+/// How long an idle poll waits before the loop does its housekeeping (idle eviction).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// What one [`Intake::receive`] call brought.
+pub(super) enum Received {
+    /// A message was appended (or set aside for a partition being restored).
+    Message,
+    /// Nothing arrived in time.
+    Idle,
+    /// The consumer reported an error.
+    Error(rdkafka::error::KafkaError),
+}
+
+/// What [`Intake::next_batch`] brought.
+pub(super) enum NextBatch {
+    /// Shutdown was requested.
+    Stop,
+    /// Nothing arrived: time for housekeeping.
+    Idle,
+    /// Something happened (an error, a message set aside) but there is nothing to process.
+    Empty,
+    /// The messages of the next batch, in the order received.
+    Messages(Vec<OwnedMessage>),
+}
+
+/// The consumer and everything that follows its assignment.
+pub(super) struct Intake {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    health: Arc<Health>,
+    /// Messages received but not processed yet (the next batch starts with them).
+    pending: Vec<OwnedMessage>,
+    /// Stream state per assigned (and restored) partition.
+    pub(super) tables: HashMap<i32, PartitionStreams>,
+    restores: Restores,
+}
+
+impl Intake {
+    /// Builds the consumer and subscribes it to `source.topic`.
+    pub(super) fn subscribe(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        restores: Restores,
+    ) -> anyhow::Result<Self> {
+        let context =
+            SourceContext::new(&settings.source.topic, metrics).with_health(health.clone());
+        let consumer = Arc::new(settings.source.build(&settings.kafka, context)?);
+        consumer
+            .subscribe(&[&settings.source.topic])
+            .context("cannot subscribe")?;
+        info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
+        health.set_consuming();
+        Ok(Self {
+            consumer,
+            health,
+            pending: Vec::new(),
+            tables: HashMap::new(),
+            restores,
+        })
+    }
+
+    /// The consumer.
+    pub(super) fn consumer(&self) -> &Arc<StreamConsumer<SourceContext>> {
+        &self.consumer
+    }
+
+    /// True while fewer than `max_batch` messages wait.
+    pub(super) fn has_room(&self, max_batch: usize) -> bool {
+        self.pending.len() < max_batch
+    }
+
+    /// Installs the partitions whose restore finished (their set-aside messages join the
+    /// pending ones).
+    pub(super) fn finish_restores(&mut self, gate: &PauseGate, metrics: &Metrics) {
+        self.restores
+            .finish(&mut self.tables, &mut self.pending, gate, metrics);
+    }
+
+    /// Receives one message into the pending batch (or sets it aside while its partition is
+    /// restored), waiting at most `wait`. Partitions revoked during the call, even when assigned
+    /// again since, lose their stream tables and the messages received before the revocation;
+    /// assigned ones start restoring from their checkpoints.
+    pub(super) async fn receive(&mut self, wait: Duration) -> Received {
+        let received = tokio::time::timeout(wait, self.consumer.recv()).await;
+        let events = self.consumer.context().take_events();
+        if !events.revoked.is_empty() {
+            self.pending
+                .retain(|m| !events.revoked.contains(&m.partition()));
+            for partition in &events.revoked {
+                self.tables.remove(partition);
+                self.restores.cancel(*partition);
+            }
+        }
+        for partition in &events.assigned {
+            self.restores
+                .start(&self.consumer, *partition, self.consumer.context().topic());
+        }
+        match received {
+            Err(_) => Received::Idle,
+            Ok(Err(e)) => Received::Error(e),
+            Ok(Ok(message)) => {
+                let message = message.detach();
+                if self.restores.is_restoring(message.partition()) {
+                    self.restores.set_aside(message);
+                } else {
+                    self.pending.push(message);
+                }
+                Received::Message
+            }
+        }
+    }
+
+    /// The next batch: waits for a first message (or shutdown), then gathers more for up to
+    /// `linger`, at most `max_batch` in all.
+    pub(super) async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+        linger: Duration,
+        max_batch: usize,
+    ) -> NextBatch {
+        if self.pending.is_empty() {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return NextBatch::Stop,
+                received = self.receive(IDLE_POLL) => received,
+            };
+            match received {
+                Received::Idle => return NextBatch::Idle,
+                Received::Error(e) => {
+                    warn!(error = %e, "Kafka consumer error.");
+                    self.health.set_kafka_ok(false);
+                    return NextBatch::Empty;
+                }
+                Received::Message => self.health.set_kafka_ok(true),
+            }
+            if self.pending.is_empty() {
+                // Set aside for a partition being restored.
+                return NextBatch::Empty;
+            }
+        }
+        let deadline = Instant::now() + linger;
+        while self.pending.len() < max_batch {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if !matches!(self.receive(wait).await, Received::Message) {
+                break;
+            }
+        }
+        if self.pending.is_empty() {
+            NextBatch::Empty
+        } else {
+            NextBatch::Messages(std::mem::take(&mut self.pending))
+        }
+    }
+
+    /// Evicts streams idle for `idle_timeout` and updates the stream and assignment gauges;
+    /// returns the checkpoint records (tombstones, ended-stream markers) this made due, per
+    /// partition.
+    pub(super) fn sweep(
+        &mut self,
+        idle_timeout: Duration,
+        metrics: &Metrics,
+    ) -> Vec<(i32, CheckpointRecords)> {
+        let mut due = Vec::new();
+        let mut live = 0;
+        let mut bytes = 0;
+        for (partition, table) in self.tables.iter_mut() {
+            let evicted = table.evict_idle(idle_timeout);
+            metrics.streams_evicted_total.inc_by(evicted as u64);
+            live += table.len();
+            bytes += table.heap_bytes();
+            let checkpoints = table.take_checkpoints();
+            if !checkpoints.is_empty() {
+                due.push((*partition, checkpoints));
+            }
+        }
+        metrics.live_streams.set(live as i64);
+        metrics.stream_state_bytes.set(bytes as i64);
+        let assigned = self.consumer.assignment().map_or(0, |a| a.count());
+        metrics.assigned_partitions.set(assigned as i64);
+        self.health.set_assigned(assigned > 0);
+        due
+    }
+}

@@ -1,0 +1,346 @@
+//! The worker: recv → decode → DSP (off the async runtime, partitions in parallel) → sinks →
+//! checkpoints → offsets.
+//!
+//! - [`intake`]: the consumer, the pending batch and the per-partition stream tables;
+//! - [`recovery`]: restoring an assigned partition's streams from the checkpoint topic;
+//! - [`compute`]: the DSP fan-out over the worker threads;
+//! - [`deliver`]: records and dead letters to Kafka, with retries;
+//! - [`store`]: the MongoDB and checkpoint writers, the pending-records budget, offsets;
+//! - [`backpressure`]: the pause gate and the backoff.
+//!
+//! The processing loop handles one batch at a time: it computes the batch, sends its records
+//! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
+//! documents and the checkpoints of the streams the batch touched to the store writer tasks
+//! (`mongo.concurrent_writes`; partitions are dealt over them) and goes on with the next batch.
+//! Each writer inserts its jobs in order (merging those that queued up), then writes their
+//! checkpoints, and only then stores the jobs' offsets: an offset is stored only after every
+//! record before it is acknowledged by the sinks, every rejected message by the dead-letter
+//! topic, and the state of every stream up to it by the checkpoint topic. At most
+//! `mongo.max_pending_records` records wait; then the loop waits too (still polling). While a
+//! sink is down the partitions are paused and the write retried with exponential backoff.
+//!
+//! A partition assigned to this worker is paused until its checkpoints are read
+//! ([`crate::checkpoint::read_partition`], off the runtime); the loop keeps polling meanwhile.
+
+mod backpressure;
+mod compute;
+mod deliver;
+mod intake;
+mod recovery;
+mod store;
+
+use anyhow::Context as _;
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Message, OwnedMessage};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint;
+use crate::config::Settings;
+use crate::kafka;
+use crate::sinks::SinkError;
+use crate::sinks::dead_letter::DeadLetterSink;
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::mongo::MongoSink;
+use crate::sources::kafka::commit_stored_offsets;
+use crate::streams::ExtractorCache;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+use backpressure::{Backoff, PauseGate};
+use compute::Compute;
+use intake::{Intake, NextBatch};
+use recovery::Restores;
+use store::{StoreJob, StoreWriters};
+
+/// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut worker = Worker::start(settings, metrics, health, shutdown).await?;
+    let result = worker.process_until_stopped().await;
+    worker.drain(result).await
+}
+
+/// Handles shared by every batch.
+pub(super) struct Sinks {
+    /// The producer: feature records (when `output.enabled`), checkpoints, dead letters.
+    pub(super) output: KafkaSink,
+    pub(super) dead_letters: DeadLetterSink,
+    /// `None` when `mongo.enabled` is off.
+    pub(super) mongo: Option<MongoSink>,
+}
+
+/// Everything the worker owns from start to drain.
+struct Worker {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    sinks: Sinks,
+    gate: Arc<PauseGate>,
+    intake: Intake,
+    compute: Compute,
+    store: StoreWriters,
+    /// MongoDB's readiness probe, when MongoDB is on.
+    probe: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Checks (or creates) the topics, builds the sinks, subscribes and starts the writers.
+    async fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if settings.source.create_topics {
+            ensure_topics(&settings).await?;
+        }
+        checkpoint::check_topic(
+            &kafka::topics::admin_client(&settings.kafka)?,
+            &settings.source.topic,
+            &settings.checkpoint_topic(),
+        )
+        .await
+        .context("checkpoint topic")?;
+        let output = settings.output.build(&settings.kafka)?;
+        let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
+        health.beat();
+        let mongo = if settings.mongo.enabled {
+            let mongo = settings
+                .mongo
+                .build()
+                .await
+                .context("cannot configure MongoDB client")?;
+            // MongoDB may be down at start-up: consuming (and restoring partitions) begins at
+            // once; writes wait for it, paused and retried, like in any outage.
+            let (indexed, health, stop) = (mongo.clone(), health.clone(), shutdown.clone());
+            tokio::spawn(async move { indexed.create_indexes_when_up(&health, &stop).await });
+            Some(mongo)
+        } else {
+            info!("mongo.enabled is off: the output topic is the only sink.");
+            health.set_mongo_ok(true);
+            None
+        };
+        let sinks = Sinks {
+            output,
+            dead_letters,
+            mongo,
+        };
+        let probe = sinks.mongo.clone().map(|mongo| {
+            let (health, stop) = (health.clone(), shutdown.clone());
+            tokio::spawn(async move { mongo.probe_readiness(&health, &stop).await })
+        });
+
+        let cache = Arc::new(ExtractorCache::new(settings.dsp.clone()));
+        let restores = Restores::new(&settings, cache.clone())?;
+        let intake = Intake::subscribe(&settings, metrics.clone(), health.clone(), restores)?;
+        let gate = Arc::new(PauseGate::new(
+            intake.consumer().clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
+        let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, &shutdown);
+        let compute = Compute::new(settings.clone(), metrics.clone(), cache);
+        Ok(Self {
+            settings,
+            metrics,
+            health,
+            shutdown,
+            sinks,
+            gate,
+            intake,
+            compute,
+            store,
+            probe,
+        })
+    }
+
+    /// The loop: one batch at a time until shutdown or a sink error that retrying cannot fix.
+    async fn process_until_stopped(&mut self) -> anyhow::Result<()> {
+        let linger = Duration::from_millis(self.settings.source.batch_linger_ms);
+        let max_batch = self.settings.source.batch_max_messages;
+        let idle_timeout = Duration::from_secs(self.settings.streams.idle_timeout_secs);
+        while !self.shutdown.is_cancelled() {
+            self.health.beat();
+            self.intake.finish_restores(&self.gate, &self.metrics);
+            let mut jobs = match self
+                .intake
+                .next_batch(&self.shutdown, linger, max_batch)
+                .await
+            {
+                NextBatch::Stop => break,
+                NextBatch::Empty => continue,
+                NextBatch::Idle => Vec::new(),
+                NextBatch::Messages(batch) => self.handle_batch(batch).await.map_err(|e| {
+                    error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
+                    anyhow::anyhow!(e)
+                })?,
+            };
+            let due = self.intake.sweep(idle_timeout, &self.metrics);
+            let evictions = self.store.jobs_for_checkpoints(due);
+            if jobs.is_empty() {
+                jobs = evictions;
+            } else {
+                for (job, eviction) in jobs.iter_mut().zip(evictions) {
+                    job.absorb(eviction);
+                }
+            }
+            if !self
+                .store
+                .hand_over(
+                    jobs,
+                    &mut self.intake,
+                    max_batch,
+                    &self.health,
+                    &self.shutdown,
+                )
+                .await
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes one batch and sends its records and dead letters to Kafka; returns, per store
+    /// writer, what MongoDB and the checkpoint topic still have to store, with the offsets
+    /// that become safe once they have.
+    async fn handle_batch(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<StoreJob>, SinkError> {
+        let metrics = &self.metrics;
+        let started = Instant::now();
+        let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+        for message in batch {
+            metrics.messages_consumed_total.inc();
+            metrics
+                .bytes_consumed_total
+                .inc_by(message.payload().map_or(0, <[u8]>::len) as u64);
+            match by_partition
+                .iter_mut()
+                .find(|(p, _)| *p == message.partition())
+            {
+                Some((_, messages)) => messages.push(message),
+                None => by_partition.push((message.partition(), vec![message])),
+            }
+        }
+        let (compute, tables) = (&mut self.compute, &mut self.intake.tables);
+        let processed = tokio::task::block_in_place(|| compute.process_batch(tables, by_partition));
+        metrics
+            .processing_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let backoff = Backoff::new(
+            "kafka",
+            self.settings.output.retry_ms(),
+            &self.shutdown,
+            &self.gate,
+        );
+        deliver::send_to_kafka(
+            &processed,
+            &self.sinks,
+            self.settings.output.enabled,
+            self.sinks.mongo.is_some(),
+            metrics,
+            backoff,
+        )
+        .await?;
+        Ok(self.store.jobs_for_batch(processed, &self.intake.tables))
+    }
+
+    /// Waits (up to `shutdown.drain_timeout_secs` in all) for the store writers, flushes the
+    /// producer, commits the stored offsets and closes the clients. Returns the loop's result,
+    /// or else the writers' error.
+    async fn drain(self, mut result: anyhow::Result<()>) -> anyhow::Result<()> {
+        self.health.set_draining(true);
+        info!(
+            "Draining: waiting for MongoDB and the checkpoints, flushing the producer, committing offsets."
+        );
+        // One deadline for all: what is not stored by then is replayed by the next owner.
+        let drain = Duration::from_secs(self.settings.shutdown.drain_timeout_secs);
+        let drain_deadline = Instant::now() + drain;
+        if let Err(e) = self.store.finish(drain).await
+            && result.is_ok()
+        {
+            result = Err(anyhow::anyhow!(e).context("store writes failed"));
+        }
+        if let Err(e) = self
+            .sinks
+            .output
+            .flush(drain_deadline.saturating_duration_since(Instant::now()))
+        {
+            warn!(error = %e, "Producer flush incomplete.");
+        }
+        let consumer = self.intake.consumer();
+        match commit_stored_offsets(&**consumer) {
+            Ok(true) => info!("Offsets committed."),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "Final commit failed; uncommitted messages will be replayed.")
+            }
+        }
+        if let Some(probe) = self.probe {
+            probe.abort();
+            let _ = probe.await;
+        }
+        consumer.unsubscribe();
+        if let Some(mongo) = self.sinks.mongo {
+            let remaining = drain_deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(remaining.max(Duration::from_secs(1)), mongo.shutdown())
+                .await
+                .is_err()
+            {
+                warn!("MongoDB client did not shut down in time.");
+            }
+        }
+        result
+    }
+}
+
+/// Creates the input, output and dead-letter topics when missing (for `source.create_topics`),
+/// then the checkpoint topic: compacted, with as many partitions as the input topic has.
+pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
+    let admin = kafka::topics::admin_client(&settings.kafka)?;
+    let mut topics = vec![
+        settings.source.topic.as_str(),
+        settings.output.topic.as_str(),
+    ];
+    if settings.dead_letter.enabled {
+        topics.push(settings.dead_letter.topic.as_str());
+    }
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                settings.source.topic_partitions,
+                TopicReplication::Fixed(settings.source.topic_replication),
+            )
+        })
+        .collect();
+    kafka::topics::create_missing(&admin, &new_topics).await?;
+    let input_partitions = admin
+        .inner()
+        .fetch_metadata(Some(&settings.source.topic), Duration::from_secs(10))
+        .context("cannot read the input topic's metadata")?
+        .topics()
+        .first()
+        .map_or(settings.source.topic_partitions, |t| {
+            t.partitions().len() as i32
+        });
+    kafka::topics::create_missing(
+        &admin,
+        &[checkpoint::new_topic(
+            &settings.checkpoint_topic(),
+            input_partitions,
+            settings.source.topic_replication,
+        )],
+    )
+    .await?;
+    Ok(())
+}

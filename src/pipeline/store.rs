@@ -1,0 +1,429 @@
+//! Store: the MongoDB writers and the pending-records budget. Each writer task takes its
+//! partitions' jobs in order: the documents go to MongoDB (when on), then the checkpoints to
+//! the checkpoint topic, and only then are the jobs' offsets stored.
+
+use futures::future::join_all;
+use mongodb::bson::RawDocumentBuf;
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::Sinks;
+use super::backpressure::{Backoff, PauseGate};
+use super::compute::{CheckpointRecords, Outcome, PartitionResult};
+use super::intake::Intake;
+use crate::checkpoint;
+use crate::config::Settings;
+use crate::sinks::SinkError;
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::mongo::MongoSink;
+use crate::streams::PartitionStreams;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+/// Wall-clock now, Unix milliseconds.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A batch (its share for one writer) whose records and dead letters Kafka acknowledged, on its
+/// way to MongoDB and the checkpoint topic. Its offsets are stored once both acknowledged it.
+#[derive(Default)]
+pub(super) struct StoreJob {
+    documents: Vec<RawDocumentBuf>,
+    end_ms: Vec<i64>,
+    /// Checkpoint records per partition, in the order they were taken.
+    checkpoints: Vec<(i32, CheckpointRecords)>,
+    /// Next offset to consume, per partition.
+    offsets: std::collections::BTreeMap<i32, i64>,
+    /// Room taken in the pending-records budget, given back when the job is dropped.
+    room: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl StoreJob {
+    /// Appends a later job: one insert for both, checkpoints in order, and the later offsets win.
+    pub(super) fn absorb(&mut self, later: StoreJob) {
+        self.documents.extend(later.documents);
+        self.end_ms.extend(later.end_ms);
+        self.checkpoints.extend(later.checkpoints);
+        self.offsets.extend(later.offsets);
+        self.room.extend(later.room);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.documents.is_empty() && self.checkpoints.is_empty() && self.offsets.is_empty()
+    }
+}
+
+/// The budget of records waiting for the store writers (`mongo.max_pending_records`).
+struct PendingRoom {
+    permits: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+}
+
+impl PendingRoom {
+    /// Room for `capacity` records.
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+}
+
+/// The store writer tasks (`mongo.concurrent_writes`; partitions are dealt over them) and
+/// the budget of records waiting for them.
+pub(super) struct StoreWriters {
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<StoreJob>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), SinkError>>>,
+    room: PendingRoom,
+    store_documents: bool,
+}
+
+impl StoreWriters {
+    /// Starts the writer tasks.
+    pub(super) fn start(
+        settings: &Settings,
+        sinks: &Sinks,
+        gate: &Arc<PauseGate>,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..settings.mongo.concurrent_writes.max(1) {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(sender);
+            tasks.push(tokio::spawn(
+                StoreWriter {
+                    mongo: sinks.mongo.clone(),
+                    producer: sinks.output.clone(),
+                    settings: settings.clone(),
+                    gate: gate.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    shutdown: shutdown.clone(),
+                }
+                .run(receiver),
+            ));
+        }
+        let room = PendingRoom::new(
+            settings
+                .mongo
+                .max_pending_records
+                .max(settings.source.batch_max_messages),
+        );
+        Self {
+            senders,
+            tasks,
+            room,
+            store_documents: sinks.mongo.is_some(),
+        }
+    }
+
+    /// Which writer stores `partition`'s documents and checkpoints.
+    fn writer_of(&self, partition: i32) -> usize {
+        partition.unsigned_abs() as usize % self.senders.len()
+    }
+
+    fn empty_jobs(&self) -> Vec<StoreJob> {
+        (0..self.senders.len())
+            .map(|_| StoreJob::default())
+            .collect()
+    }
+
+    /// Per writer (partitions are dealt over them, so each partition's documents, checkpoints
+    /// and offsets stay in order): a batch's documents, the checkpoints of the streams it
+    /// touched, and each touched partition's next offset, stored after both acknowledged.
+    pub(super) fn jobs_for_batch(
+        &self,
+        processed: Vec<PartitionResult>,
+        tables: &HashMap<i32, PartitionStreams>,
+    ) -> Vec<StoreJob> {
+        let mut jobs = self.empty_jobs();
+        for result in processed {
+            let job = &mut jobs[self.writer_of(result.partition)];
+            if let Some(offset) = tables
+                .get(&result.partition)
+                .and_then(PartitionStreams::commit_offset)
+            {
+                job.offsets.insert(result.partition, offset);
+            }
+            if !result.checkpoints.is_empty() {
+                job.checkpoints.push((result.partition, result.checkpoints));
+            }
+            for outcome in result.outcomes {
+                if let Outcome::Record(record) = outcome
+                    && self.store_documents
+                {
+                    job.documents.push(record.document);
+                    job.end_ms.push(record.end_ms);
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Per writer: checkpoint records made due outside a batch (idle eviction).
+    pub(super) fn jobs_for_checkpoints(&self, due: Vec<(i32, CheckpointRecords)>) -> Vec<StoreJob> {
+        let mut jobs = self.empty_jobs();
+        for (partition, checkpoints) in due {
+            jobs[self.writer_of(partition)]
+                .checkpoints
+                .push((partition, checkpoints));
+        }
+        jobs
+    }
+
+    /// Queues each writer's share of a batch once the pending-records budget has room for it.
+    /// While waiting it keeps polling the consumer (into `pending`, up to `max_batch` messages),
+    /// which serves rebalances and keeps the member in the group however long MongoDB takes.
+    /// False when a writer stopped or shutdown was requested.
+    pub(super) async fn hand_over(
+        &self,
+        jobs: Vec<StoreJob>,
+        intake: &mut Intake,
+        max_batch: usize,
+        health: &Health,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let room = &self.room;
+        for (writer, mut job) in self.senders.iter().zip(jobs) {
+            if job.is_empty() {
+                continue;
+            }
+            let wanted = job.documents.len().min(room.capacity) as u32;
+            loop {
+                let polling = intake.has_room(max_batch);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return false,
+                    permit = room.permits.clone().acquire_many_owned(wanted) => {
+                        job.room.push(permit.expect("the budget is never closed"));
+                        break;
+                    }
+                    _ = intake.receive(Duration::from_secs(1)), if polling => health.beat(),
+                    _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
+                }
+            }
+            // Fails only when the writer stopped on an error; `run` reports it.
+            if writer.send(job).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Closes the queues and waits, at most `drain`, for the writers to store what they hold.
+    /// The first write error, if any.
+    pub(super) async fn finish(self, drain: Duration) -> Result<(), SinkError> {
+        drop(self.senders);
+        let mut result = Ok(());
+        match tokio::time::timeout(drain, join_all(self.tasks)).await {
+            Ok(ended) => {
+                for outcome in ended {
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!(error = %e, "Store writes failed; the batches not stored will be replayed.");
+                            if result.is_ok() {
+                                result = Err(e);
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "Store writer task ended abnormally."),
+                    }
+                }
+            }
+            Err(_) => warn!(
+                timeout_secs = drain.as_secs(),
+                "Store writes still pending at the drain deadline; they will be replayed."
+            ),
+        }
+        result
+    }
+}
+
+/// What a store writer needs; it runs as its own task so that consuming, DSP and the output
+/// topic do not wait for MongoDB and the checkpoint topic while they keep up.
+struct StoreWriter {
+    mongo: Option<MongoSink>,
+    producer: KafkaSink,
+    settings: Settings,
+    gate: Arc<PauseGate>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+}
+
+impl StoreWriter {
+    /// Writes jobs in arrival order until the channel closes: each job's documents, then its
+    /// checkpoints, then its offsets are stored. Jobs that queued up while MongoDB was busy go
+    /// out in one insert (up to `source.batch_max_messages` documents), so a slow server gets
+    /// fewer, larger writes. Returns the error that stopped it, if any.
+    async fn run(
+        self,
+        mut jobs: tokio::sync::mpsc::UnboundedReceiver<StoreJob>,
+    ) -> Result<(), SinkError> {
+        let max_documents = self.settings.source.batch_max_messages;
+        let mut carried: Option<StoreJob> = None;
+        loop {
+            let Some(mut job) = (match carried.take() {
+                Some(job) => Some(job),
+                None => jobs.recv().await,
+            }) else {
+                return Ok(());
+            };
+            while job.documents.len() < max_documents {
+                match jobs.try_recv() {
+                    Ok(next) if job.documents.len() + next.documents.len() <= max_documents => {
+                        job.absorb(next)
+                    }
+                    Ok(next) => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write(job).await?;
+        }
+    }
+
+    async fn write(&self, job: StoreJob) -> Result<(), SinkError> {
+        let began = Instant::now();
+        if let Some(mongo) = &self.mongo {
+            self.insert(mongo, &job.documents).await?;
+        }
+        let mongo_ms = began.elapsed().as_millis() as u64;
+        let checkpoints_began = Instant::now();
+        self.write_checkpoints(&job.checkpoints).await?;
+        let metrics = &self.metrics;
+        metrics
+            .checkpoint_write_seconds
+            .observe(checkpoints_began.elapsed().as_secs_f64());
+        debug!(
+            documents = job.documents.len(),
+            checkpoints = job.checkpoints.iter().map(|(_, c)| c.len()).sum::<usize>(),
+            mongo_ms,
+            checkpoint_ms = began.elapsed().as_millis() as u64 - mongo_ms,
+            "Batch stored."
+        );
+        if self.mongo.is_some() {
+            let now = now_ms();
+            for end_ms in &job.end_ms {
+                metrics
+                    .end_to_end_latency_seconds
+                    .observe((now - end_ms).max(0) as f64 / 1000.0);
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &job.offsets {
+            let _ = offsets.add_partition_offset(
+                &self.settings.source.topic,
+                *partition,
+                Offset::Offset(*offset),
+            );
+        }
+        if offsets.count() > 0
+            && let Err(e) = self.gate.consumer().store_offsets(&offsets)
+        {
+            // Happens when a partition was revoked meanwhile; its new owner replays.
+            debug!(error = %e, "Offsets not stored.");
+        }
+        Ok(())
+    }
+
+    /// Inserts `documents`, retrying with backoff (partitions paused) while MongoDB fails.
+    async fn insert(
+        &self,
+        mongo: &MongoSink,
+        documents: &[RawDocumentBuf],
+    ) -> Result<(), SinkError> {
+        let metrics = &self.metrics;
+        let health = &self.health;
+        let mut backoff = Backoff::new(
+            "mongodb",
+            self.settings.mongo.retry_ms(),
+            &self.shutdown,
+            &self.gate,
+        );
+        loop {
+            let started = Instant::now();
+            let result = mongo.insert_idempotent(documents).await;
+            metrics
+                .mongo_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    metrics
+                        .mongo_documents_written_total
+                        .inc_by(documents.len() as u64);
+                    health.set_mongo_ok(true);
+                    break;
+                }
+                Err(e) => {
+                    metrics.mongo_write_errors_total.inc();
+                    health.set_mongo_ok(false);
+                    backoff.failed(e).await?;
+                }
+            }
+        }
+        backoff.succeeded();
+        Ok(())
+    }
+
+    /// Writes each partition's checkpoint records to the same partition of the checkpoint
+    /// topic, retrying with backoff while Kafka fails. Only the latest record per stream is
+    /// sent (a merged job may hold several).
+    async fn write_checkpoints(
+        &self,
+        checkpoints: &[(i32, CheckpointRecords)],
+    ) -> Result<(), SinkError> {
+        let mut latest: std::collections::BTreeMap<i32, HashMap<&str, Option<&[u8]>>> =
+            Default::default();
+        for (partition, records) in checkpoints {
+            let streams = latest.entry(*partition).or_default();
+            for (stream, value) in records {
+                streams.insert(stream.as_str(), value.as_deref());
+            }
+        }
+        let metrics = &self.metrics;
+        let topic = &self.settings.checkpoint_topic();
+        let mut backoff = Backoff::new(
+            "checkpoint",
+            self.settings.output.retry_ms(),
+            &self.shutdown,
+            &self.gate,
+        );
+        for (partition, streams) in &latest {
+            let records: Vec<(&str, Option<&[u8]>)> =
+                streams.iter().map(|(s, v)| (*s, *v)).collect();
+            loop {
+                match checkpoint::write_partition(&self.producer, topic, *partition, &records).await
+                {
+                    Ok(()) => break,
+                    Err(e) => backoff.failed(e).await?,
+                }
+            }
+            metrics
+                .checkpoints_written_total
+                .inc_by(records.len() as u64);
+            metrics.checkpoint_bytes_total.inc_by(
+                records
+                    .iter()
+                    .map(|(_, v)| v.map_or(0, <[u8]>::len) as u64)
+                    .sum(),
+            );
+        }
+        backoff.succeeded();
+        Ok(())
+    }
+}
