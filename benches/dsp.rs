@@ -44,7 +44,7 @@ fn bench_case(
     let config = DspConfig {
         frame_length,
         hop_length,
-        features: features.iter().map(|s| (*s).to_owned()).collect(),
+        features: features.iter().map(|s| (*s).into()).collect(),
         pitch_method,
         ..DspConfig::default()
     };

@@ -32,7 +32,7 @@ fn config_from_params(params: &Value) -> DspConfig {
             "rectangular" | "boxcar" => WindowKind::Rectangular,
             other => panic!("unsupported window {other}"),
         },
-        features: vec!["all".to_owned()],
+        features: vec!["all".into()],
         n_mels: int("n_mels").unwrap_or(defaults.n_mels),
         fmin: num("fmin").unwrap_or(defaults.fmin),
         fmax: num("fmax"),
@@ -318,7 +318,7 @@ fn sine(freq: f64, amplitude: f64, sample_rate: u32, len: usize) -> Vec<f32> {
 
 fn config_with(features: &[&str]) -> DspConfig {
     DspConfig {
-        features: features.iter().map(|s| (*s).to_owned()).collect(),
+        features: features.iter().map(|s| (*s).into()).collect(),
         ..DspConfig::default()
     }
 }

@@ -316,7 +316,7 @@ fn no_allocation_per_frame_once_buffers_have_grown() {
         vec!["spectral_flux", "band_energy"],
     ] {
         let mut config = config(512, 160, WindowKind::Hann);
-        config.features = selection.iter().map(|s| (*s).to_owned()).collect();
+        config.features = selection.iter().map(|s| (*s).into()).collect();
         let extractor = FeatureExtractor::new(&config, SAMPLE_RATE).unwrap();
         let signal = noise(40_000, 5);
         let mut ws = extractor.workspace();

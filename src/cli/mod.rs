@@ -133,7 +133,7 @@ pub fn extract(args: ExtractArgs) -> ExitCode {
     };
     let dsp = DspConfig {
         features: args.features.map_or(dsp.features.clone(), |f| {
-            f.split(',').map(|s| s.trim().to_string()).collect()
+            f.split(',').map(|s| s.trim().into()).collect()
         }),
         frame_length: args.frame_length.unwrap_or(dsp.frame_length),
         hop_length: args.hop_length.unwrap_or(dsp.hop_length),

@@ -354,6 +354,29 @@ mod tests {
     }
 
     #[test]
+    fn unknown_feature_is_listed_with_every_other_problem() {
+        let f = file("[dsp]\nfeatures = [\"rms\", \"loudness\"]\nhop_length = 0\n");
+        let settings = Settings::load_with_env(Some(f.path()), no_env()).unwrap();
+        let problems: Vec<String> = settings
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "dsp.features = loudness: unknown feature; expected \"all\" or one of rms, zcr, "
+            )),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "dsp.hop_length = 0: must be between 1 and frame_length"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn redacted_print_hides_secrets() {
         let mut settings = Settings::default();
         settings.kafka.sasl_password = secret::Secret::new("kafka-pw-123");

@@ -2,57 +2,7 @@
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::config::FeatureName;
-
-/// Scalar features in storage order; `f0` is stored as 0 when unvoiced, next to `voiced`.
-const SCALARS: [FeatureName; 10] = [
-    FeatureName::Rms,
-    FeatureName::Zcr,
-    FeatureName::SpectralCentroid,
-    FeatureName::SpectralBandwidth,
-    FeatureName::SpectralRolloff,
-    FeatureName::SpectralFlatness,
-    FeatureName::SpectralFlux,
-    FeatureName::DominantFrequency,
-    FeatureName::F0,
-    FeatureName::LoudnessDbfs,
-];
-
-/// Vector features in storage order.
-const VECTORS: [FeatureName; 4] = [
-    FeatureName::Mel,
-    FeatureName::Mfcc,
-    FeatureName::Chroma,
-    FeatureName::BandEnergy,
-];
-
-/// Storage slot of a scalar feature.
-pub(crate) const fn scalar_slot(name: FeatureName) -> Option<usize> {
-    Some(match name {
-        FeatureName::Rms => 0,
-        FeatureName::Zcr => 1,
-        FeatureName::SpectralCentroid => 2,
-        FeatureName::SpectralBandwidth => 3,
-        FeatureName::SpectralRolloff => 4,
-        FeatureName::SpectralFlatness => 5,
-        FeatureName::SpectralFlux => 6,
-        FeatureName::DominantFrequency => 7,
-        FeatureName::F0 => 8,
-        FeatureName::LoudnessDbfs => 9,
-        _ => return None,
-    })
-}
-
-/// Storage slot of a vector feature.
-pub(crate) const fn vector_slot(name: FeatureName) -> Option<usize> {
-    Some(match name {
-        FeatureName::Mel => 0,
-        FeatureName::Mfcc => 1,
-        FeatureName::Chroma => 2,
-        FeatureName::BandEnergy => 3,
-        _ => return None,
-    })
-}
+use super::feature_table::{FeatureName, N_FEATURES, N_SCALARS, N_VECTORS};
 
 /// Which features a batch holds and how long each vector feature is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,8 +11,8 @@ pub(crate) struct BatchLayout {
     pub(crate) selected: Vec<FeatureName>,
     /// Bit `1 << feature as u32` is set for every selected feature.
     pub(crate) mask: u32,
-    /// Length of each vector feature, by [`vector_slot`] (0 when not selected).
-    pub(crate) vector_lens: [usize; VECTORS.len()],
+    /// Values per frame of each feature, by `feature as usize` (0 when not selected).
+    pub(crate) widths: [usize; N_FEATURES],
     /// `f0` comes from pYIN, which adds `voiced_prob` to every frame.
     pub(crate) voiced_prob: bool,
 }
@@ -70,6 +20,11 @@ pub(crate) struct BatchLayout {
 impl BatchLayout {
     pub(crate) fn contains(&self, name: FeatureName) -> bool {
         self.mask & (1 << name as u32) != 0
+    }
+
+    /// Values per frame of `name`; 0 when not selected.
+    pub(crate) fn width(&self, name: FeatureName) -> usize {
+        self.widths[name as usize]
     }
 }
 
@@ -80,11 +35,11 @@ pub struct FrameBatch {
     layout: BatchLayout,
     indexes: Vec<u64>,
     start_samples: Vec<u64>,
-    scalars: [Vec<f32>; SCALARS.len()],
+    scalars: [Vec<f32>; N_SCALARS],
     voiced: Vec<bool>,
     /// pYIN's voicing probability per frame (only with a pYIN layout).
     voiced_prob: Vec<f32>,
-    vectors: [Vec<f32>; VECTORS.len()],
+    vectors: [Vec<f32>; N_VECTORS],
 }
 
 /// A [`FrameBatch`]'s frames as plain columns (serde), for checkpoints of frames that wait for
@@ -177,7 +132,7 @@ impl FrameBatch {
         if name == FeatureName::F0 && !self.voiced[i] {
             return None;
         }
-        scalar_slot(name).map(|slot| self.scalars[slot][i])
+        name.scalar_slot().map(|slot| self.scalars[slot][i])
     }
 
     /// pYIN's probability that frame `i` is voiced; `None` unless `f0` comes from pYIN.
@@ -204,8 +159,8 @@ impl FrameBatch {
         if !self.layout.contains(name) {
             return None;
         }
-        let slot = vector_slot(name)?;
-        let len = self.layout.vector_lens[slot];
+        let slot = name.vector_slot()?;
+        let len = self.layout.width(name);
         Some(&self.vectors[slot][i * len..(i + 1) * len])
     }
 
@@ -216,7 +171,7 @@ impl FrameBatch {
         if !self.layout.contains(name) {
             return None;
         }
-        scalar_slot(name).map(|slot| &self.scalars[slot][..])
+        name.scalar_slot().map(|slot| &self.scalars[slot][..])
     }
 
     /// Every frame's voicing decision, in frame order (all false when `f0` is not selected).
@@ -230,8 +185,8 @@ impl FrameBatch {
         if !self.layout.contains(name) {
             return None;
         }
-        let slot = vector_slot(name)?;
-        Some((&self.vectors[slot][..], self.layout.vector_lens[slot]))
+        let slot = name.vector_slot()?;
+        Some((&self.vectors[slot][..], self.layout.width(name)))
     }
 
     /// Mean, standard deviation, minimum and maximum of each selected scalar feature over this
@@ -255,7 +210,7 @@ impl FrameBatch {
         self.layout.selected.clear();
         self.layout.selected.extend_from_slice(&layout.selected);
         self.layout.mask = layout.mask;
-        self.layout.vector_lens = layout.vector_lens;
+        self.layout.widths = layout.widths;
         self.layout.voiced_prob = layout.voiced_prob;
     }
 
@@ -267,14 +222,14 @@ impl FrameBatch {
 
     /// Appends a scalar feature value of the frame being pushed.
     pub(crate) fn push_scalar(&mut self, name: FeatureName, value: f64) {
-        if let Some(slot) = scalar_slot(name) {
+        if let Some(slot) = name.scalar_slot() {
             self.scalars[slot].push(finite_f32(value));
         }
     }
 
     /// Appends the f0 (`None` when unvoiced) of the frame being pushed.
     pub(crate) fn push_f0(&mut self, f0: Option<f64>) {
-        let slot = scalar_slot(FeatureName::F0).unwrap_or_default();
+        let slot = FeatureName::F0.scalar_slot().unwrap_or_default();
         self.scalars[slot].push(f0.map_or(0.0, finite_f32));
         self.voiced.push(f0.is_some());
     }
@@ -288,7 +243,7 @@ impl FrameBatch {
 
     /// Sets the pitch decision of the last frame.
     pub(crate) fn set_last_pitch(&mut self, f0: Option<f64>, voiced_prob: f64) {
-        let slot = scalar_slot(FeatureName::F0).unwrap_or_default();
+        let slot = FeatureName::F0.scalar_slot().unwrap_or_default();
         if let (Some(value), Some(voiced), Some(prob)) = (
             self.scalars[slot].last_mut(),
             self.voiced.last_mut(),
@@ -320,13 +275,11 @@ impl FrameBatch {
         if !self.voiced_prob.is_empty() {
             out.voiced_prob.push(self.voiced_prob.remove(0));
         }
-        for (slot, (from, to)) in self
-            .vectors
-            .iter_mut()
-            .zip(out.vectors.iter_mut())
-            .enumerate()
-        {
-            let width = self.layout.vector_lens[slot];
+        for &name in &self.layout.selected {
+            let (Some(slot), width) = (name.vector_slot(), self.layout.width(name)) else {
+                continue;
+            };
+            let (from, to) = (&mut self.vectors[slot], &mut out.vectors[slot]);
             if width > 0 && from.len() >= width {
                 to.extend(from.drain(..width));
             }
@@ -353,35 +306,32 @@ impl FrameBatch {
         columns: &BatchColumns,
     ) -> Option<()> {
         let n = columns.indexes.len();
-        let fits =
-            columns.start_samples.len() == n
-                && columns.scalars.len() == SCALARS.len()
-                && columns.vectors.len() == VECTORS.len()
-                && SCALARS.iter().zip(&columns.scalars).all(|(&name, column)| {
-                    column.len() == if layout.contains(name) { n } else { 0 }
-                })
-                && VECTORS.iter().zip(&columns.vectors).enumerate().all(
-                    |(slot, (&name, column))| {
-                        column.len()
-                            == if layout.contains(name) {
-                                n * layout.vector_lens[slot]
-                            } else {
-                                0
-                            }
-                    },
-                )
-                && columns.voiced.len()
-                    == if layout.contains(FeatureName::F0) {
-                        n
-                    } else {
-                        0
-                    }
-                && columns.voiced_prob.len()
-                    == if layout.voiced_prob && layout.contains(FeatureName::F0) {
-                        n
-                    } else {
-                        0
-                    };
+        let column_fits = |name: FeatureName, column: Option<&Vec<f32>>| {
+            column.is_some_and(|c| c.len() == n * layout.width(name))
+        };
+        let fits = columns.start_samples.len() == n
+            && columns.scalars.len() == N_SCALARS
+            && columns.vectors.len() == N_VECTORS
+            && FeatureName::ALL.into_iter().all(|name| {
+                let column = match (name.scalar_slot(), name.vector_slot()) {
+                    (Some(slot), _) => columns.scalars.get(slot),
+                    (_, Some(slot)) => columns.vectors.get(slot),
+                    (None, None) => None,
+                };
+                column_fits(name, column)
+            })
+            && columns.voiced.len()
+                == if layout.contains(FeatureName::F0) {
+                    n
+                } else {
+                    0
+                }
+            && columns.voiced_prob.len()
+                == if layout.voiced_prob && layout.contains(FeatureName::F0) {
+                    n
+                } else {
+                    0
+                };
         if !fits {
             return None;
         }
@@ -411,8 +361,8 @@ impl FrameBatch {
 
     /// Appends a vector feature of the frame being pushed.
     pub(crate) fn push_vector(&mut self, name: FeatureName, values: &[f64]) {
-        if let Some(slot) = vector_slot(name) {
-            debug_assert_eq!(values.len(), self.layout.vector_lens[slot]);
+        if let Some(slot) = name.vector_slot() {
+            debug_assert_eq!(values.len(), self.layout.width(name));
             self.vectors[slot].extend(values.iter().map(|&v| finite_f32(v)));
         }
     }
@@ -471,7 +421,7 @@ impl Serialize for FrameView<'_> {
                 if batch.layout.voiced_prob {
                     map.serialize_entry("voiced_prob", &batch.voiced_prob[i])?;
                 }
-            } else if let Some(slot) = scalar_slot(name) {
+            } else if let Some(slot) = name.scalar_slot() {
                 map.serialize_entry(name.as_str(), &batch.scalars[slot][i])?;
             } else if let Some(values) = batch.vector(name, i) {
                 map.serialize_entry(name.as_str(), values)?;
@@ -512,7 +462,7 @@ impl Summaries<'_> {
         if !batch.layout.contains(name) {
             return None;
         }
-        let column = &batch.scalars[scalar_slot(name)?];
+        let column = &batch.scalars[name.scalar_slot()?];
         let values = column
             .iter()
             .zip(0..)

@@ -1,10 +1,11 @@
 //! The `[dsp]` section of the daemon configuration and its validation.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::feature_table::FEATURES;
+pub use super::feature_table::{FeatureName, UnknownFeature};
 use super::pyin::{Pyin, PyinParams};
 
 use crate::validation::Problem;
@@ -28,8 +29,9 @@ pub struct DspConfig {
     pub hop_length: usize,
     /// Analysis window applied before the FFT (periodic, as `scipy.signal.get_window(..., fftbins=True)`).
     pub window: WindowKind,
-    /// Features to compute: `["all"]` or a list of feature names (see [`FeatureName`]).
-    pub features: Vec<String>,
+    /// Features to compute: `["all"]` or a list of feature names (see [`FeatureName`]);
+    /// duplicates are ignored, unknown words reported by [`DspConfig::validate`].
+    pub features: Vec<FeatureChoice>,
     /// Number of mel bands.
     pub n_mels: usize,
     /// Lowest mel filter edge in Hz.
@@ -81,7 +83,7 @@ impl Default for DspConfig {
             frame_length: 512,
             hop_length: 160,
             window: WindowKind::Hann,
-            features: vec!["all".to_owned()],
+            features: vec![FeatureChoice::All],
             n_mels: 40,
             fmin: 0.0,
             fmax: None,
@@ -143,120 +145,76 @@ pub enum MelScale {
     Htk,
 }
 
-/// A feature specflow can compute for each frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FeatureName {
-    /// Root mean square of the raw (unwindowed) frame.
-    Rms,
-    /// Zero-crossing rate: crossings per sample in the frame.
-    Zcr,
-    /// Magnitude-weighted mean frequency in Hz.
-    SpectralCentroid,
-    /// Magnitude-weighted standard deviation of frequency around the centroid, in Hz.
-    SpectralBandwidth,
-    /// Frequency below which `rolloff_percent` of the magnitude lies, in Hz.
-    SpectralRolloff,
-    /// Geometric over arithmetic mean of the power spectrum.
-    SpectralFlatness,
-    /// Half-wave rectified L2 change of the magnitude spectrum since the previous frame.
-    SpectralFlux,
-    /// Frequency of the strongest spectral peak in Hz, refined by interpolation.
-    DominantFrequency,
-    /// YIN fundamental frequency in Hz (null when unvoiced); also emits `voiced`.
-    F0,
-    /// Mel power spectrum (`n_mels` values).
-    Mel,
-    /// Mel-frequency cepstral coefficients (`n_mfcc` values).
-    Mfcc,
-    /// Chroma vector (12 values, max-normalised).
-    Chroma,
-    /// Mean-square energy per configured band.
-    BandEnergy,
-    /// Frame level in dB relative to full scale, from `rms`.
-    LoudnessDbfs,
+/// The `dsp.features` word that selects every feature.
+pub const ALL_FEATURES_ALIAS: &str = "all";
+
+/// One entry of `dsp.features`: `"all"`, a feature name, or a word that is neither.
+///
+/// Deserialising never fails on an unknown word: it is kept as [`FeatureChoice::Unknown`] so
+/// that [`DspConfig::validate`] reports it as a `dsp.features` problem alongside every other
+/// problem of the configuration (a serde error would stop at the first). Serialises back to the
+/// word as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FeatureChoice {
+    /// `"all"`: every feature in [`FEATURES`] order.
+    All,
+    /// One feature.
+    Feature(FeatureName),
+    /// A word that names no feature; [`DspConfig::validate`] reports it.
+    Unknown(String),
 }
 
-impl FeatureName {
-    /// Every feature, in the canonical output order.
-    pub const ALL: [FeatureName; 14] = [
-        FeatureName::Rms,
-        FeatureName::Zcr,
-        FeatureName::SpectralCentroid,
-        FeatureName::SpectralBandwidth,
-        FeatureName::SpectralRolloff,
-        FeatureName::SpectralFlatness,
-        FeatureName::SpectralFlux,
-        FeatureName::DominantFrequency,
-        FeatureName::F0,
-        FeatureName::Mel,
-        FeatureName::Mfcc,
-        FeatureName::Chroma,
-        FeatureName::BandEnergy,
-        FeatureName::LoudnessDbfs,
-    ];
-
-    /// The name used in configuration and in output records.
-    pub const fn as_str(self) -> &'static str {
+impl FeatureChoice {
+    /// The word as written in the configuration.
+    pub fn as_str(&self) -> &str {
         match self {
-            FeatureName::Rms => "rms",
-            FeatureName::Zcr => "zcr",
-            FeatureName::SpectralCentroid => "spectral_centroid",
-            FeatureName::SpectralBandwidth => "spectral_bandwidth",
-            FeatureName::SpectralRolloff => "spectral_rolloff",
-            FeatureName::SpectralFlatness => "spectral_flatness",
-            FeatureName::SpectralFlux => "spectral_flux",
-            FeatureName::DominantFrequency => "dominant_frequency",
-            FeatureName::F0 => "f0",
-            FeatureName::Mel => "mel",
-            FeatureName::Mfcc => "mfcc",
-            FeatureName::Chroma => "chroma",
-            FeatureName::BandEnergy => "band_energy",
-            FeatureName::LoudnessDbfs => "loudness_dbfs",
+            FeatureChoice::All => ALL_FEATURES_ALIAS,
+            FeatureChoice::Feature(feature) => feature.as_str(),
+            FeatureChoice::Unknown(word) => word,
         }
     }
+}
 
-    /// True for features with one value per frame (`f0` included), false for vectors.
-    pub const fn is_scalar(self) -> bool {
-        !matches!(
-            self,
-            FeatureName::Mel | FeatureName::Mfcc | FeatureName::Chroma | FeatureName::BandEnergy
-        )
-    }
-
-    /// True when the feature is computed from the magnitude spectrum (needs the FFT).
-    pub const fn needs_spectrum(self) -> bool {
-        !matches!(
-            self,
-            FeatureName::Rms | FeatureName::Zcr | FeatureName::F0 | FeatureName::LoudnessDbfs
-        )
+impl From<&str> for FeatureChoice {
+    fn from(word: &str) -> Self {
+        if word == ALL_FEATURES_ALIAS {
+            FeatureChoice::All
+        } else {
+            word.parse().map_or_else(
+                |_| FeatureChoice::Unknown(word.to_owned()),
+                FeatureChoice::Feature,
+            )
+        }
     }
 }
 
-impl fmt::Display for FeatureName {
+impl From<String> for FeatureChoice {
+    fn from(word: String) -> Self {
+        FeatureChoice::from(word.as_str())
+    }
+}
+
+impl From<FeatureName> for FeatureChoice {
+    fn from(feature: FeatureName) -> Self {
+        FeatureChoice::Feature(feature)
+    }
+}
+
+impl fmt::Display for FeatureChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// A feature name that is not one of [`FeatureName::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown feature {0:?}")]
-pub struct UnknownFeature(pub String);
-
-impl FromStr for FeatureName {
-    type Err = UnknownFeature;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FeatureName::ALL
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .ok_or_else(|| UnknownFeature(s.to_owned()))
+impl Serialize for FeatureChoice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
-impl Serialize for FeatureName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
+impl<'de> Deserialize<'de> for FeatureChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(FeatureChoice::from)
     }
 }
 
@@ -271,10 +229,10 @@ impl DspConfig {
     /// The selected features, de-duplicated, in [`FeatureName::ALL`] order.
     /// Unknown names are skipped here; [`DspConfig::validate`] reports them.
     pub fn selected_features(&self) -> Vec<FeatureName> {
-        let all = self.features.iter().any(|f| f == "all");
+        let all = self.features.contains(&FeatureChoice::All);
         FeatureName::ALL
             .into_iter()
-            .filter(|f| all || self.features.iter().any(|s| s == f.as_str()))
+            .filter(|&f| all || self.features.contains(&FeatureChoice::Feature(f)))
             .collect()
     }
 
@@ -307,14 +265,14 @@ impl DspConfig {
                 "must name at least one feature (or \"all\")".to_owned(),
             );
         }
-        for name in &self.features {
-            if name != "all" && name.parse::<FeatureName>().is_err() {
-                let known: Vec<&str> = FeatureName::ALL.iter().map(|f| f.as_str()).collect();
+        for choice in &self.features {
+            if let FeatureChoice::Unknown(word) = choice {
+                let known: Vec<&str> = FEATURES.iter().map(|spec| spec.name).collect();
                 push(
                     "features",
-                    name,
+                    word,
                     format!(
-                        "unknown feature; expected \"all\" or one of {}",
+                        "unknown feature; expected \"{ALL_FEATURES_ALIAS}\" or one of {}",
                         known.join(", ")
                     ),
                 );
@@ -787,5 +745,34 @@ mod tests {
         assert_eq!(config.window, WindowKind::Hamming);
         assert_eq!(config.mel_scale, MelScale::Htk);
         assert!(serde_json::from_str::<DspConfig>(r#"{"frame_lenght": 400}"#).is_err());
+    }
+
+    #[test]
+    fn feature_words_are_typed_and_unknown_ones_kept_for_validation() {
+        let config: DspConfig =
+            serde_json::from_str(r#"{"features": ["all", "mfcc", "loudness", "rms"]}"#).unwrap();
+        assert_eq!(
+            config.features,
+            vec![
+                FeatureChoice::All,
+                FeatureChoice::Feature(FeatureName::Mfcc),
+                FeatureChoice::Unknown("loudness".into()),
+                FeatureChoice::Feature(FeatureName::Rms),
+            ]
+        );
+        // Serialises back as written (`specflow check --print`).
+        assert_eq!(
+            serde_json::to_value(&config.features).unwrap(),
+            serde_json::json!(["all", "mfcc", "loudness", "rms"])
+        );
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].to_string().starts_with(
+                "dsp.features = loudness: unknown feature; expected \"all\" or one of rms, zcr,"
+            ),
+            "{}",
+            problems[0]
+        );
     }
 }

@@ -6,10 +6,10 @@ use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::DspError;
-use super::batch::{BatchLayout, FrameBatch, vector_slot};
+use super::batch::{BatchLayout, FrameBatch};
 use super::chroma::{ChromaFilterBank, N_CHROMA};
-use super::config::PitchMethod;
-use super::config::{DspConfig, FeatureName};
+use super::config::{DspConfig, PitchMethod};
+use super::feature_table::{FeatureName, N_FEATURES, Needs};
 use super::features::{self, BandBins};
 use super::mel::{DctMatrix, MelFilterBank};
 use super::pitch::{Yin, YinScratch};
@@ -37,6 +37,8 @@ pub struct FeatureExtractor {
     bin_freqs: Vec<f64>,
     n_bins: usize,
     layout: BatchLayout,
+    /// What the selected features need computed (from the feature table).
+    needs: Needs,
     spectrum: Option<SpectrumPlan>,
     mel: Option<MelFilterBank>,
     dct: Option<DctMatrix>,
@@ -120,35 +122,37 @@ impl FeatureExtractor {
             return Err(DspError::InvalidConfig(problems));
         }
         let selected = config.selected_features();
-        let wants = |name: FeatureName| selected.contains(&name);
+        let needs = Needs::of(&selected);
         let rate = f64::from(sample_rate);
         let n = config.frame_length;
         let n_bins = n / 2 + 1;
 
         let mut planner = RealFftPlanner::<f64>::new();
-        let spectrum = selected
-            .iter()
-            .any(|f| f.needs_spectrum())
-            .then(|| SpectrumPlan {
-                fft: planner.plan_fft_forward(n),
-                window: periodic_window(config.window, n),
-            });
+        let spectrum = needs.contains(Needs::SPECTRUM).then(|| SpectrumPlan {
+            fft: planner.plan_fft_forward(n),
+            window: periodic_window(config.window, n),
+        });
         let window_power: f64 = periodic_window(config.window, n)
             .iter()
             .map(|w| w * w)
             .sum();
 
-        let needs_mel = wants(FeatureName::Mel) || wants(FeatureName::Mfcc);
         let fmax = config.fmax.unwrap_or(rate / 2.0);
-        let mel = needs_mel.then(|| {
+        let mel = needs.contains(Needs::MEL_BANK).then(|| {
             MelFilterBank::new(rate, n, config.n_mels, config.fmin, fmax, config.mel_scale)
         });
-        let dct = wants(FeatureName::Mfcc).then(|| DctMatrix::new(config.n_mels, config.n_mfcc));
-        let chroma = wants(FeatureName::Chroma).then(|| ChromaFilterBank::new(rate, n));
-        let bands = wants(FeatureName::BandEnergy)
+        let dct = needs
+            .contains(Needs::DCT)
+            .then(|| DctMatrix::new(config.n_mels, config.n_mfcc));
+        let chroma = needs
+            .contains(Needs::CHROMA_BANK)
+            .then(|| ChromaFilterBank::new(rate, n));
+        let bands = needs
+            .contains(Needs::BAND_BINS)
             .then(|| BandBins::new(&config.bands, rate, n, window_power));
+        let pitch = needs.contains(Needs::PITCH);
         let pyin_selected = config.pitch_method == PitchMethod::Pyin;
-        let pyin = if wants(FeatureName::F0) && pyin_selected {
+        let pyin = if pitch && pyin_selected {
             let pyin = Pyin::with_planner(
                 &config.pyin_params(),
                 rate,
@@ -168,7 +172,7 @@ impl FeatureExtractor {
         } else {
             None
         };
-        let yin = (wants(FeatureName::F0) && !pyin_selected).then(|| {
+        let yin = (pitch && !pyin_selected).then(|| {
             Yin::new(
                 rate,
                 n,
@@ -179,16 +183,10 @@ impl FeatureExtractor {
             )
         });
 
-        let mut vector_lens = [0; 4];
-        let mut set_len = |name: FeatureName, len: usize| {
-            if let (true, Some(slot)) = (wants(name), vector_slot(name)) {
-                vector_lens[slot] = len;
-            }
-        };
-        set_len(FeatureName::Mel, config.n_mels);
-        set_len(FeatureName::Mfcc, config.n_mfcc);
-        set_len(FeatureName::Chroma, N_CHROMA);
-        set_len(FeatureName::BandEnergy, config.bands.len());
+        let mut widths = [0; N_FEATURES];
+        for &name in &selected {
+            widths[name as usize] = name.width().resolve(config);
+        }
         let mask = selected.iter().fold(0u32, |m, &f| m | (1 << f as u32));
 
         Ok(Self {
@@ -202,9 +200,10 @@ impl FeatureExtractor {
             layout: BatchLayout {
                 selected,
                 mask,
-                vector_lens,
+                widths,
                 voiced_prob: pyin.is_some(),
             },
+            needs,
             spectrum,
             mel,
             dct,
@@ -238,8 +237,7 @@ impl FeatureExtractor {
 
     /// Number of values of a selected vector feature (`mel`, `mfcc`, `chroma`, `band_energy`).
     pub fn vector_len(&self, name: FeatureName) -> Option<usize> {
-        let len = self.layout.vector_lens[vector_slot(name)?];
-        self.layout.contains(name).then_some(len)
+        (name.width().is_vector() && self.layout.contains(name)).then(|| self.layout.width(name))
     }
 
     fn wants(&self, name: FeatureName) -> bool {
@@ -256,7 +254,7 @@ impl FeatureExtractor {
             fft_len,
             fft_scratch_len,
             n_mels: self.mel.as_ref().map_or(0, MelFilterBank::n_mels),
-            n_mfcc: self.layout.vector_lens[1],
+            n_mfcc: self.layout.width(FeatureName::Mfcc),
             n_bands: self.bands.as_ref().map_or(0, BandBins::len),
             yin: self.yin.is_some(),
             pyin_states: self.pyin.as_ref().map_or(0, |(p, _)| p.n_states()),
@@ -293,7 +291,7 @@ impl FeatureExtractor {
     /// grid: frame `k` covers `[k * hop, k * hop + frame_length)`, so the first frame such a
     /// stream can emit is `ceil(start_sample / hop)`.
     pub fn new_stream(&self, start_sample: u64) -> StreamState {
-        let flux_bins = if self.wants(FeatureName::SpectralFlux) {
+        let flux_bins = if self.needs.contains(Needs::PREVIOUS_SPECTRUM) {
             self.n_bins
         } else {
             0
@@ -365,11 +363,12 @@ impl FeatureExtractor {
         state.next_frame = snapshot.next_frame;
         state.tail.extend_from_slice(&snapshot.tail);
         if let Some(previous) = &snapshot.previous_magnitude {
-            if !self.wants(FeatureName::SpectralFlux) || previous.len() != self.n_bins {
+            let carries_previous = self.needs.contains(Needs::PREVIOUS_SPECTRUM);
+            if !carries_previous || previous.len() != self.n_bins {
                 return mismatch(format!(
                     "previous spectrum of {} bins; the extractor {}",
                     previous.len(),
-                    if self.wants(FeatureName::SpectralFlux) {
+                    if carries_previous {
                         format!("has {} bins", self.n_bins)
                     } else {
                         "does not compute spectral_flux".to_string()
@@ -537,7 +536,9 @@ impl FeatureExtractor {
     ) {
         let frame = &ws.frame[..];
 
-        let rms = (self.wants(FeatureName::Rms) || self.wants(FeatureName::LoudnessDbfs))
+        let rms = self
+            .needs
+            .contains(Needs::RMS)
             .then(|| features::rms(frame));
 
         if let Some(plan) = &self.spectrum {
@@ -560,9 +561,7 @@ impl FeatureExtractor {
         }
         let magnitude = &ws.magnitude[..];
         let power = &ws.power[..];
-        let centroid = if self.wants(FeatureName::SpectralCentroid)
-            || self.wants(FeatureName::SpectralBandwidth)
-        {
+        let centroid = if self.needs.contains(Needs::CENTROID) {
             features::spectral_centroid(magnitude, &self.bin_freqs)
         } else {
             0.0

@@ -1,7 +1,9 @@
 //! Pure, synchronous audio feature extraction: framing, windows, FFT, and per-frame features.
 //!
 //! Layout:
-//! - [`config`]: the `[dsp]` settings ([`DspConfig`]), feature names and validation.
+//! - [`feature_table`]: [`FEATURES`], the one list of features (name, width, what each needs)
+//!   that everything else derives from, and [`FeatureName`].
+//! - [`config`]: the `[dsp]` settings ([`DspConfig`], [`FeatureChoice`]) and their validation.
 //! - [`extractor`]: [`FeatureExtractor`] (plans and filter banks, shared via `Arc`) and its
 //!   per-thread [`Workspace`]; `process` runs the frame loop.
 //! - [`stream`]: [`StreamState`], what one stream carries between chunks.
@@ -16,6 +18,7 @@ pub mod batch;
 pub mod chroma;
 pub mod config;
 pub mod extractor;
+pub mod feature_table;
 pub mod features;
 pub mod mel;
 pub mod pitch;
@@ -25,8 +28,9 @@ pub mod window;
 
 pub use batch::BatchColumns;
 pub use batch::{FrameBatch, FrameView, Summaries, Summary};
-pub use config::{DspConfig, FeatureName, MelScale, PitchMethod, UnknownFeature, WindowKind};
+pub use config::{DspConfig, FeatureChoice, MelScale, PitchMethod, WindowKind};
 pub use extractor::{FeatureExtractor, Workspace};
+pub use feature_table::{FEATURES, FeatureName, FeatureSpec, Needs, UnknownFeature, Width};
 pub use stream::{StreamSnapshot, StreamState};
 
 use crate::validation::Problem;

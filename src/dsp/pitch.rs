@@ -40,7 +40,7 @@ pub struct YinScratch {
     cmnd: Vec<f64>,
 }
 
-/// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for rustfft).
+/// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for the mixed-radix FFT behind realfft).
 pub(crate) fn fast_len(n: usize) -> usize {
     let mut best = n.next_power_of_two();
     let mut p5 = 1;

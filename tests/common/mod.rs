@@ -495,7 +495,9 @@ pub fn frames_of_columns(doc: &Document) -> serde_json::Value {
                 let Ok(Vector::Float32(values)) = Vector::try_from(binary) else {
                     panic!("{name} is not a float32 vector")
                 };
-                let vector = matches!(name.as_str(), "mel" | "mfcc" | "chroma" | "band_energy");
+                let vector = name
+                    .parse::<specflow::dsp::FeatureName>()
+                    .is_ok_and(|f| !f.is_scalar());
                 let width = values.len() / n;
                 assert_eq!(values.len(), n * width, "{name}: length");
                 for (i, frame) in frames.iter_mut().enumerate() {
