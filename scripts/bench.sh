@@ -4,9 +4,11 @@
 # Usage: scripts/bench.sh [FLAGS...]
 #
 # Builds the release binaries, makes sure the local services run (scripts/services.sh up),
-# then runs target/release/specflow-bench, which in one run measures:
+# then runs target/release/specflow-bench (the workspace member benches/e2e), which in one run
+# measures:
 #   1. throughput of `specflow run` over N streams × M s of 16 kHz s16 mono preloaded in a
-#      fresh topic (× real time, messages/s, MB/s, frames/s, worker CPU seconds, peak RSS);
+#      fresh topic (× real time, messages/s, MB/s, frames/s, worker CPU seconds, peak RSS,
+#      checkpoint records, bytes and write time per message and per batch);
 #   2. ceilings on the same data: Kafka consume-only (rdkafka and Kafka's ConsumerPerformance),
 #      the DSP alone (1 thread and all threads), MongoDB insert_many of the same records;
 #      the worker's rate as a fraction of each and the bound that holds;
@@ -41,15 +43,15 @@ for arg in "$@"; do
             if [ -x target/release/specflow-bench ]; then
                 exec target/release/specflow-bench --help
             fi
-            sed -n '2,30p' "$0"
+            sed -n '2,32p' "$0"
             exit 0
             ;;
     esac
 done
 
 if [ "${SPECFLOW_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    echo "bench: cargo build --release --bin specflow --bin specflow-bench" >&2
-    cargo build --release --bin specflow --bin specflow-bench
+    echo "bench: cargo build --release -p specflow -p specflow-bench" >&2
+    cargo build --release -p specflow -p specflow-bench
 fi
 
 if ! bash scripts/services.sh status >/dev/null 2>&1; then
