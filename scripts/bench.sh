@@ -30,18 +30,20 @@
 #   --out FILE.json        where to write the JSON figures
 #   --keep                 keep the topics and databases the run created
 #
-# Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`.
+# Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`; the binaries are
+# taken from $CARGO_TARGET_DIR/release (default target/release).
 # Logs of every worker and producer go to target/bench/<run id>/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+BIN="${CARGO_TARGET_DIR:-target}/release"
 
 for arg in "$@"; do
     case "$arg" in
         -h | --help)
-            if [ -x target/release/specflow-bench ]; then
-                exec target/release/specflow-bench --help
+            if [ -x "$BIN/specflow-bench" ]; then
+                exec "$BIN/specflow-bench" --help
             fi
             sed -n '2,32p' "$0"
             exit 0
@@ -60,8 +62,8 @@ if ! bash scripts/services.sh status >/dev/null 2>&1; then
 fi
 
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-exec target/release/specflow-bench \
+exec "$BIN/specflow-bench" \
     --config configs/specflow.toml \
-    --specflow target/release/specflow \
+    --specflow "$BIN/specflow" \
     --services-script scripts/services.sh \
     "$@"
