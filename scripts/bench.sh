@@ -4,9 +4,11 @@
 # Usage: scripts/bench.sh [FLAGS...]
 #
 # Builds the release binaries, makes sure the local services run (scripts/services.sh up),
-# then runs target/release/specflow-bench, which in one run measures:
+# then runs target/release/specflow-bench (the workspace member benches/e2e), which in one run
+# measures:
 #   1. throughput of `specflow run` over N streams × M s of 16 kHz s16 mono preloaded in a
-#      fresh topic (× real time, messages/s, MB/s, frames/s, worker CPU seconds, peak RSS);
+#      fresh topic (× real time, messages/s, MB/s, frames/s, worker CPU seconds, peak RSS,
+#      checkpoint records, bytes and write time per message and per batch);
 #   2. ceilings on the same data: Kafka consume-only (rdkafka and Kafka's ConsumerPerformance),
 #      the DSP alone (1 thread and all threads), MongoDB insert_many of the same records;
 #      the worker's rate as a fraction of each and the bound that holds;
@@ -28,28 +30,30 @@
 #   --out FILE.json        where to write the JSON figures
 #   --keep                 keep the topics and databases the run created
 #
-# Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`.
+# Environment: SPECFLOW_BENCH_SKIP_BUILD=1 skips `cargo build --release`; the binaries are
+# taken from $CARGO_TARGET_DIR/release (default target/release).
 # Logs of every worker and producer go to target/bench/<run id>/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+BIN="${CARGO_TARGET_DIR:-target}/release"
 
 for arg in "$@"; do
     case "$arg" in
         -h | --help)
-            if [ -x target/release/specflow-bench ]; then
-                exec target/release/specflow-bench --help
+            if [ -x "$BIN/specflow-bench" ]; then
+                exec "$BIN/specflow-bench" --help
             fi
-            sed -n '2,30p' "$0"
+            sed -n '2,32p' "$0"
             exit 0
             ;;
     esac
 done
 
 if [ "${SPECFLOW_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    echo "bench: cargo build --release --bin specflow --bin specflow-bench" >&2
-    cargo build --release --bin specflow --bin specflow-bench
+    echo "bench: cargo build --release -p specflow -p specflow-bench" >&2
+    cargo build --release -p specflow -p specflow-bench
 fi
 
 if ! bash scripts/services.sh status >/dev/null 2>&1; then
@@ -58,8 +62,8 @@ if ! bash scripts/services.sh status >/dev/null 2>&1; then
 fi
 
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-exec target/release/specflow-bench \
+exec "$BIN/specflow-bench" \
     --config configs/specflow.toml \
-    --specflow target/release/specflow \
+    --specflow "$BIN/specflow" \
     --services-script scripts/services.sh \
     "$@"

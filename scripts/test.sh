@@ -11,11 +11,11 @@ bash scripts/services.sh up
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: cargo test"
 # libtest reads RUST_TEST_THREADS; criterion benches (run once each in test mode) do not take
 # --test-threads, so the flag cannot go on the command line.
-RUST_TEST_THREADS="${SPECFLOW_TEST_THREADS:-2}" cargo test --all-targets --locked
+RUST_TEST_THREADS="${SPECFLOW_TEST_THREADS:-2}" cargo test --workspace --all-targets --locked
 echo "test: deployment files (systemd-analyze verify, manifests)"
 bash scripts/verify-deploy.sh "$PWD/target/debug/specflow"
 echo "test: all passed"

@@ -1,15 +1,21 @@
 //! Shared helpers for integration tests against the real local Kafka and FerretDB
 //! (started by `scripts/services.sh up`; addresses overridable with SPECFLOW_TEST_BROKERS
 //! and SPECFLOW_TEST_MONGO_URI).
+//!
+//! What the end-to-end benchmark needs too (names, topics, chunks and test audio, the worker
+//! process, WAV reading, `/metrics` parsing) lives in the `specflow-test-support` crate
+//! (`tests/support/`); this module re-exports it and adds what only tests use: the services'
+//! addresses from the environment, assertions on MongoDB and the output topic, panics instead
+//! of `Result`s.
 #![allow(dead_code)]
 
 use mongodb::bson::{Bson, Document, doc};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +26,11 @@ use tokio_util::sync::CancellationToken;
 use specflow::config::Settings;
 use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
+use specflow_test_support as support;
+
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use support::{Chunk, Names, Scrape, chunk_stream, fixed_chunks, synthetic_pcm, unique};
 
 pub fn brokers() -> String {
     std::env::var("SPECFLOW_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -27,19 +38,6 @@ pub fn brokers() -> String {
 
 pub fn mongo_uri() -> String {
     std::env::var("SPECFLOW_TEST_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
-}
-
-/// A name no other test run uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
 }
 
 /// The reference data shipped in the repository: `signals/*.wav`, librosa's `features/*.json`
@@ -54,30 +52,6 @@ pub fn reference_dir() -> PathBuf {
 /// The path of a shipped reference signal, `signals/NAME`.
 pub fn reference_signal(name: &str) -> PathBuf {
     reference_dir().join("signals").join(name)
-}
-
-/// Topics and database of one test.
-pub struct Names {
-    pub input: String,
-    pub output: String,
-    pub dead_letter: String,
-    pub checkpoint: String,
-    pub database: String,
-    pub group: String,
-}
-
-impl Names {
-    pub fn new(test: &str) -> Self {
-        let id = unique(test);
-        Self {
-            input: format!("{id}.in"),
-            output: format!("{id}.out"),
-            dead_letter: format!("{id}.dlq"),
-            checkpoint: format!("{id}.checkpoints"),
-            database: id.replace(['.', '-'], "_"),
-            group: format!("{id}.group"),
-        }
-    }
 }
 
 /// Settings pointing at the local services and this test's names.
@@ -97,28 +71,15 @@ pub fn settings(names: &Names) -> Settings {
     s
 }
 
+/// Creates the four topics of `names` (the checkpoint topic compacted) with `partitions`.
 pub async fn create_topics(names: &Names, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("admin client");
-    let topics = [&names.input, &names.output, &names.dead_letter];
-    let mut new: Vec<_> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    new.push(specflow::checkpoint::new_topic(
-        &names.checkpoint,
-        partitions,
-        1,
-    ));
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
+    support::create_topics(&admin, &names.new_topics(partitions))
         .await
-        .expect("create topics (is Kafka up? scripts/services.sh up)")
-    {
-        result.expect("topic created");
-    }
+        .expect("create topics (is Kafka up? scripts/services.sh up)");
 }
 
 pub fn producer() -> FutureProducer {
@@ -128,34 +89,6 @@ pub fn producer() -> FutureProducer {
         .set("linger.ms", "2")
         .create()
         .expect("producer")
-}
-
-/// One message to send.
-#[derive(Clone, Debug)]
-pub struct Chunk {
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Chunk {
-    /// The Kafka record of this chunk for `topic` (any partition).
-    pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &self.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(&self.payload)
-            .headers(headers);
-        match &self.key {
-            Some(key) => record.key(key.as_slice()),
-            None => record,
-        }
-    }
 }
 
 pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) {
@@ -177,54 +110,6 @@ pub async fn try_send_all(
         result.map_err(|(e, _)| e)?;
     }
     Ok(())
-}
-
-/// Cuts interleaved s16 PCM of one stream into chunks of random sizes with every header.
-pub fn chunk_stream(
-    key: &str,
-    pcm: &[i16],
-    channels: u16,
-    sample_rate: u32,
-    seed: u64,
-    max_frames: usize,
-) -> Vec<Chunk> {
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let frames = pcm.len() / usize::from(channels);
-    let mut chunks = Vec::new();
-    let mut start = 0usize;
-    while start < frames {
-        let len = (1 + (next() as usize % max_frames)).min(frames - start);
-        let payload = pcm[start * usize::from(channels)..(start + len) * usize::from(channels)]
-            .iter()
-            .flat_map(|s| s.to_le_bytes())
-            .collect();
-        let mut headers = vec![
-            ("audio.format".to_string(), "s16le".to_string()),
-            ("audio.sample_rate".to_string(), sample_rate.to_string()),
-            ("audio.channels".to_string(), channels.to_string()),
-            ("audio.start_sample".to_string(), start.to_string()),
-            (
-                "audio.timestamp_ms".to_string(),
-                (1_700_000_000_000i64 + (start as i64 * 1000 / i64::from(sample_rate))).to_string(),
-            ),
-        ];
-        if start + len == frames {
-            headers.push(("audio.eos".to_string(), "1".to_string()));
-        }
-        chunks.push(Chunk {
-            key: Some(key.as_bytes().to_vec()),
-            payload,
-            headers,
-        });
-        start += len;
-    }
-    chunks
 }
 
 /// A worker running in this process.
@@ -343,55 +228,6 @@ pub async fn consume(topic: &str, expected: usize, timeout: Duration) -> Vec<Own
     out
 }
 
-/// Deterministic 16 kHz test audio for stream `seed`: a tone whose pitch depends on the seed,
-/// plus a little noise, with a short silence in the middle.
-pub fn synthetic_pcm(seed: u64, seconds: f64) -> Vec<i16> {
-    let n = (seconds * 16_000.0) as usize;
-    let hz = 110.0 + 37.0 * seed as f64;
-    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let noise = ((rng >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 0.05;
-            let silent = i > n / 2 && i < n / 2 + 3000;
-            let tone = if silent {
-                0.0
-            } else {
-                0.4 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16_000.0).sin()
-            };
-            ((tone + noise) * 32_767.0) as i16
-        })
-        .collect()
-}
-
-/// Fixed-size chunks of one mono 16 kHz stream with deterministic headers.
-pub fn fixed_chunks(key: &str, pcm: &[i16], chunk: usize) -> Vec<Chunk> {
-    let mut out = Vec::new();
-    for (i, part) in pcm.chunks(chunk).enumerate() {
-        let start = i * chunk;
-        let mut headers = vec![
-            ("audio.format".to_string(), "s16le".to_string()),
-            ("audio.sample_rate".to_string(), "16000".to_string()),
-            ("audio.start_sample".to_string(), start.to_string()),
-            (
-                "audio.timestamp_ms".to_string(),
-                (1_700_000_000_000i64 + start as i64 / 16).to_string(),
-            ),
-        ];
-        if start + part.len() == pcm.len() {
-            headers.push(("audio.eos".to_string(), "1".to_string()));
-        }
-        out.push(Chunk {
-            key: Some(key.as_bytes().to_vec()),
-            payload: part.iter().flat_map(|s| s.to_le_bytes()).collect(),
-            headers,
-        });
-    }
-    out
-}
-
 /// The records an uninterrupted run stores: `_id` → frames (without timestamps), computed by
 /// feeding each stream's chunks through the DSP one message at a time.
 pub fn expected_records(
@@ -417,11 +253,7 @@ pub fn expected_records(
             .unwrap();
             batch.clear();
             extractor.process(&mut ws, &mut state, &samples, &mut batch);
-            if chunk
-                .headers
-                .iter()
-                .any(|(k, v)| k == "audio.eos" && v == "1")
-            {
+            if chunk.is_eos() {
                 extractor.finish_stream(&mut state, &mut batch);
             }
             if !batch.is_empty() {
@@ -696,62 +528,26 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
 
 /// A `specflow run` child process (the test binary's own build). Dropping it kills the
 /// process, so a failing test never leaves a worker running against the shared services.
-pub struct WorkerProcess {
-    child: std::process::Child,
-}
+pub struct WorkerProcess(support::WorkerProcess);
 
 impl WorkerProcess {
-    /// Starts `specflow run --config <config>`, stderr (the log) appended to `log`.
+    /// Starts `specflow run --config <config>`, its log appended to `log`.
     pub fn start(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"));
-        command
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        Self {
-            child: command.spawn().expect("start specflow"),
-        }
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_specflow"));
+        let process = support::WorkerProcess::start(binary, config, log, env.iter().copied())
+            .expect("start specflow");
+        Self(process)
     }
 
     /// SIGKILL, no drain.
     pub fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(&self) {
-        std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-
-    fn wait_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.0.kill().expect("SIGKILL");
     }
 
     /// SIGTERM; asserts a clean exit within `within` (else the drop kills it).
     pub fn terminate(mut self, within: Duration) {
-        self.sigterm();
-        let status = self.wait_within(within);
+        self.0.sigterm().expect("SIGTERM");
+        let status = self.0.wait_within(within).expect("wait for the worker");
         let status = status.unwrap_or_else(|| panic!("worker did not drain within {within:?}"));
         assert!(
             status.success(),
@@ -761,28 +557,14 @@ impl WorkerProcess {
 
     /// SIGTERM, then SIGKILL after `within` (for a worker that may still be starting).
     pub fn terminate_or_kill(mut self, within: Duration) {
-        self.sigterm();
-        self.wait_within(within);
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let _ = self.0.sigterm();
+        let _ = self.0.wait_within(within);
     }
 }
 
 /// Dead letters a worker sent, over every reason (`specflow_dead_letters_total`).
 pub fn dead_letters_sent(metrics: &Metrics) -> u64 {
-    metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("specflow_dead_letters_total"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    Scrape::parse(&metrics.render()).sum_of("dead_letters_total") as u64
 }
 
 /// Rounds every number to f32, the precision features are computed in (JSON text carries the
@@ -822,26 +604,5 @@ pub async fn send_to_partition(
 /// Mono samples of a 16-bit WAV as the reference script makes them (int16 / 32768, channels
 /// averaged in f64), and its sample rate.
 pub fn read_mono_wav(path: &std::path::Path) -> (Vec<f32>, u32) {
-    let mut reader =
-        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = reader.spec();
-    assert_eq!(
-        spec.bits_per_sample,
-        16,
-        "{}: expected 16-bit PCM",
-        path.display()
-    );
-    let channels = usize::from(spec.channels);
-    let raw: Vec<i16> = reader
-        .samples::<i16>()
-        .map(|s| s.expect("wav sample"))
-        .collect();
-    let mono = raw
-        .chunks_exact(channels)
-        .map(|frame| {
-            let sum: f64 = frame.iter().map(|&s| f64::from(s) / 32768.0).sum();
-            (sum / channels as f64) as f32
-        })
-        .collect();
-    (mono, spec.sample_rate)
+    support::read_mono_wav(path).unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -1,0 +1,1034 @@
+//! The figures of one benchmark run as one typed [`Report`] (nested per-phase structs), the
+//! statistics they are computed with, and the two ways the report is shown: the table
+//! ([`Report::table`]) and the JSON (`serde`, same field names as the table's sources).
+//!
+//! Non-finite numbers (a percentile of nothing, a ratio over a zero) are written as JSON
+//! `null` and shown as `-` in the table.
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+// ---------------------------------------------------------------------------------------------
+
+/// Rounds to `decimals` decimals for the JSON.
+pub fn round_to(v: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (v * scale).round() / scale
+}
+
+/// Rounds to two decimals for the JSON.
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Rounds to three decimals for the JSON.
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Nearest-rank percentile of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Arithmetic mean (NaN when empty).
+pub fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// p50/p95/p99/max/mean/min of latencies in milliseconds. With records never seen
+/// (`censored`), a percentile that falls among them is `None` and `max_ms` too.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    /// Records counted (seen and censored).
+    pub n: usize,
+    /// Median.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// Slowest seen record (`None` when some were never seen).
+    pub max_ms: Option<f64>,
+    /// Mean of the seen records.
+    pub mean_ms: f64,
+    /// Fastest record.
+    pub min_ms: f64,
+    /// Records never seen, counted as slower than every seen one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub censored: Option<usize>,
+    /// The least latency any censored record would have had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub censored_min_ms: Option<f64>,
+}
+
+impl LatencySummary {
+    /// Summary of `values` (sorted in place), all seen.
+    pub fn of(values: &mut [f64]) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            n: values.len(),
+            p50_ms: Some(round2(percentile(values, 50.0))),
+            p95_ms: Some(round2(percentile(values, 95.0))),
+            p99_ms: Some(round2(percentile(values, 99.0))),
+            max_ms: Some(round2(values.last().copied().unwrap_or(f64::NAN))),
+            mean_ms: round2(mean(values)),
+            min_ms: round2(values.first().copied().unwrap_or(f64::NAN)),
+            censored: None,
+            censored_min_ms: None,
+        }
+    }
+
+    /// Summary where `censored` records were never seen: they count as slower than every seen
+    /// one; `censored_min_ms` is the least any of them would have taken.
+    pub fn censored(values: &mut [f64], censored: &[f64]) -> Self {
+        let mut summary = Self::of(values);
+        if censored.is_empty() {
+            return summary;
+        }
+        let total = values.len() + censored.len();
+        let at = |p: f64| {
+            let rank = ((p / 100.0) * total as f64).ceil() as usize;
+            let rank = rank.clamp(1, total);
+            (rank <= values.len()).then(|| round2(values[rank - 1]))
+        };
+        summary.p50_ms = at(50.0);
+        summary.p95_ms = at(95.0);
+        summary.p99_ms = at(99.0);
+        summary.max_ms = None;
+        summary.n = total;
+        summary.censored = Some(censored.len());
+        summary.censored_min_ms = Some(round2(
+            censored.iter().copied().fold(f64::INFINITY, f64::min),
+        ));
+        summary
+    }
+
+    /// A percentile cell of the table: the value, `>least` when it falls among records never
+    /// seen, `-` when there is none.
+    fn cell(&self, value: Option<f64>) -> String {
+        match (value, self.censored_min_ms) {
+            (Some(v), _) => f(v, 1),
+            (None, Some(least)) => format!(">{}", f(least, 0)),
+            (None, None) => "-".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+// ---------------------------------------------------------------------------------------------
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `bench-<unix seconds>`: prefix of every topic, group and database of the run.
+    pub run_id: String,
+    /// The machine and what it did before the run.
+    pub machine: Machine,
+    /// The load and the worker's framing.
+    pub parameters: Parameters,
+    /// This process's command line.
+    pub command_line: String,
+    /// Where worker and producer logs went.
+    pub logs: PathBuf,
+    /// The preloaded input topic of the throughput phase.
+    pub preload: Preload,
+    /// The main throughput run (`worker_threads` from the config).
+    pub throughput: ThroughputRun,
+    /// The ceilings on the same data.
+    pub ceilings: Vec<Ceiling>,
+    /// The smallest candidate ceiling and the worker's rate as a fraction of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound: Option<Bound>,
+    /// Throughput runs over `runtime.worker_threads` (empty with `--skip-scaling`).
+    pub scaling: Vec<ThroughputRun>,
+    /// The latency runs (absent with `--skip-latency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Vec<LatencyRun>>,
+    /// The memory runs (absent with `--skip-memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Vec<MemoryRow>>,
+    /// `/proc/loadavg` at the end.
+    pub loadavg_at_end: String,
+}
+
+/// The machine: nproc, CPU model, RAM, kernel, load, service versions.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// What the machine and the services did in 3 s before the run (others' load).
+    pub idle_before_run: IdleLoad,
+    /// Cores available to this process.
+    pub nproc: usize,
+    /// `model name` of `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// `MemTotal` in GB.
+    pub ram_gb: Option<f64>,
+    /// Kernel release.
+    pub kernel: String,
+    /// `/proc/loadavg` at the start.
+    pub loadavg_at_start: String,
+    /// `buildInfo` version of the MongoDB-compatible server.
+    pub mongodb_server_version: Option<String>,
+    /// The broker's pid at the start.
+    pub kafka_pid: Option<u32>,
+    /// The MongoDB server's pid at the start.
+    pub mongo_pid: Option<u32>,
+}
+
+/// Cores busy before the run, while nothing of ours ran.
+#[derive(Debug, Serialize)]
+pub struct IdleLoad {
+    /// The broker.
+    pub kafka_cores: Option<f64>,
+    /// The MongoDB server.
+    pub mongo_cores: Option<f64>,
+    /// The whole machine.
+    pub machine_busy_cores: f64,
+}
+
+/// The load and the worker's framing.
+#[derive(Debug, Serialize)]
+pub struct Parameters {
+    /// Throughput streams.
+    pub streams: usize,
+    /// Seconds of audio per throughput stream.
+    pub seconds: f64,
+    /// Chunk duration in ms.
+    pub chunk_ms: u64,
+    /// `--signal`.
+    pub signal: String,
+    /// Partitions of every input topic.
+    pub partitions: i32,
+    /// `dsp.frame_length`.
+    pub frame_length: usize,
+    /// `dsp.hop_length`.
+    pub hop_length: usize,
+    /// `dsp.features`.
+    pub features: Vec<specflow::dsp::FeatureChoice>,
+    /// `source.batch_max_messages`.
+    pub batch_max_messages: usize,
+    /// The worker's config file.
+    pub config: PathBuf,
+}
+
+/// The preloaded input topic.
+#[derive(Debug, Serialize)]
+pub struct Preload {
+    /// Input messages.
+    pub messages: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Records the worker must store.
+    pub records_expected: u64,
+    /// Frames the worker must compute.
+    pub frames_expected: u64,
+    /// Seconds of audio over all streams.
+    pub audio_seconds: f64,
+    /// Wall seconds of `specflow produce`.
+    pub produce_wall_s: f64,
+    /// Its rate.
+    pub produce_messages_per_s: f64,
+}
+
+/// CPU seconds used in a window, per process and machine-wide.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    /// Wall seconds of the window.
+    pub wall_s: f64,
+    /// The worker.
+    pub worker_cpu_s: f64,
+    /// The broker (`None` when it restarted or is unknown).
+    pub kafka_cpu_s: Option<f64>,
+    /// The MongoDB server (`None` when it restarted or is unknown).
+    pub mongo_cpu_s: Option<f64>,
+    /// This process.
+    pub bench_cpu_s: f64,
+    /// The `specflow produce` process, when one ran.
+    pub producer_cpu_s: Option<f64>,
+    /// The machine, all processes.
+    pub machine_busy_cpu_s: f64,
+    /// Cores the machine's counters saw (total CPU seconds / wall).
+    pub machine_cores_seen: f64,
+    /// Busy CPU not accounted for by the processes above.
+    pub other_processes_cpu_s: f64,
+}
+
+/// Whether a worker run was disturbed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunHealth {
+    /// The broker's pid changed during the run.
+    pub kafka_restarted: bool,
+    /// The MongoDB server's pid changed during the run.
+    pub mongo_restarted: bool,
+    /// WARN and ERROR lines in the worker's log.
+    pub worker_warnings_and_errors: usize,
+    /// The first few distinct ones.
+    pub first_distinct: Vec<String>,
+}
+
+/// The checkpoint topic's share of a throughput run, from the worker's final scrape.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointOverhead {
+    /// Checkpoint records acknowledged per input message.
+    pub checkpoints_per_message: f64,
+    /// Checkpoint payload bytes acknowledged per input message.
+    pub checkpoint_bytes_per_message: f64,
+    /// Checkpoint records per batch (`processing_seconds_count`).
+    pub checkpoints_per_batch: f64,
+    /// `specflow_checkpoint_write_seconds_sum`: store writers' time writing checkpoints until
+    /// acknowledged.
+    pub checkpoint_write_s: f64,
+    /// That time over the run's wall time.
+    pub checkpoint_write_share: f64,
+    /// Mean per batch that wrote checkpoints (`_sum / _count`), in ms.
+    pub checkpoint_write_ms_per_batch: f64,
+}
+
+/// One worker run over the preloaded topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputRun {
+    /// `main` or `t<threads>`.
+    pub tag: String,
+    /// `runtime.worker_threads` (`None`: the config's).
+    pub worker_threads: Option<usize>,
+    /// Input messages.
+    pub messages: u64,
+    /// Input bytes.
+    pub bytes: u64,
+    /// Records expected.
+    pub records: u64,
+    /// `frames_computed_total` at the end.
+    pub frames_counted: f64,
+    /// Frames expected.
+    pub frames_expected: u64,
+    /// Documents in the run's collection afterwards.
+    pub stored_documents: u64,
+    /// Dead letters over every reason.
+    pub dead_letters: f64,
+    /// Seconds from spawn to the first consumed message.
+    pub startup_s: f64,
+    /// The window: first consumed message to last record stored.
+    pub wall_s: f64,
+    /// Messages already consumed at the first scrape that saw any.
+    pub messages_in_flight_at_start: f64,
+    /// Seconds of audio per wall second.
+    pub x_realtime: f64,
+    /// Input messages per second.
+    pub messages_per_s: f64,
+    /// Input MB per second.
+    pub mb_per_s: f64,
+    /// Frames per second.
+    pub frames_per_s: f64,
+    /// Records per second.
+    pub records_per_s: f64,
+    /// Worker CPU seconds in the window.
+    pub worker_cpu_s: f64,
+    /// Worker CPU seconds over its whole life.
+    pub worker_cpu_total_s: f64,
+    /// Worker CPU / wall.
+    pub worker_cores_used: f64,
+    /// Worker CPU µs per input message.
+    pub cpu_us_per_message: f64,
+    /// `VmHWM` of the worker.
+    pub peak_rss_mb: f64,
+    /// CPU of every process in the window.
+    pub cpu: CpuUse,
+    /// Batches (`processing_seconds_count`).
+    pub batches: f64,
+    /// Messages per batch.
+    pub mean_batch_messages: f64,
+    /// `processing_seconds_sum` (DSP and encoding).
+    pub processing_s: f64,
+    /// `mongo_write_seconds_sum`.
+    pub mongo_write_s: f64,
+    /// Processing over wall.
+    pub processing_share: f64,
+    /// MongoDB writes over wall.
+    pub mongo_write_share: f64,
+    /// The checkpoint topic's share.
+    #[serde(flatten)]
+    pub checkpoints: CheckpointOverhead,
+    /// The worker exited 0 after SIGTERM.
+    pub clean_exit: bool,
+    /// Disturbances.
+    pub run_health: RunHealth,
+    /// Why this row exists (the scaling row that reuses the main run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What a ceiling measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CeilingKind {
+    /// Kafka consume-only.
+    Kafka,
+    /// DSP alone, one thread.
+    DspSingle,
+    /// DSP alone, every core.
+    Dsp,
+    /// DSP and record encoding, every core.
+    DspEncode,
+    /// DSP and record encoding, one thread.
+    DspEncodeSingle,
+    /// MongoDB `insert_many`.
+    Mongo,
+}
+
+/// One ceiling: a part of the pipeline alone on the same data.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// What ran.
+    pub what: String,
+    /// Which part.
+    pub kind: CeilingKind,
+    /// Input messages per second it sustains.
+    pub messages_per_s: f64,
+    /// Input MB per second.
+    pub mb_per_s: f64,
+    /// Seconds of audio per wall second (not for Kafka).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_realtime: Option<f64>,
+    /// The worker's rate over this one.
+    pub worker_ratio: f64,
+    /// Whether it can be the bound (the best Kafka client, the multi-core DSP, MongoDB).
+    pub candidate_bound: bool,
+    /// The figures particular to the kind.
+    #[serde(flatten)]
+    pub detail: CeilingDetail,
+}
+
+/// Figures particular to one kind of ceiling.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum CeilingDetail {
+    /// rdkafka consume-only.
+    Rdkafka {
+        /// Messages consumed.
+        messages: u64,
+        /// Wall seconds from the assignment to the last message.
+        wall_s: f64,
+        /// Seconds until the first message.
+        first_message_after_s: Option<f64>,
+    },
+    /// Kafka's Java `ConsumerPerformance`.
+    JavaConsumer {
+        /// `data.consumed.in.nMsg`.
+        messages: f64,
+        /// `fetch.time.ms`.
+        fetch_time_ms: f64,
+        /// `nMsg.sec` (group join included).
+        messages_per_s_incl_join: f64,
+    },
+    /// DSP passes.
+    Dsp {
+        /// Threads.
+        threads: usize,
+        /// The fastest pass.
+        wall_s: f64,
+        /// Every pass, fastest first.
+        pass_walls_s: Vec<f64>,
+        /// Frames computed.
+        frames: u64,
+        /// Frames per second.
+        frames_per_s: f64,
+        /// Wall µs per frame per thread.
+        us_per_frame_per_thread: f64,
+        /// Mean JSON bytes per record (when encoding).
+        json_bytes_per_record: Option<f64>,
+        /// Mean BSON bytes per record (when encoding).
+        bson_bytes_per_record: Option<f64>,
+    },
+    /// MongoDB `insert_many`.
+    Mongo {
+        /// Documents inserted.
+        documents: usize,
+        /// Documents in the collection afterwards.
+        stored: u64,
+        /// `insert_many` calls.
+        inserts: usize,
+        /// Wall seconds of all inserts.
+        insert_s: f64,
+        /// The slowest call.
+        slowest_insert_s: f64,
+        /// Documents per second.
+        documents_per_s: f64,
+        /// BSON MB per second.
+        bson_mb_per_s: f64,
+        /// Mean document size.
+        mean_document_bytes: f64,
+    },
+}
+
+/// The ceiling that holds.
+#[derive(Debug, Serialize)]
+pub struct Bound {
+    /// Its `what`.
+    pub what: String,
+    /// Its rate.
+    pub messages_per_s: f64,
+    /// The worker's rate over it.
+    pub worker_ratio: f64,
+    /// The target ratio.
+    pub target_ratio: f64,
+    /// Whether the worker reaches the target.
+    pub met: bool,
+}
+
+/// One latency run.
+#[derive(Debug, Serialize)]
+pub struct LatencyRun {
+    /// `lat` or `light`.
+    pub tag: String,
+    /// Real-time streams.
+    pub streams: usize,
+    /// Chunk duration.
+    pub chunk_ms: u64,
+    /// Warm-up seconds.
+    pub warmup_s: f64,
+    /// Measured seconds.
+    pub measured_s: f64,
+    /// Drain limit after the load.
+    pub drain_limit_s: f64,
+    /// Messages per second offered.
+    pub offered_messages_per_s: f64,
+    /// MB per second offered.
+    pub offered_mb_per_s: f64,
+    /// Records expected.
+    pub records_expected: u64,
+    /// Records seen on the output topic.
+    pub records_seen: usize,
+    /// Records seen more than once.
+    pub duplicates_seen: usize,
+    /// Output messages that were not records.
+    pub unparsed: usize,
+    /// Wall seconds of `specflow produce --realtime`.
+    pub producer_wall_s: f64,
+    /// Produce → output topic, measured window.
+    pub to_output_topic: LatencySummary,
+    /// Produce → output topic, warm-up.
+    pub to_output_topic_warmup: LatencySummary,
+    /// Produce → MongoDB by the acknowledged-write counter.
+    pub to_mongodb: LatencySummary,
+    /// How `to_mongodb` is taken.
+    pub mongodb_method: MongoMethod,
+    /// Produce → MongoDB by `_id` lookups (when enabled).
+    pub to_mongodb_by_id_lookup: Option<LatencySummary>,
+    /// The `_id` lookups.
+    pub mongodb_lookups: MongoLookups,
+    /// The worker in the measured window.
+    pub window: LatencyWindow,
+    /// The worker over its whole run.
+    pub whole_run: LatencyWholeRun,
+    /// `VmHWM` of the worker.
+    pub worker_peak_rss_mb: f64,
+    /// `/readyz` while idle.
+    pub readyz_while_idle: String,
+    /// Dead letters over every reason.
+    pub worker_dead_letters: f64,
+    /// The worker exited 0 after SIGTERM.
+    pub clean_exit: bool,
+    /// Disturbances.
+    pub run_health: RunHealth,
+    /// The p99 target (main run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_p99_ms: Option<u64>,
+    /// Whether p99 to the output topic is under the target (main run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub met: Option<bool>,
+}
+
+/// How the MongoDB latency is taken.
+#[derive(Debug, Serialize)]
+pub struct MongoMethod {
+    /// The method.
+    pub what: &'static str,
+    /// `/metrics` polling interval.
+    pub metrics_interval_ms: u64,
+    /// Mean scrape duration.
+    pub scrape_mean_ms: f64,
+    /// p99 scrape duration.
+    pub scrape_p99_ms: f64,
+    /// Interval plus mean scrape.
+    pub resolution_ms: f64,
+    /// Changes of the counter seen.
+    pub write_events: usize,
+}
+
+/// The `_id` lookups of sampled records.
+#[derive(Debug, Serialize)]
+pub struct MongoLookups {
+    /// Whether they ran.
+    pub enabled: bool,
+    /// Polling interval.
+    pub interval_ms: u64,
+    /// Which streams.
+    pub sampled: String,
+    /// How.
+    pub method: String,
+    /// Lookups issued.
+    pub lookups: u64,
+    /// Rounds with something pending.
+    pub rounds: u64,
+    /// Records found by their first lookup.
+    pub found_on_first_lookup: usize,
+    /// Records never found.
+    pub unresolved: usize,
+    /// Mean ms between last miss and hit.
+    pub resolution_mean_ms: f64,
+    /// p99 of that.
+    pub resolution_p99_ms: f64,
+    /// Mean round duration.
+    pub round_mean_ms: f64,
+    /// Slowest round.
+    pub round_max_ms: f64,
+}
+
+/// The worker in the measured window of a latency run.
+#[derive(Debug, Serialize)]
+pub struct LatencyWindow {
+    /// Messages consumed per second.
+    pub messages_per_s: f64,
+    /// Worker CPU / wall.
+    pub worker_cores_used: f64,
+    /// Messages per batch.
+    pub mean_batch_messages: f64,
+    /// DSP and encoding per batch.
+    pub processing_ms_per_batch: f64,
+    /// MongoDB insert per batch.
+    pub mongo_write_ms_per_batch: f64,
+    /// CPU of every process.
+    pub cpu: CpuUse,
+}
+
+/// The worker over a whole latency run (final scrape).
+#[derive(Debug, Serialize)]
+pub struct LatencyWholeRun {
+    /// Batches.
+    pub batches: f64,
+    /// Messages per batch.
+    pub mean_batch_messages: f64,
+    /// DSP and encoding per batch.
+    pub processing_ms_per_batch: f64,
+    /// MongoDB insert per batch.
+    pub mongo_write_ms_per_batch: f64,
+    /// Documents per second of insert time.
+    pub mongo_docs_per_s_while_writing: f64,
+    /// Checkpoint records per input message.
+    pub checkpoints_per_message: f64,
+    /// Checkpoint bytes per input message.
+    pub checkpoint_bytes_per_message: f64,
+    /// Checkpoint records per batch.
+    pub checkpoints_per_batch: f64,
+}
+
+/// One memory run.
+#[derive(Debug, Serialize)]
+pub struct MemoryRun {
+    /// One-chunk streams.
+    pub streams: usize,
+    /// Chunk length.
+    pub chunk_ms: u64,
+    /// Whether the chunks carried `audio.eos`.
+    pub eos: bool,
+    /// `mongo_documents_written_total`.
+    pub records_written: f64,
+    /// `live_streams`.
+    pub live_streams: f64,
+    /// `stream_state_bytes`.
+    pub stream_state_bytes_metric: f64,
+    /// `VmRSS` before the load.
+    pub rss_before_mb: f64,
+    /// `VmRSS` after it.
+    pub rss_after_mb: f64,
+    /// `VmHWM`.
+    pub peak_rss_mb: f64,
+    /// The worker exited 0 after SIGTERM.
+    pub clean_exit: bool,
+    /// Disturbances.
+    pub run_health: RunHealth,
+}
+
+/// Live against freed state for one stream count.
+#[derive(Debug, Serialize)]
+pub struct MemoryRow {
+    /// Streams.
+    pub streams: usize,
+    /// Without `audio.eos`.
+    pub live: MemoryRun,
+    /// With `audio.eos`.
+    pub freed: MemoryRun,
+    /// Live minus freed RSS per 1000 streams.
+    pub rss_growth_mb_per_1000_streams: f64,
+    /// Live minus freed peak RSS per 1000 streams.
+    pub peak_rss_growth_mb_per_1000_streams: f64,
+    /// Live RSS after minus before, per 1000 streams.
+    pub rss_growth_vs_idle_mb_per_1000_streams: f64,
+    /// The worker's own state estimate per 1000 streams.
+    pub state_metric_mb_per_1000_streams: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+// ---------------------------------------------------------------------------------------------
+
+/// Formats a number for the table (`-` when not finite).
+pub fn f(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// An optional number for the table (`-` when absent).
+fn fo(v: Option<f64>, decimals: usize) -> String {
+    f(v.unwrap_or(f64::NAN), decimals)
+}
+
+/// An optional value as JSON would show it (`null` when absent).
+fn js<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        let m = &self.machine;
+        let p = &self.parameters;
+        line(format!(
+            "specflow end-to-end benchmark  run {}",
+            self.run_id
+        ));
+        line(format!(
+            "machine: {} cores, {}, {} GB RAM, kernel {}, load at start {}, MongoDB server {}",
+            m.nproc,
+            m.cpu_model,
+            js(&m.ram_gb),
+            m.kernel,
+            m.loadavg_at_start,
+            m.mongodb_server_version.as_deref().unwrap_or("?"),
+        ));
+        let idle = &m.idle_before_run;
+        line(format!(
+            "busy before the run (3 s, nothing of ours running): machine {} cores, MongoDB server {} cores, Kafka {} cores",
+            f(idle.machine_busy_cores, 2),
+            fo(idle.mongo_cores, 2),
+            fo(idle.kafka_cores, 2)
+        ));
+        line(format!(
+            "load: {} streams × {} s, {} ms chunks, signal {}, {} partitions, frame {}/{} hop, features {}",
+            p.streams,
+            js(&p.seconds),
+            p.chunk_ms,
+            p.signal,
+            p.partitions,
+            p.frame_length,
+            p.hop_length,
+            js(&p.features)
+        ));
+        let pre = &self.preload;
+        line(format!(
+            "preloaded {} messages ({:.1} MB, {} records expected) in {} s",
+            pre.messages,
+            pre.bytes as f64 / 1e6,
+            pre.records_expected,
+            f(pre.produce_wall_s, 1)
+        ));
+        line(String::new());
+        line(
+            "THROUGHPUT (worker process, preloaded topic; window = first consumed → last stored)"
+                .into(),
+        );
+        line(format!(
+            "  {:<10} {:>7} {:>8} {:>9} {:>8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "threads",
+            "wall s",
+            "×rt",
+            "msg/s",
+            "MB/s",
+            "frames/s",
+            "",
+            "cpu s",
+            "cores",
+            "RSS MB",
+            "kafka s",
+            "mongo s",
+            "other s"
+        ));
+        let rows: Vec<&ThroughputRun> = if self.scaling.is_empty() {
+            vec![&self.throughput]
+        } else {
+            self.scaling.iter().collect()
+        };
+        for row in rows {
+            let cpu = &row.cpu;
+            line(format!(
+                "  {:<10} {:>7} {:>8} {:>9} {:>8} {:>7} {:>10} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+                row.worker_threads
+                    .map_or("config".into(), |t| t.to_string()),
+                f(row.wall_s, 2),
+                f(row.x_realtime, 0),
+                f(row.messages_per_s, 0),
+                f(row.mb_per_s, 2),
+                f(row.frames_per_s, 0),
+                "",
+                f(row.worker_cpu_s, 2),
+                f(row.worker_cores_used, 2),
+                f(row.peak_rss_mb, 0),
+                fo(cpu.kafka_cpu_s, 2),
+                fo(cpu.mongo_cpu_s, 2),
+                f(cpu.other_processes_cpu_s, 2),
+            ));
+        }
+        let t = &self.throughput;
+        line(format!(
+            "  main run: startup {} s, {} batches of {} msgs, DSP+encode {:.0}% of wall, MongoDB insert {:.0}% of wall, {} µs CPU/msg, {} docs stored, {} dead letters",
+            f(t.startup_s, 1),
+            js(&t.batches),
+            f(t.mean_batch_messages, 0),
+            t.processing_share * 100.0,
+            t.mongo_write_share * 100.0,
+            f(t.cpu_us_per_message, 0),
+            t.stored_documents,
+            js(&t.dead_letters),
+        ));
+        let c = &t.checkpoints;
+        line(format!(
+            "  checkpoints: {} per message, {} bytes per message, {} per batch; writing them {} ms per batch, {}% of wall",
+            f(c.checkpoints_per_message, 2),
+            f(c.checkpoint_bytes_per_message, 1),
+            f(c.checkpoints_per_batch, 1),
+            f(c.checkpoint_write_ms_per_batch, 3),
+            f(c.checkpoint_write_share * 100.0, 2),
+        ));
+        line(String::new());
+        line("CEILINGS (same data, each alone)".into());
+        line(format!(
+            "  {:<66} {:>9} {:>8} {:>8} {:>8}",
+            "ceiling", "msg/s", "MB/s", "×rt", "worker%"
+        ));
+        for row in &self.ceilings {
+            line(format!(
+                "  {:<66} {:>9} {:>8} {:>8} {:>8}",
+                row.what,
+                f(row.messages_per_s, 0),
+                f(row.mb_per_s, 2),
+                fo(row.x_realtime, 0),
+                f(row.worker_ratio * 100.0, 1),
+            ));
+        }
+        if let Some(b) = &self.bound {
+            line(format!(
+                "  bound that holds: {} ({} msg/s); worker at {:.1}% of it (target ≥ 70%: {})",
+                b.what,
+                f(b.messages_per_s, 0),
+                b.worker_ratio * 100.0,
+                if b.met { "met" } else { "MISSED" }
+            ));
+        }
+        for l in self.latency.iter().flatten() {
+            line(String::new());
+            line(format!(
+                "LATENCY '{}' ({} real-time streams, {} ms chunks = {} msg/s offered, {} s after {} s warm-up, drain ≤ {} s; {} of {} records seen)",
+                l.tag,
+                l.streams,
+                l.chunk_ms,
+                f(l.offered_messages_per_s, 0),
+                js(&l.measured_s),
+                js(&l.warmup_s),
+                js(&l.drain_limit_s),
+                l.records_seen,
+                l.records_expected
+            ));
+            line(format!(
+                "  {:<66} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                "from produce (source.timestamp_ms) to",
+                "n",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms"
+            ));
+            let lookups = &l.mongodb_lookups;
+            let mut rows = vec![
+                (
+                    "output topic (observer consuming it)".to_string(),
+                    &l.to_output_topic,
+                ),
+                (
+                    format!(
+                        "MongoDB (worker's acked-write counter, /metrics every {} ms)",
+                        l.mongodb_method.metrics_interval_ms
+                    ),
+                    &l.to_mongodb,
+                ),
+            ];
+            if let Some(by_id) = l
+                .to_mongodb_by_id_lookup
+                .as_ref()
+                .filter(|_| lookups.enabled)
+            {
+                rows.push((
+                    format!(
+                        "MongoDB (_id lookups every {} ms, {}; ~{} ms)",
+                        lookups.interval_ms,
+                        lookups.sampled,
+                        f(lookups.resolution_mean_ms, 0)
+                    ),
+                    by_id,
+                ));
+            }
+            for (label, s) in rows {
+                line(format!(
+                    "  {:<66} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                    label,
+                    s.n,
+                    s.cell(s.p50_ms),
+                    s.cell(s.p95_ms),
+                    s.cell(s.p99_ms),
+                    s.cell(s.max_ms)
+                ));
+            }
+            let w = &l.window;
+            let whole = &l.whole_run;
+            line(format!(
+                "  worker: {} msg/s and {} cores in the window; whole run: {} batches of {} msgs, {} ms DSP+encode and {} ms MongoDB insert per batch ({} docs/s while inserting)",
+                f(w.messages_per_s, 0),
+                f(w.worker_cores_used, 2),
+                js(&whole.batches),
+                f(whole.mean_batch_messages, 0),
+                f(whole.processing_ms_per_batch, 1),
+                f(whole.mongo_write_ms_per_batch, 1),
+                f(whole.mongo_docs_per_s_while_writing, 0),
+            ));
+            if let Some(met) = l.met {
+                line(format!(
+                    "  p99 < 50 ms to the output topic at the default load: {}",
+                    if met { "met" } else { "MISSED" }
+                ));
+            }
+        }
+        if let Some(rows) = &self.memory {
+            line(String::new());
+            line("MEMORY (one-chunk streams; live = no audio.eos, freed = audio.eos)".into());
+            line(format!(
+                "  {:>8} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+                "streams",
+                "live RSS MB",
+                "freed RSS MB",
+                "live peak",
+                "freed peak",
+                "MB/1000 streams",
+                "metric MB/1000"
+            ));
+            for row in rows {
+                line(format!(
+                    "  {:>8} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+                    row.streams,
+                    f(row.live.rss_after_mb, 1),
+                    f(row.freed.rss_after_mb, 1),
+                    f(row.live.peak_rss_mb, 1),
+                    f(row.freed.peak_rss_mb, 1),
+                    f(row.rss_growth_mb_per_1000_streams, 2),
+                    f(row.state_metric_mb_per_1000_streams, 2),
+                ));
+            }
+        }
+        let notes = self.health_notes();
+        if !notes.is_empty() {
+            line(String::new());
+            line("RUN HEALTH (see run_health in the JSON)".into());
+            for note in notes {
+                line(note);
+            }
+        }
+        out
+    }
+
+    /// Disturbances: a service restarted under a run, or the worker logged problems.
+    fn health_notes(&self) -> Vec<String> {
+        let mut runs: Vec<(String, &RunHealth)> = Vec::new();
+        for row in &self.scaling {
+            runs.push((format!("throughput {}", row.tag), &row.run_health));
+        }
+        if self.scaling.is_empty() {
+            runs.push(("throughput main".into(), &self.throughput.run_health));
+        }
+        for row in self.latency.iter().flatten() {
+            runs.push((format!("latency {}", row.tag), &row.run_health));
+        }
+        for row in self.memory.iter().flatten() {
+            runs.push((format!("memory {} live", row.streams), &row.live.run_health));
+            runs.push((
+                format!("memory {} freed", row.streams),
+                &row.freed.run_health,
+            ));
+        }
+        let mut notes = Vec::new();
+        for (name, h) in runs {
+            let restarted: Vec<&str> =
+                [("Kafka", h.kafka_restarted), ("MongoDB", h.mongo_restarted)]
+                    .into_iter()
+                    .filter(|(_, r)| *r)
+                    .map(|(n, _)| n)
+                    .collect();
+            let problems = h.worker_warnings_and_errors;
+            if !restarted.is_empty() || problems > 0 {
+                notes.push(format!(
+                    "  {name}: {}{problems} worker warnings/errors{}",
+                    if restarted.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} RESTARTED during the run; ", restarted.join(" and "))
+                    },
+                    h.first_distinct
+                        .first()
+                        .map_or(String::new(), |m| format!(", first: {m}"))
+                ));
+            }
+        }
+        notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn censored_percentiles_fall_among_the_unseen() {
+        let mut seen = vec![30.0, 10.0, 20.0];
+        let s = LatencySummary::censored(&mut seen, &[500.0, 400.0]);
+        assert_eq!(s.n, 5);
+        assert_eq!(s.p50_ms, Some(30.0));
+        assert_eq!(s.p99_ms, None);
+        assert_eq!(s.max_ms, None);
+        assert_eq!(s.censored_min_ms, Some(400.0));
+        assert_eq!(s.cell(s.p99_ms), ">400");
+    }
+
+    #[test]
+    fn not_finite_numbers_are_null_in_json_and_dash_in_the_table() {
+        let s = LatencySummary::of(&mut []);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["p50_ms"].is_null() && json["mean_ms"].is_null());
+        assert_eq!(f(f64::NAN, 1), "-");
+    }
+}

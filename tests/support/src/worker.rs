@@ -1,0 +1,97 @@
+//! A `specflow run` child process. Dropping it kills the process, so a failing test or an
+//! aborted benchmark phase never leaves a worker running against the shared services.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `specflow run --config …` process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    /// The process.
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `binary run --config config` with `env` added to the environment; its stdout and
+    /// stderr (the log) are appended to `log`, stdin is closed.
+    pub fn start<K, V>(
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> std::io::Result<Self>
+    where
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut command = Command::new(binary);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(Self {
+            child: command.spawn()?,
+        })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Sends SIGTERM (the worker drains and exits).
+    pub fn sigterm(&self) -> std::io::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(drop)
+    }
+
+    /// Polls every 100 ms until the process exits (its status) or `within` passes (`None`).
+    pub fn wait_within(&mut self, within: Duration) -> std::io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, no drain; waits for the process to be gone.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill()?;
+        }
+        self.child.wait().map(drop)
+    }
+}
+
+impl Drop for WorkerProcess {
+    /// Kills the process if it still runs.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
