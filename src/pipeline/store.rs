@@ -222,30 +222,38 @@ impl StoreWriters {
         true
     }
 
-    /// Closes the queues and waits, at most `drain`, for the writers to store what they hold.
-    /// The first write error, if any.
+    /// Closes the queues and waits, at most `drain`, for the writers to store what they hold;
+    /// writers still busy then are aborted (what they held is replayed by the next owner), so
+    /// that none outlives the worker holding the consumer. The first write error, if any.
     pub(super) async fn finish(self, drain: Duration) -> Result<(), SinkError> {
         drop(self.senders);
+        let mut tasks = self.tasks;
         let mut result = Ok(());
-        match tokio::time::timeout(drain, join_all(self.tasks)).await {
-            Ok(ended) => {
-                for outcome in ended {
-                    match outcome {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            error!(error = %e, "Store writes failed; the batches not stored will be replayed.");
-                            if result.is_ok() {
-                                result = Err(e);
-                            }
-                        }
-                        Err(e) => warn!(error = %e, "Store writer task ended abnormally."),
+        let ended = match tokio::time::timeout(drain, join_all(tasks.iter_mut())).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                warn!(
+                    timeout_secs = drain.as_secs(),
+                    "Store writes still pending at the drain deadline; they will be replayed."
+                );
+                for task in &tasks {
+                    task.abort();
+                }
+                join_all(tasks.iter_mut()).await
+            }
+        };
+        for outcome in ended {
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error!(error = %e, "Store writes failed; the batches not stored will be replayed.");
+                    if result.is_ok() {
+                        result = Err(e);
                     }
                 }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => warn!(error = %e, "Store writer task ended abnormally."),
             }
-            Err(_) => warn!(
-                timeout_secs = drain.as_secs(),
-                "Store writes still pending at the drain deadline; they will be replayed."
-            ),
         }
         result
     }
