@@ -63,46 +63,6 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct ProduceArgs {
-    /// TOML config file (for [kafka] and source.topic).
-    #[arg(long, short, env = "SPECFLOW_CONFIG")]
-    config: Option<PathBuf>,
-    /// WAV file to stream (default: a 440 Hz tone).
-    #[arg(long, conflicts_with_all = ["tone", "noise"])]
-    wav: Option<PathBuf>,
-    /// Sine tone frequency in Hz.
-    #[arg(long)]
-    tone: Option<f64>,
-    /// White noise.
-    #[arg(long)]
-    noise: bool,
-    /// Concurrent streams.
-    #[arg(long, default_value_t = 1)]
-    streams: usize,
-    /// Stream id prefix.
-    #[arg(long, default_value = "stream-")]
-    stream_prefix: String,
-    /// Chunk duration in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    chunk_ms: u64,
-    /// Seconds of audio per stream.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Sample rate of synthetic signals.
-    #[arg(long, default_value_t = 16_000)]
-    sample_rate: u32,
-    /// Send at wall-clock pace instead of as fast as possible.
-    #[arg(long)]
-    realtime: bool,
-    /// Do not mark the last chunk with audio.eos=1.
-    #[arg(long)]
-    no_eos: bool,
-    /// Topic (default: source.topic from the config).
-    #[arg(long)]
-    topic: Option<String>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
