@@ -5,38 +5,8 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Plain HTTP/1.0 GET; returns (status code, body).
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP endpoint");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.as_bytes().get(name.len()) == Some(&b' ')
-                    || l.as_bytes().get(name.len()) == Some(&b'{'))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
 
 fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
@@ -54,14 +24,14 @@ fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> Strin
 }
 
 /// GETs `path` until it answers 200 or `timeout` passes; the last answer.
-fn get_until_ok(address: &str, path: &str, timeout: Duration) -> (u16, String) {
+async fn get_until_ok(address: &str, path: &str, timeout: Duration) -> (u16, String) {
     let deadline = Instant::now() + timeout;
     loop {
-        let (status, body) = http_get(address, path);
+        let (status, body) = http_get(address, path).await;
         if status == 200 || Instant::now() > deadline {
             return (status, body);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -89,7 +59,7 @@ async fn metrics_and_health_follow_the_work() {
         .expect("address field")
         .to_string();
 
-    let (status, body) = get_until_ok(&address, "/healthz", Duration::from_secs(20));
+    let (status, body) = get_until_ok(&address, "/healthz", Duration::from_secs(20)).await;
     assert_eq!(status, 200, "healthz: {body}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
@@ -98,7 +68,7 @@ async fn metrics_and_health_follow_the_work() {
 
     // Ready while idle: partitions assigned and both services reachable, before any message
     // (broker reachability comes from librdkafka's statistics, every 5 s).
-    let (status, body) = get_until_ok(&address, "/readyz", Duration::from_secs(30));
+    let (status, body) = get_until_ok(&address, "/readyz", Duration::from_secs(30)).await;
     assert_eq!(status, 200, "readyz before the first message: {body}");
 
     let streams: Vec<(String, Vec<Chunk>)> = (0..3)
@@ -127,7 +97,7 @@ async fn metrics_and_health_follow_the_work() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
-        let (status, body) = http_get(&address, "/metrics");
+        let (status, body) = http_get(&address, "/metrics").await;
         assert_eq!(status, 200);
         if metric(&body, "specflow_dead_letters_total") >= 1.0
             && metric(&body, "specflow_records_produced_total") >= expected.len() as f64
@@ -170,13 +140,13 @@ async fn metrics_and_health_follow_the_work() {
     assert!(metric(&body, "specflow_processing_seconds_count") >= 1.0);
     assert!(metric(&body, "specflow_mongo_write_seconds_count") >= 1.0);
     assert!(body.contains("specflow_rebalances_total"));
-    let (status, body) = http_get(&address, "/readyz");
+    let (status, body) = http_get(&address, "/readyz").await;
     assert_eq!(status, 200, "readyz: {body}");
 
     // Consumer lag comes from librdkafka statistics (every 5 s): it settles at zero.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, body) = http_get(&address, "/metrics");
+        let (_, body) = http_get(&address, "/metrics").await;
         if body.contains("specflow_consumer_lag{partition=\"0\"} 0")
             && body.contains("specflow_consumer_lag{partition=\"1\"} 0")
         {
@@ -245,8 +215,8 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
         .as_str()
         .expect("address field")
         .to_string();
-    let (_, metrics) = http_get(&address, "/metrics");
-    let (_, ready) = http_get(&address, "/readyz");
+    let (_, metrics) = http_get(&address, "/metrics").await;
+    let (_, ready) = http_get(&address, "/readyz").await;
     // The worker may still be retrying MongoDB at startup: SIGKILL after a short drain.
     child.terminate_or_kill(Duration::from_secs(10));
     let text = std::fs::read_to_string(&log).unwrap();

@@ -498,6 +498,27 @@ impl Drop for StoppedService {
     }
 }
 
+/// `GET path` on the worker's HTTP endpoint at `address` (`host:port`): status and body.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    let address = address.parse().expect("a host:port address");
+    support::http_get(address, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {address}: {e:#}"))
+}
+
+/// The value of `full_name` (`specflow_…`) in a `/metrics` body: its sample, or the sum over
+/// its label sets (0 while a labelled family has none yet).
+pub fn metric(body: &str, full_name: &str) -> f64 {
+    let scrape = Scrape::parse(body);
+    scrape.sample(full_name).unwrap_or_else(|| {
+        scrape.sum_of(
+            full_name
+                .strip_prefix(Scrape::PREFIX)
+                .expect("a specflow_ metric"),
+        )
+    })
+}
+
 /// Polls the async `condition` every 100 ms for `window`; whether it held at every poll.
 pub async fn holds_for(window: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + window;
