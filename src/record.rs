@@ -50,10 +50,10 @@ pub enum DocumentError {
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     /// JSON for the output topic.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// BSON for MongoDB.
-    #[error("bson: {0}")]
+    #[error(transparent)]
     Document(#[from] DocumentError),
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{error, info};
 
+use super::store::CheckpointRecords;
 use crate::audio;
 use crate::config::Settings;
 use crate::dsp::FrameBatch;
@@ -26,14 +27,14 @@ pub(super) enum Outcome {
     Dead(Box<DeadLetter>, &'static str),
 }
 
-/// Checkpoint records of one partition: per stream id, a value or a tombstone.
-pub(super) type CheckpointRecords = Vec<(String, Option<Vec<u8>>)>;
-
 /// What one partition's DSP pass produced: its messages' outcomes and the checkpoints of the
 /// streams they touched.
 pub(super) struct PartitionResult {
+    /// The input partition.
     pub(super) partition: i32,
+    /// One outcome per message, in offset order.
     pub(super) outcomes: Vec<Outcome>,
+    /// The checkpoint records of the streams the messages touched.
     pub(super) checkpoints: CheckpointRecords,
 }
 

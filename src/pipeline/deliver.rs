@@ -6,23 +6,21 @@ use futures::future::join_all;
 use std::time::Instant;
 use tracing::{debug, warn};
 
-use super::Sinks;
 use super::backpressure::Backoff;
 use super::compute::{Outcome, PartitionResult};
-use super::store::now_ms;
+use super::{Sinks, now_ms};
 use crate::record::EncodedRecord;
 use crate::sinks::SinkError;
 use crate::sinks::dead_letter::DeadLetter;
 use crate::telemetry::metrics::Metrics;
 
 /// Sends the records (when `send_records`) and dead letters of `processed` and waits for every
-/// acknowledgement. With `latency_at_store` false (MongoDB off) the end-to-end latency is
-/// observed here, at the output topic's acknowledgement.
+/// acknowledgement. With MongoDB off the end-to-end latency is observed here, at the output
+/// topic's acknowledgement.
 pub(super) async fn send_to_kafka(
     processed: &[PartitionResult],
     sinks: &Sinks,
     send_records: bool,
-    latency_at_store: bool,
     metrics: &Metrics,
     mut backoff: Backoff<'_>,
 ) -> Result<(), SinkError> {
@@ -58,7 +56,7 @@ pub(super) async fn send_to_kafka(
             match result {
                 Ok(()) => {
                     metrics.records_produced_total.inc();
-                    if !latency_at_store {
+                    if sinks.mongo.is_none() {
                         metrics
                             .end_to_end_latency_seconds
                             .observe((now - record.end_ms).max(0) as f64 / 1000.0);

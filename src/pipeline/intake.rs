@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backpressure::PauseGate;
-use super::compute::CheckpointRecords;
 use super::recovery::Restores;
+use super::store::CheckpointRecords;
 use crate::config::Settings;
 use crate::sources::kafka::SourceContext;
 use crate::streams::PartitionStreams;
@@ -38,7 +38,8 @@ pub(super) enum NextBatch {
     Stop,
     /// Nothing arrived: time for housekeeping.
     Idle,
-    /// Something happened (an error, a message set aside) but there is nothing to process.
+    /// Nothing to process: the consumer reported an error, the message was set aside for a
+    /// partition being restored, or a revocation dropped what was pending.
     Empty,
     /// The messages of the next batch, in the order received.
     Messages(Vec<OwnedMessage>),
@@ -85,8 +86,8 @@ impl Intake {
         &self.consumer
     }
 
-    /// True while fewer than `max_batch` messages wait.
-    pub(super) fn has_room(&self, max_batch: usize) -> bool {
+    /// True while fewer than `max_batch` messages wait for the next batch.
+    pub(super) fn below_batch_limit(&self, max_batch: usize) -> bool {
         self.pending.len() < max_batch
     }
 
@@ -122,7 +123,7 @@ impl Intake {
             Ok(Ok(message)) => {
                 let message = message.detach();
                 if self.restores.is_restoring(message.partition()) {
-                    self.restores.set_aside(message);
+                    self.restores.hold_back(message);
                 } else {
                     self.pending.push(message);
                 }

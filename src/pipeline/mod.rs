@@ -34,10 +34,10 @@ use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::checkpoint;
 use crate::config::Settings;
@@ -56,6 +56,13 @@ use intake::{Intake, NextBatch};
 use recovery::Restores;
 use store::{StoreJob, StoreWriters};
 
+/// Wall-clock now, Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
 pub async fn run(
     settings: Settings,
@@ -72,6 +79,7 @@ pub async fn run(
 pub(super) struct Sinks {
     /// The producer: feature records (when `output.enabled`), checkpoints, dead letters.
     pub(super) output: KafkaSink,
+    /// Dead letters, through the same producer.
     pub(super) dead_letters: DeadLetterSink,
     /// `None` when `mongo.enabled` is off.
     pub(super) mongo: Option<MongoSink>,
@@ -134,11 +142,6 @@ impl Worker {
             dead_letters,
             mongo,
         };
-        let probe = sinks.mongo.clone().map(|mongo| {
-            let (health, stop) = (health.clone(), shutdown.clone());
-            tokio::spawn(async move { mongo.probe_readiness(&health, &stop).await })
-        });
-
         let cache = Arc::new(ExtractorCache::new(settings.dsp.clone()));
         let restores = Restores::new(&settings, cache.clone())?;
         let intake = Intake::subscribe(&settings, metrics.clone(), health.clone(), restores)?;
@@ -147,6 +150,11 @@ impl Worker {
             health.clone(),
             metrics.clone(),
         ));
+        let probe = sinks.mongo.clone().map(|mongo| {
+            let (health, stop) = (health.clone(), shutdown.clone());
+            tokio::spawn(async move { mongo.probe_readiness(&health, &stop).await })
+        });
+
         let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, &shutdown);
         let compute = Compute::new(settings.clone(), metrics.clone(), cache);
         Ok(Self {
@@ -186,6 +194,8 @@ impl Worker {
             };
             let due = self.intake.sweep(idle_timeout, &self.metrics);
             let evictions = self.store.jobs_for_checkpoints(due);
+            // Idle: no batch jobs, the evictions' checkpoints go alone. A batch has one job per
+            // writer, and the evictions join them.
             if jobs.is_empty() {
                 jobs = evictions;
             } else {
@@ -232,9 +242,13 @@ impl Worker {
         }
         let (compute, tables) = (&mut self.compute, &mut self.intake.tables);
         let processed = tokio::task::block_in_place(|| compute.process_batch(tables, by_partition));
-        metrics
-            .processing_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let dsp_time = started.elapsed();
+        metrics.processing_seconds.observe(dsp_time.as_secs_f64());
+        debug!(
+            messages = processed.iter().map(|r| r.outcomes.len()).sum::<usize>(),
+            dsp_ms = dsp_time.as_millis() as u64,
+            "Batch computed."
+        );
         let backoff = Backoff::new(
             "kafka",
             self.settings.output.retry_ms(),
@@ -245,7 +259,6 @@ impl Worker {
             &processed,
             &self.sinks,
             self.settings.output.enabled,
-            self.sinks.mongo.is_some(),
             metrics,
             backoff,
         )

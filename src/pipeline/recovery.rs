@@ -120,7 +120,7 @@ impl Restores {
     }
 
     /// Keeps `message` until its partition's restore finishes.
-    pub(super) fn set_aside(&mut self, message: OwnedMessage) {
+    pub(super) fn hold_back(&mut self, message: OwnedMessage) {
         self.set_aside.push(message);
     }
 

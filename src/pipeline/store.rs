@@ -1,4 +1,4 @@
-//! Store: the MongoDB writers and the pending-records budget. Each writer task takes its
+//! Store: the store writer tasks and the pending-records budget. Each writer takes its
 //! partitions' jobs in order: the documents go to MongoDB (when on), then the checkpoints to
 //! the checkpoint topic, and only then are the jobs' offsets stored.
 
@@ -8,14 +8,14 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use super::Sinks;
 use super::backpressure::{Backoff, PauseGate};
-use super::compute::{CheckpointRecords, Outcome, PartitionResult};
+use super::compute::{Outcome, PartitionResult};
 use super::intake::Intake;
+use super::{Sinks, now_ms};
 use crate::checkpoint;
 use crate::config::Settings;
 use crate::sinks::SinkError;
@@ -25,12 +25,8 @@ use crate::streams::PartitionStreams;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
-/// Wall-clock now, Unix milliseconds.
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Checkpoint records of one partition: per stream id, a value or a tombstone.
+pub(super) type CheckpointRecords = Vec<(String, Option<Vec<u8>>)>;
 
 /// A batch (its share for one writer) whose records and dead letters Kafka acknowledged, on its
 /// way to MongoDB and the checkpoint topic. Its offsets are stored once both acknowledged it.
@@ -202,7 +198,7 @@ impl StoreWriters {
             }
             let wanted = job.documents.len().min(room.capacity) as u32;
             loop {
-                let polling = intake.has_room(max_batch);
+                let polling = intake.below_batch_limit(max_batch);
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return false,
