@@ -184,3 +184,26 @@ impl KafkaSink {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_settings_are_checked_and_named() {
+        let config = KafkaSinkConfig {
+            retry_initial_ms: 500,
+            retry_max_ms: 100,
+            ..KafkaSinkConfig::default()
+        };
+        let problems: Vec<String> = config.validate().iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            problems,
+            [
+                "output.retry_max_ms = 100: retry_initial_ms must be at least 1 and retry_max_ms at least retry_initial_ms"
+            ]
+        );
+        assert_eq!(KafkaSinkConfig::default().retry_ms(), (200, 5_000));
+        assert!(KafkaSinkConfig::default().validate().is_empty());
+    }
+}
