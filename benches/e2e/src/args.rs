@@ -64,6 +64,13 @@ pub struct Args {
     /// Skip the scaling runs.
     #[arg(long)]
     pub skip_scaling: bool,
+    /// Instance scaling: comma-separated `NxT` layouts, N `specflow run` processes of T
+    /// threads each in one consumer group on the same preloaded topic.
+    #[arg(long, default_value = "1x2,2x1")]
+    pub instances: String,
+    /// Skip the instance-scaling runs.
+    #[arg(long)]
+    pub skip_instances: bool,
     /// Skip Kafka's Java `ConsumerPerformance` ceiling (the rdkafka ceiling still runs).
     #[arg(long)]
     pub skip_java_ceiling: bool,

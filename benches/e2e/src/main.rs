@@ -18,7 +18,9 @@
 //!    consumes the output topic from the start and takes `receive time − source.timestamp_ms`;
 //!    a poller looks up sampled records in MongoDB by `_id` and takes `first seen −
 //!    source.timestamp_ms`.
-//! 4. **Scaling** over `runtime.worker_threads`.
+//! 4. **Scaling** over `runtime.worker_threads`, and by adding instances: N processes of T
+//!    threads in one consumer group on the same topic (`--instances 1x2,2x1`), with the
+//!    partition split.
 //! 5. **Memory** per live stream: many one-chunk streams without end-of-stream (state stays
 //!    live) against the same messages with end-of-stream (state freed), RSS difference per
 //!    1000 streams.
@@ -29,7 +31,8 @@
 //! # Layout
 //! - [`args`]: the command line.
 //! - [`context`]: the run context: settings, names, the worker process, `/proc`, clean-up.
-//! - [`throughput`], [`ceilings`], [`latency`], [`scaling`], [`memory`]: one file per phase.
+//! - [`throughput`], [`ceilings`], [`latency`], [`scaling`], [`instances`], [`memory`]: one
+//!   file per phase.
 //! - [`report`]: the typed report, its statistics and the table.
 //!
 //! What the integration tests use too (names, topics, the worker process, `/metrics`
@@ -38,6 +41,7 @@
 mod args;
 mod ceilings;
 mod context;
+mod instances;
 mod latency;
 mod memory;
 mod report;
@@ -116,6 +120,15 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         scaling::scaling_phase(ctx, &input, &expect, &main, cores).await?
     };
 
+    // 4b. Scaling by adding instances.
+    let mut instance_runs = Vec::new();
+    if !args.skip_instances {
+        for (count, threads) in instances::layouts(&args.instances)? {
+            instance_runs
+                .push(instances::instances_run(ctx, &input, &expect, count, threads).await?);
+        }
+    }
+
     // 2. Ceilings on the same data.
     let mut ceilings = ceilings::ceilings(ctx, &input, &expect).await?;
     let worker_rate = main.messages_per_s;
@@ -162,6 +175,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         ceilings,
         bound,
         scaling,
+        instances: instance_runs,
         latency,
         memory,
         loadavg_at_end: std::fs::read_to_string("/proc/loadavg")

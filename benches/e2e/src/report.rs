@@ -153,6 +153,8 @@ pub struct Report {
     pub bound: Option<Bound>,
     /// Throughput runs over `runtime.worker_threads` (empty with `--skip-scaling`).
     pub scaling: Vec<ThroughputRun>,
+    /// Runs with several instances in one consumer group (empty with `--skip-instances`).
+    pub instances: Vec<InstancesRun>,
     /// The latency runs (absent with `--skip-latency`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Vec<LatencyRun>>,
@@ -293,6 +295,44 @@ pub struct CheckpointOverhead {
     pub checkpoint_write_share: f64,
     /// Mean per batch that wrote checkpoints (`_sum / _count`), in ms.
     pub checkpoint_write_ms_per_batch: f64,
+}
+
+/// One instance's share of an [`InstancesRun`], at its end.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceShare {
+    /// Partitions the instance held at the end.
+    pub assigned_partitions: f64,
+    /// Messages it consumed.
+    pub messages: f64,
+    /// Rebalance events it saw.
+    pub rebalances: f64,
+}
+
+/// The preloaded topic consumed by several instances in one consumer group.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstancesRun {
+    /// `i<instances>x<threads>`.
+    pub tag: String,
+    /// `specflow run` processes in the group.
+    pub instances: usize,
+    /// `runtime.worker_threads` of each.
+    pub threads_each: usize,
+    /// First message consumed (any instance) → last record stored (all).
+    pub wall_s: f64,
+    /// Input messages per second.
+    pub messages_per_s: f64,
+    /// Audio seconds per wall second.
+    pub x_realtime: f64,
+    /// CPU seconds of all instances in the window.
+    pub workers_cpu_s: f64,
+    /// Cores the instances used together.
+    pub workers_cores_used: f64,
+    /// Worker CPU per input message, in µs.
+    pub cpu_us_per_message: f64,
+    /// Each instance's partitions and messages.
+    pub per_instance: Vec<InstanceShare>,
+    /// Every instance exited 0 on SIGTERM.
+    pub clean_exit: bool,
 }
 
 /// One worker run over the preloaded topic.
@@ -818,6 +858,32 @@ impl Report {
             f(c.checkpoint_write_ms_per_batch, 3),
             f(c.checkpoint_write_share * 100.0, 2),
         ));
+        if !self.instances.is_empty() {
+            line(String::new());
+            line("INSTANCES (one consumer group, same preloaded topic)".into());
+            line(format!(
+                "  {:<8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}  per instance: partitions / messages",
+                "layout", "wall s", "msg/s", "×rt", "cpu s", "cores", "µs/msg"
+            ));
+            for row in &self.instances {
+                let split: Vec<String> = row
+                    .per_instance
+                    .iter()
+                    .map(|s| format!("{} / {}", s.assigned_partitions, s.messages))
+                    .collect();
+                line(format!(
+                    "  {:<8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+                    format!("{}×{}", row.instances, row.threads_each),
+                    f(row.wall_s, 2),
+                    f(row.messages_per_s, 0),
+                    f(row.x_realtime, 0),
+                    f(row.workers_cpu_s, 2),
+                    f(row.workers_cores_used, 2),
+                    f(row.cpu_us_per_message, 0),
+                    split.join(", "),
+                ));
+            }
+        }
         line(String::new());
         line("CEILINGS (same data, each alone)".into());
         line(format!(
