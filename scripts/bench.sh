@@ -14,7 +14,7 @@
 #      the worker's rate as a fraction of each and the bound that holds;
 #   3. latency at a steady real-time load (`specflow produce --realtime`): p50/p95/p99/max from
 #      produce time to the output topic and to MongoDB;
-#   4. scaling over runtime.worker_threads;
+#   4. scaling over runtime.worker_threads, and by adding instances to one consumer group;
 #   5. memory per 1000 live streams.
 # It prints a table and writes every figure as JSON (target/bench/<run id>/bench.json, or --out).
 #
@@ -23,8 +23,9 @@
 #   --seconds M            seconds of audio per throughput stream (default 30)
 #   --latency-streams N    real-time streams of the latency phase (default 200)
 #   --latency-seconds S    measured seconds of the latency phase (default 20, after a 5 s warm-up)
-#   --skip-latency         skip the latency phase (also --skip-scaling, --skip-memory,
-#                          --skip-java-ceiling)
+#   --skip-latency         skip the latency phase (also --skip-scaling, --skip-instances,
+#                          --skip-memory, --skip-java-ceiling)
+#   --instances 1x2,2x1    instance layouts (N processes × T threads in one group)
 #   --threads 1,2          worker_threads values for scaling (default 1, 2, 4, … up to nproc)
 #   --memory-streams LIST  one-chunk stream counts of the memory phase (default 10000)
 #   --out FILE.json        where to write the JSON figures
