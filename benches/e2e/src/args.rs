@@ -78,6 +78,12 @@ pub struct Args {
     /// the worker's largest batch).
     #[arg(long)]
     pub mongo_batch: Option<usize>,
+    /// MongoDB ceiling: the second, smaller batch size (0: only `--mongo-batch`).
+    #[arg(long, default_value_t = 250)]
+    pub mongo_batch_small: usize,
+    /// MongoDB ceiling: comma-separated counts of concurrent writers to try.
+    #[arg(long, default_value = "1,2,4")]
+    pub mongo_writers: String,
     /// MongoDB ceiling: insert the first this many of the records (0: all).
     #[arg(long, default_value_t = 2000)]
     pub mongo_docs: usize,

@@ -312,28 +312,22 @@ fn dsp_pass(
     (wall, sum)
 }
 
-/// MongoDB `insert_many` (unordered, the worker's `insert_idempotent`) of the same records,
-/// built by the worker's code, into a scratch collection with the worker's indexes. Only the
-/// inserts are timed.
-async fn mongo_ceiling(
+/// The documents of the MongoDB ceilings, encoded once by the worker's code.
+struct MongoLoad {
+    documents: Vec<mongodb::bson::RawDocumentBuf>,
+    bson_bytes: u64,
+    /// Input messages per document (1 when every chunk completes a frame).
+    messages_per_doc: f64,
+    bytes_per_message: f64,
+}
+
+/// Encodes the records of the preloaded streams (at most `--mongo-docs`).
+fn mongo_load(
     ctx: &Ctx,
     extractor: &FeatureExtractor,
     streams: &[StreamAudio],
     topic: &str,
-) -> anyhow::Result<Ceiling> {
-    let batch_size = ctx
-        .args
-        .mongo_batch
-        .unwrap_or(ctx.settings.source.batch_max_messages)
-        .max(1);
-    let database = format!("{}_mongo_ceiling", ctx.run_id.replace('.', "_"));
-    ctx.databases.lock().expect("lock").push(database.clone());
-    let config = specflow::sinks::mongo::MongoSinkConfig {
-        database: database.clone(),
-        ..ctx.settings.mongo.clone()
-    };
-    let sink = config.build().await?;
-    sink.ensure_indexes().await?;
+) -> anyhow::Result<MongoLoad> {
     let limit = match ctx.args.mongo_docs {
         0 => usize::MAX,
         n => n,
@@ -345,8 +339,8 @@ async fn mongo_ceiling(
         .map(|s| extractor.new_stream(s.chunks.first().map_or(0, |c| c.start_sample)))
         .collect();
     let rounds = streams.iter().map(|s| s.chunks.len()).max().unwrap_or(0);
-    // Encode first (not timed), then insert with the worker's concurrency, timed as a whole.
-    let mut batches: Vec<Vec<mongodb::bson::RawDocumentBuf>> = vec![Vec::new()];
+    // Encode first (not timed); every variant inserts the same documents.
+    let mut documents: Vec<mongodb::bson::RawDocumentBuf> = Vec::new();
     let (mut encoded, mut bson_bytes) = (0usize, 0u64);
     let mut chunks_covered = 0u64;
     'outer: for round in 0..rounds {
@@ -361,10 +355,7 @@ async fn mongo_ceiling(
                 let (_, document) =
                     encode_record(stream, chunk, topic, &ctx.settings, &out, false)?;
                 bson_bytes += document.as_bytes().len() as u64;
-                if batches.last().is_some_and(|b| b.len() >= batch_size) {
-                    batches.push(Vec::new());
-                }
-                batches.last_mut().expect("one batch").push(document);
+                documents.push(document);
                 encoded += 1;
                 if encoded >= limit {
                     break 'outer;
@@ -372,7 +363,40 @@ async fn mongo_ceiling(
             }
         }
     }
-    let concurrency = ctx.settings.mongo.concurrent_writes.max(1);
+    let bytes_per_message = streams
+        .first()
+        .and_then(|s| s.chunks.first())
+        .map_or(0.0, |c| c.samples.len() as f64 * 2.0);
+    Ok(MongoLoad {
+        messages_per_doc: chunks_covered as f64 / encoded.max(1) as f64,
+        documents,
+        bson_bytes,
+        bytes_per_message,
+    })
+}
+
+/// MongoDB `insert_many` (unordered, the worker's `insert_idempotent`) of `load`, `batch_size`
+/// documents per call and `concurrency` calls at once, into a scratch collection with the
+/// worker's indexes. Only the inserts are timed.
+async fn mongo_ceiling(
+    ctx: &Ctx,
+    load: &MongoLoad,
+    batch_size: usize,
+    concurrency: usize,
+) -> anyhow::Result<Ceiling> {
+    let database = format!(
+        "{}_mongo_ceiling_{batch_size}x{concurrency}",
+        ctx.run_id.replace('.', "_")
+    );
+    ctx.databases.lock().expect("lock").push(database.clone());
+    let config = specflow::sinks::mongo::MongoSinkConfig {
+        database: database.clone(),
+        ..ctx.settings.mongo.clone()
+    };
+    let sink = config.build().await?;
+    sink.ensure_indexes().await?;
+    let batches: Vec<&[mongodb::bson::RawDocumentBuf]> =
+        load.documents.chunks(batch_size.max(1)).collect();
     let inserts = batches.len();
     let started = Instant::now();
     let took: Vec<anyhow::Result<f64>> = futures::stream::iter(batches.iter())
@@ -381,7 +405,7 @@ async fn mongo_ceiling(
             sink.insert_idempotent(batch).await?;
             Ok(started.elapsed().as_secs_f64())
         })
-        .buffer_unordered(concurrency)
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let insert_time = started.elapsed().as_secs_f64();
@@ -389,28 +413,23 @@ async fn mongo_ceiling(
     for t in took {
         slowest = slowest.max(t?);
     }
-    let inserted = encoded;
+    let inserted = load.documents.len();
     let stored = sink.collection().count_documents(doc! {}).await?;
     if !ctx.args.keep {
         let client = ctx.mongo().await?;
         let _ = client.database(&database).drop().await;
     }
-    // Input messages per document (1 when every chunk completes a frame).
-    let messages_per_doc = chunks_covered as f64 / inserted.max(1) as f64;
     let chunk_s = ctx.args.chunk_ms as f64 / 1000.0;
-    let bytes_per_message = streams
-        .first()
-        .and_then(|s| s.chunks.first())
-        .map_or(0.0, |c| c.samples.len() as f64 * 2.0);
     let docs_per_s = inserted as f64 / insert_time;
+    let messages_per_s = docs_per_s * load.messages_per_doc;
     Ok(Ceiling::new(
         format!(
             "MongoDB insert_many unordered, {batch_size} docs per call, {concurrency} at once, worker's indexes"
         ),
         CeilingKind::Mongo,
-        round2(docs_per_s * messages_per_doc),
-        round3(docs_per_s * messages_per_doc * bytes_per_message / 1e6),
-        Some(round2(docs_per_s * messages_per_doc * chunk_s)),
+        round2(messages_per_s),
+        round3(messages_per_s * load.bytes_per_message / 1e6),
+        Some(round2(messages_per_s * chunk_s)),
         CeilingDetail::Mongo {
             documents: inserted,
             stored,
@@ -418,10 +437,36 @@ async fn mongo_ceiling(
             insert_s: round3(insert_time),
             slowest_insert_s: round3(slowest),
             documents_per_s: round2(docs_per_s),
-            bson_mb_per_s: round3(bson_bytes as f64 / 1e6 / insert_time),
-            mean_document_bytes: round2(bson_bytes as f64 / inserted.max(1) as f64),
+            bson_mb_per_s: round3(load.bson_bytes as f64 / 1e6 / insert_time),
+            mean_document_bytes: round2(load.bson_bytes as f64 / inserted.max(1) as f64),
         },
     ))
+}
+
+/// The MongoDB ceiling's variants: every `--mongo-writers` count × the two batch sizes
+/// (`--mongo-batch`, default `source.batch_max_messages`, and `--mongo-batch-small`).
+fn mongo_variants(ctx: &Ctx) -> anyhow::Result<Vec<(usize, usize)>> {
+    let large = ctx
+        .args
+        .mongo_batch
+        .unwrap_or(ctx.settings.source.batch_max_messages)
+        .max(1);
+    let mut sizes = vec![large];
+    if ctx.args.mongo_batch_small > 0 && ctx.args.mongo_batch_small != large {
+        sizes.push(ctx.args.mongo_batch_small);
+    }
+    let writers: Vec<usize> = ctx
+        .args
+        .mongo_writers
+        .split(',')
+        .map(|w| w.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--mongo-writers {:?}: {e}", ctx.args.mongo_writers))?;
+    Ok(writers
+        .iter()
+        .filter(|&&w| w > 0)
+        .flat_map(|&w| sizes.iter().map(move |&b| (b, w)))
+        .collect())
 }
 
 /// Every ceiling on the preloaded data, in order: Kafka, DSP, MongoDB.
@@ -502,21 +547,31 @@ pub async fn ceilings(ctx: &Ctx, topic: &str, expect: &Expect) -> anyhow::Result
         true,
     ));
 
-    say("ceiling: MongoDB insert_many");
-    rows.push(mongo_ceiling(ctx, &extractor, &streams, topic).await?);
+    let load = mongo_load(ctx, &extractor, &streams, topic)?;
+    for (batch_size, writers) in mongo_variants(ctx)? {
+        say(format!(
+            "ceiling: MongoDB insert_many, {batch_size} per call, {writers} at once"
+        ));
+        rows.push(mongo_ceiling(ctx, &load, batch_size, writers).await?);
+    }
     Ok(rows)
 }
 
-/// Target of the worker's rate over the bound.
-const TARGET_RATIO: f64 = 0.7;
+/// Target of the worker's rate over the bound (the best client's ceiling).
+const TARGET_RATIO: f64 = 0.8;
 
 /// Sets every ceiling's `worker_ratio` and `candidate_bound` for a worker at `worker_rate`
 /// messages/s; returns the bound that holds: the smallest candidate (the faster Kafka client,
-/// the multi-core DSP, MongoDB).
+/// the multi-core DSP, the best MongoDB write pattern).
 pub fn rank(rows: &mut [Ceiling], worker_rate: f64) -> Option<Bound> {
     let kafka_best = rows
         .iter()
         .filter(|r| r.kind == CeilingKind::Kafka)
+        .map(|r| r.messages_per_s)
+        .fold(f64::NAN, f64::max);
+    let mongo_best = rows
+        .iter()
+        .filter(|r| r.kind == CeilingKind::Mongo)
         .map(|r| r.messages_per_s)
         .fold(f64::NAN, f64::max);
     let mut bound: Option<(f64, String)> = None;
@@ -525,7 +580,8 @@ pub fn rank(rows: &mut [Ceiling], worker_rate: f64) -> Option<Bound> {
         row.worker_ratio = round3(worker_rate / rate);
         row.candidate_bound = match row.kind {
             CeilingKind::Kafka => rate == kafka_best,
-            CeilingKind::Dsp | CeilingKind::Mongo => true,
+            CeilingKind::Mongo => rate == mongo_best,
+            CeilingKind::Dsp => true,
             _ => false,
         };
         if row.candidate_bound && bound.as_ref().is_none_or(|(r, _)| rate < *r) {

@@ -902,10 +902,11 @@ impl Report {
         }
         if let Some(b) = &self.bound {
             line(format!(
-                "  bound that holds: {} ({} msg/s); worker at {:.1}% of it (target ≥ 70%: {})",
+                "  bound that holds: {} ({} msg/s); worker at {:.1}% of it (target ≥ {:.0}%: {})",
                 b.what,
                 f(b.messages_per_s, 0),
                 b.worker_ratio * 100.0,
+                b.target_ratio * 100.0,
                 if b.met { "met" } else { "MISSED" }
             ));
         }
