@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Checks the deployment files that can be checked offline:
-#   - deploy/systemd/specflow.service and specflow@.service with `systemd-analyze verify`
-#     (and `systemd-analyze security --offline` as an exposure-score gate);
+#   - deploy/systemd/specflow.service, specflow@.service and specflow-gateway.service with
+#     `systemd-analyze verify` (and `systemd-analyze security --offline` as an exposure-score
+#     gate);
 #   - deploy/k8s with `kubectl kustomize` (or `kustomize build`) when one of them is present.
-# The manifests' contents (ports, probes, config, KEDA trigger) are checked by tests/deploy.rs.
+# The manifests' contents (ports, probes, config, KEDA trigger, gateway HPA) are checked by
+# tests/deploy.rs.
 #
 # Usage: scripts/verify-deploy.sh [SPECFLOW_BINARY]
 #   SPECFLOW_BINARY defaults to target/debug/specflow. `systemd-analyze verify` fails when
@@ -48,7 +50,7 @@ trap 'rm -rf "$work"' EXIT
 
 # Rewrite /usr/bin/specflow to the binary under test (escape what sed treats specially).
 escaped="$(printf '%s' "$binary" | sed -e 's/[\\&|]/\\&/g')"
-for unit in specflow.service specflow@.service; do
+for unit in specflow.service specflow@.service specflow-gateway.service; do
     src="deploy/systemd/$unit"
     [[ -f "$src" ]] || { echo "verify-deploy: $src is missing" >&2; exit 1; }
     sed -e "s|/usr/bin/specflow|$escaped|g" "$src" >"$work/$unit"
@@ -112,6 +114,8 @@ security "$work/specflow.service" "specflow.service"
 # instantiate specflow@.service from there with %i = a.
 verify "$work/specflow@a.service" "specflow@.service (as specflow@a.service)"
 security "$work/specflow@a.service" "specflow@.service (as specflow@a.service)"
+verify "$work/specflow-gateway.service" "specflow-gateway.service"
+security "$work/specflow-gateway.service" "specflow-gateway.service"
 
 # The kustomize base must build.
 kustomize_cmd=()

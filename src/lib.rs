@@ -20,6 +20,9 @@
 //! - [`checkpoint`]: the compacted checkpoint topic, co-partitioned with the input: its
 //!   record format, the restore of a partition and the topic checks.
 //!
+//! - [`gateway`]: `specflow gateway`, the HTTP/WebSocket front door: audio in (produced to
+//!   the input topic as the worker's own messages), stored features out (`[gateway]`).
+//!
 //! Shared by all of them:
 //! - [`kafka`]: Kafka client settings (`[kafka]`): connection, security, topic names, topic
 //!   creation. A leaf: it knows none of its users.
@@ -37,6 +40,7 @@ pub mod audio;
 pub mod checkpoint;
 pub mod config;
 pub mod dsp;
+pub mod gateway;
 pub mod kafka;
 pub mod pipeline;
 pub mod record;

@@ -49,6 +49,14 @@ enum Command {
     Extract(cli::ExtractArgs),
     /// Stream audio into the input topic as N concurrent streams.
     Produce(cli::ProduceArgs),
+    /// Serve the HTTP/WebSocket front door: audio in to the input topic, features out.
+    Gateway {
+        /// TOML config file ([gateway], [kafka], source.topic, [input], [mongo]).
+        #[arg(long, short, env = "SPECFLOW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Drive N real-time streams through a running gateway and report its delays.
+    Loadtest(cli::loadtest::LoadtestArgs),
     /// Print records from the output topic and the MongoDB record count.
     Inspect {
         /// TOML config file.
@@ -70,6 +78,19 @@ fn main() -> ExitCode {
         Command::Extract(args) => cli::extract(args),
         Command::Run { config } => {
             with_runtime(config, |settings| async move { run(settings).await })
+        }
+        Command::Gateway { config } => with_runtime(config, specflow::gateway::serve),
+        Command::Loadtest(args) => {
+            let config = args.config.clone();
+            with_runtime(config, |settings| async move {
+                let report = cli::loadtest::loadtest(settings, args.clone()).await?;
+                cli::loadtest::print_report(&report, &args);
+                if let Some(path) = &args.json {
+                    std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                Ok(())
+            })
         }
         Command::Inspect {
             config,

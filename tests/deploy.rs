@@ -1,7 +1,8 @@
 //! The deployment files under `deploy/` agree with the crate: the HTTP port and probe paths,
 //! the config path, the ConfigMap's `specflow.toml` (it loads and validates), the drain
 //! deadline against the grace periods, the KEDA trigger against `[source]`, the
-//! kustomization's resource list, the Dockerfile and the systemd units.
+//! kustomization's resource list, the Dockerfile and the systemd units; for the gateway
+//! (`specflow gateway`), its unit, Deployment, Service, HPA and token Secret.
 //! Every failure names the file and the field.
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use specflow::config::{DEFAULT_CONFIG_PATH, Settings, ShutdownConfig};
+use specflow::gateway::GatewayConfig;
 use specflow::telemetry::http::HttpConfig;
 
 const K8S_DIR: &str = "deploy/k8s";
@@ -20,6 +22,20 @@ const DOCKERFILE: &str = "deploy/Dockerfile";
 const UNIT: &str = "deploy/systemd/specflow.service";
 const TEMPLATE_UNIT: &str = "deploy/systemd/specflow@.service";
 const ENV_EXAMPLE: &str = "deploy/systemd/specflow.env.example";
+const GATEWAY_UNIT: &str = "deploy/systemd/specflow-gateway.service";
+const GATEWAY_ENV_EXAMPLE: &str = "deploy/systemd/gateway.env.example";
+/// The worker's Deployment and metrics Service.
+const WORKER: &str = "specflow";
+/// The gateway's Deployment, Service and HorizontalPodAutoscaler.
+const GATEWAY: &str = "specflow-gateway";
+/// The gateway's manifests, which the kustomization must list.
+const GATEWAY_FILES: [&str; 3] = [
+    "gateway-deployment.yaml",
+    "gateway-service.yaml",
+    "gateway-hpa.yaml",
+];
+/// Seconds the gateway may take after SIGTERM (finish open requests, flush the producer).
+const GATEWAY_STOP_SECS: u64 = 30;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,6 +52,15 @@ fn http_port() -> u64 {
         .address
         .parse()
         .expect("HttpConfig::default().address is ip:port");
+    u64::from(address.port())
+}
+
+/// The port of `GatewayConfig::default().address`, which the gateway's manifests must use.
+fn gateway_port() -> u64 {
+    let address: SocketAddr = GatewayConfig::default()
+        .address
+        .parse()
+        .expect("GatewayConfig::default().address is ip:port");
     u64::from(address.port())
 }
 
@@ -199,8 +224,14 @@ impl K8s {
             })
     }
 
+    /// The worker's Deployment.
     fn deployment(&self) -> &Object {
-        self.one("Deployment")
+        self.named("Deployment", WORKER, "tests/deploy.rs (the worker)")
+    }
+
+    /// The gateway's Deployment.
+    fn gateway(&self) -> &Object {
+        self.named("Deployment", GATEWAY, "tests/deploy.rs (the gateway)")
     }
 }
 
@@ -244,9 +275,14 @@ fn security<'a>(deployment: &'a Object, container: &str, field: &str) -> Option<
         })
 }
 
-/// The config the Deployment mounts at DEFAULT_CONFIG_PATH: its ConfigMap and the TOML text.
+/// The config the worker's Deployment mounts at DEFAULT_CONFIG_PATH: its ConfigMap and the
+/// TOML text.
 fn mounted_config(k8s: &K8s) -> (&Object, String) {
-    let dep = k8s.deployment();
+    mounted_config_of(k8s, k8s.deployment())
+}
+
+/// The config `dep` mounts at DEFAULT_CONFIG_PATH: its ConfigMap and the TOML text.
+fn mounted_config_of<'a>(k8s: &'a K8s, dep: &Object) -> (&'a Object, String) {
     let c = container(dep);
     let mounts = format!("{c}/volumeMounts");
     let mount = dep.index_where(&mounts, "mountPath", DEFAULT_CONFIG_PATH);
@@ -269,10 +305,14 @@ fn mounted_config(k8s: &K8s) -> (&Object, String) {
     (map, map.str_at(&pointer).to_string())
 }
 
-/// The container's environment as the process would see it: literal values, and
-/// `secretKeyRef` values from the Secret manifest's `stringData` (its placeholders).
+/// The worker container's environment as the process would see it.
 fn container_env(k8s: &K8s) -> Vec<(String, String)> {
-    let dep = k8s.deployment();
+    container_env_of(k8s, k8s.deployment())
+}
+
+/// The `specflow` container's environment in `dep` as the process would see it: literal
+/// values, and `secretKeyRef` values from the Secret manifest's `stringData` (its placeholders).
+fn container_env_of(k8s: &K8s, dep: &Object) -> Vec<(String, String)> {
     let env = format!("{}/env", container(dep));
     let mut out = Vec::new();
     let Some(entries) = dep.doc.pointer(&env).and_then(Value::as_array) else {
@@ -316,15 +356,16 @@ fn load_toml(text: &str, env: Vec<(String, String)>, place: &str) -> Settings {
         .unwrap_or_else(|e| panic!("{place}: does not load: {e}"))
 }
 
-/// The ConfigMap's config with the Deployment's environment applied, as a pod runs it.
+/// The ConfigMap's config with the worker Deployment's environment applied, as a pod runs it.
 fn effective_settings(k8s: &K8s) -> Settings {
-    let (map, text) = mounted_config(k8s);
-    let place = format!(
-        "{} with the environment of {}",
-        map.place("data"),
-        k8s.deployment().file
-    );
-    let settings = load_toml(&text, container_env(k8s), &place);
+    effective_settings_of(k8s, k8s.deployment())
+}
+
+/// The config `dep` mounts with `dep`'s environment applied, as its pods run it.
+fn effective_settings_of(k8s: &K8s, dep: &Object) -> Settings {
+    let (map, text) = mounted_config_of(k8s, dep);
+    let place = format!("{} with the environment of {}", map.place("data"), dep.file);
+    let settings = load_toml(&text, container_env_of(k8s, dep), &place);
     let problems = settings.validate();
     assert!(
         problems.is_empty(),
@@ -346,14 +387,26 @@ fn every_manifest_parses_and_carries_the_name_label() {
         );
     }
     for kind in [
-        "Deployment",
         "ConfigMap",
         "Secret",
-        "Service",
         "PodDisruptionBudget",
         "ScaledObject",
+        "HorizontalPodAutoscaler",
     ] {
         k8s.one(kind);
+    }
+    for kind in ["Deployment", "Service"] {
+        let names: BTreeSet<&str> = k8s
+            .objects
+            .iter()
+            .filter(|o| o.kind() == kind)
+            .map(Object::name)
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from([WORKER, GATEWAY]),
+            "{K8S_DIR}: the {kind} objects must be the worker's and the gateway's"
+        );
     }
 }
 
@@ -384,6 +437,12 @@ fn kustomization_lists_every_manifest() {
         extra.is_empty(),
         "{KUSTOMIZATION}: resources lists {extra:?}, which are not manifests in {K8S_DIR}"
     );
+    for file in GATEWAY_FILES {
+        assert!(
+            listed.contains(file),
+            "{KUSTOMIZATION}: resources does not list the gateway's {file}"
+        );
+    }
 }
 
 #[test]
@@ -530,9 +589,14 @@ fn grace_period_exceeds_the_drain_deadline() {
 }
 
 #[test]
-fn deployment_runs_unprivileged() {
+fn deployments_run_unprivileged() {
     let k8s = K8s::load();
-    let dep = k8s.deployment();
+    for dep in [k8s.deployment(), k8s.gateway()] {
+        assert_runs_unprivileged(dep);
+    }
+}
+
+fn assert_runs_unprivileged(dep: &Object) {
     let c = container(dep);
     let place = |field: &str| dep.place(&format!("{c}/securityContext/{field} (or the pod's)"));
     assert_eq!(
@@ -605,7 +669,11 @@ fn selectors_match_the_pods() {
     let k8s = K8s::load();
     let dep = k8s.deployment();
     assert_selects_pods(dep, "/spec/selector/matchLabels", dep);
-    assert_selects_pods(k8s.one("Service"), "/spec/selector", dep);
+    assert_selects_pods(
+        k8s.named("Service", WORKER, "tests/deploy.rs"),
+        "/spec/selector",
+        dep,
+    );
     assert_selects_pods(
         k8s.one("PodDisruptionBudget"),
         "/spec/selector/matchLabels",
@@ -617,7 +685,7 @@ fn selectors_match_the_pods() {
 fn service_exposes_the_metrics_port() {
     let k8s = K8s::load();
     let dep = k8s.deployment();
-    let svc = k8s.one("Service");
+    let svc = k8s.named("Service", WORKER, "tests/deploy.rs");
     let index = svc.index_where("/spec/ports", "name", "http");
     let port = format!("/spec/ports/{index}/port");
     assert_eq!(svc.u64_at(&port), http_port(), "{}", svc.place(&port));
@@ -966,5 +1034,483 @@ fn env_example_names_real_keys() {
         problems.is_empty(),
         "{ENV_EXAMPLE}: invalid settings:\n{}",
         listed(&problems)
+    );
+}
+
+// ---- the gateway (`specflow gateway`) ----
+
+/// Whether the selector at `pointer` in `object` selects the pods of `dep`.
+fn selects(object: &Object, pointer: &str, dep: &Object) -> bool {
+    let labels = dep.at("/spec/template/metadata/labels");
+    object
+        .at(pointer)
+        .as_object()
+        .unwrap_or_else(|| panic!("{} is not a map", object.place(pointer)))
+        .iter()
+        .all(|(key, value)| &labels[key.as_str()] == value)
+}
+
+/// The index of the env entry `name` of `dep`'s `specflow` container.
+fn env_index(dep: &Object, name: &str) -> usize {
+    dep.index_where(&format!("{}/env", container(dep)), "name", name)
+}
+
+/// A Kubernetes CPU quantity ("250m", "1", "0.5") in millicores.
+fn millicores(quantity: &Value) -> Option<u64> {
+    let text = match quantity {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    if let Some(milli) = text.strip_suffix('m') {
+        return milli.parse().ok();
+    }
+    let cores: f64 = text.parse().ok()?;
+    (cores.is_finite() && cores >= 0.0).then(|| (cores * 1000.0).round() as u64)
+}
+
+#[test]
+fn cpu_quantities_parse_like_kubernetes() {
+    assert_eq!(millicores(&Value::from("250m")), Some(250));
+    assert_eq!(millicores(&Value::from("1")), Some(1000));
+    assert_eq!(millicores(&Value::from(0.5)), Some(500));
+    assert_eq!(millicores(&Value::from(2)), Some(2000));
+    assert_eq!(millicores(&Value::from("lots")), None);
+}
+
+#[test]
+fn gateway_unit_runs_the_gateway_with_the_worker_hardening() {
+    let settings = unit_settings(GATEWAY_UNIT);
+    let file = GATEWAY_UNIT;
+    for key in ["ExecStart", "ExecStartPre"] {
+        let exec = unit_value(&settings, key).unwrap_or_else(|| panic!("{file}: {key} is not set"));
+        let words: Vec<&str> = exec.split_whitespace().collect();
+        assert_eq!(
+            words.first().copied(),
+            Some("/usr/bin/specflow"),
+            "{file}: {key} = {exec} must run /usr/bin/specflow"
+        );
+        let command = if key == "ExecStart" {
+            "gateway"
+        } else {
+            "check"
+        };
+        assert_eq!(
+            words.get(1).copied(),
+            Some(command),
+            "{file}: {key} = {exec}"
+        );
+        assert!(
+            words
+                .windows(2)
+                .any(|w| w[0] == "--config" && w[1] == DEFAULT_CONFIG_PATH),
+            "{file}: {key} = {exec} must pass --config {DEFAULT_CONFIG_PATH}"
+        );
+    }
+    assert_eq!(
+        unit_value(&settings, "Type"),
+        Some("notify"),
+        "{file}: Type"
+    );
+    // The gateway sends READY=1 but no watchdog pings: a WatchdogSec would kill it.
+    assert!(
+        unit_value(&settings, "WatchdogSec").is_none(),
+        "{file}: WatchdogSec is set, but specflow gateway sends no watchdog pings"
+    );
+    assert_eq!(
+        unit_value(&settings, "Restart"),
+        Some("on-failure"),
+        "{file}: Restart"
+    );
+    let stop = unit_value(&settings, "TimeoutStopSec")
+        .unwrap_or_else(|| panic!("{file}: TimeoutStopSec is not set"));
+    let secs = timespan_secs(stop).unwrap_or_else(|| {
+        panic!("{file}: TimeoutStopSec = {stop} is not a time span this test reads")
+    });
+    assert!(
+        secs > GATEWAY_STOP_SECS as f64,
+        "{file}: TimeoutStopSec = {stop} must exceed the gateway's {GATEWAY_STOP_SECS} s shutdown"
+    );
+    let env_files: Vec<&str> = settings
+        .iter()
+        .filter(|(k, _)| k == "EnvironmentFile")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        env_files.contains(&"-/etc/specflow/gateway.env"),
+        "{file}: EnvironmentFile = {env_files:?} must include -/etc/specflow/gateway.env"
+    );
+    let text = read(file);
+    for needle in ["SPECFLOW__GATEWAY__TOKEN_SHA256", "sha256sum"] {
+        assert!(
+            text.contains(needle),
+            "{file}: must tell how to set the token digests ({needle})"
+        );
+    }
+
+    // Same hardening and supervision as the worker: every setting of specflow.service but
+    // those that name the worker's command, description or watchdog.
+    let worker = unit_settings(UNIT);
+    let own = [
+        "Description",
+        "ExecStart",
+        "ExecStartPre",
+        "WatchdogSec",
+        "EnvironmentFile",
+        "Environment",
+    ];
+    let missing: Vec<String> = worker
+        .iter()
+        .filter(|(k, _)| !own.contains(&k.as_str()))
+        .filter(|pair| !settings.contains(pair))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{file}: lacks these settings of {UNIT}: {missing:?}"
+    );
+}
+
+#[test]
+fn gateway_env_example_names_real_keys() {
+    // The lines commented out are what a public gateway needs: they must load and validate.
+    let env: Vec<(String, String)> = read(GATEWAY_ENV_EXAMPLE)
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .filter(|l| l.starts_with("SPECFLOW__"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for name in [
+        "SPECFLOW__GATEWAY__ADDRESS",
+        "SPECFLOW__GATEWAY__TOKEN_SHA256",
+    ] {
+        assert!(
+            names.contains(name),
+            "{GATEWAY_ENV_EXAMPLE}: no {name} line"
+        );
+    }
+    let settings = Settings::load_with_env(None, env)
+        .unwrap_or_else(|e| panic!("{GATEWAY_ENV_EXAMPLE}: does not load: {e}"));
+    let problems = settings.validate();
+    assert!(
+        problems.is_empty(),
+        "{GATEWAY_ENV_EXAMPLE}: invalid settings:\n{}",
+        listed(&problems)
+    );
+    let address: SocketAddr = settings.gateway.address.parse().expect("validated address");
+    assert!(
+        !address.ip().is_loopback() && !settings.gateway.token_sha256.is_empty(),
+        "{GATEWAY_ENV_EXAMPLE}: must show a public address together with token digests"
+    );
+}
+
+#[test]
+fn gateway_deployment_runs_the_gateway_from_the_worker_image_and_config() {
+    let k8s = K8s::load();
+    let worker = k8s.deployment();
+    let dep = k8s.gateway();
+    let c = container(dep);
+    let args: Vec<&str> = dep
+        .array_at(&format!("{c}/args"))
+        .iter()
+        .map(|a| {
+            a.as_str().unwrap_or_else(|| {
+                panic!("{} = {a} is not a string", dep.place(&format!("{c}/args")))
+            })
+        })
+        .collect();
+    assert_eq!(
+        args.first().copied(),
+        Some("gateway"),
+        "{}",
+        dep.place(&format!("{c}/args/0"))
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--config" && w[1] == DEFAULT_CONFIG_PATH),
+        "{} = {args:?} must pass --config {DEFAULT_CONFIG_PATH}",
+        dep.place(&format!("{c}/args"))
+    );
+    let image = format!("{c}/image");
+    assert_eq!(
+        dep.str_at(&image),
+        worker.str_at(&format!("{}/image", container(worker))),
+        "{} must be the worker's image",
+        dep.place(&image)
+    );
+    // The same ConfigMap as the worker, so both read one specflow.toml.
+    let (map, text) = mounted_config_of(&k8s, dep);
+    let (worker_map, _) = mounted_config(&k8s);
+    assert_eq!(
+        map.name(),
+        worker_map.name(),
+        "{}: must mount the worker's ConfigMap",
+        dep.file
+    );
+    assert!(
+        !text.trim().is_empty(),
+        "{}: specflow.toml is empty",
+        map.place("data")
+    );
+    let field = "/spec/template/spec/terminationGracePeriodSeconds";
+    let grace = dep.u64_at(field);
+    assert!(
+        grace >= GATEWAY_STOP_SECS + 10,
+        "{} = {grace} must leave the gateway {GATEWAY_STOP_SECS} s and a margin (at least {})",
+        dep.place(field),
+        GATEWAY_STOP_SECS + 10
+    );
+}
+
+#[test]
+fn gateway_probes_use_the_port_the_service_targets() {
+    let k8s = K8s::load();
+    let dep = k8s.gateway();
+    let c = container(dep);
+    let port = dep.index_where(&format!("{c}/ports"), "name", "http");
+    let container_port = dep.u64_at(&format!("{c}/ports/{port}/containerPort"));
+    assert_eq!(
+        container_port,
+        gateway_port(),
+        "{} must equal the port of GatewayConfig::default().address",
+        dep.place(&format!("{c}/ports/{port}/containerPort"))
+    );
+    assert_ne!(
+        container_port,
+        http_port(),
+        "{}: the gateway serves on [gateway] address, not the worker's [http] port",
+        dep.place(&format!("{c}/ports/{port}/containerPort"))
+    );
+
+    let svc = k8s.named("Service", GATEWAY, "tests/deploy.rs (the gateway)");
+    assert_eq!(
+        svc.doc["spec"]["type"].as_str().unwrap_or("ClusterIP"),
+        "ClusterIP",
+        "{}",
+        svc.place("/spec/type")
+    );
+    let index = svc.index_where("/spec/ports", "name", "http");
+    let service_port = format!("/spec/ports/{index}/port");
+    assert_eq!(
+        svc.u64_at(&service_port),
+        80,
+        "{}",
+        svc.place(&service_port)
+    );
+    let target = format!("/spec/ports/{index}/targetPort");
+    let targeted = resolve_port(dep, &c, svc.at(&target), &svc.place(&target));
+    assert_eq!(
+        targeted,
+        container_port,
+        "{} must reach the container port {container_port}",
+        svc.place(&target)
+    );
+
+    for (probe, path, required) in [
+        ("livenessProbe", "/healthz", true),
+        ("readinessProbe", "/readyz", true),
+        ("startupProbe", "/healthz", false),
+    ] {
+        let probe = format!("{c}/{probe}");
+        if !required && dep.doc.pointer(&probe).is_none() {
+            continue;
+        }
+        let get = format!("{probe}/httpGet");
+        assert_eq!(
+            dep.str_at(&format!("{get}/path")),
+            path,
+            "{}",
+            dep.place(&format!("{get}/path"))
+        );
+        let field = format!("{get}/port");
+        let resolved = resolve_port(dep, &c, dep.at(&field), &dep.place(&field));
+        assert_eq!(
+            resolved,
+            targeted,
+            "{} must be the port the Service targets",
+            dep.place(&field)
+        );
+    }
+}
+
+#[test]
+fn gateway_listens_publicly_with_token_digests_from_the_secret() {
+    let k8s = K8s::load();
+    let dep = k8s.gateway();
+    let env = format!("{}/env", container(dep));
+
+    let address = env_index(dep, "SPECFLOW__GATEWAY__ADDRESS");
+    let value = format!("{env}/{address}/value");
+    assert_eq!(
+        dep.str_at(&value),
+        format!("0.0.0.0:{}", gateway_port()),
+        "{}",
+        dep.place(&value)
+    );
+
+    // The digests come from the Secret, never from a literal in the manifest.
+    let tokens = env_index(dep, "SPECFLOW__GATEWAY__TOKEN_SHA256");
+    assert!(
+        dep.doc.pointer(&format!("{env}/{tokens}/value")).is_none(),
+        "{}: must come from a secretKeyRef, not a literal value",
+        dep.place(&format!("{env}/{tokens}"))
+    );
+    let reference = format!("{env}/{tokens}/valueFrom/secretKeyRef");
+    let secret_name = dep.str_at(&format!("{reference}/name"));
+    let key = dep.str_at(&format!("{reference}/key"));
+    assert_ne!(
+        dep.doc.pointer(&format!("{reference}/optional")),
+        Some(&Value::Bool(true)),
+        "{}: a public gateway cannot start without digests: the key must not be optional",
+        dep.place(&format!("{reference}/optional"))
+    );
+    let secret = k8s.named("Secret", secret_name, &dep.place(&reference));
+    assert!(
+        secret.doc["stringData"][key].is_string() || secret.doc["data"][key].is_string(),
+        "{}: has no key {key} (referred to by {})",
+        secret.place("stringData"),
+        dep.place(&reference)
+    );
+
+    // As a gateway pod runs it: the ConfigMap with this environment (the Secret's placeholder
+    // included) is valid, listens on all interfaces on the container port and needs a token.
+    let settings = effective_settings_of(&k8s, dep);
+    let listen: SocketAddr = settings.gateway.address.parse().expect("validated address");
+    assert!(
+        listen.ip().is_unspecified(),
+        "{}: gateway.address = {listen} must be 0.0.0.0 in a pod",
+        dep.place(&env)
+    );
+    let c = container(dep);
+    let port = dep.index_where(&format!("{c}/ports"), "name", "http");
+    assert_eq!(
+        u64::from(listen.port()),
+        dep.u64_at(&format!("{c}/ports/{port}/containerPort")),
+        "{}: gateway.address port must be the container port http",
+        dep.place(&env)
+    );
+    assert!(
+        !settings.gateway.token_sha256.is_empty(),
+        "{}: no token digests reach the gateway",
+        dep.place(&env)
+    );
+
+    // The worker shares the ConfigMap and gets neither: its config must stay valid (a public
+    // gateway.address without digests would fail the worker's validation).
+    let worker = container_env(&k8s);
+    assert!(
+        worker
+            .iter()
+            .all(|(k, _)| !k.starts_with("SPECFLOW__GATEWAY__")),
+        "{}: the worker needs no SPECFLOW__GATEWAY__ settings",
+        k8s.deployment().place("env")
+    );
+}
+
+#[test]
+fn gateway_hpa_scales_the_gateway_on_cpu() {
+    let k8s = K8s::load();
+    let dep = k8s.gateway();
+    let hpa = k8s.one("HorizontalPodAutoscaler");
+    assert_eq!(
+        hpa.str_at("/apiVersion"),
+        "autoscaling/v2",
+        "{}",
+        hpa.place("/apiVersion")
+    );
+    for (field, expected) in [
+        ("/spec/scaleTargetRef/apiVersion", "apps/v1"),
+        ("/spec/scaleTargetRef/kind", "Deployment"),
+        ("/spec/scaleTargetRef/name", dep.name()),
+    ] {
+        assert_eq!(hpa.str_at(field), expected, "{}", hpa.place(field));
+    }
+    let index = hpa
+        .array_at("/spec/metrics")
+        .iter()
+        .position(|m| {
+            m["type"].as_str() == Some("Resource") && m["resource"]["name"].as_str() == Some("cpu")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no Resource metric on cpu",
+                hpa.place("/spec/metrics")
+            )
+        });
+    let target = format!("/spec/metrics/{index}/resource/target");
+    assert_eq!(
+        hpa.str_at(&format!("{target}/type")),
+        "Utilization",
+        "{}",
+        hpa.place(&format!("{target}/type"))
+    );
+    let utilization = hpa.u64_at(&format!("{target}/averageUtilization"));
+    assert!(
+        (1..=100).contains(&utilization),
+        "{} = {utilization} must be a percentage of the CPU request",
+        hpa.place(&format!("{target}/averageUtilization"))
+    );
+    let min = hpa.u64_at("/spec/minReplicas");
+    let max = hpa.u64_at("/spec/maxReplicas");
+    assert!(
+        min >= 2,
+        "{} = {min}: keep two gateways so one can restart without an outage",
+        hpa.place("/spec/minReplicas")
+    );
+    assert!(
+        max > min,
+        "{} = {max} must exceed minReplicas = {min}",
+        hpa.place("/spec/maxReplicas")
+    );
+
+    // Utilisation is a share of requests.cpu: without a request the HPA cannot scale.
+    let request = format!("{}/resources/requests/cpu", container(dep));
+    let millis = millicores(dep.at(&request)).unwrap_or_else(|| {
+        panic!(
+            "{} = {} is not a CPU quantity",
+            dep.place(&request),
+            dep.at(&request)
+        )
+    });
+    assert!(millis > 0, "{} must be positive", dep.place(&request));
+    // The HPA owns the replica count: a spec.replicas would reset it on every apply.
+    assert!(
+        dep.doc.pointer("/spec/replicas").is_none(),
+        "{}: leave it to {} (an apply would reset the HPA's count)",
+        dep.place("/spec/replicas"),
+        hpa.file
+    );
+}
+
+#[test]
+fn each_service_selects_only_its_own_pods() {
+    let k8s = K8s::load();
+    let worker = k8s.deployment();
+    let gateway = k8s.gateway();
+    let worker_svc = k8s.named("Service", WORKER, "tests/deploy.rs");
+    let gateway_svc = k8s.named("Service", GATEWAY, "tests/deploy.rs");
+    assert_selects_pods(gateway, "/spec/selector/matchLabels", gateway);
+    assert_selects_pods(gateway_svc, "/spec/selector", gateway);
+    for (object, pointer, other) in [
+        (worker, "/spec/selector/matchLabels", gateway),
+        (worker_svc, "/spec/selector", gateway),
+        (gateway, "/spec/selector/matchLabels", worker),
+        (gateway_svc, "/spec/selector", worker),
+    ] {
+        assert!(
+            !selects(object, pointer, other),
+            "{} also selects the pods of {}",
+            object.place(pointer),
+            other.file
+        );
+    }
+    // The worker's PodDisruptionBudget counts the worker's pods only.
+    let pdb = k8s.one("PodDisruptionBudget");
+    assert!(
+        !selects(pdb, "/spec/selector/matchLabels", gateway),
+        "{} also selects the gateway's pods",
+        pdb.place("/spec/selector/matchLabels")
     );
 }

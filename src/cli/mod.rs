@@ -1,9 +1,10 @@
 //! The commands around the worker: `check`, `extract` (offline features of a WAV file),
-//! `produce` (a load generator) and `inspect` (a look at what a deployment wrote). Part of the
+//! `produce` (a load generator), `loadtest` (load through `specflow gateway`) and `inspect` (a look at what a deployment wrote). Part of the
 //! binary, not of the library: none of it runs inside the worker.
 
 pub mod extract;
 pub mod inspect;
+pub mod loadtest;
 pub mod produce;
 pub mod wav;
 

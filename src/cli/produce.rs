@@ -59,13 +59,18 @@ pub struct ProduceSummary {
 }
 
 /// Interleaved 16-bit PCM of one stream plus its format.
-struct Pcm {
+pub(super) struct Pcm {
     sample_rate: u32,
     channels: u16,
-    samples: Vec<i16>,
+    pub(super) samples: Vec<i16>,
 }
 
-fn synthesize(signal: &Signal, sample_rate: u32, seconds: f64, seed: u64) -> anyhow::Result<Pcm> {
+pub(super) fn synthesize(
+    signal: &Signal,
+    sample_rate: u32,
+    seconds: f64,
+    seed: u64,
+) -> anyhow::Result<Pcm> {
     let n = (seconds * f64::from(sample_rate)).round() as usize;
     Ok(match signal {
         Signal::Wav(path) => {
@@ -122,7 +127,7 @@ fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) ->
     stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::audio::InputConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::dsp::DspConfig;
+use crate::gateway::GatewayConfig;
 use crate::kafka::KafkaConfig;
 use crate::secret;
 use crate::sinks::dead_letter::DeadLetterConfig;
@@ -50,6 +51,8 @@ pub struct Settings {
     pub mongo: MongoSinkConfig,
     /// `[http]`: metrics and health endpoint.
     pub http: HttpConfig,
+    /// `[gateway]`: the HTTP front door (`specflow gateway`).
+    pub gateway: GatewayConfig,
     /// `[log]`: log level and format.
     pub log: LogConfig,
     /// `[runtime]`: threads.
@@ -170,6 +173,7 @@ impl Settings {
         problems.extend(self.dead_letter.validate());
         problems.extend(self.mongo.validate());
         problems.extend(self.http.validate());
+        problems.extend(self.gateway.validate(self.input.max_message_bytes));
         problems.extend(self.log.validate());
         if self.shutdown.drain_timeout_secs == 0 {
             problems.push(Problem::new(

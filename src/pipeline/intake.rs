@@ -119,8 +119,15 @@ impl Intake {
         }
         match received {
             Err(_) => Received::Idle,
-            Ok(Err(e)) => Received::Error(e),
+            Ok(Err(e)) => {
+                // librdkafka's global errors arrive here on the consumer queue.
+                if is_all_brokers_down(&e) {
+                    self.health.set_kafka_ok(false);
+                }
+                Received::Error(e)
+            }
             Ok(Ok(message)) => {
+                self.health.set_kafka_ok(true);
                 let message = message.detach();
                 if self.restores.is_restoring(message.partition()) {
                     self.restores.hold_back(message);
@@ -150,10 +157,9 @@ impl Intake {
                 Received::Idle => return NextBatch::Idle,
                 Received::Error(e) => {
                     warn!(error = %e, "Kafka consumer error.");
-                    self.health.set_kafka_ok(false);
                     return NextBatch::Empty;
                 }
-                Received::Message => self.health.set_kafka_ok(true),
+                Received::Message => {}
             }
             if self.pending.is_empty() {
                 // Set aside for a partition being restored.
@@ -202,4 +208,9 @@ impl Intake {
         self.health.set_assigned(assigned > 0);
         due
     }
+}
+
+/// Whether a consumer error says no broker can be reached.
+fn is_all_brokers_down(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
 }

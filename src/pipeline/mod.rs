@@ -119,6 +119,7 @@ impl Worker {
         .await
         .context("checkpoint topic")?;
         let output = settings.output.build(&settings.kafka)?;
+        health.watch_producer(output.brokers());
         let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
         health.beat();
         let mongo = if settings.mongo.enabled {

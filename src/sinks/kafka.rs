@@ -4,9 +4,11 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::SinkError;
+use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 use crate::kafka::valid_topic_name;
 use crate::kafka::{BuildError, KafkaConfig};
 use crate::validation::Problem;
@@ -117,14 +119,21 @@ impl KafkaSinkConfig {
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", self.compression.as_str())
             .set("batch.size", self.batch_size_bytes.to_string())
-            .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
+            // The producer's own thread serves its statistics: broker reachability in real
+            // time, even while the worker loop waits on a send.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
         for (key, value) in &kafka.producer {
             config.set(key, value);
         }
-        let producer: FutureProducer = kafka.create("producer", &config)?;
+        let context = ReachabilityContext::default();
+        let brokers = context.state();
+        let producer: FutureProducer<ReachabilityContext> =
+            kafka.create_with_context("producer", &config, context)?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
+            brokers,
         })
     }
 }
@@ -132,8 +141,9 @@ impl KafkaSinkConfig {
 /// The output producer.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<ReachabilityContext>,
     topic: String,
+    brokers: Arc<BrokerState>,
 }
 
 impl KafkaSink {
@@ -143,8 +153,13 @@ impl KafkaSink {
     }
 
     /// The underlying producer (shared with the dead-letter sink).
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &FutureProducer<ReachabilityContext> {
         &self.producer
+    }
+
+    /// Whether the brokers answer, as this producer sees them.
+    pub fn brokers(&self) -> Arc<BrokerState> {
+        self.brokers.clone()
     }
 
     /// Sends one record to `topic` and waits for its acknowledgement.

@@ -1,7 +1,10 @@
 //! Liveness and readiness, shared between the pipeline and the HTTP endpoint.
 
 use serde::Serialize;
+
+use crate::kafka::reachability::BrokerState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the pipeline reports about itself.
@@ -14,6 +17,7 @@ pub struct Health {
     mongo_ok: AtomicBool,
     paused: AtomicBool,
     draining: AtomicBool,
+    producer_brokers: OnceLock<Arc<BrokerState>>,
 }
 
 /// The JSON body of `/healthz` and `/readyz`.
@@ -50,6 +54,12 @@ impl Health {
     pub fn set_kafka_ok(&self, value: bool) {
         self.kafka_ok.store(value, Ordering::Relaxed);
     }
+    /// Also follows the output producer's view of the brokers: it is served by the producer's
+    /// own thread, so it changes even while the loop waits on a send and polls no consumer
+    /// events.
+    pub fn watch_producer(&self, brokers: Arc<BrokerState>) {
+        let _ = self.producer_brokers.set(brokers);
+    }
     /// Whether MongoDB answers.
     pub fn set_mongo_ok(&self, value: bool) {
         self.mongo_ok.store(value, Ordering::Relaxed);
@@ -77,13 +87,18 @@ impl Health {
         })
     }
 
-    /// Readiness: assigned, both services reachable, not paused, not draining.
+    /// Readiness: assigned, both services reachable (Kafka as the consumer and the output
+    /// producer see it), not paused, not draining.
     pub fn readiness(&self) -> HealthReport {
         let mut reasons = Vec::new();
         if !self.assigned.load(Ordering::Relaxed) {
             reasons.push("no partitions assigned");
         }
-        if !self.kafka_ok.load(Ordering::Relaxed) {
+        let producer_down = self
+            .producer_brokers
+            .get()
+            .is_some_and(|brokers| brokers.known_down());
+        if !self.kafka_ok.load(Ordering::Relaxed) || producer_down {
             reasons.push("kafka unreachable");
         }
         if !self.mongo_ok.load(Ordering::Relaxed) {
