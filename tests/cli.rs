@@ -148,7 +148,9 @@ fn options_of(subcommand: &str) -> Vec<(String, String)> {
 
 #[test]
 fn every_option_of_every_command_has_a_help_line() {
-    for subcommand in ["run", "check", "extract", "produce", "inspect", "gateway", "loadtest"] {
+    for subcommand in [
+        "run", "check", "extract", "produce", "inspect", "gateway", "loadtest",
+    ] {
         let options = options_of(subcommand);
         assert!(
             options.len() >= 2,
