@@ -332,7 +332,28 @@ async fn websocket_stream_with_close_gives_eos_and_every_frame() {
     )
     .await;
     assert_mongo_equals(&collection, &expected).await;
+    // Stopping the gateway ends an open session once its audio is durable, instead of waiting
+    // for the client.
+    let url = format!("ws://{}/v1/streams/open/ws?format=s16le", gateway.address);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    socket
+        .send(tungstenite::Message::Binary(s16(&pcm[..3_200]).into()))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(Ok(message)) = socket.next().await {
+            if let tungstenite::Message::Text(text) = message {
+                last = Some(serde_json::from_str::<Value>(text.as_str()).unwrap());
+            }
+        }
+        last
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     gateway.stop().await;
+    let last = reader.await.unwrap().expect("a last message");
+    assert_eq!(last["error"], "shutting_down", "{last}");
+    assert_eq!(last["durable_samples"], 3_200, "{last}");
     worker.stop().await;
 }
 

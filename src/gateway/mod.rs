@@ -190,6 +190,8 @@ pub(crate) struct Gateway {
     pub(crate) features: Option<features::FeatureStore>,
     pub(crate) tokens: TokenHashes,
     pub(crate) metrics: GatewayMetrics,
+    /// Cancelled when the server stops: WebSocket sessions settle and close.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 type Shared = Arc<Gateway>;
@@ -229,6 +231,7 @@ where
         features,
         tokens,
         metrics: GatewayMetrics::new(),
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     let api = Router::new()
         .route("/v1/streams/{stream_id}/chunks", post(ingest::post_chunks))
@@ -253,9 +256,14 @@ where
         // The body limit is checked by the handler itself (413 with a JSON body).
         .layer(DefaultBodyLimit::disable())
         .with_state(gateway.clone());
+    let stopping = gateway.stopping.clone();
     let server = async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Open WebSocket sessions would hold the graceful shutdown: end them.
+                stopping.cancel();
+            })
             .await
             .context("gateway HTTP server")?;
         gateway.producer.flush();

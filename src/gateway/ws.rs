@@ -17,7 +17,8 @@
 //!   for it), but the protocol leaves no room for a last acknowledgement after it.
 //! - A refused message (the decoder's checks) or a broker failure ends the session with
 //!   `{"error": reason, "message": …, "durable_samples": N}` and close code 1007 or 1011;
-//!   reconnect with `start_sample` = N to go on.
+//!   reconnect with `start_sample` = N to go on. When the gateway stops, open sessions settle
+//!   and end the same way (`shutting_down`, close code 1001).
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
@@ -103,17 +104,20 @@ pub(super) async fn upgrade(
     } else {
         None
     };
-    Ok(ws.on_upgrade(move |socket| async move {
-        gateway.metrics.websocket_sessions.inc();
-        let mut session = Session {
-            gateway: gateway.clone(),
-            stream_id,
-            socket,
-            from_query,
-        };
-        session.run().await;
-        gateway.metrics.websocket_sessions.dec();
-    }))
+    let max_message = gateway.settings.gateway.max_body_bytes;
+    Ok(ws
+        .max_message_size(max_message)
+        .on_upgrade(move |socket| async move {
+            gateway.metrics.websocket_sessions.inc();
+            let mut session = Session {
+                gateway: gateway.clone(),
+                stream_id,
+                socket,
+                from_query,
+            };
+            session.run().await;
+            gateway.metrics.websocket_sessions.dec();
+        }))
 }
 
 struct Session {
@@ -266,6 +270,19 @@ impl Session {
                             return;
                         }
                     }
+                }
+                _ = self.gateway.stopping.cancelled() => {
+                    // The gateway stops: what was sent is made durable and reported; the
+                    // client reconnects (to another instance) with start_sample = N.
+                    let durable = self.settle(&mut position, &mut pending).await;
+                    let e = ApiError::retry_later(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting_down",
+                        "the gateway is stopping; reconnect with start_sample = durable_samples",
+                        self.gateway.settings.gateway.retry_after_secs,
+                    );
+                    self.fail(e, durable, close_code::AWAY).await;
+                    return;
                 }
                 _ = ticker.tick() => {
                     if position.reported != Some(position.durable) {
