@@ -445,19 +445,9 @@ fn kustomization_lists_every_manifest() {
     }
 }
 
-#[test]
-fn deployment_port_and_probes_match_the_http_endpoint() {
-    let k8s = K8s::load();
-    let dep = k8s.deployment();
-    let c = container(dep);
-    let port = dep.index_where(&format!("{c}/ports"), "name", "http");
-    let container_port = dep.u64_at(&format!("{c}/ports/{port}/containerPort"));
-    assert_eq!(
-        container_port,
-        http_port(),
-        "{} must equal the port of HttpConfig::default().address",
-        dep.place(&format!("{c}/ports/{port}/containerPort"))
-    );
+/// Liveness `/healthz`, readiness `/readyz` (and a startup probe on `/healthz`, when there is
+/// one) of container `c`, each on `port`.
+fn assert_probes(dep: &Object, c: &str, port: u64, port_is: &str) {
     for (probe, path, required) in [
         ("livenessProbe", "/healthz", true),
         ("readinessProbe", "/readyz", true),
@@ -475,9 +465,30 @@ fn deployment_port_and_probes_match_the_http_endpoint() {
             dep.place(&format!("{get}/path"))
         );
         let field = format!("{get}/port");
-        let resolved = resolve_port(dep, &c, dep.at(&field), &dep.place(&field));
-        assert_eq!(resolved, http_port(), "{}", dep.place(&field));
+        let resolved = resolve_port(dep, c, dep.at(&field), &dep.place(&field));
+        assert_eq!(resolved, port, "{} must be {port_is}", dep.place(&field));
     }
+}
+
+#[test]
+fn deployment_port_and_probes_match_the_http_endpoint() {
+    let k8s = K8s::load();
+    let dep = k8s.deployment();
+    let c = container(dep);
+    let port = dep.index_where(&format!("{c}/ports"), "name", "http");
+    let container_port = dep.u64_at(&format!("{c}/ports/{port}/containerPort"));
+    assert_eq!(
+        container_port,
+        http_port(),
+        "{} must equal the port of HttpConfig::default().address",
+        dep.place(&format!("{c}/ports/{port}/containerPort"))
+    );
+    assert_probes(
+        dep,
+        &c,
+        http_port(),
+        "the port of HttpConfig::default().address",
+    );
 }
 
 #[test]
@@ -1308,31 +1319,7 @@ fn gateway_probes_use_the_port_the_service_targets() {
         svc.place(&target)
     );
 
-    for (probe, path, required) in [
-        ("livenessProbe", "/healthz", true),
-        ("readinessProbe", "/readyz", true),
-        ("startupProbe", "/healthz", false),
-    ] {
-        let probe = format!("{c}/{probe}");
-        if !required && dep.doc.pointer(&probe).is_none() {
-            continue;
-        }
-        let get = format!("{probe}/httpGet");
-        assert_eq!(
-            dep.str_at(&format!("{get}/path")),
-            path,
-            "{}",
-            dep.place(&format!("{get}/path"))
-        );
-        let field = format!("{get}/port");
-        let resolved = resolve_port(dep, &c, dep.at(&field), &dep.place(&field));
-        assert_eq!(
-            resolved,
-            targeted,
-            "{} must be the port the Service targets",
-            dep.place(&field)
-        );
-    }
+    assert_probes(dep, &c, targeted, "the port the Service targets");
 }
 
 #[test]

@@ -294,7 +294,11 @@ async fn ws_stream(
             sent_at.push(Instant::now());
             tx.send(tungstenite::Message::Binary(chunk.into())).await?;
         }
-        tx.send(tungstenite::Message::Close(None)).await?;
+        // Ends the stream and asks for the last acknowledgement before the server closes.
+        tx.send(tungstenite::Message::Text(
+            serde_json::json!({"eos": true}).to_string().into(),
+        ))
+        .await?;
         anyhow::Ok((sent_at, tx))
     });
     let mut acks: Vec<(Instant, u64)> = Vec::new();
