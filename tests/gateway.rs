@@ -533,6 +533,22 @@ async fn every_refusal_answers_its_code_and_produces_nothing() {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 400),
         other => panic!("a bad WebSocket format must be refused, got {other:?}"),
     }
+    // A producer queue too small for one chunk: 429 with Retry-After, nothing produced.
+    let mut tiny_queue = settings.clone();
+    tiny_queue.gateway.queue_max_kbytes = 1;
+    let full = RunningGateway::start(&tiny_queue).await;
+    let (status, answer, headers) = post(
+        &client,
+        &full.url("/v1/streams/s/chunks"),
+        raw_query(0, false),
+        "application/octet-stream",
+        vec![0; 3_200],
+    )
+    .await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"], "queue_full", "{answer}");
+    assert_eq!(headers["retry-after"], "1");
+    full.stop().await;
     assert_eq!(
         messages_in(&names.input, 2),
         0,
