@@ -1152,7 +1152,7 @@ fn gateway_unit_runs_the_gateway_with_the_worker_hardening() {
         "{file}: EnvironmentFile = {env_files:?} must include -/etc/specflow/gateway.env"
     );
     let text = read(file);
-    for needle in ["SPECFLOW__GATEWAY__TOKEN_SHA256", "sha256sum"] {
+    for needle in ["SPECFLOW__GATEWAY__TOKENS", "sha256sum"] {
         assert!(
             text.contains(needle),
             "{file}: must tell how to set the token digests ({needle})"
@@ -1193,10 +1193,7 @@ fn gateway_env_example_names_real_keys() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-    for name in [
-        "SPECFLOW__GATEWAY__ADDRESS",
-        "SPECFLOW__GATEWAY__TOKEN_SHA256",
-    ] {
+    for name in ["SPECFLOW__GATEWAY__ADDRESS", "SPECFLOW__GATEWAY__TOKENS"] {
         assert!(
             names.contains(name),
             "{GATEWAY_ENV_EXAMPLE}: no {name} line"
@@ -1212,7 +1209,7 @@ fn gateway_env_example_names_real_keys() {
     );
     let address: SocketAddr = settings.gateway.address.parse().expect("validated address");
     assert!(
-        !address.ip().is_loopback() && !settings.gateway.token_sha256.is_empty(),
+        !address.ip().is_loopback() && !settings.gateway.tokens.is_empty(),
         "{GATEWAY_ENV_EXAMPLE}: must show a public address together with token digests"
     );
 }
@@ -1338,7 +1335,7 @@ fn gateway_listens_publicly_with_token_digests_from_the_secret() {
     );
 
     // The digests come from the Secret, never from a literal in the manifest.
-    let tokens = env_index(dep, "SPECFLOW__GATEWAY__TOKEN_SHA256");
+    let tokens = env_index(dep, "SPECFLOW__GATEWAY__TOKENS");
     assert!(
         dep.doc.pointer(&format!("{env}/{tokens}/value")).is_none(),
         "{}: must come from a secretKeyRef, not a literal value",
@@ -1379,7 +1376,7 @@ fn gateway_listens_publicly_with_token_digests_from_the_secret() {
         dep.place(&env)
     );
     assert!(
-        !settings.gateway.token_sha256.is_empty(),
+        !settings.gateway.tokens.is_empty(),
         "{}: no token digests reach the gateway",
         dep.place(&env)
     );

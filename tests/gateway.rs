@@ -572,7 +572,7 @@ async fn every_refusal_answers_its_code_and_produces_nothing() {
 async fn bearer_tokens_are_required_once_configured() {
     let _shared = SERVICES.read().await;
     let (names, mut settings) = setup("gateway-auth").await;
-    settings.gateway.token_sha256 = vec![hex::encode(sha2::Sha256::digest(b"s3cret"))];
+    settings.gateway.tokens = vec![hex::encode(sha2::Sha256::digest(b"s3cret"))];
     let gateway = RunningGateway::start(&settings).await;
     let client = reqwest::Client::new();
     let chunks = gateway.url("/v1/streams/s/chunks");

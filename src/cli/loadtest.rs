@@ -44,7 +44,7 @@ pub struct LoadtestArgs {
     /// Use one WebSocket per stream instead of one POST per chunk.
     #[arg(long)]
     pub ws: bool,
-    /// Bearer token (when the gateway has gateway.token_sha256 set).
+    /// Bearer token (when the gateway has gateway.tokens set).
     #[arg(long, env = "SPECFLOW_GATEWAY_TOKEN")]
     pub token: Option<String>,
     /// Stream id prefix (a run id is appended so that runs never share a stream).

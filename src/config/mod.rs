@@ -173,7 +173,7 @@ impl Settings {
         problems.extend(self.dead_letter.validate());
         problems.extend(self.mongo.validate());
         problems.extend(self.http.validate());
-        problems.extend(self.gateway.validate(self.input.max_message_bytes));
+        problems.extend(self.gateway.validate());
         problems.extend(self.log.validate());
         if self.shutdown.drain_timeout_secs == 0 {
             problems.push(Problem::new(

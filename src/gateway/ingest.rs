@@ -424,14 +424,21 @@ pub fn wav_pcm(body: &[u8]) -> Result<(PcmLayout, Bytes), ApiError> {
     ))
 }
 
+/// A parameter from the query, else the HTTP header `header_name` (`Audio-Format`, …), else
+/// the wire header itself (`audio.format`, …).
 fn param<'a>(
     query: &'a Option<String>,
     headers: &'a HeaderMap,
     header_name: &str,
 ) -> Option<&'a str> {
-    query
-        .as_deref()
-        .or_else(|| headers.get(header_name).and_then(|v| v.to_str().ok()))
+    let wire_name = header_name
+        .replacen("audio-", "audio.", 1)
+        .replace('-', "_");
+    query.as_deref().or_else(|| {
+        [header_name, wire_name.as_str()]
+            .into_iter()
+            .find_map(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+    })
 }
 
 /// Reads the body, refusing one above `max` bytes with `413`.
@@ -575,7 +582,7 @@ pub(super) async fn post_chunks(
             timestamp_ms,
             eos,
         },
-        settings.gateway.max_chunk_bytes,
+        settings.gateway.chunk_bytes(&settings.input),
     )?;
     let started = Instant::now();
     let delivered = produce_chunks(&gateway.producer, &stream_id, &pcm, &chunks).await?;
@@ -676,6 +683,34 @@ mod tests {
             unknown.message.contains("audio.format"),
             "{}",
             unknown.message
+        );
+    }
+
+    #[test]
+    fn parameters_come_from_the_query_or_either_header_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert("audio.sample_rate", "8000".parse().unwrap());
+        headers.insert("audio-channels", "2".parse().unwrap());
+        assert_eq!(param(&None, &headers, "audio-sample-rate"), Some("8000"));
+        assert_eq!(param(&None, &headers, "audio-channels"), Some("2"));
+        assert_eq!(
+            param(&Some("4".into()), &headers, "audio-channels"),
+            Some("4")
+        );
+        assert_eq!(param(&None, &headers, "audio-format"), None);
+    }
+
+    #[test]
+    fn chunks_never_exceed_what_the_worker_accepts() {
+        let gateway = crate::gateway::GatewayConfig::default();
+        let input = InputConfig {
+            max_message_bytes: 4_000,
+            ..InputConfig::default()
+        };
+        assert_eq!(gateway.chunk_bytes(&input), 4_000);
+        assert_eq!(
+            gateway.chunk_bytes(&InputConfig::default()),
+            gateway.max_chunk_bytes
         );
     }
 

@@ -42,19 +42,19 @@ use metrics::GatewayMetrics;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Listen address. Loopback by default; any other address needs `token_sha256`.
+    /// Listen address. Loopback by default; any other address needs `tokens`.
     pub address: String,
     /// Largest accepted request body, in bytes (larger: `413`).
     pub max_body_bytes: usize,
     /// Largest chunk produced to Kafka, in bytes of PCM; a larger body is split, in order,
-    /// with `audio.start_sample` advancing. At most `input.max_message_bytes`, and below the
-    /// broker's `message.max.bytes` (1 MB by default).
+    /// with `audio.start_sample` advancing. `input.max_message_bytes` caps it (the smaller of
+    /// the two is used); keep it below the broker's `message.max.bytes` (1 MB by default).
     pub max_chunk_bytes: usize,
     /// SHA-256 digests (64 hex digits) of the accepted bearer tokens. Empty: no token needed,
     /// which is allowed only on a loopback `address`. In the environment:
-    /// `SPECFLOW__GATEWAY__TOKEN_SHA256=<hex>,<hex>`.
-    #[serde(deserialize_with = "list_or_comma_separated")]
-    pub token_sha256: Vec<String>,
+    /// `SPECFLOW__GATEWAY__TOKENS=<hex>,<hex>`.
+    #[serde(alias = "token_sha256", deserialize_with = "list_or_comma_separated")]
+    pub tokens: Vec<String>,
     /// How long a chunk may wait for the broker's acknowledgement, in milliseconds, before the
     /// request fails with `503` (the producer's `message.timeout.ms`).
     pub delivery_timeout_ms: u64,
@@ -77,7 +77,7 @@ impl Default for GatewayConfig {
             address: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
             max_chunk_bytes: 256 * 1024,
-            token_sha256: Vec::new(),
+            tokens: Vec::new(),
             delivery_timeout_ms: 10_000,
             queue_max_kbytes: 65_536,
             linger_ms: 2,
@@ -107,8 +107,14 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
 }
 
 impl GatewayConfig {
-    /// Every problem with these settings; `max_message_bytes` is `input.max_message_bytes`.
-    pub fn validate(&self, max_message_bytes: usize) -> Vec<Problem> {
+    /// The chunk size bodies are split at: `max_chunk_bytes`, capped by
+    /// `input.max_message_bytes` (what the worker accepts).
+    pub fn chunk_bytes(&self, input: &crate::audio::InputConfig) -> usize {
+        self.max_chunk_bytes.min(input.max_message_bytes)
+    }
+
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         match self.address.parse::<SocketAddr>() {
             Err(_) => problems.push(Problem::new(
@@ -116,9 +122,9 @@ impl GatewayConfig {
                 &self.address,
                 "must be ip:port, e.g. 127.0.0.1:8080",
             )),
-            Ok(address) if !address.ip().is_loopback() && self.token_sha256.is_empty() => {
+            Ok(address) if !address.ip().is_loopback() && self.tokens.is_empty() => {
                 problems.push(Problem::new(
-                    "gateway.token_sha256",
+                    "gateway.tokens",
                     "[]",
                     format!(
                         "must list at least one token digest when gateway.address ({}) is not loopback",
@@ -128,20 +134,20 @@ impl GatewayConfig {
             }
             Ok(_) => {}
         }
-        for digest in &self.token_sha256 {
+        for digest in &self.tokens {
             if auth::parse_digest(digest).is_none() {
                 problems.push(Problem::new(
-                    "gateway.token_sha256",
+                    "gateway.tokens",
                     auth::redact_digest(digest),
                     "must be a SHA-256 digest: 64 hex digits (sha256sum of the token)",
                 ));
             }
         }
-        if self.max_chunk_bytes < 8 || self.max_chunk_bytes > max_message_bytes {
+        if self.max_chunk_bytes < 8 {
             problems.push(Problem::new(
                 "gateway.max_chunk_bytes",
                 self.max_chunk_bytes,
-                format!("must be between 8 and input.max_message_bytes ({max_message_bytes})"),
+                "must be at least 8",
             ));
         }
         if self.max_body_bytes == 0 {
@@ -215,7 +221,7 @@ where
     } else {
         None
     };
-    let tokens = TokenHashes::from_hex(&settings.gateway.token_sha256);
+    let tokens = TokenHashes::from_hex(&settings.gateway.tokens);
     let listener = tokio::net::TcpListener::bind(&settings.gateway.address)
         .await
         .with_context(|| {
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_loopback_needs_no_token() {
-        assert!(GatewayConfig::default().validate(8 << 20).is_empty());
+        assert!(GatewayConfig::default().validate().is_empty());
     }
 
     #[test]
@@ -348,23 +354,16 @@ mod tests {
             address: "0.0.0.0:8080".into(),
             ..GatewayConfig::default()
         };
-        let problems: Vec<String> = open
-            .validate(8 << 20)
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems: Vec<String> = open.validate().iter().map(|p| p.to_string()).collect();
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with("gateway.token_sha256"),
-            "{problems:?}"
-        );
+        assert!(problems[0].starts_with("gateway.tokens"), "{problems:?}");
         let bad_digest = GatewayConfig {
-            token_sha256: vec!["abc".into()],
-            max_chunk_bytes: 9 << 20,
+            tokens: vec!["abc".into()],
+            max_chunk_bytes: 4,
             ..GatewayConfig::default()
         };
         let problems: Vec<String> = bad_digest
-            .validate(8 << 20)
+            .validate()
             .iter()
             .map(|p| p.to_string())
             .collect();
@@ -386,15 +385,12 @@ mod tests {
         let b = "b".repeat(64);
         let from_env = Settings::load_with_env(
             None,
-            vec![(
-                "SPECFLOW__GATEWAY__TOKEN_SHA256".to_string(),
-                format!("{a}, {b}"),
-            )],
+            vec![("SPECFLOW__GATEWAY__TOKENS".to_string(), format!("{a}, {b}"))],
         )
         .unwrap();
-        assert_eq!(from_env.gateway.token_sha256, [a.clone(), b.clone()]);
+        assert_eq!(from_env.gateway.tokens, [a.clone(), b.clone()]);
         let from_toml: Settings =
             toml::from_str(&format!("[gateway]\ntoken_sha256 = [\"{a}\"]\n")).unwrap();
-        assert_eq!(from_toml.gateway.token_sha256, [a]);
+        assert_eq!(from_toml.gateway.tokens, [a]);
     }
 }

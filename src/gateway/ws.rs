@@ -34,9 +34,8 @@ use super::error::ApiError;
 use super::ingest::{BodyPlace, Delivered, PcmLayout, now_ms, plan_chunks};
 use crate::audio::decode_stream_id;
 
-/// The session's first (text) message.
+/// The session's first (text) message (other fields are ignored).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StreamFormat {
     /// `s16le`, `s32le` or `f32le`.
     pub format: Option<String>,
@@ -360,7 +359,10 @@ impl Session {
                 timestamp_ms: position.timestamp_of(start),
                 eos,
             },
-            gateway.settings.gateway.max_chunk_bytes,
+            gateway
+                .settings
+                .gateway
+                .chunk_bytes(&gateway.settings.input),
         )?;
         gateway.producer.check_reachable()?;
         let frame_bytes = frame_bytes as u64;
