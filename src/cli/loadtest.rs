@@ -286,27 +286,36 @@ async fn ws_stream(
     let chunks: Vec<Vec<u8>> = pcm.chunks(samples_per_chunk).map(s16_bytes).collect();
     let count = chunks.len();
     let chunk_ms = args.chunk_ms;
+    let sent_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count)));
+    let sent_log = sent_at.clone();
     let sender = tokio::spawn(async move {
         let start = tokio::time::Instant::now();
-        let mut sent_at = Vec::with_capacity(count);
         for (k, chunk) in chunks.into_iter().enumerate() {
             tokio::time::sleep_until(start + Duration::from_millis(k as u64 * chunk_ms)).await;
-            sent_at.push(Instant::now());
-            tx.send(tungstenite::Message::Binary(chunk.into())).await?;
+            sent_log.lock().expect("send times").push(Instant::now());
+            if tx
+                .send(tungstenite::Message::Binary(chunk.into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
         // Ends the stream and asks for the last acknowledgement before the server closes.
-        tx.send(tungstenite::Message::Text(
-            serde_json::json!({"eos": true}).to_string().into(),
-        ))
-        .await?;
-        anyhow::Ok((sent_at, tx))
+        let _ = tx
+            .send(tungstenite::Message::Text(
+                serde_json::json!({"eos": true}).to_string().into(),
+            ))
+            .await;
     });
     let mut acks: Vec<(Instant, u64)> = Vec::new();
     let mut refused = HashMap::new();
     while let Some(message) = rx.next().await {
         match message {
             Ok(tungstenite::Message::Text(text)) => {
-                let value: serde_json::Value = serde_json::from_str(text.as_str())?;
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+                    continue;
+                };
                 if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
                     *refused.entry(error.to_owned()).or_default() += 1;
                 }
@@ -318,9 +327,12 @@ async fn ws_stream(
             Ok(_) => {}
         }
     }
-    let (sent_at, _tx) = sender.await.context("sender")??;
+    // The server ended the session (after eos, or on a refusal): stop sending.
+    sender.abort();
+    let _ = sender.await;
+    let sent_at = std::mem::take(&mut *sent_at.lock().expect("send times"));
     let mut outcome = StreamOutcome {
-        sent: count,
+        sent: sent_at.len(),
         refused,
         ..StreamOutcome::default()
     };

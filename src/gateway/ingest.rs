@@ -36,6 +36,7 @@ pub struct ChunkProducer {
     topic: String,
     broker: Arc<BrokerState>,
     retry_after_secs: u64,
+    delivery_timeout: Duration,
 }
 
 /// Where one acknowledged chunk went.
@@ -51,7 +52,8 @@ impl ChunkProducer {
     /// Builds the producer from `[kafka]` and `[gateway]`.
     pub fn build(settings: &Settings) -> Result<Self, BuildError> {
         let gateway = &settings.gateway;
-        let mut config = settings.kafka.client_config(&Default::default())?;
+        // `[kafka.producer]` first: the guarantees set below (acks=all, idempotence) win.
+        let mut config = settings.kafka.client_config(&settings.kafka.producer)?;
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -71,9 +73,6 @@ impl ChunkProducer {
                     .max(1_000_000)
                     .to_string(),
             );
-        for (key, value) in &settings.kafka.producer {
-            config.set(key, value);
-        }
         let context = ReachabilityContext::default();
         let broker = context.state();
         let producer = settings
@@ -84,6 +83,7 @@ impl ChunkProducer {
             topic: settings.source.topic.clone(),
             broker,
             retry_after_secs: gateway.retry_after_secs,
+            delivery_timeout: Duration::from_millis(gateway.delivery_timeout_ms),
         })
     }
 
@@ -92,9 +92,13 @@ impl ChunkProducer {
         self.broker.known_up()
     }
 
-    /// Waits (up to 10 s) for everything queued to be delivered.
-    pub fn flush(&self) {
-        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
+    /// Waits (up to 10 s, off the async threads) for everything queued to be delivered.
+    pub async fn flush(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            producer.flush(Timeout::After(Duration::from_secs(10)))
+        })
+        .await;
     }
 
     /// `503` when the broker is known to be unreachable.
@@ -223,6 +227,17 @@ pub fn plan_chunks(
         eos,
     } = place;
     let frame_bytes = layout.frame_bytes();
+    let frames = (pcm.len() / frame_bytes) as u64;
+    let span_ms =
+        i64::try_from(frames * 1000 / u64::from(layout.sample_rate.max(1))).unwrap_or(i64::MAX);
+    if start_sample.checked_add(frames).is_none() || timestamp_ms.checked_add(span_ms).is_none() {
+        return Err(ApiError::bad_request(
+            "bad_parameter",
+            format!(
+                "start_sample ({start_sample}) or timestamp_ms ({timestamp_ms}) is too large for {frames} more samples"
+            ),
+        ));
+    }
     let per_chunk = (max_chunk_bytes / frame_bytes).max(1) * frame_bytes;
     let mut ranges: Vec<Range<usize>> = (0..pcm.len())
         .step_by(per_chunk)
@@ -286,18 +301,27 @@ pub async fn produce_chunks(
 ) -> Result<Vec<Delivered>, ApiError> {
     producer.check_reachable()?;
     let mut deliveries = Vec::with_capacity(chunks.len());
+    let deadline = Instant::now() + producer.delivery_timeout;
     for chunk in chunks {
-        match producer.enqueue(stream_id, &pcm[chunk.range.clone()], &chunk.headers)? {
-            Some(delivery) => deliveries.push(delivery),
-            None => {
-                // What was queued may still be delivered; a retry with the same start_sample
-                // is safe (the worker trims or dead-letters samples it already has).
-                for delivery in deliveries {
-                    let _ = producer.acknowledged(delivery).await;
+        let delivery = loop {
+            match producer.enqueue(stream_id, &pcm[chunk.range.clone()], &chunk.headers)? {
+                Some(delivery) => break delivery,
+                // Nothing queued yet: refuse at once, so that a 429 produced nothing.
+                None if deliveries.is_empty() => return Err(producer.queue_full()),
+                // Part of the body is queued: wait for room (the queue drains as the broker
+                // acknowledges) rather than answer 429 for a body half produced.
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                return Err(producer.queue_full());
+                None => {
+                    for delivery in deliveries {
+                        let _ = producer.acknowledged(delivery).await;
+                    }
+                    return Err(producer.queue_full());
+                }
             }
-        }
+        };
+        deliveries.push(delivery);
     }
     let mut delivered = Vec::with_capacity(deliveries.len());
     let mut failure = None;
@@ -382,35 +406,41 @@ pub fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
 /// `s32le`, 8-bit as `s16le`, 32-bit float as `f32le`.
 pub fn wav_pcm(body: &[u8]) -> Result<(PcmLayout, Bytes), ApiError> {
     let bad = |why: String| ApiError::bad_request("bad_wav", why);
-    let reader = hound::WavReader::new(Cursor::new(body))
+    let mut reader = hound::WavReader::new(Cursor::new(body))
         .map_err(|e| bad(format!("not a readable WAV file: {e}")))?;
     let spec = reader.spec();
-    let samples = reader.len() as usize;
-    let data_start = reader.into_inner().position() as usize;
-    let width = usize::from(spec.bits_per_sample).div_ceil(8);
-    let data_end = data_start + samples * width;
-    let data = body
-        .get(data_start..data_end)
-        .ok_or_else(|| bad("the WAV data chunk is shorter than its header says".into()))?;
+    let truncated = |e: hound::Error| bad(format!("the WAV data cannot be read: {e}"));
+    // hound reads each sample from its container, whatever its width (24-bit samples in
+    // 4-byte slots included).
     let (format, pcm): (SampleFormat, Vec<u8>) = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Int, 16) => (SampleFormat::S16le, data.to_vec()),
-        (hound::SampleFormat::Int, 32) => (SampleFormat::S32le, data.to_vec()),
-        (hound::SampleFormat::Float, 32) => (SampleFormat::F32le, data.to_vec()),
-        (hound::SampleFormat::Int, 24) => (
-            SampleFormat::S32le,
-            data.chunks_exact(3)
-                .flat_map(|b| [0, b[0], b[1], b[2]])
-                .collect(),
-        ),
-        (hound::SampleFormat::Int, 8) => (
-            SampleFormat::S16le,
-            data.iter()
-                .flat_map(|&b| ((i16::from(b) - 128) << 8).to_le_bytes())
-                .collect(),
-        ),
+        (hound::SampleFormat::Int, 1..=16) => {
+            let shift = 16 - u32::from(spec.bits_per_sample);
+            let mut pcm = Vec::with_capacity(reader.len() as usize * 2);
+            for sample in reader.samples::<i32>() {
+                pcm.extend_from_slice(
+                    &((sample.map_err(truncated)? << shift) as i16).to_le_bytes(),
+                );
+            }
+            (SampleFormat::S16le, pcm)
+        }
+        (hound::SampleFormat::Int, 17..=32) => {
+            let shift = 32 - u32::from(spec.bits_per_sample);
+            let mut pcm = Vec::with_capacity(reader.len() as usize * 4);
+            for sample in reader.samples::<i32>() {
+                pcm.extend_from_slice(&(sample.map_err(truncated)? << shift).to_le_bytes());
+            }
+            (SampleFormat::S32le, pcm)
+        }
+        (hound::SampleFormat::Float, 32) => {
+            let mut pcm = Vec::with_capacity(reader.len() as usize * 4);
+            for sample in reader.samples::<f32>() {
+                pcm.extend_from_slice(&sample.map_err(truncated)?.to_le_bytes());
+            }
+            (SampleFormat::F32le, pcm)
+        }
         (kind, bits) => {
             return Err(bad(format!(
-                "WAV samples of {bits}-bit {kind:?} are not supported (8/16/24/32-bit integer or 32-bit float)"
+                "WAV samples of {bits}-bit {kind:?} are not supported (integer up to 32 bits or 32-bit float)"
             )));
         }
     };

@@ -198,6 +198,8 @@ pub(crate) struct Gateway {
     pub(crate) metrics: GatewayMetrics,
     /// Cancelled when the server stops: WebSocket sessions settle and close.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// One clone per open WebSocket session: the server waits for them before it returns.
+    pub(crate) sessions: Arc<()>,
 }
 
 type Shared = Arc<Gateway>;
@@ -238,6 +240,7 @@ where
         tokens,
         metrics: GatewayMetrics::new(),
         stopping: tokio_util::sync::CancellationToken::new(),
+        sessions: Arc::new(()),
     });
     let api = Router::new()
         .route("/v1/streams/{stream_id}/chunks", post(ingest::post_chunks))
@@ -272,7 +275,15 @@ where
             })
             .await
             .context("gateway HTTP server")?;
-        gateway.producer.flush();
+        // Sessions run in tasks of their own, which the HTTP server does not wait for: let them
+        // settle (their chunks acknowledged, `shutting_down` sent) before the producer flushes.
+        let deadline = Instant::now()
+            + std::time::Duration::from_millis(gateway.settings.gateway.delivery_timeout_ms)
+            + std::time::Duration::from_secs(2);
+        while Arc::strong_count(&gateway.sessions) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        gateway.producer.flush().await;
         if let Some(store) = &gateway.features {
             store.clone().shutdown().await;
         }

@@ -57,6 +57,16 @@ struct EndOfStream {
     eos: bool,
 }
 
+/// The close code of a refusal: 1007 for bad data (4xx), 1011 for a failure on our side or
+/// the broker's (429, 5xx: reconnect and go on).
+fn close_code_of(error: &ApiError) -> u16 {
+    if error.status.is_client_error() && error.status != axum::http::StatusCode::TOO_MANY_REQUESTS {
+        close_code::INVALID
+    } else {
+        close_code::ERROR
+    }
+}
+
 /// A chunk failed after it was queued.
 fn gateway_unavailable(gateway: &Shared) -> ApiError {
     ApiError::retry_later(
@@ -104,9 +114,11 @@ pub(super) async fn upgrade(
         None
     };
     let max_message = gateway.settings.gateway.max_body_bytes;
+    let open = gateway.sessions.clone();
     Ok(ws
         .max_message_size(max_message)
         .on_upgrade(move |socket| async move {
+            let _open = open;
             gateway.metrics.websocket_sessions.inc();
             let mut session = Session {
                 gateway: gateway.clone(),
@@ -183,7 +195,7 @@ impl Session {
             Ok(Some(position)) => position,
             Ok(None) => return,
             Err(e) => {
-                self.fail(e, 0, close_code::POLICY).await;
+                self.fail(e, 0, close_code::INVALID).await;
                 return;
             }
         };
@@ -196,7 +208,8 @@ impl Session {
                     Some(Ok(Message::Binary(pcm))) => {
                         if let Err(e) = self.produce(&mut position, &pcm, false, &mut pending).await {
                             let durable = self.settle(&mut position, &mut pending).await;
-                            self.fail(e, durable, close_code::INVALID).await;
+                            let code = close_code_of(&e);
+                            self.fail(e, durable, code).await;
                             return;
                         }
                     }
@@ -246,7 +259,7 @@ impl Session {
                                 self.fail(e, durable, close_code::ERROR).await;
                             }
                             Err(e) => {
-                                let code = if e.status.is_client_error() { close_code::INVALID } else { close_code::ERROR };
+                                let code = close_code_of(&e);
                                 self.fail(e, durable, code).await;
                             }
                         }

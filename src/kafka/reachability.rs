@@ -22,18 +22,19 @@ pub struct BrokerState {
 impl BrokerState {
     /// Known to be unreachable.
     pub fn known_down(&self) -> bool {
-        self.known.load(Ordering::Relaxed) && !self.up.load(Ordering::Relaxed)
+        self.known.load(Ordering::Acquire) && !self.up.load(Ordering::Relaxed)
     }
 
     /// Known to be reachable.
     pub fn known_up(&self) -> bool {
-        self.known.load(Ordering::Relaxed) && self.up.load(Ordering::Relaxed)
+        self.known.load(Ordering::Acquire) && self.up.load(Ordering::Relaxed)
     }
 
     /// Records a report.
     pub fn set(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
-        self.known.store(true, Ordering::Relaxed);
+        // Release: whoever sees `known` also sees the `up` stored before it.
+        self.known.store(true, Ordering::Release);
     }
 }
 
