@@ -38,6 +38,15 @@ impl BrokerState {
     }
 }
 
+/// Whether a statistics report shows a broker connection that is up. Bootstrap entries have
+/// node id -1 and do not count.
+pub fn any_broker_up(statistics: &Statistics) -> bool {
+    statistics
+        .brokers
+        .values()
+        .any(|b| b.nodeid >= 0 && b.state == "UP")
+}
+
 /// A client context that keeps a [`BrokerState`] up to date and logs client errors.
 #[derive(Debug, Clone, Default)]
 pub struct ReachabilityContext {
@@ -60,12 +69,7 @@ impl ClientContext for ReachabilityContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        // Bootstrap entries have node id -1; a real broker connection that is up counts.
-        let up = statistics
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.state.set(up);
+        self.state.set(any_broker_up(&statistics));
     }
 }
 

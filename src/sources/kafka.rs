@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
+use crate::kafka::reachability::any_broker_up;
 use crate::kafka::{BuildError, KafkaConfig, valid_topic_name};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -253,12 +254,7 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(health) = &self.health {
-            // Bootstrap entries have node id -1; a real broker connection that is up counts.
-            let up = statistics
-                .brokers
-                .values()
-                .any(|b| b.nodeid >= 0 && b.state == "UP");
-            health.set_kafka_ok(up);
+            health.set_kafka_ok(any_broker_up(&statistics));
         }
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, stats) in &topic.partitions {
