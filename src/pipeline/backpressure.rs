@@ -93,6 +93,16 @@ impl PauseGate {
     }
 }
 
+impl Drop for PauseGate {
+    /// Destroys the held partition list before the consumer: the list keeps references to
+    /// librdkafka's partition objects, and a consumer destroyed while they live waits forever
+    /// for its broker threads (seen when the gate was the consumer's last holder mid-outage).
+    fn drop(&mut self) {
+        let held = self.held.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop(held.1.take());
+    }
+}
+
 /// Exponential backoff with jitter for sink writes; while failing, the partitions are paused
 /// (through the [`PauseGate`]) and readiness is false, until [`Backoff::succeeded`].
 pub(super) struct Backoff<'a> {

@@ -290,8 +290,8 @@ impl Worker {
         {
             warn!(error = %e, "Producer flush incomplete.");
         }
-        let consumer = self.intake.consumer();
-        match commit_stored_offsets(&**consumer) {
+        let consumer = self.intake.consumer().clone();
+        match commit_stored_offsets(&*consumer) {
             Ok(true) => info!("Offsets committed."),
             Ok(false) => {}
             Err(e) => {
@@ -311,6 +311,17 @@ impl Worker {
             {
                 warn!("MongoDB client did not shut down in time.");
             }
+        }
+        // The consumer has one owner from here: closing and destroying it blocks (librdkafka
+        // leaves the group and joins its threads), so it happens off the async threads, and
+        // never later in whichever task happens to drop the last reference.
+        drop(self.gate);
+        drop(self.intake);
+        if Arc::strong_count(&consumer) > 1 {
+            warn!("The consumer is still referenced at the end of the drain.");
+        }
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            warn!(error = %e, "Closing the consumer failed.");
         }
         result
     }
