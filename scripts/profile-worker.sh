@@ -5,7 +5,9 @@
 # then sums the samples by stage (consume, decode, DSP, JSON, BSON, produce, MongoDB client,
 # allocator, kernel, runtime) with scripts/perf_stages.py.
 #
-# Usage: scripts/profile-worker.sh [--streams N] [--seconds S] [--pitch yin|pyin] [--layout frames|columns]
+# Usage: scripts/profile-worker.sh [--streams N] [--seconds S] [--pitch yin|pyin] [--layout frames|columns] [--call-graph]
+# --call-graph also records DWARF call stacks (at 199 Hz) and writes the callers of the hottest
+# symbols to callers.txt: who copies memory, who reads the clock.
 # Needs perf (Debian: linux-perf); output in target/bench/profile-<run>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,12 +16,14 @@ streams=40
 seconds=30
 pitch=yin
 layout=frames
+call_graph=()
 while (($#)); do
     case "$1" in
         --streams) streams="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
         --pitch) pitch="$2"; shift 2 ;;
         --layout) layout="$2"; shift 2 ;;
+        --call-graph) call_graph=(--call-graph dwarf,32768 -F 199); shift ;;
         *) echo "profile-worker: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -44,7 +48,7 @@ messages=$((streams * seconds * 10))
 echo "profile-worker: $messages messages preloaded; profiling the worker ($pitch, $layout)"
 
 # The worker runs as perf's child; perf ends when the worker does.
-perf record -F 499 -e cpu-clock -o "$out/perf.data" -- \
+perf record -F 499 "${call_graph[@]}" -e cpu-clock -o "$out/perf.data" -- \
     "$bin" run --config configs/specflow.toml >"$out/worker.log" 2>"$out/perf.log" &
 perf_pid=$!
 worker=""
@@ -71,3 +75,8 @@ cpu=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h
 echo "profile-worker: worker CPU ${cpu} s for $messages messages ($(awk -v c="$cpu" -v m="$messages" 'BEGIN { printf "%.0f", c / m * 1e6 }') µs per message)"
 perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null >"$out/report.txt"
 python3 scripts/perf_stages.py "$out/report.txt" | tee "$out/stages.txt"
+if ((${#call_graph[@]})); then
+    perf report -i "$out/perf.data" --no-children --sort symbol --call-graph=caller,0.5,callee \
+        --stdio 2>/dev/null >"$out/callers.txt"
+    echo "profile-worker: call stacks in $out/callers.txt"
+fi

@@ -93,6 +93,11 @@ impl FrameBatch {
         self.indexes.is_empty()
     }
 
+    /// Numbers stored per frame, every selected feature's values together.
+    pub fn values_per_frame(&self) -> usize {
+        self.layout.widths.iter().sum::<usize>() + usize::from(self.layout.voiced_prob)
+    }
+
     /// The features stored for each frame, in output order.
     pub fn selected(&self) -> &[FeatureName] {
         &self.layout.selected
@@ -115,12 +120,20 @@ impl FrameBatch {
             "frame {i} out of range for a batch of {}",
             self.len()
         );
-        FrameView { batch: self, i }
+        FrameView {
+            batch: self,
+            i,
+            timestamp_ms: None,
+        }
     }
 
     /// Iterates over the frames.
     pub fn frames(&self) -> impl ExactSizeIterator<Item = FrameView<'_>> + '_ {
-        (0..self.len()).map(move |i| FrameView { batch: self, i })
+        (0..self.len()).map(move |i| FrameView {
+            batch: self,
+            i,
+            timestamp_ms: None,
+        })
     }
 
     /// The value of a scalar feature on frame `i`; `None` when not selected, not a scalar, or
@@ -375,14 +388,23 @@ fn as_i64(value: u64) -> i64 {
 
 /// One frame of a [`FrameBatch`]. Serialises as a flat map: `index`, `start_sample`, then every
 /// selected feature by name (`f0` is null when unvoiced and is followed by `voiced`, and with
-/// pYIN by `voiced_prob`).
+/// pYIN by `voiced_prob`), then `timestamp_ms` when one was given ([`FrameView::at_time`]).
 #[derive(Debug, Clone, Copy)]
 pub struct FrameView<'a> {
     batch: &'a FrameBatch,
     i: usize,
+    timestamp_ms: Option<i64>,
 }
 
 impl FrameView<'_> {
+    /// The same frame, serialised with a last `timestamp_ms` entry (the record's frames).
+    pub fn at_time(self, timestamp_ms: i64) -> Self {
+        Self {
+            timestamp_ms: Some(timestamp_ms),
+            ..self
+        }
+    }
+
     /// Frame index.
     pub fn index(&self) -> u64 {
         self.batch.index(self.i)
@@ -411,7 +433,9 @@ impl Serialize for FrameView<'_> {
         let selected = &batch.layout.selected;
         let with_f0 = usize::from(batch.layout.contains(FeatureName::F0));
         let with_prob = with_f0 * usize::from(batch.layout.voiced_prob);
-        let mut map = serializer.serialize_map(Some(2 + selected.len() + with_f0 + with_prob))?;
+        let with_time = usize::from(self.timestamp_ms.is_some());
+        let entries = 2 + selected.len() + with_f0 + with_prob + with_time;
+        let mut map = serializer.serialize_map(Some(entries))?;
         map.serialize_entry("index", &as_i64(batch.indexes[i]))?;
         map.serialize_entry("start_sample", &as_i64(batch.start_samples[i]))?;
         for &name in selected {
@@ -426,6 +450,9 @@ impl Serialize for FrameView<'_> {
             } else if let Some(values) = batch.vector(name, i) {
                 map.serialize_entry(name.as_str(), values)?;
             }
+        }
+        if let Some(timestamp_ms) = self.timestamp_ms {
+            map.serialize_entry("timestamp_ms", &timestamp_ms)?;
         }
         map.end()
     }

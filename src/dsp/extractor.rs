@@ -179,7 +179,7 @@ impl FeatureExtractor {
                 config.pitch_fmin,
                 config.pitch_fmax,
                 config.pitch_threshold,
-                &mut planner,
+                &mut RealFftPlanner::<f32>::new(),
             )
         });
 

@@ -1,4 +1,8 @@
 //! YIN fundamental frequency estimation, following `librosa.yin` (0.11) on one frame.
+//!
+//! The autocorrelation runs in float32, as librosa's does (numpy 2 keeps float32 frames in
+//! float32 through `rfft`/`irfft`), at twice the width of a float64 transform; the difference
+//! function and its normalisation are then taken in float64 from those values.
 
 use std::sync::Arc;
 
@@ -15,8 +19,8 @@ pub struct Yin {
     /// `1 / tau` for `tau` in `0..=max_period` (index 0 unused).
     inverse_period: Vec<f64>,
     fft_len: usize,
-    forward: Arc<dyn RealToComplex<f64>>,
-    inverse: Arc<dyn ComplexToReal<f64>>,
+    forward: Arc<dyn RealToComplex<f32>>,
+    inverse: Arc<dyn ComplexToReal<f32>>,
 }
 
 impl std::fmt::Debug for Yin {
@@ -33,9 +37,9 @@ impl std::fmt::Debug for Yin {
 
 /// Reusable buffers for [`Yin::estimate`].
 pub struct YinScratch {
-    time: Vec<f64>,
-    spectrum: Vec<Complex<f64>>,
-    fft_scratch: Vec<Complex<f64>>,
+    time: Vec<f32>,
+    spectrum: Vec<Complex<f32>>,
+    fft_scratch: Vec<Complex<f32>>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
     cmnd: Vec<f64>,
 }
@@ -69,7 +73,7 @@ impl Yin {
         fmin: f64,
         fmax: f64,
         threshold: f64,
-        planner: &mut RealFftPlanner<f64>,
+        planner: &mut RealFftPlanner<f32>,
     ) -> Self {
         let min_period = ((sample_rate / fmax).floor() as usize).max(1);
         let max_period = ((sample_rate / fmin).ceil() as usize)
@@ -125,9 +129,7 @@ impl Yin {
         } = scratch;
 
         // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau].
-        for (t, &x) in time.iter_mut().zip(frame) {
-            *t = f64::from(x);
-        }
+        time[..frame.len()].copy_from_slice(frame);
         time[frame.len()..].fill(0.0);
         self.forward
             .process_with_scratch(time, spectrum, fft_scratch)
@@ -145,7 +147,7 @@ impl Yin {
         // cumulative mean normalised difference cmnd(tau) = d(tau) / (mean of d(1..=tau)), for
         // periods min_period..=max_period (index i = tau - min_period). Computed in order of tau,
         // stopping at the first trough below the threshold (troughs need one value beyond them).
-        let acf0 = acf[0] * scale;
+        let acf0 = f64::from(acf[0]) * scale;
         let n = cmnd.len();
         let mut cumulative = 0.0;
         let mut energy = 0.0;
@@ -153,7 +155,7 @@ impl Yin {
         for tau in 1..=self.max_period {
             let x = f64::from(frame[tau - 1]);
             energy += x * x;
-            let d = 2.0 * (acf0 - acf[tau] * scale) - energy;
+            let d = 2.0 * (acf0 - f64::from(acf[tau]) * scale) - energy;
             cumulative += d;
             if tau < self.min_period {
                 continue;
