@@ -277,15 +277,49 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
 /// Half-wave rectified L2 spectral flux: `sqrt(sum_k max(S_t[k] - S_{t-1}[k], 0)^2)`.
 #[inline(always)]
 pub fn spectral_flux(magnitude: &[f64], previous: &[f64]) -> f64 {
-    magnitude
-        .iter()
-        .zip(previous)
-        .map(|(&now, &before)| {
-            let rise = (now - before).max(0.0);
-            rise * rise
-        })
-        .sum::<f64>()
+    // Eight partial sums (vectorisable; a fixed summation order), as `dot` and `sum`.
+    let len = magnitude.len().min(previous.len());
+    let (now, before) = (&magnitude[..len], &previous[..len]);
+    let mut lanes = [0.0f64; 8];
+    let mut now_chunks = now.chunks_exact(8);
+    let mut before_chunks = before.chunks_exact(8);
+    for (x, y) in (&mut now_chunks).zip(&mut before_chunks) {
+        for lane in 0..8 {
+            let rise = (x[lane] - y[lane]).max(0.0);
+            lanes[lane] += rise * rise;
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in now_chunks.remainder().iter().zip(before_chunks.remainder()) {
+        let rise = (x - y).max(0.0);
+        tail += rise * rise;
+    }
+    (((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail)
         .sqrt()
+}
+
+/// The largest of `values` (`-inf` when empty), with eight independent running maxima so the
+/// scan vectorises instead of waiting on one compare chain.
+#[inline(always)]
+fn max_value(values: &[f64]) -> f64 {
+    let mut lanes = [f64::NEG_INFINITY; 8];
+    let mut chunks = values.chunks_exact(8);
+    for x in &mut chunks {
+        for lane in 0..8 {
+            if x[lane] > lanes[lane] {
+                lanes[lane] = x[lane];
+            }
+        }
+    }
+    let mut max = f64::NEG_INFINITY;
+    for &v in lanes.iter().chain(chunks.remainder()) {
+        if v > max {
+            max = v;
+        }
+    }
+    max
 }
 
 /// Frequency of the strongest non-DC bin, refined by a parabola through the log magnitudes of it
@@ -295,12 +329,12 @@ pub fn dominant_frequency(magnitude: &[f64], bin_hz: f64) -> f64 {
     if magnitude.len() < 2 {
         return 0.0;
     }
-    let mut peak = 1;
-    for k in 2..magnitude.len() {
-        if magnitude[k] > magnitude[peak] {
-            peak = k;
-        }
-    }
+    // The first bin holding the largest value: its maximum first (vectorised), then where it is.
+    let largest = max_value(&magnitude[1..]);
+    let peak = 1 + magnitude[1..]
+        .iter()
+        .position(|&m| m == largest)
+        .unwrap_or(0);
     let b = magnitude[peak];
     if b.is_nan() || b <= 0.0 {
         return 0.0;
@@ -462,6 +496,28 @@ mod tests {
         let naive: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - naive).abs() < 1e-12);
         assert!((sum(&a) - a.iter().sum::<f64>()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn flux_and_peak_match_their_plain_loops() {
+        let now: Vec<f64> = (0..257).map(|i| ((i * 37 % 101) as f64).sqrt()).collect();
+        let before: Vec<f64> = (0..257).map(|i| ((i * 53 % 97) as f64).sqrt()).collect();
+        let naive = now
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).max(0.0).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((spectral_flux(&now, &before) - naive).abs() < 1e-12 * naive);
+        // The first of equal maxima wins (bins 3 and 9 hold 5.0); DC is ignored.
+        let mut magnitude = vec![1.0; 21];
+        magnitude[0] = 50.0;
+        magnitude[3] = 5.0;
+        magnitude[9] = 5.0;
+        magnitude[2] = 2.0;
+        magnitude[4] = 2.0;
+        assert_eq!(dominant_frequency(&magnitude, 10.0), 30.0);
+        assert_eq!(dominant_frequency(&[3.0, 0.0, 0.0], 10.0), 0.0);
     }
 
     #[test]
