@@ -12,15 +12,15 @@ use tracing::{error, info};
 
 mod cli;
 
-/// mimalloc instead of the system allocator: the record buffers (tens of KB, one set per
-/// message) are reused from thread-local pages instead of growing the heap and faulting pages in.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use specflow::config::Settings;
 use specflow::telemetry::LogConfig;
 use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
+
+/// mimalloc instead of the system allocator: the record buffers (tens of KB, one set per
+/// message) are reused from thread-local pages instead of growing the heap and faulting pages in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

@@ -129,11 +129,7 @@ impl FrameBatch {
 
     /// Iterates over the frames.
     pub fn frames(&self) -> impl ExactSizeIterator<Item = FrameView<'_>> + '_ {
-        (0..self.len()).map(move |i| FrameView {
-            batch: self,
-            i,
-            timestamp_ms: None,
-        })
+        (0..self.len()).map(move |i| self.frame(i))
     }
 
     /// The value of a scalar feature on frame `i`; `None` when not selected, not a scalar, or
