@@ -378,7 +378,7 @@ impl FrameBatch {
 }
 
 /// Frame indexes are u64; BSON has no unsigned 64-bit integer, so they are written as i64.
-fn as_i64(value: u64) -> i64 {
+pub(crate) fn as_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 

@@ -236,41 +236,67 @@ pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f6
 /// Geometric mean over arithmetic mean of `max(P[k], 1e-10)` (`librosa.feature.spectral_flatness`).
 ///
 /// The geometric mean is taken as a product of mantissas with a separate binary exponent
-/// (one `ln` per frame instead of one per bin); it equals `exp(mean(ln P))` to ~1e-13.
+/// (one `ln` per frame instead of one per bin), in eight independent lanes (vectorisable; a
+/// fixed order); it equals `exp(mean(ln P))` to ~1e-13.
 #[inline(always)]
 pub fn spectral_flatness(power: &[f64]) -> f64 {
     const AMIN: f64 = 1e-10;
+    const EXPONENT_BIAS: i64 = 1023;
+    const MANTISSA_BITS: u64 = 0x000f_ffff_ffff_ffff;
+    const ONE_BITS: u64 = 0x3ff0_0000_0000_0000;
+    /// Lane products of mantissas in `[1, 2)` stay below `2^BLOCKS` between renormalisations.
+    const BLOCKS: usize = 256;
     if power.is_empty() {
         return 0.0;
     }
-    // Splits a positive normal float into (mantissa in [1, 2), binary exponent).
-    fn split(x: f64) -> (f64, i64) {
-        let bits = x.to_bits();
-        let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
-        (
-            f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52)),
-            exponent,
-        )
-    }
-    let mut mantissa = 1.0f64;
-    let mut exponent = 0i64;
-    let mut total = 0.0;
-    // Products of 8 values in [1e-10, 2] * 2^k stay far inside the normal range before splitting.
-    for chunk in power.chunks(8) {
-        let mut product = 1.0;
-        for &p in chunk {
-            let p = p.max(AMIN);
-            total += p;
-            let (m, e) = split(p);
-            product *= m;
-            exponent += e;
+    // `x = mantissa * 2^(biased exponent - 1023)` for a positive normal `x`.
+    let mantissa = |x: f64| f64::from_bits((x.to_bits() & MANTISSA_BITS) | ONE_BITS);
+    let biased_exponent = |x: f64| (x.to_bits() >> 52) as i64;
+    let mut products = [1.0f64; 8];
+    let mut exponents = [0i64; 8];
+    let mut totals = [0.0f64; 8];
+    let mut count = 0i64;
+    let mut blocks = power.chunks_exact(8 * BLOCKS);
+    let mut step = |block: &[f64], products: &mut [f64; 8], exponents: &mut [i64; 8]| {
+        for chunk in block.chunks_exact(8) {
+            for lane in 0..8 {
+                let p = chunk[lane].max(AMIN);
+                totals[lane] += p;
+                exponents[lane] += biased_exponent(p);
+                products[lane] *= mantissa(p);
+            }
         }
-        let (m, e) = split(mantissa * product);
-        mantissa = m;
-        exponent += e;
+        count += (block.len() / 8 * 8) as i64;
+        // Renormalise: each product back into [1, 2), its exponent moved to the lane's sum.
+        for lane in 0..8 {
+            exponents[lane] += biased_exponent(products[lane]) - EXPONENT_BIAS;
+            products[lane] = mantissa(products[lane]);
+        }
+    };
+    for block in &mut blocks {
+        step(block, &mut products, &mut exponents);
     }
+    step(blocks.remainder(), &mut products, &mut exponents);
+    // The last < 8 values, then the lanes together.
+    let mut tail_total = 0.0;
+    let mut product = 1.0f64;
+    let mut exponent = -count * EXPONENT_BIAS;
+    for &p in power.chunks_exact(8).remainder() {
+        let p = p.max(AMIN);
+        tail_total += p;
+        exponent += biased_exponent(p) - EXPONENT_BIAS;
+        product *= mantissa(p);
+    }
+    for lane in 0..8 {
+        // Below 2^8 * 2^7 after the lanes' mantissas and the tail's: far inside the normal range.
+        product *= products[lane];
+        exponent += exponents[lane];
+    }
+    let total = ((totals[0] + totals[4]) + (totals[1] + totals[5]))
+        + ((totals[2] + totals[6]) + (totals[3] + totals[7]))
+        + tail_total;
     let n = power.len() as f64;
-    let log_geometric = (mantissa.ln() + exponent as f64 * std::f64::consts::LN_2) / n;
+    let log_geometric = (product.ln() + exponent as f64 * std::f64::consts::LN_2) / n;
     log_geometric.exp() / (total / n)
 }
 
@@ -461,6 +487,29 @@ mod tests {
             (got - expected).abs() < 1e-12 * expected,
             "{got} {expected}"
         );
+    }
+
+    #[test]
+    fn flatness_of_long_and_extreme_spectra_matches_log_definition() {
+        // Long enough to renormalise the lane products several times, with values from the
+        // 1e-10 floor up to 1e30, and lengths that leave a tail.
+        for len in [1, 7, 8, 9, 2049, 40_003] {
+            let power: Vec<f64> = (0..len)
+                .map(|k| {
+                    let x = (k as f64 * 0.731).sin().abs();
+                    if k % 3 == 0 { x * 1e30 } else { x * 1e-12 }
+                })
+                .collect();
+            let n = power.len() as f64;
+            let logs: f64 = power.iter().map(|p| p.max(1e-10).ln()).sum();
+            let mean: f64 = power.iter().map(|p| p.max(1e-10)).sum::<f64>() / n;
+            let expected = (logs / n).exp() / mean;
+            let got = spectral_flatness(&power);
+            assert!(
+                (got - expected).abs() < 1e-11 * expected,
+                "{len}: {got} {expected}"
+            );
+        }
     }
 
     #[test]

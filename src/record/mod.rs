@@ -9,6 +9,9 @@ use mongodb::bson::{self, RawArrayBuf, RawBson, RawDocumentBuf};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
+mod encode;
+
+use self::encode::{BsonOut, JsonOut, Out};
 use crate::audio::ChunkMeta;
 use crate::dsp::{DspConfig, FeatureName, FrameBatch};
 
@@ -30,9 +33,9 @@ pub enum DocumentLayout {
 /// Errors turning a record into a MongoDB document.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
-    /// The serde → BSON step failed.
-    #[error(transparent)]
-    Bson(#[from] bson::ser::Error),
+    /// The written bytes are not a BSON document (a bug in the encoder, never bad input).
+    #[error("malformed BSON: {0}")]
+    Bson(#[from] bson::raw::Error),
     /// The `columns` layout names frames by position, which needs consecutive frames on the
     /// hop grid.
     #[error("frame {i} (index {index}, start sample {start}) is not on the record's frame grid")]
@@ -44,17 +47,6 @@ pub enum DocumentError {
         /// Its first sample.
         start: u64,
     },
-}
-
-/// Why a record could not be encoded for a sink.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// JSON for the output topic.
-    #[error(transparent)]
-    Json(#[from] serde_json::Error),
-    /// BSON for MongoDB.
-    #[error(transparent)]
-    Document(#[from] DocumentError),
 }
 
 /// One record encoded for both sinks.
@@ -129,10 +121,10 @@ impl<'a> FeatureRecord<'a> {
 
     /// Encodes the record for both sinks: JSON for the output topic, BSON in `layout` for
     /// MongoDB.
-    pub fn encode(&self, layout: DocumentLayout) -> Result<EncodedRecord, EncodeError> {
+    pub fn encode(&self, layout: DocumentLayout) -> Result<EncodedRecord, DocumentError> {
         Ok(EncodedRecord {
             key: self.stream_id.to_owned(),
-            json: self.to_json()?,
+            json: self.to_json(),
             document: self.to_document(layout)?,
             end_ms: self.end_ms(),
         })
@@ -161,11 +153,13 @@ impl FeatureRecord<'_> {
         self.chunk_timestamp_ms + (delta * 1000 / i128::from(self.sample_rate.max(1))) as i64
     }
 
-    /// JSON bytes for the output topic.
-    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        let mut json = Vec::with_capacity(self.json_len_estimate());
-        serde_json::to_writer(&mut json, self)?;
-        Ok(json)
+    /// JSON bytes for the output topic (the serde view's bytes, written by [`encode::JsonOut`]).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = JsonOut::new(Vec::with_capacity(self.json_len_estimate()));
+        out.begin_document();
+        self.write_fields(&mut out, None);
+        out.end();
+        out.buf
     }
 
     /// A generous guess of the JSON's length (a float is at most 15 characters with its comma,
@@ -177,17 +171,18 @@ impl FeatureRecord<'_> {
         512 + 80 * features + self.stream_id.len() * 2 + self.batch.len() * per_frame * 5 / 4
     }
 
-    /// BSON document for MongoDB in `layout`, with `_id` first, serialised straight to bytes
-    /// (a quarter of the memory of a `Document` tree, and what the driver sends as is).
+    /// BSON document for MongoDB in `layout`, with `_id` first, written straight to bytes
+    /// (what the driver sends as is) by [`encode::BsonOut`]: the bytes of the serde view.
     pub fn to_document(&self, layout: DocumentLayout) -> Result<RawDocumentBuf, DocumentError> {
-        let mut document = bson::to_raw_document_buf(&ForMongo {
-            record: self,
-            layout,
-        })?;
+        // BSON takes about 9/16 of the JSON's bytes per float, and its keys and lengths more.
+        let mut out = BsonOut::new(Vec::with_capacity(self.json_len_estimate()));
+        out.begin_document();
+        self.write_fields(&mut out, Some(layout));
         if layout == DocumentLayout::Columns {
-            document.append("columns", self.columns()?);
+            out.document("columns", self.columns()?.as_bytes());
         }
-        Ok(document)
+        out.end();
+        Ok(RawDocumentBuf::from_bytes(out.buf)?)
     }
 
     /// The end of the last frame, Unix milliseconds (`end_ms`).
@@ -249,12 +244,15 @@ impl FeatureRecord<'_> {
     }
 }
 
-/// How FeatureRecord goes to MongoDB: `_id` instead of `id`, and `frames` only in that layout.
+/// How FeatureRecord goes to MongoDB in the serde view: `_id` instead of `id`, and `frames` only
+/// in that layout. The reference [`FeatureRecord::to_document`]'s bytes are tested against.
+#[cfg(test)]
 struct ForMongo<'r, 'a> {
     record: &'r FeatureRecord<'a>,
     layout: DocumentLayout,
 }
 
+#[cfg(test)]
 impl Serialize for ForMongo<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.record.serialize_fields(serializer, Some(self.layout))
@@ -342,6 +340,105 @@ mod tests {
         let mut batch = FrameBatch::new();
         extractor.process(&mut workspace, &mut state, &samples, &mut batch);
         (batch, dsp)
+    }
+
+    /// The frames of a tone-then-silence second under `dsp`, in messages of `chunk` samples:
+    /// the batch of the message that completes the most frames.
+    fn batch_of(dsp: &DspConfig, chunk: usize) -> FrameBatch {
+        let extractor = FeatureExtractor::new(dsp, 16_000).unwrap();
+        let mut workspace = extractor.workspace();
+        let mut state = extractor.new_stream(0);
+        let samples: Vec<f32> = (0..16_000)
+            .map(|i| {
+                if i < 8_000 {
+                    0.5 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut best = FrameBatch::new();
+        for part in samples.chunks(chunk) {
+            let mut batch = FrameBatch::new();
+            extractor.process(&mut workspace, &mut state, part, &mut batch);
+            if batch.len() > best.len() {
+                best = batch;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn written_bytes_are_the_serde_views_bytes() {
+        let configs = [
+            DspConfig::default(),
+            DspConfig {
+                pitch_method: crate::dsp::PitchMethod::Pyin,
+                ..DspConfig::default()
+            },
+            DspConfig {
+                features: vec!["mfcc".into(), "rms".into(), "chroma".into()],
+                ..DspConfig::default()
+            },
+            DspConfig {
+                features: vec!["f0".into()],
+                ..DspConfig::default()
+            },
+        ];
+        let sources = [
+            SourcePosition {
+                topic: "audio.in".into(),
+                partition: 3,
+                offset: 1 << 40,
+                timestamp_ms: Some(1_700_000_000_123),
+            },
+            SourcePosition {
+                topic: "t\"\u{1}é".into(),
+                partition: -1,
+                offset: 0,
+                timestamp_ms: None,
+            },
+        ];
+        let mut checked = 0;
+        for dsp in &configs {
+            // 100 ms messages (10 frames each), and a whole second in one message (> 100 frames).
+            for chunk in [1_600, 16_000] {
+                let batch = batch_of(dsp, chunk);
+                assert!(!batch.is_empty());
+                for (source, stream_id) in sources.iter().zip(["mic-1", "a \"quoted\"\n\u{7f}ß id"])
+                {
+                    let record = FeatureRecord {
+                        stream_id,
+                        sample_rate: 16_000,
+                        frame_length: dsp.frame_length,
+                        hop_length: dsp.hop_length,
+                        batch: &batch,
+                        chunk_start_sample: batch.start_sample(0) + 37,
+                        chunk_timestamp_ms: -5,
+                        source,
+                    };
+                    let json = record.to_json();
+                    assert_eq!(
+                        String::from_utf8(json).unwrap(),
+                        serde_json::to_string(&record).unwrap()
+                    );
+                    for layout in [DocumentLayout::Frames, DocumentLayout::Columns] {
+                        let mut expected = bson::to_raw_document_buf(&ForMongo {
+                            record: &record,
+                            layout,
+                        })
+                        .unwrap();
+                        if layout == DocumentLayout::Columns {
+                            expected.append("columns", record.columns().unwrap());
+                        }
+                        let written = record.to_document(layout).unwrap();
+                        assert_eq!(written.as_bytes(), expected.as_bytes(), "{layout:?}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, configs.len() * 2 * sources.len());
     }
 
     fn floats(value: &Bson) -> Vec<f32> {
