@@ -264,11 +264,10 @@ pub async fn write_partition(
         if let Some(value) = value {
             record = record.payload(*value);
         }
-        sink.producer()
-            .send(record, Timeout::After(Duration::from_secs(60)))
+        sink.producer().send(record, Duration::from_secs(60))
     });
     for result in futures::future::join_all(sends).await {
-        result.map_err(|(source, _)| SinkError::Kafka {
+        result.map_err(|source| SinkError::Kafka {
             topic: topic.to_string(),
             source,
         })?;

@@ -233,3 +233,61 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
         assert!(!ready.contains(secret), "{secret} in /readyz");
     }
 }
+
+/// Names of this process's threads (`/proc/self/task/*/comm`).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_producer_reports_each_delivery_and_its_thread_ends_with_the_last_handle() {
+    let names = Names::new("producer");
+    create_topics(&names, 1).await;
+    let settings = settings(&names);
+    let sink = settings
+        .output
+        .build(&settings.kafka)
+        .expect("output producer");
+    let thread = sink.producer().thread_name().to_string();
+    let running = || thread_names().contains(&thread);
+    // The thread names itself once it starts.
+    let started = eventually(Duration::from_secs(5), running).await;
+    assert!(started, "{thread} not among {:?}", thread_names());
+
+    // Each acknowledgement names where the message went: partition 0, consecutive offsets.
+    let mut offsets = Vec::new();
+    for i in 0..3 {
+        let payload = format!("record {i}");
+        let record = rdkafka::producer::FutureRecord::to(sink.topic())
+            .key("stream")
+            .payload(payload.as_bytes());
+        let delivery = sink.producer().enqueue(record).expect("queued");
+        let stored = delivery.acknowledged().await.expect("acknowledged");
+        assert_eq!(stored.partition, 0);
+        offsets.push(stored.offset);
+    }
+    assert_eq!(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2]);
+    sink.send_record(b"stream", b"awaited").await.expect("send");
+    let received = consume(sink.topic(), 4, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 4);
+
+    // A clone shares the thread; dropping every handle ends it within its one-second poll.
+    let clone = sink.clone();
+    drop(sink);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(running(), "{thread} ended while a clone was alive");
+    drop(clone);
+    let ended = eventually(Duration::from_secs(10), || !running()).await;
+    assert!(
+        ended,
+        "{thread} outlived its producer: {:?}",
+        thread_names()
+    );
+}

@@ -13,9 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::ops::Range;
@@ -28,25 +27,20 @@ use crate::audio::headers::{self as wire, ChunkHeaders};
 use crate::audio::{ChunkMeta, InputConfig, SampleFormat, decode, decode_stream_id};
 use crate::config::Settings;
 use crate::kafka::BuildError;
+use crate::kafka::producer::{Delivery, DeliveryProducer};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 
 /// The gateway's producer to `source.topic`: idempotent, `acks=all`, bounded queue.
 pub struct ChunkProducer {
-    producer: FutureProducer<ReachabilityContext>,
+    producer: DeliveryProducer,
     topic: String,
     broker: Arc<BrokerState>,
     retry_after_secs: u64,
     delivery_timeout: Duration,
 }
 
-/// Where one acknowledged chunk went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// Partition of `source.topic`.
-    pub partition: i32,
-    /// Offset of the chunk.
-    pub offset: i64,
-}
+/// Where one acknowledged chunk went: its partition of `source.topic` and offset.
+pub use crate::kafka::producer::Stored as Delivered;
 
 impl ChunkProducer {
     /// Builds the producer from `[kafka]` and `[gateway]`.
@@ -95,10 +89,7 @@ impl ChunkProducer {
     /// Waits (up to 10 s, off the async threads) for everything queued to be delivered.
     pub async fn flush(&self) {
         let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            producer.flush(Timeout::After(Duration::from_secs(10)))
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     }
 
     /// `503` when the broker is known to be unreachable.
@@ -124,7 +115,7 @@ impl ChunkProducer {
         stream_id: &str,
         payload: &[u8],
         headers: &ChunkHeaders,
-    ) -> Result<Option<DeliveryFuture>, ApiError> {
+    ) -> Result<Option<Delivery>, ApiError> {
         let mut owned = OwnedHeaders::new();
         for (name, value) in headers.to_pairs() {
             owned = owned.insert(Header {
@@ -136,10 +127,10 @@ impl ChunkProducer {
             .key(stream_id.as_bytes())
             .payload(payload)
             .headers(owned);
-        match self.producer.send_result(record) {
+        match self.producer.enqueue(record) {
             Ok(delivery) => Ok(Some(delivery)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
-            Err((e, _)) => Err(ApiError::new(
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => Ok(None),
+            Err(e) => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "produce_failed",
                 format!("cannot queue the chunk for {}: {e}", self.topic),
@@ -148,16 +139,15 @@ impl ChunkProducer {
     }
 
     /// Waits for one chunk's acknowledgement.
-    pub async fn acknowledged(&self, delivery: DeliveryFuture) -> Result<Delivered, ApiError> {
-        match delivery.await {
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((e, _))) => Err(self.unavailable(format!(
+    pub async fn acknowledged(&self, delivery: Delivery) -> Result<Delivered, ApiError> {
+        match delivery.acknowledged().await {
+            Ok(stored) => Ok(stored),
+            Err(KafkaError::Canceled) => {
+                Err(self.unavailable("the producer was closed before the acknowledgement"))
+            }
+            Err(e) => Err(self.unavailable(format!(
                 "the broker did not acknowledge a chunk ({e}); retry with the same start_sample"
             ))),
-            Err(_) => Err(self.unavailable("the producer was closed before the acknowledgement")),
         }
     }
 

@@ -1,11 +1,13 @@
 //! Kafka client settings shared by every Kafka client specflow makes: the connection and
 //! security config ([`KafkaConfig`], `[kafka]`), topic names and topic creation ([`topics`]),
-//! and broker reachability as a producer sees it ([`reachability`]).
+//! broker reachability as a producer sees it ([`reachability`]), and the producer with
+//! awaitable deliveries every specflow producer is ([`producer`]).
 //!
 //! A leaf module: the source, the sinks and the checkpoint topic build their clients from it,
 //! and it knows none of them (nor the settings tree).
 
 pub mod client;
+pub mod producer;
 pub mod reachability;
 pub mod topics;
 

@@ -143,13 +143,10 @@ impl DeadLetterSink {
         }
         self.sink
             .producer()
-            .send(
-                record,
-                rdkafka::util::Timeout::After(std::time::Duration::from_secs(60)),
-            )
+            .send(record, std::time::Duration::from_secs(60))
             .await
             .map(|_| ())
-            .map_err(|(source, _)| SinkError::Kafka {
+            .map_err(|source| SinkError::Kafka {
                 topic: self.config.topic.clone(),
                 source,
             })

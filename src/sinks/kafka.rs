@@ -1,13 +1,13 @@
 //! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
 
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::SinkError;
+use crate::kafka::producer::DeliveryProducer;
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 use crate::kafka::valid_topic_name;
 use crate::kafka::{BuildError, KafkaConfig};
@@ -128,8 +128,7 @@ impl KafkaSinkConfig {
         }
         let context = ReachabilityContext::default();
         let brokers = context.state();
-        let producer: FutureProducer<ReachabilityContext> =
-            kafka.create_with_context("producer", &config, context)?;
+        let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
@@ -141,7 +140,7 @@ impl KafkaSinkConfig {
 /// The output producer.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer<ReachabilityContext>,
+    producer: DeliveryProducer,
     topic: String,
     brokers: Arc<BrokerState>,
 }
@@ -153,7 +152,7 @@ impl KafkaSink {
     }
 
     /// The underlying producer (shared with the dead-letter sink).
-    pub fn producer(&self) -> &FutureProducer<ReachabilityContext> {
+    pub fn producer(&self) -> &DeliveryProducer {
         &self.producer
     }
 
@@ -175,10 +174,10 @@ impl KafkaSink {
             record = record.headers(headers);
         }
         self.producer
-            .send(record, Timeout::After(Duration::from_secs(60)))
+            .send(record, Duration::from_secs(60))
             .await
             .map(|_| ())
-            .map_err(|(source, _)| SinkError::Kafka {
+            .map_err(|source| SinkError::Kafka {
                 topic: topic.to_string(),
                 source,
             })
@@ -192,7 +191,7 @@ impl KafkaSink {
     /// Waits until everything queued is delivered, or the timeout passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         self.producer
-            .flush(Timeout::After(timeout))
+            .flush(timeout)
             .map_err(|source| SinkError::Kafka {
                 topic: self.topic.clone(),
                 source,

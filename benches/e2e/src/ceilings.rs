@@ -224,7 +224,7 @@ fn encode_record(
         chunk_timestamp_ms: chunk.timestamp_ms,
         source: &source,
     };
-    let json = if json { record.to_json()? } else { Vec::new() };
+    let json = if json { record.to_json() } else { Vec::new() };
     Ok((json, record.to_document(settings.mongo.layout)?))
 }
 
