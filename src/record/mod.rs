@@ -325,21 +325,7 @@ mod tests {
     /// frames, every feature selected.
     fn batch() -> (FrameBatch, DspConfig) {
         let dsp = DspConfig::default();
-        let extractor = FeatureExtractor::new(&dsp, 16_000).unwrap();
-        let mut workspace = extractor.workspace();
-        let mut state = extractor.new_stream(0);
-        let samples: Vec<f32> = (0..16_000)
-            .map(|i| {
-                if i < 8_000 {
-                    0.5 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin()
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mut batch = FrameBatch::new();
-        extractor.process(&mut workspace, &mut state, &samples, &mut batch);
-        (batch, dsp)
+        (batch_of(&dsp, 16_000), dsp)
     }
 
     /// The frames of a tone-then-silence second under `dsp`, in messages of `chunk` samples:

@@ -1,6 +1,7 @@
 //! Throughput: one `specflow run` process over the preloaded input topic, timed from the first
-//! consumed message to the last record stored (both read from `/metrics`), with the CPU of
-//! every process in that window, the worker's peak RSS, and the checkpoint topic's overhead.
+//! consumed message to the last record stored (both read from `/metrics`; with `mongo.enabled`
+//! off, to the last record Kafka acknowledged), with the CPU of every process in that window,
+//! the worker's peak RSS, and the checkpoint topic's overhead.
 
 use anyhow::{Context as _, bail};
 use mongodb::bson::{Document, doc};
@@ -28,6 +29,13 @@ pub async fn worker_run(
         expect.messages
     ));
     let mut worker = ctx.spawn_worker(&names, threads, tag)?;
+    // A record is done when MongoDB stored it, or with `mongo.enabled` off when Kafka
+    // acknowledged it on the output topic.
+    let done_metric = if ctx.settings.mongo.enabled {
+        "mongo_documents_written_total"
+    } else {
+        "records_produced_total"
+    };
     let poll = Duration::from_millis(ctx.args.metrics_poll_ms);
     let deadline = Instant::now() + Duration::from_secs(ctx.args.run_timeout);
     let mut start: Option<(CpuSnapshot, Scrape)> = None;
@@ -48,7 +56,7 @@ pub async fn worker_run(
         };
         let snapshot = ctx.cpu_snapshot(worker.pid, None);
         let consumed = scrape.get("messages_consumed_total")?;
-        let written = scrape.get("mongo_documents_written_total")?;
+        let written = scrape.get(done_metric)?;
         progress = (consumed, written);
         if start.is_none() && consumed > 0.0 {
             start = Some((snapshot, scrape.clone()));
