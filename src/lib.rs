@@ -15,7 +15,8 @@
 //!   eviction, and the checkpoints each stream's state is restored from.
 //! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
 //!   YIN, pYIN, streaming per-stream state. No I/O, no async.
-//! - [`record`]: the feature record (JSON for Kafka, BSON for MongoDB, one view).
+//! - [`record`]: the feature record: its serde view (the definition) and the encoders that
+//!   write its JSON (Kafka) and BSON (MongoDB) straight to bytes in one walk (`record::encode`).
 //! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
 //! - [`checkpoint`]: the compacted checkpoint topic, co-partitioned with the input: its
 //!   record format, the restore of a partition and the topic checks.
@@ -25,7 +26,8 @@
 //!
 //! Shared by all of them:
 //! - [`kafka`]: Kafka client settings (`[kafka]`): connection, security, topic names, topic
-//!   creation. A leaf: it knows none of its users.
+//!   creation, and the producer with awaitable deliveries every producer is
+//!   ([`kafka::producer`]). A leaf: it knows none of its users.
 //! - [`secret`]: secret values and secret files.
 //! - [`config`]: the settings tree; defaults → TOML file → `SPECFLOW__SECTION__KEY`
 //!   environment; validation that lists every problem with its key.

@@ -4,7 +4,7 @@
 //! `BaseProducer::poll` with 100 ms deadlines. That loop polls again until its deadline, and
 //! once less than a millisecond is left the wait rounds down to 0: it spins on non-blocking polls
 //! and clock reads for the rest of that millisecond, about 1% of a core for every producer,
-//! loaded or idle (7–8% of the worker's CPU on issue 13's workload; benches/README.md).
+//! loaded or idle (~6% of the worker's CPU on issue 13's workload; benches/README.md).
 //! [`DeliveryProducer`] polls with one-second deadlines instead, which leaves that spin at a
 //! millisecond per second, and otherwise behaves as `FutureProducer::send`.
 

@@ -257,6 +257,13 @@ impl BsonOut {
         self.buf.push(0);
     }
 
+    /// Appends `document` (complete BSON bytes, the `columns` field) as the embedded document
+    /// `key`.
+    pub(super) fn document(&mut self, key: &str, document: &[u8]) {
+        self.element(element::DOCUMENT, Key::Name(key));
+        self.buf.extend_from_slice(document);
+    }
+
     fn open(&mut self) {
         assert!(
             self.depth < MAX_DEPTH,
@@ -337,15 +344,6 @@ impl Out for BsonOut {
             self.f64(Key::Index(i), f64::from(v));
         }
         self.end();
-    }
-}
-
-/// BSON for a field holding a whole document (`columns`).
-impl BsonOut {
-    /// Appends `document` (complete BSON bytes) as the embedded document `key`.
-    pub(super) fn document(&mut self, key: &str, document: &[u8]) {
-        self.element(element::DOCUMENT, Key::Name(key));
-        self.buf.extend_from_slice(document);
     }
 }
 
