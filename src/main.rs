@@ -25,7 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Turns transparent huge pages off for this process (what `MIMALLOC_ALLOW_THP=0` does). With
 /// THP on (`always` on most distributions), every page the allocator takes back after freeing it
 /// faults in a whole 2 MiB huge page, zeroed: 13% of the worker's CPU in `clear_page` on
-/// issue 13's workload, 289 -> 267 µs per message without (benches/README.md).
+/// issue 13's workload, 2.5% without (benches/README.md).
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(PR_SET_THP_DISABLE, 1) takes integers only and sets a flag of this process.

@@ -255,7 +255,6 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
     let mut products = [1.0f64; 8];
     let mut exponents = [0i64; 8];
     let mut totals = [0.0f64; 8];
-    let mut count = 0i64;
     let mut blocks = power.chunks_exact(8 * BLOCKS);
     let mut step = |block: &[f64], products: &mut [f64; 8], exponents: &mut [i64; 8]| {
         for chunk in block.chunks_exact(8) {
@@ -266,7 +265,6 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
                 products[lane] *= mantissa(p);
             }
         }
-        count += (block.len() / 8 * 8) as i64;
         // Renormalise: each product back into [1, 2), its exponent moved to the lane's sum.
         for lane in 0..8 {
             exponents[lane] += biased_exponent(products[lane]) - EXPONENT_BIAS;
@@ -277,14 +275,14 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
         step(block, &mut products, &mut exponents);
     }
     step(blocks.remainder(), &mut products, &mut exponents);
-    // The last < 8 values, then the lanes together.
+    // The last < 8 values, then the lanes together; every value's exponent carries the bias.
     let mut tail_total = 0.0;
     let mut product = 1.0f64;
-    let mut exponent = -count * EXPONENT_BIAS;
+    let mut exponent = -(power.len() as i64) * EXPONENT_BIAS;
     for &p in power.chunks_exact(8).remainder() {
         let p = p.max(AMIN);
         tail_total += p;
-        exponent += biased_exponent(p) - EXPONENT_BIAS;
+        exponent += biased_exponent(p);
         product *= mantissa(p);
     }
     for lane in 0..8 {
