@@ -116,6 +116,63 @@ async fn post(
     (status, body, headers)
 }
 
+/// POSTs `len` zero bytes to the chunks endpoint with `Transfer-Encoding: chunked`, in 4 KiB
+/// chunks written one by one, then reads the status and JSON body of the answer.
+async fn post_chunked(
+    address: SocketAddr,
+    query: &[(&'static str, String)],
+    len: usize,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/streams/s/chunks?{} HTTP/1.1\r\nhost: {address}\r\n\
+         content-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        query.join("&")
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![0u8; 4096];
+    for _ in 0..len.div_ceil(chunk.len()) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if socket.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = socket.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = socket.read(&mut buf).await.expect("the answer arrives");
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(at) = text.find("\r\n\r\n") {
+            let length = text[..at]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().expect("length"))
+                })
+                .expect("content-length");
+            if answer.len() >= at + 4 + length {
+                break at;
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text[9..12].parse().expect("status");
+    let body = serde_json::from_str(&text[end + 4..]).unwrap_or(Value::Null);
+    (status, body)
+}
+
 fn raw_query(start: u64, eos: bool) -> Vec<(&'static str, String)> {
     vec![
         ("format", "s16le".into()),
@@ -480,6 +537,14 @@ async fn every_refusal_answers_its_code_and_produces_nothing() {
             "{what}: {answer}"
         );
     }
+    // A chunked body (no Content-Length) that grows past the limit is refused the same way,
+    // while the client is still sending, and the answer reaches it.
+    let (status, answer) = post_chunked(gateway.address, &raw_query(0, false), 100 * 1024).await;
+    assert_eq!(status, 413, "chunked too large: {answer}");
+    assert_eq!(
+        answer["error"], "body_too_large",
+        "chunked too large: {answer}"
+    );
     // WebSockets: a non-finite f32le sample is refused at once; a stream that ends in the
     // middle of a sample frame is ragged. Each ends with an error message, nothing produced.
     let nan: Vec<u8> = [0.5f32, f32::INFINITY]

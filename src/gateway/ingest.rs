@@ -461,8 +461,17 @@ fn param<'a>(
     })
 }
 
+/// How much of a refused body the gateway still reads and throws away, and for how long.
+///
+/// A server that closes a socket with unread bytes in it makes the kernel answer with a reset,
+/// which can destroy the `413` on its way to a client that is still sending; reading the rest
+/// (within these bounds) lets the client see the answer and keeps the connection usable.
+const REFUSED_BODY_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(5);
+
 /// Reads the body, refusing one above `max` bytes with `413`.
 pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -475,18 +484,44 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<By
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
+        // A client waiting for `100 Continue` has sent nothing yet, and reading would ask it to.
+        let waits_to_send = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits_to_send {
+            discard_refused_body(body).await;
+        }
         return Err(too_large());
     }
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(error) = source {
-            if error.is::<http_body_util::LengthLimitError>() {
-                return too_large();
-            }
-            source = error.source();
+    let mut body = body;
+    match http_body_util::Limited::new(&mut body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            discard_refused_body(body).await;
+            Err(too_large())
         }
-        ApiError::bad_request("body_unreadable", format!("cannot read the body: {e}"))
-    })
+        Err(e) => Err(ApiError::bad_request(
+            "body_unreadable",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+/// Reads and drops what is left of a refused body, within [`REFUSED_BODY_DRAIN_BYTES`] and
+/// [`REFUSED_BODY_DRAIN_TIME`].
+async fn discard_refused_body(mut body: Body) {
+    use http_body_util::BodyExt;
+    let mut budget = REFUSED_BODY_DRAIN_BYTES;
+    let drain = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+            budget = budget.saturating_sub(len);
+            if budget == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, drain).await;
 }
 
 /// The current time, Unix milliseconds.
