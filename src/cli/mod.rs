@@ -91,6 +91,10 @@ pub struct ProduceArgs {
     /// Send at wall-clock pace instead of as fast as possible.
     #[arg(long)]
     realtime: bool,
+    /// With --realtime: send every stream's chunk at the same instant (the worst-case burst)
+    /// instead of spreading the streams' chunk boundaries evenly over one chunk period.
+    #[arg(long, requires = "realtime")]
+    aligned: bool,
     /// Do not mark the last chunk with audio.eos=1.
     #[arg(long)]
     no_eos: bool,
@@ -179,6 +183,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> anyhow::Result<()
         duration_secs: args.duration,
         sample_rate: args.sample_rate,
         realtime: args.realtime,
+        aligned: args.aligned,
         eos: !args.no_eos,
         topic: args.topic,
     };

@@ -4,7 +4,8 @@
 use anyhow::Context as _;
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +44,10 @@ pub struct ProduceOptions {
     pub sample_rate: u32,
     /// Pace chunks at wall-clock speed.
     pub realtime: bool,
+    /// With `realtime`: send every stream's chunk at the same instant (the worst-case burst)
+    /// instead of spreading the streams' chunk boundaries evenly over one chunk period, as
+    /// independent sources are.
+    pub aligned: bool,
     /// Mark each stream's last chunk with `audio.eos=1`.
     pub eos: bool,
     /// Topic to send to (default: `source.topic`).
@@ -139,8 +144,10 @@ pub async fn produce(
     options: &ProduceOptions,
 ) -> anyhow::Result<ProduceSummary> {
     let mut config = settings.kafka.client_config(&settings.kafka.producer)?;
+    // A real-time source sends each chunk as it is captured; a bulk load batches.
+    let linger_ms = if options.realtime { "0" } else { "5" };
     config
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms)
         .set("enable.idempotence", "true");
     let producer: FutureProducer = config.create().context("cannot create producer")?;
     let topic = options
@@ -180,17 +187,28 @@ pub async fn produce(
         messages: 0,
         bytes: 0,
     };
+    // Acknowledgements of the round before, awaited after the next round is sent (real time
+    // only: each chunk goes out at its own instant, never held back by an acknowledgement).
+    let mut unacknowledged: Vec<(DeliveryFuture, u64)> = Vec::new();
+    let streams = pcm.len() as u64;
     for chunk in 0..chunks {
-        if options.realtime {
-            let due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let mut payloads = Vec::with_capacity(pcm.len());
+        let round_due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
+        let mut bulk = Vec::new();
+        let mut acknowledgements = Vec::new();
         for (stream, audio) in pcm.iter().enumerate() {
             let per_chunk = frames_per_chunk * usize::from(audio.channels);
             let begin = chunk * per_chunk;
             if begin >= audio.samples.len() {
                 continue;
+            }
+            if options.realtime {
+                // Stream s's chunk boundaries lag the round's by s/streams of a chunk.
+                let phase = if options.aligned {
+                    Duration::ZERO
+                } else {
+                    Duration::from_micros(options.chunk_ms * 1000 * stream as u64 / streams)
+                };
+                tokio::time::sleep_until((round_due + phase).into()).await;
             }
             let end = (begin + per_chunk).min(audio.samples.len());
             let payload: Vec<u8> = audio.samples[begin..end]
@@ -212,32 +230,56 @@ pub async fn produce(
             )
             .with_timestamp_ms(timestamp)
             .with_eos(last && options.eos);
-            payloads.push((
-                format!("{}{stream}", options.stream_prefix),
-                payload,
-                headers.to_pairs(),
-            ));
-        }
-        let mut sends = Vec::with_capacity(payloads.len());
-        for (key, payload, header_pairs) in &payloads {
-            let mut headers = OwnedHeaders::new_with_capacity(header_pairs.len());
-            for (name, value) in header_pairs {
-                headers = headers.insert(Header {
+            let key = format!("{}{stream}", options.stream_prefix);
+            let header_pairs = headers.to_pairs();
+            let mut kafka_headers = OwnedHeaders::new_with_capacity(header_pairs.len());
+            for (name, value) in &header_pairs {
+                kafka_headers = kafka_headers.insert(Header {
                     key: name,
                     value: Some(value.as_str()),
                 });
             }
+            if !options.realtime {
+                bulk.push((key, payload, kafka_headers));
+                continue;
+            }
+            let bytes = payload.len() as u64;
             let record = FutureRecord::to(&topic)
                 .key(key.as_str())
                 .payload(payload.as_slice())
-                .headers(headers);
-            sends.push(producer.send(record, Timeout::After(Duration::from_secs(60))));
+                .headers(kafka_headers);
+            match producer.send_result(record) {
+                Ok(delivery) => acknowledgements.push((delivery, bytes)),
+                // The producer's queue is full: wait for room (rare at real-time rates).
+                Err((_, record)) => {
+                    producer
+                        .send(record, Timeout::After(Duration::from_secs(60)))
+                        .await
+                        .map_err(|(e, _)| e)
+                        .context("delivery failed")?;
+                    summary.messages += 1;
+                    summary.bytes += bytes;
+                }
+            }
         }
-        for (result, (_, payload, ..)) in join_all(sends).await.into_iter().zip(&payloads) {
+        let sends = bulk.iter().map(|(key, payload, headers)| {
+            let record = FutureRecord::to(&topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .headers(headers.clone());
+            producer.send(record, Timeout::After(Duration::from_secs(60)))
+        });
+        for (result, (_, payload, _)) in join_all(sends).await.into_iter().zip(&bulk) {
             result.map_err(|(e, _)| e).context("delivery failed")?;
             summary.messages += 1;
             summary.bytes += payload.len() as u64;
         }
+        for (delivery, bytes) in std::mem::replace(&mut unacknowledged, acknowledgements) {
+            acknowledge(delivery.await, bytes, &mut summary)?;
+        }
+    }
+    for (delivery, bytes) in unacknowledged {
+        acknowledge(delivery.await, bytes, &mut summary)?;
     }
     info!(
         messages = summary.messages,
@@ -246,6 +288,21 @@ pub async fn produce(
         "Produced."
     );
     Ok(summary)
+}
+
+/// Counts one real-time send once its acknowledgement arrived.
+fn acknowledge(
+    delivery: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    bytes: u64,
+    summary: &mut ProduceSummary,
+) -> anyhow::Result<()> {
+    delivery
+        .context("the producer went away")?
+        .map_err(|(e, _)| e)
+        .context("delivery failed")?;
+    summary.messages += 1;
+    summary.bytes += bytes;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -139,8 +139,10 @@ impl Intake {
         }
     }
 
-    /// The next batch: waits for a first message (or shutdown), then gathers more for up to
-    /// `linger`, at most `max_batch` in all.
+    /// The next batch: waits for a first message (or shutdown), takes what is already queued,
+    /// and only when nothing was (a first message after a quiet spell) gathers more for up to
+    /// `linger`; at most `max_batch` in all. Messages that queued up while the last batch was
+    /// handled have waited already: holding them for the linger too would only add latency.
     pub(super) async fn next_batch(
         &mut self,
         shutdown: &CancellationToken,
@@ -166,11 +168,16 @@ impl Intake {
                 return NextBatch::Empty;
             }
         }
-        let deadline = Instant::now() + linger;
-        while self.pending.len() < max_batch {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if !matches!(self.receive(wait).await, Received::Message) {
-                break;
+        while self.pending.len() < max_batch
+            && matches!(self.receive(Duration::ZERO).await, Received::Message)
+        {}
+        if self.pending.len() == 1 {
+            let deadline = Instant::now() + linger;
+            while self.pending.len() < max_batch {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if !matches!(self.receive(wait).await, Received::Message) {
+                    break;
+                }
             }
         }
         if self.pending.is_empty() {

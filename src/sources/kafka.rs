@@ -54,7 +54,8 @@ pub struct KafkaSourceConfig {
     pub topic_replication: i32,
     /// Most messages handled in one batch (one sink round trip).
     pub batch_max_messages: usize,
-    /// Longest wait, in milliseconds, for more messages once a batch has begun.
+    /// Longest wait, in milliseconds, for more messages once a batch has begun with a first
+    /// message after a quiet spell; messages already queued go without it.
     pub batch_linger_ms: u64,
     /// How often stored offsets are committed, in milliseconds.
     pub commit_interval_ms: u64,

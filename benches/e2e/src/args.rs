@@ -114,6 +114,10 @@ pub struct Args {
     /// measured throughput (in streams of real-time audio), `0` = none.
     #[arg(long, default_value = "auto")]
     pub latency_light_streams: String,
+    /// Latency: also run the main stream count with every stream's chunk sent at the same
+    /// instant (the worst-case burst); the main run staggers the streams' chunk boundaries.
+    #[arg(long)]
+    pub latency_aligned: bool,
     /// Skip the latency phase.
     #[arg(long)]
     pub skip_latency: bool,

@@ -133,6 +133,18 @@ pub struct Ctx {
     pub databases: Mutex<Vec<String>>,
 }
 
+/// How `specflow produce` paces the chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as possible (a preload).
+    Bulk,
+    /// Real time, each stream's chunk boundaries offset by its share of a chunk period, as
+    /// independent sources are.
+    RealTime,
+    /// Real time, every stream's chunk at the same instant: the worst-case burst.
+    RealTimeAligned,
+}
+
 impl Ctx {
     /// Fresh names for a run labelled `tag` (`<run id>.<tag>.*`), reading from `input`.
     pub fn names(&self, tag: &str, input: &str) -> Names {
@@ -200,7 +212,7 @@ impl Ctx {
         seconds: f64,
         chunk_ms: u64,
         prefix: &str,
-        realtime: bool,
+        pace: Pace,
         eos: bool,
     ) -> Command {
         let mut command = Command::new(&self.specflow);
@@ -223,8 +235,14 @@ impl Ctx {
                 command.arg("--wav").arg(path);
             }
         }
-        if realtime {
-            command.arg("--realtime");
+        match pace {
+            Pace::Bulk => {}
+            Pace::RealTime => {
+                command.arg("--realtime");
+            }
+            Pace::RealTimeAligned => {
+                command.args(["--realtime", "--aligned"]);
+            }
         }
         if !eos {
             command.arg("--no-eos");

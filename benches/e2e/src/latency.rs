@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use specflow_test_support::{Scrape, http_get};
 
-use crate::context::{Ctx, proc_status_bytes, say, tail, wall_ms};
+use crate::context::{Ctx, Pace, proc_status_bytes, say, tail, wall_ms};
 use crate::report::{
     LatencyRun, LatencySummary, LatencyWholeRun, LatencyWindow, MongoLookups, MongoMethod, mean,
     percentile, round2, round3,
@@ -235,10 +235,23 @@ async fn poll_written(
     Ok((events, scrapes))
 }
 
+/// How a latency run's streams cut their chunks, for the report.
+fn aligned_label(pace: Pace) -> &'static str {
+    match pace {
+        Pace::RealTimeAligned => "aligned",
+        Pace::RealTime | Pace::Bulk => "staggered",
+    }
+}
+
 /// Latency summary where `censored` records were never seen: they count as slower than every
 /// seen one; a percentile that falls among them is reported as null with `censored` set, and
 /// time to the output topic and to MongoDB.
-pub async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Result<LatencyRun> {
+pub async fn latency_phase(
+    ctx: &Ctx,
+    streams: usize,
+    tag: &str,
+    pace: Pace,
+) -> anyhow::Result<LatencyRun> {
     let args = &ctx.args;
     let duration = args.warmup_seconds + args.latency_seconds;
     let expect = ctx.expect(streams, duration, args.chunk_ms)?;
@@ -254,7 +267,8 @@ pub async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Resu
     )
     .await?;
     say(format!(
-        "latency '{tag}': {streams} real-time streams for {duration} s ({} records expected)",
+        "latency '{tag}': {streams} real-time streams ({}) for {duration} s ({} records expected)",
+        aligned_label(pace),
         expect.records
     ));
     let mut worker = ctx.spawn_worker(&names, None, tag)?;
@@ -342,7 +356,7 @@ pub async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Resu
             duration,
             args.chunk_ms,
             &prefix,
-            true,
+            pace,
             true,
         )
         .stdout(file.try_clone()?)
@@ -497,6 +511,7 @@ pub async fn latency_phase(ctx: &Ctx, streams: usize, tag: &str) -> anyhow::Resu
     Ok(LatencyRun {
         tag: tag.to_string(),
         streams,
+        chunk_boundaries: aligned_label(pace).to_string(),
         chunk_ms: args.chunk_ms,
         warmup_s: args.warmup_seconds,
         measured_s: args.latency_seconds,

@@ -55,7 +55,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use specflow::config::Settings;
 
 use crate::args::Args;
-use crate::context::{Ctx, clean_up, clock_ticks, machine, say, service_pid};
+use crate::context::{Ctx, Pace, clean_up, clock_ticks, machine, say, service_pid};
 use crate::report::{Parameters, Preload, Report, round2, round3};
 
 /// The p99 target of the main latency run, to the output topic, in ms.
@@ -97,7 +97,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
             args.seconds,
             args.chunk_ms,
             "tp-",
-            false,
+            Pace::Bulk,
             true,
         ),
         "produce-throughput.log",
@@ -138,7 +138,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     let latency = if args.skip_latency {
         None
     } else {
-        let mut latency = latency::latency_phase(ctx, args.latency_streams, "lat").await?;
+        let mut latency =
+            latency::latency_phase(ctx, args.latency_streams, "lat", Pace::RealTime).await?;
         let p99 = latency.to_output_topic.p99_ms;
         latency.target_p99_ms = Some(TARGET_P99_MS);
         // A censored p99 (records never seen) is a miss too.
@@ -153,7 +154,13 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         }
         .min(args.latency_streams.saturating_sub(1));
         if light > 0 {
-            runs.push(latency::latency_phase(ctx, light, "light").await?);
+            runs.push(latency::latency_phase(ctx, light, "light", Pace::RealTime).await?);
+        }
+        if args.latency_aligned {
+            let streams = args.latency_streams;
+            runs.push(
+                latency::latency_phase(ctx, streams, "aligned", Pace::RealTimeAligned).await?,
+            );
         }
         Some(runs)
     };

@@ -5,7 +5,7 @@
 use anyhow::bail;
 use std::time::{Duration, Instant};
 
-use crate::context::{Ctx, proc_status_bytes, say};
+use crate::context::{Ctx, Pace, proc_status_bytes, say};
 use crate::report::{MemoryRow, MemoryRun, round2, round3};
 
 /// `streams` one-chunk streams through a fresh worker; with `eos` false their state stays
@@ -41,7 +41,7 @@ async fn memory_run(ctx: &Ctx, streams: usize, eos: bool) -> anyhow::Result<Memo
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = proc_status_bytes(worker.pid, "VmRSS").unwrap_or(0);
     ctx.produce(
-        &mut ctx.produce_command(&input, streams, chunk_s, chunk_ms, "mem-", false, eos),
+        &mut ctx.produce_command(&input, streams, chunk_s, chunk_ms, "mem-", Pace::Bulk, eos),
         &format!("produce-{tag}.log"),
     )?;
     let deadline = Instant::now() + Duration::from_secs(ctx.args.run_timeout);

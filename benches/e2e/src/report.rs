@@ -533,6 +533,9 @@ pub struct LatencyRun {
     pub tag: String,
     /// Real-time streams.
     pub streams: usize,
+    /// `staggered` (each stream's chunks offset by its share of a chunk period, as
+    /// independent sources are) or `aligned` (every stream's chunk at the same instant).
+    pub chunk_boundaries: String,
     /// Chunk duration.
     pub chunk_ms: u64,
     /// Warm-up seconds.
@@ -913,9 +916,10 @@ impl Report {
         for l in self.latency.iter().flatten() {
             line(String::new());
             line(format!(
-                "LATENCY '{}' ({} real-time streams, {} ms chunks = {} msg/s offered, {} s after {} s warm-up, drain ≤ {} s; {} of {} records seen)",
+                "LATENCY '{}' ({} real-time streams, chunk boundaries {}, {} ms chunks = {} msg/s offered, {} s after {} s warm-up, drain ≤ {} s; {} of {} records seen)",
                 l.tag,
                 l.streams,
+                l.chunk_boundaries,
                 l.chunk_ms,
                 f(l.offered_messages_per_s, 0),
                 js(&l.measured_s),
