@@ -264,15 +264,12 @@ pub async fn write_partition(
         if let Some(value) = value {
             record = record.payload(*value);
         }
-        sink.producer().send(record, Duration::from_secs(60))
+        sink.send(record)
     });
-    for result in futures::future::join_all(sends).await {
-        result.map_err(|source| SinkError::Kafka {
-            topic: topic.to_string(),
-            source,
-        })?;
-    }
-    Ok(())
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect::<Result<(), SinkError>>()
 }
 
 /// The checkpoint topic to create for an input topic of `partitions` partitions.

@@ -3,7 +3,6 @@
 
 use anyhow::Context as _;
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -15,6 +14,7 @@ use super::wav::read_wav;
 use specflow::audio::SampleFormat;
 use specflow::audio::headers::ChunkHeaders;
 use specflow::config::Settings;
+use specflow::kafka::producer::owned_headers;
 
 /// What audio to send.
 #[derive(Debug, Clone)]
@@ -62,6 +62,17 @@ pub struct ProduceSummary {
     /// Payload bytes acknowledged.
     pub bytes: u64,
 }
+
+impl ProduceSummary {
+    /// Counts one acknowledged message of `bytes` payload bytes.
+    fn count(&mut self, bytes: u64) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// How long a send may wait for room in the producer's queue and for its acknowledgement.
+const SEND_TIMEOUT: Timeout = Timeout::After(Duration::from_secs(60));
 
 /// Interleaved 16-bit PCM of one stream plus its format.
 pub(super) struct Pcm {
@@ -232,47 +243,30 @@ pub async fn produce(
             .with_eos(last && options.eos);
             let key = format!("{}{stream}", options.stream_prefix);
             let header_pairs = headers.to_pairs();
-            let mut kafka_headers = OwnedHeaders::new_with_capacity(header_pairs.len());
-            for (name, value) in &header_pairs {
-                kafka_headers = kafka_headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_str()),
-                });
-            }
             if !options.realtime {
-                bulk.push((key, payload, kafka_headers));
+                bulk.push((key, payload, header_pairs));
                 continue;
             }
             let bytes = payload.len() as u64;
-            let record = FutureRecord::to(&topic)
-                .key(key.as_str())
-                .payload(payload.as_slice())
-                .headers(kafka_headers);
-            match producer.send_result(record) {
+            match producer.send_result(chunk_record(&topic, &key, &payload, &header_pairs)) {
                 Ok(delivery) => acknowledgements.push((delivery, bytes)),
                 // The producer's queue is full: wait for room (rare at real-time rates).
                 Err((_, record)) => {
                     producer
-                        .send(record, Timeout::After(Duration::from_secs(60)))
+                        .send(record, SEND_TIMEOUT)
                         .await
                         .map_err(|(e, _)| e)
                         .context("delivery failed")?;
-                    summary.messages += 1;
-                    summary.bytes += bytes;
+                    summary.count(bytes);
                 }
             }
         }
-        let sends = bulk.iter().map(|(key, payload, headers)| {
-            let record = FutureRecord::to(&topic)
-                .key(key.as_str())
-                .payload(payload.as_slice())
-                .headers(headers.clone());
-            producer.send(record, Timeout::After(Duration::from_secs(60)))
+        let sends = bulk.iter().map(|(key, payload, pairs)| {
+            producer.send(chunk_record(&topic, key, payload, pairs), SEND_TIMEOUT)
         });
         for (result, (_, payload, _)) in join_all(sends).await.into_iter().zip(&bulk) {
             result.map_err(|(e, _)| e).context("delivery failed")?;
-            summary.messages += 1;
-            summary.bytes += payload.len() as u64;
+            summary.count(payload.len() as u64);
         }
         for (delivery, bytes) in std::mem::replace(&mut unacknowledged, acknowledgements) {
             acknowledge(delivery.await, bytes, &mut summary)?;
@@ -300,9 +294,21 @@ fn acknowledge(
         .context("the producer went away")?
         .map_err(|(e, _)| e)
         .context("delivery failed")?;
-    summary.messages += 1;
-    summary.bytes += bytes;
+    summary.count(bytes);
     Ok(())
+}
+
+/// One chunk as a record for `topic`.
+fn chunk_record<'a>(
+    topic: &'a str,
+    key: &'a str,
+    payload: &'a [u8],
+    header_pairs: &[(&str, String)],
+) -> FutureRecord<'a, str, [u8]> {
+    FutureRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .headers(owned_headers(header_pairs))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt as _;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use crate::audio::headers::{self as wire, ChunkHeaders};
 use crate::audio::{ChunkMeta, InputConfig, SampleFormat, decode, decode_stream_id};
 use crate::config::Settings;
 use crate::kafka::BuildError;
-use crate::kafka::producer::{Delivery, DeliveryProducer};
+use crate::kafka::producer::{Delivery, DeliveryProducer, owned_headers};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 
 /// The gateway's producer to `source.topic`: idempotent, `acks=all`, bounded queue.
@@ -116,17 +116,10 @@ impl ChunkProducer {
         payload: &[u8],
         headers: &ChunkHeaders,
     ) -> Result<Option<Delivery>, ApiError> {
-        let mut owned = OwnedHeaders::new();
-        for (name, value) in headers.to_pairs() {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
         let record = FutureRecord::to(&self.topic)
             .key(stream_id.as_bytes())
             .payload(payload)
-            .headers(owned);
+            .headers(owned_headers(&headers.to_pairs()));
         match self.producer.enqueue(record) {
             Ok(delivery) => Ok(Some(delivery)),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => Ok(None),
@@ -470,8 +463,7 @@ const REFUSED_BODY_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Reads the body, refusing one above `max` bytes with `413`.
-pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
-    use http_body_util::BodyExt;
+pub async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -493,7 +485,6 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<By
         }
         return Err(too_large());
     }
-    let mut body = body;
     match http_body_util::Limited::new(&mut body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -510,7 +501,6 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<By
 /// Reads and drops what is left of a refused body, within [`REFUSED_BODY_DRAIN_BYTES`] and
 /// [`REFUSED_BODY_DRAIN_TIME`].
 async fn discard_refused_body(mut body: Body) {
-    use http_body_util::BodyExt;
     let mut budget = REFUSED_BODY_DRAIN_BYTES;
     let drain = async {
         while let Some(Ok(frame)) = body.frame().await {

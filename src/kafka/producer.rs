@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Message, ToBytes};
+use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext,
 };
@@ -31,6 +31,19 @@ const POLL_SLICE: Duration = Duration::from_secs(1);
 
 /// How long `send` waits before queueing again when the producer's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Kafka headers from `(name, value)` pairs, in order (e.g. `ChunkHeaders::to_pairs`).
+pub fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len()),
+        |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
 
 /// Where an acknowledged message was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

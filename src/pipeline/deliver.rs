@@ -1,99 +1,173 @@
-//! Deliver: a batch's feature records (when `output.enabled`) and dead letters go to Kafka,
-//! and the batch goes on only once every one is acknowledged; failed sends are re-sent, with
-//! the partitions paused, under the `output.retry_*` backoff.
+//! Deliver: a batch's feature records (when `output.enabled`) and dead letters go to Kafka;
+//! once every one is acknowledged, the batch's store jobs go to the store writers. Failed
+//! sends are re-sent, with the partitions paused, under the `output.retry_*` backoff.
+//!
+//! A delivery runs as a task of its own, so that the loop computes the next batch while Kafka
+//! acknowledges this one. The loop starts a batch's delivery only after the one before it
+//! ended ([`InFlight::finish`]): records, dead letters and store jobs keep their order.
 
-use futures::future::join_all;
+use std::sync::Arc;
 use std::time::Instant;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::backpressure::Backoff;
-use super::compute::{Outcome, PartitionResult};
+use super::backpressure::{Backoff, PauseGate};
+use super::store::{StoreJob, StoreQueues};
 use super::{Sinks, now_ms};
-use crate::record::EncodedRecord;
 use crate::sinks::SinkError;
-use crate::sinks::dead_letter::DeadLetter;
+use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::sinks::kafka::KafkaSink;
 use crate::telemetry::metrics::Metrics;
 
-/// Sends the records (when `send_records`) and dead letters of `processed` and waits for every
-/// acknowledgement. With MongoDB off the end-to-end latency is observed here, at the output
-/// topic's acknowledgement.
-pub(super) async fn send_to_kafka(
-    processed: &[PartitionResult],
-    sinks: &Sinks,
-    send_records: bool,
-    metrics: &Metrics,
-    mut backoff: Backoff<'_>,
-) -> Result<(), SinkError> {
-    let mut records: Vec<&EncodedRecord> = Vec::new();
-    let mut letters: Vec<(&DeadLetter, &'static str)> = Vec::new();
-    for result in processed {
-        for outcome in &result.outcomes {
-            match outcome {
-                Outcome::Record(record) if send_records => records.push(record),
-                Outcome::Dead(letter, reason) => letters.push((letter, reason)),
-                Outcome::Record(_) | Outcome::Nothing => {}
-            }
+/// A feature record on its way to the output topic.
+pub(super) struct OutputRecord {
+    /// The stream id: the record's key.
+    pub(super) key: String,
+    /// The record's JSON.
+    pub(super) json: Vec<u8>,
+    /// The end of its last frame, Unix milliseconds (for the end-to-end latency).
+    pub(super) end_ms: i64,
+}
+
+/// What one batch sends to Kafka, in offset order per partition.
+#[derive(Default)]
+pub(super) struct Outbox {
+    /// Feature records (empty when `output.enabled` is off).
+    pub(super) records: Vec<OutputRecord>,
+    /// Rejected messages, with the reason label of `specflow_dead_letters_total`.
+    pub(super) letters: Vec<(DeadLetter, &'static str)>,
+}
+
+/// The handles a delivery task owns.
+pub(super) struct Courier {
+    output: KafkaSink,
+    dead_letters: DeadLetterSink,
+    /// Observe the end-to-end latency at the output topic's acknowledgement (MongoDB off).
+    observe_latency: bool,
+    retry_ms: (u64, u64),
+    metrics: Arc<Metrics>,
+    gate: Arc<PauseGate>,
+    shutdown: CancellationToken,
+    queues: StoreQueues,
+}
+
+/// A batch's delivery, running.
+pub(super) struct InFlight(JoinHandle<Result<bool, SinkError>>);
+
+impl InFlight {
+    /// Waits for the delivery to end. `Ok(false)`: a store writer stopped (it reports why).
+    pub(super) async fn finish(self) -> Result<bool, SinkError> {
+        match self.0.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(false),
         }
     }
+}
 
-    let started = Instant::now();
-    // Kafka: records and dead letters, all acknowledged (failed ones are re-sent).
-    let mut pending_records: Vec<&EncodedRecord> = records.clone();
-    let mut pending_letters = letters.clone();
-    loop {
-        let record_sends = pending_records
-            .iter()
-            .map(|r| sinks.output.send_record(r.key.as_bytes(), &r.json));
-        let letter_sends = pending_letters
-            .iter()
-            .map(|(l, _)| sinks.dead_letters.send(l));
-        let (record_results, letter_results) =
-            futures::join!(join_all(record_sends), join_all(letter_sends));
-        let mut first_error = None;
-        let mut still_records = Vec::new();
-        let now = now_ms();
-        for (record, result) in pending_records.iter().zip(record_results) {
-            match result {
-                Ok(()) => {
-                    metrics.records_produced_total.inc();
-                    if sinks.mongo.is_none() {
-                        metrics
-                            .end_to_end_latency_seconds
-                            .observe((now - record.end_ms).max(0) as f64 / 1000.0);
+impl Courier {
+    /// The handles of the sinks, the writers' queues and the retry policy.
+    pub(super) fn new(
+        sinks: &Sinks,
+        retry_ms: (u64, u64),
+        metrics: &Arc<Metrics>,
+        gate: &Arc<PauseGate>,
+        shutdown: &CancellationToken,
+        queues: StoreQueues,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            output: sinks.output.clone(),
+            dead_letters: sinks.dead_letters.clone(),
+            observe_latency: sinks.mongo.is_none(),
+            retry_ms,
+            metrics: metrics.clone(),
+            gate: gate.clone(),
+            shutdown: shutdown.clone(),
+            queues,
+        })
+    }
+
+    /// Starts delivering `outbox`; once Kafka acknowledged all of it, `jobs` go to the writers.
+    pub(super) fn dispatch(self: &Arc<Self>, outbox: Outbox, jobs: Vec<StoreJob>) -> InFlight {
+        let courier = self.clone();
+        InFlight(tokio::spawn(async move {
+            courier.send_to_kafka(&outbox).await?;
+            Ok(courier.queues.queue(jobs))
+        }))
+    }
+
+    /// Sends the records and dead letters of `outbox` and waits for every acknowledgement.
+    /// With MongoDB off the end-to-end latency is observed here.
+    async fn send_to_kafka(&self, outbox: &Outbox) -> Result<(), SinkError> {
+        if outbox.records.is_empty() && outbox.letters.is_empty() {
+            return Ok(());
+        }
+        let metrics = &self.metrics;
+        let mut backoff = Backoff::new("kafka", self.retry_ms, &self.shutdown, &self.gate);
+        let started = Instant::now();
+        let mut pending_records: Vec<&OutputRecord> = outbox.records.iter().collect();
+        let mut pending_letters: Vec<&(DeadLetter, &'static str)> = outbox.letters.iter().collect();
+        loop {
+            // Every send is queued before the first acknowledgement is awaited.
+            let record_sends = futures::future::join_all(
+                pending_records
+                    .iter()
+                    .map(|r| self.output.send_record(r.key.as_bytes(), &r.json)),
+            );
+            let letter_sends = futures::future::join_all(
+                pending_letters
+                    .iter()
+                    .map(|(l, _)| self.dead_letters.send(l)),
+            );
+            let (record_results, letter_results) = futures::join!(record_sends, letter_sends);
+            let mut first_error = None;
+            let now = now_ms();
+            let mut still_records = Vec::new();
+            for (record, result) in pending_records.iter().zip(record_results) {
+                match result {
+                    Ok(()) => {
+                        metrics.records_produced_total.inc();
+                        if self.observe_latency {
+                            metrics
+                                .end_to_end_latency_seconds
+                                .observe((now - record.end_ms).max(0) as f64 / 1000.0);
+                        }
+                    }
+                    Err(e) => {
+                        still_records.push(*record);
+                        first_error.get_or_insert(e);
                     }
                 }
-                Err(e) => {
-                    still_records.push(*record);
-                    first_error.get_or_insert(e);
+            }
+            let mut still_letters = Vec::new();
+            for (entry, result) in pending_letters.iter().zip(letter_results) {
+                let (letter, reason) = entry;
+                match result {
+                    Ok(()) => {
+                        metrics.dead_letter(reason);
+                        warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
+                    }
+                    Err(e) => {
+                        still_letters.push(*entry);
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        let mut still_letters = Vec::new();
-        for ((letter, reason), result) in pending_letters.iter().zip(letter_results) {
-            match result {
-                Ok(()) => {
-                    metrics.dead_letter(reason);
-                    warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
-                }
-                Err(e) => {
-                    still_letters.push((*letter, *reason));
-                    first_error.get_or_insert(e);
-                }
+            pending_records = still_records;
+            pending_letters = still_letters;
+            match first_error {
+                None => break,
+                Some(e) => backoff.failed(e).await?,
             }
         }
-        pending_records = still_records;
-        pending_letters = still_letters;
-        match first_error {
-            None => break,
-            Some(e) => backoff.failed(e).await?,
-        }
+        backoff.succeeded();
+        debug!(
+            records = outbox.records.len(),
+            letters = outbox.letters.len(),
+            kafka_ms = started.elapsed().as_millis() as u64,
+            "Batch sent."
+        );
+        Ok(())
     }
-    backoff.succeeded();
-
-    debug!(
-        records = records.len(),
-        kafka_ms = started.elapsed().as_millis() as u64,
-        "Batch sent."
-    );
-    Ok(())
 }

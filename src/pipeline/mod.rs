@@ -4,14 +4,16 @@
 //! - [`intake`]: the consumer, the pending batch and the per-partition stream tables;
 //! - [`recovery`]: restoring an assigned partition's streams from the checkpoint topic;
 //! - [`compute`]: the DSP fan-out over the worker threads;
-//! - [`deliver`]: records and dead letters to Kafka, with retries;
+//! - [`deliver`]: records and dead letters to Kafka, with retries, then the jobs to the writers;
 //! - [`store`]: the MongoDB and checkpoint writers, the pending-records budget, offsets;
 //! - [`backpressure`]: the pause gate and the backoff.
 //!
-//! The processing loop handles one batch at a time: it computes the batch, sends its records
-//! and dead letters to Kafka and waits for their acknowledgements, then hands the MongoDB
-//! documents and the checkpoints of the streams the batch touched to the store writer tasks
-//! (`mongo.concurrent_writes`; partitions are dealt over them) and goes on with the next batch.
+//! The processing loop computes a batch while the batch before it is being delivered: a
+//! delivery task sends a batch's records and dead letters to Kafka, waits for their
+//! acknowledgements, then hands the MongoDB documents and the checkpoints of the streams the
+//! batch touched to the store writer tasks (`mongo.concurrent_writes`; partitions are dealt
+//! over them). A batch's delivery starts only once the one before it ended, so everything
+//! keeps its order.
 //! Each writer inserts its jobs in order (merging those that queued up), then writes their
 //! checkpoints, and only then stores the jobs' offsets: an offset is stored only after every
 //! record before it is acknowledged by the sinks, every rejected message by the dead-letter
@@ -42,7 +44,6 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint;
 use crate::config::Settings;
 use crate::kafka;
-use crate::sinks::SinkError;
 use crate::sinks::dead_letter::DeadLetterSink;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
@@ -50,8 +51,9 @@ use crate::sources::kafka::commit_stored_offsets;
 use crate::streams::ExtractorCache;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
-use backpressure::{Backoff, PauseGate};
+use backpressure::PauseGate;
 use compute::Compute;
+use deliver::{Courier, InFlight, Outbox};
 use intake::{Intake, NextBatch};
 use recovery::Restores;
 use store::{StoreJob, StoreWriters};
@@ -172,26 +174,36 @@ impl Worker {
         })
     }
 
-    /// The loop: one batch at a time until shutdown or a sink error that retrying cannot fix.
+    /// The loop, until shutdown or a sink error that retrying cannot fix: a batch is computed
+    /// while the one before it is delivered, and delivered once that one is acknowledged.
     async fn process_until_stopped(&mut self) -> anyhow::Result<()> {
         let linger = Duration::from_millis(self.settings.source.batch_linger_ms);
         let max_batch = self.settings.source.batch_max_messages;
         let idle_timeout = Duration::from_secs(self.settings.streams.idle_timeout_secs);
-        while !self.shutdown.is_cancelled() {
+        let courier = Courier::new(
+            &self.sinks,
+            self.settings.output.retry_ms(),
+            &self.metrics,
+            &self.gate,
+            &self.shutdown,
+            self.store.queues(),
+        );
+        let mut in_flight: Option<InFlight> = None;
+        let result = loop {
+            if self.shutdown.is_cancelled() {
+                break Ok(());
+            }
             self.health.beat();
             self.intake.finish_restores(&self.gate, &self.metrics);
-            let mut jobs = match self
+            let (outbox, mut jobs) = match self
                 .intake
                 .next_batch(&self.shutdown, linger, max_batch)
                 .await
             {
-                NextBatch::Stop => break,
+                NextBatch::Stop => break Ok(()),
                 NextBatch::Empty => continue,
-                NextBatch::Idle => Vec::new(),
-                NextBatch::Messages(batch) => self.handle_batch(batch).await.map_err(|e| {
-                    error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
-                    anyhow::anyhow!(e)
-                })?,
+                NextBatch::Idle => (Outbox::default(), Vec::new()),
+                NextBatch::Messages(batch) => self.compute_batch(batch),
             };
             let due = self.intake.sweep(idle_timeout, &self.metrics);
             let evictions = self.store.jobs_for_checkpoints(due);
@@ -206,8 +218,8 @@ impl Worker {
             }
             if !self
                 .store
-                .hand_over(
-                    jobs,
+                .reserve_room(
+                    &mut jobs,
                     &mut self.intake,
                     max_batch,
                     &self.health,
@@ -215,16 +227,32 @@ impl Worker {
                 )
                 .await
             {
-                break;
+                break Ok(());
             }
-        }
-        Ok(())
+            if let Some(previous) = in_flight.take() {
+                match previous.finish().await {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+            in_flight = Some(courier.dispatch(outbox, jobs));
+        };
+        // The last delivery still ends normally: its store jobs are queued before the drain.
+        let result = match (result, in_flight) {
+            (Ok(()), Some(last)) => last.finish().await.map(|_| ()),
+            (result, _) => result,
+        };
+        result.map_err(|e| {
+            error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
+            anyhow::anyhow!(e)
+        })
     }
 
-    /// Computes one batch and sends its records and dead letters to Kafka; returns, per store
-    /// writer, what MongoDB and the checkpoint topic still have to store, with the offsets
-    /// that become safe once they have.
-    async fn handle_batch(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<StoreJob>, SinkError> {
+    /// Computes one batch; returns what goes to Kafka and, per store writer, what MongoDB and
+    /// the checkpoint topic have to store once Kafka acknowledged it, with the offsets that
+    /// become safe once they have.
+    fn compute_batch(&mut self, batch: Vec<OwnedMessage>) -> (Outbox, Vec<StoreJob>) {
         let metrics = &self.metrics;
         let started = Instant::now();
         let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
@@ -250,21 +278,8 @@ impl Worker {
             dsp_ms = dsp_time.as_millis() as u64,
             "Batch computed."
         );
-        let backoff = Backoff::new(
-            "kafka",
-            self.settings.output.retry_ms(),
-            &self.shutdown,
-            &self.gate,
-        );
-        deliver::send_to_kafka(
-            &processed,
-            &self.sinks,
-            self.settings.output.enabled,
-            metrics,
-            backoff,
-        )
-        .await?;
-        Ok(self.store.jobs_for_batch(processed, &self.intake.tables))
+        self.store
+            .split_batch(processed, &self.intake.tables, self.settings.output.enabled)
     }
 
     /// Waits (up to `shutdown.drain_timeout_secs` in all) for the store writers, flushes the

@@ -14,10 +14,12 @@ use tracing::{debug, error, warn};
 
 use super::backpressure::{Backoff, PauseGate};
 use super::compute::{Outcome, PartitionResult};
+use super::deliver::{Outbox, OutputRecord};
 use super::intake::Intake;
 use super::{Sinks, now_ms};
 use crate::checkpoint;
 use crate::config::Settings;
+use crate::record::EncodedRecord;
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
@@ -74,10 +76,26 @@ impl PendingRoom {
     }
 }
 
+/// The store writers' queues, one per writer; writers end when every clone is dropped.
+#[derive(Clone)]
+pub(super) struct StoreQueues(Arc<Vec<tokio::sync::mpsc::UnboundedSender<StoreJob>>>);
+
+impl StoreQueues {
+    /// Queues each writer's share of a batch (shares with nothing to store are skipped).
+    /// False when a writer stopped on an error (the writer reports it).
+    pub(super) fn queue(&self, jobs: Vec<StoreJob>) -> bool {
+        self.0
+            .iter()
+            .zip(jobs)
+            .filter(|(_, job)| !job.is_empty())
+            .all(|(writer, job)| writer.send(job).is_ok())
+    }
+}
+
 /// The store writer tasks (`mongo.concurrent_writes`; partitions are dealt over them) and
 /// the budget of records waiting for them.
 pub(super) struct StoreWriters {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<StoreJob>>,
+    queues: StoreQueues,
     tasks: Vec<tokio::task::JoinHandle<Result<(), SinkError>>>,
     room: PendingRoom,
     store_documents: bool,
@@ -118,7 +136,7 @@ impl StoreWriters {
                 .max(settings.source.batch_max_messages),
         );
         Self {
-            senders,
+            queues: StoreQueues(Arc::new(senders)),
             tasks,
             room,
             store_documents: sinks.mongo.is_some(),
@@ -127,23 +145,26 @@ impl StoreWriters {
 
     /// Which writer stores `partition`'s documents and checkpoints.
     fn writer_of(&self, partition: i32) -> usize {
-        partition.unsigned_abs() as usize % self.senders.len()
+        partition.unsigned_abs() as usize % self.queues.0.len()
     }
 
     fn empty_jobs(&self) -> Vec<StoreJob> {
-        (0..self.senders.len())
+        (0..self.queues.0.len())
             .map(|_| StoreJob::default())
             .collect()
     }
 
-    /// Per writer (partitions are dealt over them, so each partition's documents, checkpoints
-    /// and offsets stay in order): a batch's documents, the checkpoints of the streams it
-    /// touched, and each touched partition's next offset, stored after both acknowledged.
-    pub(super) fn jobs_for_batch(
+    /// Splits a computed batch into what goes to Kafka and, per writer (partitions are dealt
+    /// over them, so each partition's documents, checkpoints and offsets stay in order), what
+    /// is stored after Kafka acknowledged it: the documents, the checkpoints of the streams it
+    /// touched, and each touched partition's next offset.
+    pub(super) fn split_batch(
         &self,
         processed: Vec<PartitionResult>,
         tables: &HashMap<i32, PartitionStreams>,
-    ) -> Vec<StoreJob> {
+        send_records: bool,
+    ) -> (Outbox, Vec<StoreJob>) {
+        let mut outbox = Outbox::default();
         let mut jobs = self.empty_jobs();
         for result in processed {
             let job = &mut jobs[self.writer_of(result.partition)];
@@ -157,15 +178,28 @@ impl StoreWriters {
                 job.checkpoints.push((result.partition, result.checkpoints));
             }
             for outcome in result.outcomes {
-                if let Outcome::Record(record) = outcome
-                    && self.store_documents
-                {
-                    job.documents.push(record.document);
-                    job.end_ms.push(record.end_ms);
+                match outcome {
+                    Outcome::Record(record) => {
+                        let EncodedRecord {
+                            key,
+                            json,
+                            document,
+                            end_ms,
+                        } = *record;
+                        if self.store_documents {
+                            job.documents.push(document);
+                            job.end_ms.push(end_ms);
+                        }
+                        if send_records {
+                            outbox.records.push(OutputRecord { key, json, end_ms });
+                        }
+                    }
+                    Outcome::Dead(letter, reason) => outbox.letters.push((*letter, reason)),
+                    Outcome::Nothing => {}
                 }
             }
         }
-        jobs
+        (outbox, jobs)
     }
 
     /// Per writer: checkpoint records made due outside a batch (idle eviction).
@@ -179,23 +213,20 @@ impl StoreWriters {
         jobs
     }
 
-    /// Queues each writer's share of a batch once the pending-records budget has room for it.
-    /// While waiting it keeps polling the consumer (into `pending`, up to `max_batch` messages),
-    /// which serves rebalances and keeps the member in the group however long MongoDB takes.
-    /// False when a writer stopped or shutdown was requested.
-    pub(super) async fn hand_over(
+    /// Waits until the pending-records budget has room for each writer's share of a batch and
+    /// takes it (given back when the job is dropped). While waiting it keeps polling the
+    /// consumer (into `pending`, up to `max_batch` messages), which serves rebalances and keeps
+    /// the member in the group however long MongoDB takes. False when shutdown was requested.
+    pub(super) async fn reserve_room(
         &self,
-        jobs: Vec<StoreJob>,
+        jobs: &mut [StoreJob],
         intake: &mut Intake,
         max_batch: usize,
         health: &Health,
         shutdown: &CancellationToken,
     ) -> bool {
         let room = &self.room;
-        for (writer, mut job) in self.senders.iter().zip(jobs) {
-            if job.is_empty() {
-                continue;
-            }
+        for job in jobs.iter_mut().filter(|job| !job.documents.is_empty()) {
             let wanted = job.documents.len().min(room.capacity) as u32;
             loop {
                 let polling = intake.below_batch_limit(max_batch);
@@ -210,19 +241,20 @@ impl StoreWriters {
                     _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
                 }
             }
-            // Fails only when the writer stopped on an error; `run` reports it.
-            if writer.send(job).is_err() {
-                return false;
-            }
         }
         true
+    }
+
+    /// The writers' queues, for the delivery tasks.
+    pub(super) fn queues(&self) -> StoreQueues {
+        self.queues.clone()
     }
 
     /// Closes the queues and waits, at most `drain`, for the writers to store what they hold;
     /// writers still busy then are aborted (what they held is replayed by the next owner), so
     /// that none outlives the worker holding the consumer. The first write error, if any.
     pub(super) async fn finish(self, drain: Duration) -> Result<(), SinkError> {
-        drop(self.senders);
+        drop(self.queues);
         let mut tasks = self.tasks;
         let mut result = Ok(());
         let ended = match tokio::time::timeout(drain, join_all(tasks.iter_mut())).await {

@@ -141,14 +141,6 @@ impl DeadLetterSink {
         if let Some(key) = &letter.key {
             record = record.key(key.as_slice());
         }
-        self.sink
-            .producer()
-            .send(record, std::time::Duration::from_secs(60))
-            .await
-            .map(|_| ())
-            .map_err(|source| SinkError::Kafka {
-                topic: self.config.topic.clone(),
-                source,
-            })
+        self.sink.send(record).await
     }
 }

@@ -1,6 +1,5 @@
 //! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
 
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -51,7 +50,8 @@ pub struct KafkaSinkConfig {
     pub enabled: bool,
     /// Output topic for feature records (key = stream id).
     pub topic: String,
-    /// Producer `linger.ms`: how long records wait to be batched.
+    /// Producer `linger.ms`: how long records wait to be batched (1 ms: a batch's records
+    /// are queued at once and go out together anyway; more only adds latency).
     pub linger_ms: u64,
     /// Producer `compression.type`: none, gzip, snappy, lz4 or zstd.
     pub compression: Compression,
@@ -71,7 +71,7 @@ impl Default for KafkaSinkConfig {
         Self {
             enabled: true,
             topic: "audio.features".into(),
-            linger_ms: 5,
+            linger_ms: 1,
             compression: Compression::Lz4,
             batch_size_bytes: 1_000_000,
             delivery_timeout_ms: 30_000,
@@ -137,6 +137,9 @@ impl KafkaSinkConfig {
     }
 }
 
+/// How long a send waits for room while the producer's queue is full.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The output producer.
 #[derive(Clone)]
 pub struct KafkaSink {
@@ -161,20 +164,13 @@ impl KafkaSink {
         self.brokers.clone()
     }
 
-    /// Sends one record to `topic` and waits for its acknowledgement.
-    pub async fn send(
-        &self,
-        topic: &str,
-        key: &[u8],
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), SinkError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(headers) = headers {
-            record = record.headers(headers);
-        }
+    /// Sends `record` (to its own topic) and waits for its acknowledgement, waiting up to
+    /// [`QUEUE_TIMEOUT`] for room while the producer's queue is full. Records, dead letters and
+    /// checkpoints all go out here.
+    pub async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), SinkError> {
+        let topic = record.topic;
         self.producer
-            .send(record, Duration::from_secs(60))
+            .send(record, QUEUE_TIMEOUT)
             .await
             .map(|_| ())
             .map_err(|source| SinkError::Kafka {
@@ -185,7 +181,8 @@ impl KafkaSink {
 
     /// Sends a feature record to the output topic.
     pub async fn send_record(&self, key: &[u8], payload: &[u8]) -> Result<(), SinkError> {
-        self.send(&self.topic, key, payload, None).await
+        self.send(FutureRecord::to(&self.topic).key(key).payload(payload))
+            .await
     }
 
     /// Waits until everything queued is delivered, or the timeout passes.

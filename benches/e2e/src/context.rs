@@ -145,6 +145,17 @@ pub enum Pace {
     RealTimeAligned,
 }
 
+impl Pace {
+    /// How the streams cut their chunks, for the report: `bulk`, `staggered` or `aligned`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Pace::Bulk => "bulk",
+            Pace::RealTime => "staggered",
+            Pace::RealTimeAligned => "aligned",
+        }
+    }
+}
+
 impl Ctx {
     /// Fresh names for a run labelled `tag` (`<run id>.<tag>.*`), reading from `input`.
     pub fn names(&self, tag: &str, input: &str) -> Names {

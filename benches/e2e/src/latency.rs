@@ -235,14 +235,6 @@ async fn poll_written(
     Ok((events, scrapes))
 }
 
-/// How a latency run's streams cut their chunks, for the report.
-fn aligned_label(pace: Pace) -> &'static str {
-    match pace {
-        Pace::RealTimeAligned => "aligned",
-        Pace::RealTime | Pace::Bulk => "staggered",
-    }
-}
-
 /// Latency summary where `censored` records were never seen: they count as slower than every
 /// seen one; a percentile that falls among them is reported as null with `censored` set, and
 /// time to the output topic and to MongoDB.
@@ -268,7 +260,7 @@ pub async fn latency_phase(
     .await?;
     say(format!(
         "latency '{tag}': {streams} real-time streams ({}) for {duration} s ({} records expected)",
-        aligned_label(pace),
+        pace.label(),
         expect.records
     ));
     let mut worker = ctx.spawn_worker(&names, None, tag)?;
@@ -511,7 +503,7 @@ pub async fn latency_phase(
     Ok(LatencyRun {
         tag: tag.to_string(),
         streams,
-        chunk_boundaries: aligned_label(pace).to_string(),
+        chunk_boundaries: pace.label().to_string(),
         chunk_ms: args.chunk_ms,
         warmup_s: args.warmup_seconds,
         measured_s: args.latency_seconds,
