@@ -20,7 +20,10 @@
 #   SPECFLOW_SERVICES_TIMEOUT seconds `up`/`start` wait for readiness (default 120)
 #   SPECFLOW_KAFKA_PORT, SPECFLOW_KAFKA_CONTROLLER_PORT, SPECFLOW_MONGO_PORT
 #                             (defaults 9092, 9093, 27017)
-#   SPECFLOW_KAFKA_HEAP_OPTS  broker heap flags (default "-Xms256m -Xmx768m")
+#   SPECFLOW_KAFKA_HEAP_OPTS  broker heap flags (default "-Xms1g -Xmx1g": a fixed heap whose
+#                             young generation grows to ~640 MB, so young collections, ~10 ms
+#                             pauses each, come 7x less often than with 256m-768m; they were
+#                             the p99 latency's largest cause, benches/README.md round 5)
 #
 # Kafka's jars come from Maven Central (mvn), FerretDB is built with Go from
 # the Go module proxy; both are cached under SPECFLOW_CACHE, so only the first
@@ -43,7 +46,7 @@ MVN_DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 KAFKA_PORT="${SPECFLOW_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${SPECFLOW_KAFKA_CONTROLLER_PORT:-9093}"
 MONGO_PORT="${SPECFLOW_MONGO_PORT:-27017}"
-KAFKA_HEAP_OPTS="${SPECFLOW_KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+KAFKA_HEAP_OPTS="${SPECFLOW_KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 KAFKA_CHECK_TOPIC=specflow-services-check
 KAFKA_STOP_TIMEOUT=30
 MONGO_STOP_TIMEOUT=15

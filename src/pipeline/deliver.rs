@@ -2,12 +2,14 @@
 //! once every one is acknowledged, the batch's store jobs go to the store writers. Failed
 //! sends are re-sent, with the partitions paused, under the `output.retry_*` backoff.
 //!
-//! A delivery runs as a task of its own, so that the loop computes the next batch while Kafka
-//! acknowledges this one. The loop starts a batch's delivery only after the one before it
-//! ended ([`InFlight::finish`]): records, dead letters and store jobs keep their order.
+//! A delivery runs as a task of its own, so that the loop computes and sends the next batch
+//! while Kafka acknowledges this one; at most [`MAX_IN_FLIGHT`] are under way. Each queues its
+//! store jobs only after the delivery before it queued its own, so MongoDB, the checkpoints
+//! and the offsets keep batch order; the idempotent producer keeps the records' order.
 
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -52,8 +54,14 @@ pub(super) struct Courier {
     queues: StoreQueues,
 }
 
+/// Most batch deliveries under way at once (the one being acknowledged and the next).
+pub(super) const MAX_IN_FLIGHT: usize = 2;
+
 /// A batch's delivery, running.
 pub(super) struct InFlight(JoinHandle<Result<bool, SinkError>>);
+
+/// Tells the next delivery that this one queued its store jobs (dropped unsent: it did not).
+pub(super) struct Queued(oneshot::Receiver<()>);
 
 impl InFlight {
     /// Waits for the delivery to end. `Ok(false)`: a store writer stopped (it reports why).
@@ -63,6 +71,11 @@ impl InFlight {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Ok(false),
         }
+    }
+
+    /// Stops the delivery where it is; its store jobs are not queued (the batch is replayed).
+    pub(super) fn abandon(self) {
+        self.0.abort();
     }
 }
 
@@ -88,13 +101,31 @@ impl Courier {
         })
     }
 
-    /// Starts delivering `outbox`; once Kafka acknowledged all of it, `jobs` go to the writers.
-    pub(super) fn dispatch(self: &Arc<Self>, outbox: Outbox, jobs: Vec<StoreJob>) -> InFlight {
+    /// Starts delivering `outbox`; once Kafka acknowledged all of it and the delivery before
+    /// it (`after`) queued its jobs, `jobs` go to the writers.
+    pub(super) fn dispatch(
+        self: &Arc<Self>,
+        outbox: Outbox,
+        jobs: Vec<StoreJob>,
+        after: Option<Queued>,
+    ) -> (InFlight, Queued) {
         let courier = self.clone();
-        InFlight(tokio::spawn(async move {
+        let (done, queued) = oneshot::channel();
+        let task = tokio::spawn(async move {
             courier.send_to_kafka(&outbox).await?;
-            Ok(courier.queues.queue(jobs))
-        }))
+            // The delivery before failed or its writer stopped: it reports why.
+            if let Some(Queued(before)) = after
+                && before.await.is_err()
+            {
+                return Ok(false);
+            }
+            let queued = courier.queues.queue(jobs);
+            if queued {
+                let _ = done.send(());
+            }
+            Ok(queued)
+        });
+        (InFlight(task), Queued(queued))
     }
 
     /// Sends the records and dead letters of `outbox` and waits for every acknowledgement.

@@ -8,12 +8,12 @@
 //! - [`store`]: the MongoDB and checkpoint writers, the pending-records budget, offsets;
 //! - [`backpressure`]: the pause gate and the backoff.
 //!
-//! The processing loop computes a batch while the batch before it is being delivered: a
-//! delivery task sends a batch's records and dead letters to Kafka, waits for their
-//! acknowledgements, then hands the MongoDB documents and the checkpoints of the streams the
-//! batch touched to the store writer tasks (`mongo.concurrent_writes`; partitions are dealt
-//! over them). A batch's delivery starts only once the one before it ended, so everything
-//! keeps its order.
+//! The processing loop computes and sends a batch while the batch before it is still being
+//! acknowledged (at most two deliveries under way): a delivery task sends a batch's records
+//! and dead letters to Kafka, waits for their acknowledgements, then, once the delivery
+//! before it has, hands the MongoDB documents and the checkpoints of the streams the batch
+//! touched to the store writer tasks (`mongo.concurrent_writes`; partitions are dealt over
+//! them), so store jobs keep batch order.
 //! Each writer inserts its jobs in order (merging those that queued up), then writes their
 //! checkpoints, and only then stores the jobs' offsets: an offset is stored only after every
 //! record before it is acknowledged by the sinks, every rejected message by the dead-letter
@@ -35,6 +35,7 @@ use anyhow::Context as _;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
@@ -44,6 +45,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint;
 use crate::config::Settings;
 use crate::kafka;
+use crate::sinks::SinkError;
 use crate::sinks::dead_letter::DeadLetterSink;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
@@ -53,7 +55,7 @@ use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use backpressure::PauseGate;
 use compute::Compute;
-use deliver::{Courier, InFlight, Outbox};
+use deliver::{Courier, InFlight, MAX_IN_FLIGHT, Outbox, Queued};
 use intake::{Intake, NextBatch};
 use recovery::Restores;
 use store::{StoreJob, StoreWriters};
@@ -175,7 +177,7 @@ impl Worker {
     }
 
     /// The loop, until shutdown or a sink error that retrying cannot fix: a batch is computed
-    /// while the one before it is delivered, and delivered once that one is acknowledged.
+    /// and sent while the one before it is being acknowledged.
     async fn process_until_stopped(&mut self) -> anyhow::Result<()> {
         let linger = Duration::from_millis(self.settings.source.batch_linger_ms);
         let max_batch = self.settings.source.batch_max_messages;
@@ -188,10 +190,13 @@ impl Worker {
             &self.shutdown,
             self.store.queues(),
         );
-        let mut in_flight: Option<InFlight> = None;
-        let result = loop {
+        // Deliveries under way, oldest first, and the latest one's "jobs queued" signal.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+        let mut last_queued: Option<Queued> = None;
+        // Ok(true): stopped cleanly; Ok(false): a store writer stopped (it reports why).
+        let result: Result<bool, SinkError> = loop {
             if self.shutdown.is_cancelled() {
-                break Ok(());
+                break Ok(true);
             }
             self.health.beat();
             self.intake.finish_restores(&self.gate, &self.metrics);
@@ -200,7 +205,7 @@ impl Worker {
                 .next_batch(&self.shutdown, linger, max_batch)
                 .await
             {
-                NextBatch::Stop => break Ok(()),
+                NextBatch::Stop => break Ok(true),
                 NextBatch::Empty => continue,
                 NextBatch::Idle => (Outbox::default(), Vec::new()),
                 NextBatch::Messages(batch) => self.compute_batch(batch),
@@ -227,23 +232,31 @@ impl Worker {
                 )
                 .await
             {
-                break Ok(());
+                break Ok(true);
             }
-            if let Some(previous) = in_flight.take() {
-                match previous.finish().await {
+            if in_flight.len() == MAX_IN_FLIGHT
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                match oldest.finish().await {
                     Ok(true) => {}
-                    Ok(false) => break Ok(()),
-                    Err(e) => break Err(e),
+                    stopped => break stopped,
                 }
             }
-            in_flight = Some(courier.dispatch(outbox, jobs));
+            let (delivery, queued) = courier.dispatch(outbox, jobs, last_queued.take());
+            in_flight.push_back(delivery);
+            last_queued = Some(queued);
         };
-        // The last delivery still ends normally: its store jobs are queued before the drain.
-        let result = match (result, in_flight) {
-            (Ok(()), Some(last)) => last.finish().await.map(|_| ()),
-            (result, _) => result,
-        };
-        result.map_err(|e| {
+        // After a clean stop the deliveries under way end normally (their store jobs are queued
+        // before the drain); after a failure they are abandoned and their batches replayed.
+        let mut result = result;
+        for delivery in in_flight {
+            if matches!(result, Ok(true)) {
+                result = delivery.finish().await;
+            } else {
+                delivery.abandon();
+            }
+        }
+        result.map(|_| ()).map_err(|e| {
             error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
             anyhow::anyhow!(e)
         })

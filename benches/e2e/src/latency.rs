@@ -31,6 +31,8 @@ struct Observed {
     source_ms: i64,
     /// Wall-clock ms when the observer received it.
     seen_ms: f64,
+    /// The output message's timestamp: when the worker handed it to its producer.
+    produced_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -303,12 +305,14 @@ pub async fn latency_phase(
                         id: id.clone(),
                         source_ms,
                         seen_ms: now,
+                        produced_ms: None,
                     });
                 }
                 seen.push(Observed {
                     id,
                     source_ms,
                     seen_ms: now,
+                    produced_ms: message.timestamp().to_millis(),
                 });
             }
             (seen, unparsed)
@@ -413,12 +417,17 @@ pub async fn latency_phase(
     let first_source = seen.iter().map(|o| o.source_ms).min().unwrap_or(0);
     let mut to_kafka: Vec<f64> = Vec::new();
     let mut warm_kafka: Vec<f64> = Vec::new();
+    let (mut to_worker_produce, mut from_worker_produce) = (Vec::new(), Vec::new());
     let mut seen_ids: std::collections::HashSet<&str> = Default::default();
     for o in &seen {
         seen_ids.insert(o.id.as_str());
         let latency = o.seen_ms - o.source_ms as f64;
         if measured(&o.id) {
             to_kafka.push(latency);
+            if let Some(produced) = o.produced_ms {
+                to_worker_produce.push((produced - o.source_ms) as f64);
+                from_worker_produce.push(o.seen_ms - produced as f64);
+            }
         } else {
             warm_kafka.push(latency);
         }
@@ -517,6 +526,8 @@ pub async fn latency_phase(
         producer_wall_s: round3(producer_wall),
         to_output_topic,
         to_output_topic_warmup: LatencySummary::of(&mut warm_kafka),
+        to_worker_produce: LatencySummary::of(&mut to_worker_produce),
+        worker_produce_to_observer: LatencySummary::of(&mut from_worker_produce),
         to_mongodb,
         mongodb_method: MongoMethod {
             what: "time the worker's specflow_mongo_documents_written_total first covered the record's rank in output-topic order (the counter is bumped right after MongoDB acknowledged the insert_many) minus source.timestamp_ms",

@@ -562,6 +562,12 @@ pub struct LatencyRun {
     pub to_output_topic: LatencySummary,
     /// Produce → output topic, warm-up.
     pub to_output_topic_warmup: LatencySummary,
+    /// Of `to_output_topic`, seen records: produce → the worker's produce call (the output
+    /// message's timestamp; input broker hop, waiting for a batch, DSP and encoding).
+    pub to_worker_produce: LatencySummary,
+    /// The rest: the worker's produce call → the observer (producer linger, broker append and
+    /// acknowledgement, the observer's fetch).
+    pub worker_produce_to_observer: LatencySummary,
     /// Produce → MongoDB by the acknowledged-write counter.
     pub to_mongodb: LatencySummary,
     /// How `to_mongodb` is taken.
@@ -942,6 +948,14 @@ impl Report {
                 (
                     "output topic (observer consuming it)".to_string(),
                     &l.to_output_topic,
+                ),
+                (
+                    "  of which to the worker's produce call (output timestamp)".to_string(),
+                    &l.to_worker_produce,
+                ),
+                (
+                    "  and from that call to the observer".to_string(),
+                    &l.worker_produce_to_observer,
                 ),
                 (
                     format!(
