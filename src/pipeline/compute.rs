@@ -2,6 +2,7 @@
 //! worker threads (one [`Scratch`] each), each partition in order, into records, dead letters
 //! and the checkpoints of the streams they touched.
 
+use anyhow::Context as _;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub(super) struct Compute {
     metrics: Arc<Metrics>,
     cache: Arc<ExtractorCache>,
     scratch: Vec<Scratch>,
+    /// `runtime.worker_threads` threads, started once (`None` with one thread: a batch is
+    /// computed on the calling thread).
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// The stream id a message's key names, if it is valid UTF-8.
@@ -77,13 +81,26 @@ impl Compute {
         settings: Settings,
         metrics: Arc<Metrics>,
         cache: Arc<ExtractorCache>,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let threads = settings.runtime.effective_worker_threads();
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("specflow-dsp-{i}"))
+                    .build()
+                    .context("cannot start the DSP threads")?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
             settings,
             metrics,
             cache,
             scratch: Vec::new(),
-        }
+            pool,
+        })
     }
 
     /// Decodes and computes one partition's messages in order.
@@ -195,44 +212,55 @@ impl Compute {
         while self.scratch.len() < threads {
             self.scratch.push(Scratch::default());
         }
+        // Partitions dealt to the threads by message count, largest first, each to the thread
+        // with the fewest messages so far.
+        let mut by_partition = by_partition;
+        by_partition.sort_by_key(|(_, messages)| std::cmp::Reverse(messages.len()));
         let mut groups: Vec<Vec<(i32, PartitionStreams, Vec<OwnedMessage>)>> =
             (0..threads).map(|_| Vec::new()).collect();
-        for (i, (partition, messages)) in by_partition.into_iter().enumerate() {
+        let mut load = vec![0usize; threads];
+        for (partition, messages) in by_partition {
             let table = tables
                 .remove(&partition)
                 .unwrap_or_else(|| PartitionStreams::new(partition));
-            groups[i % threads].push((partition, table, messages));
+            let lightest = (0..threads).min_by_key(|&g| load[g]).unwrap_or(0);
+            load[lightest] += messages.len();
+            groups[lightest].push((partition, table, messages));
         }
         let mut scratch: Vec<Scratch> = self.scratch.drain(..threads).collect();
         let this = &*self;
-        let results: Vec<Vec<(PartitionStreams, PartitionResult)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = groups
+        let compute_group = |(group, scratch): (Vec<_>, &mut Scratch)| {
+            group
+                .into_iter()
+                .map(
+                    |(partition, mut table, messages): (i32, PartitionStreams, Vec<_>)| {
+                        let outcomes = this.process_partition(&mut table, &messages, scratch);
+                        let checkpoints = table.take_checkpoints();
+                        let result = PartitionResult {
+                            partition,
+                            outcomes,
+                            checkpoints,
+                        };
+                        (table, result)
+                    },
+                )
+                .collect::<Vec<_>>()
+        };
+        let results: Vec<Vec<(PartitionStreams, PartitionResult)>> = match &self.pool {
+            Some(pool) if threads > 1 => pool.install(|| {
+                use rayon::prelude::*;
+                groups
+                    .into_par_iter()
+                    .zip(scratch.par_iter_mut())
+                    .map(compute_group)
+                    .collect()
+            }),
+            _ => groups
                 .into_iter()
                 .zip(scratch.iter_mut())
-                .map(|(group, scratch)| {
-                    scope.spawn(move || {
-                        group
-                            .into_iter()
-                            .map(|(partition, mut table, messages)| {
-                                let outcomes =
-                                    this.process_partition(&mut table, &messages, scratch);
-                                let checkpoints = table.take_checkpoints();
-                                let result = PartitionResult {
-                                    partition,
-                                    outcomes,
-                                    checkpoints,
-                                };
-                                (table, result)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("DSP thread panicked"))
-                .collect()
-        });
+                .map(compute_group)
+                .collect(),
+        };
         self.scratch.extend(scratch);
         results
             .into_iter()

@@ -161,7 +161,7 @@ impl Worker {
         });
 
         let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, &shutdown);
-        let compute = Compute::new(settings.clone(), metrics.clone(), cache);
+        let compute = Compute::new(settings.clone(), metrics.clone(), cache)?;
         Ok(Self {
             settings,
             metrics,
