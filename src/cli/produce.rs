@@ -15,6 +15,7 @@ use specflow::audio::SampleFormat;
 use specflow::audio::headers::ChunkHeaders;
 use specflow::config::Settings;
 use specflow::kafka::producer::owned_headers;
+use specflow::sinks::kafka::QUEUE_TIMEOUT;
 
 /// What audio to send.
 #[derive(Debug, Clone)]
@@ -70,9 +71,6 @@ impl ProduceSummary {
         self.bytes += bytes;
     }
 }
-
-/// How long a send may wait for room in the producer's queue and for its acknowledgement.
-const SEND_TIMEOUT: Timeout = Timeout::After(Duration::from_secs(60));
 
 /// Interleaved 16-bit PCM of one stream plus its format.
 pub(super) struct Pcm {
@@ -253,7 +251,7 @@ pub async fn produce(
                 // The producer's queue is full: wait for room (rare at real-time rates).
                 Err((_, record)) => {
                     producer
-                        .send(record, SEND_TIMEOUT)
+                        .send(record, Timeout::After(QUEUE_TIMEOUT))
                         .await
                         .map_err(|(e, _)| e)
                         .context("delivery failed")?;
@@ -262,7 +260,10 @@ pub async fn produce(
             }
         }
         let sends = bulk.iter().map(|(key, payload, pairs)| {
-            producer.send(chunk_record(&topic, key, payload, pairs), SEND_TIMEOUT)
+            producer.send(
+                chunk_record(&topic, key, payload, pairs),
+                Timeout::After(QUEUE_TIMEOUT),
+            )
         });
         for (result, (_, payload, _)) in join_all(sends).await.into_iter().zip(&bulk) {
             result.map_err(|(e, _)| e).context("delivery failed")?;

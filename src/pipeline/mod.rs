@@ -194,7 +194,7 @@ impl Worker {
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
         let mut last_queued: Option<Queued> = None;
         // Ok(true): stopped cleanly; Ok(false): a store writer stopped (it reports why).
-        let result: Result<bool, SinkError> = loop {
+        let mut result: Result<bool, SinkError> = loop {
             if self.shutdown.is_cancelled() {
                 break Ok(true);
             }
@@ -248,7 +248,6 @@ impl Worker {
         };
         // After a clean stop the deliveries under way end normally (their store jobs are queued
         // before the drain); after a failure they are abandoned and their batches replayed.
-        let mut result = result;
         for delivery in in_flight {
             if matches!(result, Ok(true)) {
                 result = delivery.finish().await;
