@@ -1,6 +1,6 @@
 //! Chroma filter bank, a port of `librosa.filters.chroma` (Ellis' `chromagram_E`).
 
-use super::features::dot_f32;
+use super::kernels::Kernels;
 
 /// Number of pitch classes.
 pub const N_CHROMA: usize = 12;
@@ -81,10 +81,12 @@ impl ChromaFilterBank {
     /// chroma), divided by their maximum (`norm=inf`); a frame whose maximum is below the
     /// smallest normal f32 is left unnormalised.
     #[inline(always)]
-    pub fn apply(&self, power: &[f32], out: &mut [f64]) {
+    pub fn apply<K: Kernels>(&self, kernels: K, power: &[f32], out: &mut [f64]) {
+        let mut sums = [0.0f32; N_CHROMA];
+        kernels.dot_rows_f32(&self.weights, &power[..self.n_bins], &mut sums);
         let mut max = 0.0f64;
-        for (row, o) in self.weights.chunks_exact(self.n_bins).zip(out.iter_mut()) {
-            *o = f64::from(dot_f32(row, power));
+        for (o, &v) in out.iter_mut().zip(&sums) {
+            *o = f64::from(v);
             max = max.max(o.abs());
         }
         if max >= f64::from(f32::MIN_POSITIVE) {

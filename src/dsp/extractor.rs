@@ -1,9 +1,6 @@
 //! The feature extractor: everything fixed per (parameters, sample rate), and the frame loop.
 
-use std::sync::Arc;
-
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use rustfft::FftPlanner;
 
 use super::DspError;
 use super::batch::{BatchLayout, FrameBatch};
@@ -11,18 +8,14 @@ use super::chroma::{ChromaFilterBank, N_CHROMA};
 use super::config::{DspConfig, PitchMethod};
 use super::feature_table::{FeatureName, N_FEATURES, Needs};
 use super::features::{self, BandBins};
+use super::kernels::{Avx2, Kernels, Portable};
 use super::mel::{DctMatrix, MelFilterBank};
 use super::pitch::{Yin, YinScratch};
 use super::pyin::{PitchDecision, Pyin, PyinDecoder, PyinScratch};
+use super::real_fft::{PowerSpectrum, RealFftWork};
 use super::stream::{PitchTrack, StreamSnapshot, StreamState};
 use super::window::periodic_window;
 use crate::validation::Problem;
-
-/// The FFT plan and window for the magnitude spectrum.
-struct SpectrumPlan {
-    fft: Arc<dyn RealToComplex<f64>>,
-    window: Vec<f64>,
-}
 
 /// Immutable, `Send + Sync`, shared via `Arc` by all streams with the same parameters and sample
 /// rate. Holds the FFT plans, window, mel and chroma filter banks, DCT matrix and band bin ranges.
@@ -39,7 +32,8 @@ pub struct FeatureExtractor {
     layout: BatchLayout,
     /// What the selected features need computed (from the feature table).
     needs: Needs,
-    spectrum: Option<SpectrumPlan>,
+    /// The windowed power spectrum.
+    spectrum: Option<PowerSpectrum<f64>>,
     mel: Option<MelFilterBank>,
     dct: Option<DctMatrix>,
     chroma: Option<ChromaFilterBank>,
@@ -47,8 +41,8 @@ pub struct FeatureExtractor {
     yin: Option<Yin>,
     /// pYIN tables, and the decoder lag, when `f0` comes from pYIN.
     pyin: Option<(Pyin, usize)>,
-    /// Run the per-frame kernels compiled for AVX2 (same results, wider vectors).
-    pub(crate) use_avx2: bool,
+    /// The AVX2 kernels when this CPU has them (same results as the portable ones, faster).
+    pub(crate) avx2: Option<Avx2>,
 }
 
 impl std::fmt::Debug for FeatureExtractor {
@@ -67,9 +61,8 @@ impl std::fmt::Debug for FeatureExtractor {
 pub struct Workspace {
     shape: WorkspaceShape,
     frame: Vec<f32>,
-    fft_input: Vec<f64>,
-    fft_output: Vec<Complex<f64>>,
-    fft_scratch: Vec<Complex<f64>>,
+    /// The spectrum transform's buffers (`None` when no feature needs the spectrum).
+    spectrum: Option<RealFftWork<f64>>,
     magnitude: Vec<f64>,
     power: Vec<f64>,
     /// The power spectrum in f32, filled only for chroma.
@@ -102,8 +95,7 @@ impl std::fmt::Debug for Workspace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WorkspaceShape {
     frame_length: usize,
-    fft_len: usize,
-    fft_scratch_len: usize,
+    spectrum: bool,
     n_mels: usize,
     n_mfcc: usize,
     n_bands: usize,
@@ -127,11 +119,10 @@ impl FeatureExtractor {
         let n = config.frame_length;
         let n_bins = n / 2 + 1;
 
-        let mut planner = RealFftPlanner::<f64>::new();
-        let spectrum = needs.contains(Needs::SPECTRUM).then(|| SpectrumPlan {
-            fft: planner.plan_fft_forward(n),
-            window: periodic_window(config.window, n),
-        });
+        let mut planner = FftPlanner::<f64>::new();
+        let spectrum = needs
+            .contains(Needs::SPECTRUM)
+            .then(|| PowerSpectrum::new(periodic_window(config.window, n), &mut planner));
         let window_power: f64 = periodic_window(config.window, n)
             .iter()
             .map(|w| w * w)
@@ -179,7 +170,7 @@ impl FeatureExtractor {
                 config.pitch_fmin,
                 config.pitch_fmax,
                 config.pitch_threshold,
-                &mut RealFftPlanner::<f32>::new(),
+                &mut FftPlanner::<f32>::new(),
             )
         });
 
@@ -211,7 +202,7 @@ impl FeatureExtractor {
             bands,
             yin,
             pyin,
-            use_avx2: avx2_available(),
+            avx2: Avx2::detect(),
         })
     }
 
@@ -245,14 +236,9 @@ impl FeatureExtractor {
     }
 
     fn workspace_shape(&self) -> WorkspaceShape {
-        let (fft_len, fft_scratch_len) = match &self.spectrum {
-            Some(plan) => (self.frame_length, plan.fft.get_scratch_len()),
-            None => (0, 0),
-        };
         WorkspaceShape {
             frame_length: self.frame_length,
-            fft_len,
-            fft_scratch_len,
+            spectrum: self.spectrum.is_some(),
             n_mels: self.mel.as_ref().map_or(0, MelFilterBank::n_mels),
             n_mfcc: self.layout.width(FeatureName::Mfcc),
             n_bands: self.bands.as_ref().map_or(0, BandBins::len),
@@ -264,13 +250,11 @@ impl FeatureExtractor {
     /// Per-thread scratch (FFT buffers, spectrum, YIN buffers). One per worker thread, reused.
     pub fn workspace(&self) -> Workspace {
         let shape = self.workspace_shape();
-        let n_spectrum = if shape.fft_len > 0 { self.n_bins } else { 0 };
+        let n_spectrum = if shape.spectrum { self.n_bins } else { 0 };
         Workspace {
             shape,
             frame: vec![0.0; self.frame_length],
-            fft_input: vec![0.0; shape.fft_len],
-            fft_output: vec![Complex::new(0.0, 0.0); n_spectrum],
-            fft_scratch: vec![Complex::new(0.0, 0.0); shape.fft_scratch_len],
+            spectrum: self.spectrum.as_ref().map(PowerSpectrum::work),
             magnitude: vec![0.0; n_spectrum],
             power: vec![0.0; n_spectrum],
             power_f32: vec![0.0; if self.chroma.is_some() { n_spectrum } else { 0 }],
@@ -505,31 +489,45 @@ impl FeatureExtractor {
     /// Computes the selected features of `ws.frame` and pushes them onto the frame just started in `out`.
     fn compute_frame(&self, ws: &mut Workspace, state: &mut StreamState, out: &mut FrameBatch) {
         #[cfg(target_arch = "x86_64")]
-        if self.use_avx2 {
-            // SAFETY: `use_avx2` is only true when the CPU reports AVX2 (`avx2_available`).
-            unsafe { self.compute_frame_avx2(ws, state, out) };
+        if let Some(avx2) = self.avx2 {
+            // SAFETY: an `Avx2` is only made on a CPU that reports AVX2 (`Avx2::detect`).
+            unsafe { self.compute_frame_avx2(avx2, ws, state, out) };
             return;
         }
-        self.compute_frame_portable(ws, state, out);
+        self.compute_frame_with(Portable, ws, state, out);
     }
 
-    /// [`Self::compute_frame_portable`] compiled with AVX2 enabled. No FMA: LLVM does not fuse
-    /// `a * b + c` without fast-math, and the kernels fix their summation order, so the results
-    /// are bit-identical to the portable build.
+    /// [`Self::compute_frame_with`] on the AVX2 kernels, compiled with AVX2 enabled. No FMA:
+    /// LLVM does not fuse `a * b + c` without fast-math, and the kernels fix their summation
+    /// order, so the results are bit-identical to the portable build.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn compute_frame_avx2(
         &self,
+        avx2: Avx2,
         ws: &mut Workspace,
         state: &mut StreamState,
         out: &mut FrameBatch,
     ) {
-        self.compute_frame_portable(ws, state, out);
+        self.compute_frame_with(avx2, ws, state, out);
+    }
+
+    /// Without AVX2 in this build's target, the portable kernels.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn compute_frame_avx2(
+        &self,
+        _: Avx2,
+        ws: &mut Workspace,
+        state: &mut StreamState,
+        out: &mut FrameBatch,
+    ) {
+        self.compute_frame_with(Portable, ws, state, out);
     }
 
     #[inline(always)]
-    fn compute_frame_portable(
+    fn compute_frame_with<K: Kernels>(
         &self,
+        kernels: K,
         ws: &mut Workspace,
         state: &mut StreamState,
         out: &mut FrameBatch,
@@ -539,30 +537,23 @@ impl FeatureExtractor {
         let rms = self
             .needs
             .contains(Needs::RMS)
-            .then(|| features::rms(frame));
+            .then(|| features::rms_of_sum_squares(kernels.sum_squares(frame), frame.len()));
 
-        if let Some(plan) = &self.spectrum {
-            for ((dst, &x), &w) in ws.fft_input.iter_mut().zip(frame).zip(&plan.window) {
-                *dst = w * f64::from(x);
-            }
-            plan.fft
-                .process_with_scratch(&mut ws.fft_input, &mut ws.fft_output, &mut ws.fft_scratch)
-                .expect("spectrum FFT buffers are sized by the plan");
-            for ((c, m), p) in ws
-                .fft_output
-                .iter()
-                .zip(&mut ws.magnitude)
-                .zip(&mut ws.power)
-            {
-                let power = c.re * c.re + c.im * c.im;
-                *p = power;
-                *m = power.sqrt();
+        if let (Some(plan), Some(work)) = (&self.spectrum, &mut ws.spectrum) {
+            plan.compute(frame, work, &mut ws.power);
+            for (m, &p) in ws.magnitude.iter_mut().zip(&ws.power) {
+                *m = p.sqrt();
             }
         }
         let magnitude = &ws.magnitude[..];
         let power = &ws.power[..];
+        let magnitude_total = if self.needs.contains(Needs::MAGNITUDE_TOTAL) {
+            kernels.sum(magnitude)
+        } else {
+            0.0
+        };
         let centroid = if self.needs.contains(Needs::CENTROID) {
-            features::spectral_centroid(magnitude, &self.bin_freqs)
+            features::centroid_of(magnitude_total, kernels.dot(magnitude, &self.bin_freqs))
         } else {
             0.0
         };
@@ -575,13 +566,23 @@ impl FeatureExtractor {
                 FeatureName::SpectralBandwidth => {
                     out.push_scalar(
                         name,
-                        features::spectral_bandwidth(magnitude, &self.bin_freqs, centroid),
+                        features::bandwidth_of(
+                            magnitude,
+                            &self.bin_freqs,
+                            centroid,
+                            magnitude_total,
+                        ),
                     );
                 }
                 FeatureName::SpectralRolloff => {
                     out.push_scalar(
                         name,
-                        features::spectral_rolloff(magnitude, self.bin_hz, self.rolloff_percent),
+                        features::rolloff_of(
+                            magnitude,
+                            self.bin_hz,
+                            self.rolloff_percent,
+                            magnitude_total,
+                        ),
                     );
                 }
                 FeatureName::SpectralFlatness => {
@@ -617,7 +618,7 @@ impl FeatureExtractor {
                 },
                 FeatureName::Mel => {
                     if let Some(mel) = &self.mel {
-                        mel.apply(power, &mut ws.mel);
+                        mel.apply(kernels, power, &mut ws.mel);
                     }
                     out.push_vector(name, &ws.mel);
                 }
@@ -626,10 +627,10 @@ impl FeatureExtractor {
                         // When mel is selected its arm (earlier in the canonical order) has
                         // already filled ws.mel; the dB conversion below happens after it was pushed.
                         if !self.wants(FeatureName::Mel) {
-                            mel.apply(power, &mut ws.mel);
+                            mel.apply(kernels, power, &mut ws.mel);
                         }
                         features::power_to_db_in_place(&mut ws.mel);
-                        dct.apply(&ws.mel, &mut ws.mfcc);
+                        dct.apply(kernels, &ws.mel, &mut ws.mfcc);
                     }
                     out.push_vector(name, &ws.mfcc);
                 }
@@ -638,7 +639,7 @@ impl FeatureExtractor {
                         for (p32, &p) in ws.power_f32.iter_mut().zip(power) {
                             *p32 = p as f32;
                         }
-                        chroma.apply(&ws.power_f32, &mut ws.chroma);
+                        chroma.apply(kernels, &ws.power_f32, &mut ws.chroma);
                     }
                     out.push_vector(name, &ws.chroma);
                 }
@@ -653,18 +654,6 @@ impl FeatureExtractor {
                 }
             }
         }
-    }
-}
-
-/// True when the per-frame kernels can use AVX2 on this CPU.
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -697,7 +686,7 @@ mod tests {
             })
             .collect();
         let mut run = |use_avx2: bool| {
-            extractor.use_avx2 = use_avx2;
+            extractor.avx2 = if use_avx2 { Avx2::detect() } else { None };
             let mut ws = extractor.workspace();
             let mut state = extractor.new_stream(0);
             let mut out = FrameBatch::new();
@@ -708,7 +697,7 @@ mod tests {
         };
         let portable = run(false);
         assert!(!portable.is_empty());
-        if avx2_available() {
+        if Avx2::detect().is_some() {
             assert_eq!(portable, run(true));
         }
     }

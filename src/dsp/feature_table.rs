@@ -107,6 +107,8 @@ impl Needs {
     pub const PITCH: Needs = Needs(1 << 7);
     /// The previous frame's magnitude spectrum, carried in the stream's state.
     pub const PREVIOUS_SPECTRUM: Needs = Needs(1 << 8);
+    /// The sum of the magnitude spectrum (shared by centroid, bandwidth and rolloff).
+    pub const MAGNITUDE_TOTAL: Needs = Needs(1 << 9);
 
     /// Both sets.
     pub const fn union(self, other: Needs) -> Needs {
@@ -161,19 +163,19 @@ pub const FEATURES: &[FeatureSpec] = &[
         FeatureName::SpectralCentroid,
         "spectral_centroid",
         Width::One,
-        spectrum_and(Needs::CENTROID),
+        spectrum_and(Needs::CENTROID.union(Needs::MAGNITUDE_TOTAL)),
     ),
     spec(
         FeatureName::SpectralBandwidth,
         "spectral_bandwidth",
         Width::One,
-        spectrum_and(Needs::CENTROID),
+        spectrum_and(Needs::CENTROID.union(Needs::MAGNITUDE_TOTAL)),
     ),
     spec(
         FeatureName::SpectralRolloff,
         "spectral_rolloff",
         Width::One,
-        Needs::SPECTRUM,
+        spectrum_and(Needs::MAGNITUDE_TOTAL),
     ),
     spec(
         FeatureName::SpectralFlatness,

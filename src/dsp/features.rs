@@ -38,13 +38,19 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
             lanes[lane] += x[lane] * y[lane];
         }
     }
-    let mut tail = 0.0;
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x * y;
-    }
     ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+        + dot_tail(a_chunks.remainder(), b_chunks.remainder())
+}
+
+/// The scalar part of [`dot`] after its lanes (shared with the AVX2 kernel).
+#[inline(always)]
+pub(crate) fn dot_tail(a: &[f64], b: &[f64]) -> f64 {
+    let mut tail = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        tail += x * y;
+    }
+    tail
 }
 
 /// f32 dot product with sixteen independent partial sums (vectorisable; a fixed summation order).
@@ -60,15 +66,23 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             lanes[lane] += x[lane] * y[lane];
         }
     }
-    let mut tail = 0.0;
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x * y;
-    }
     let mut half = [0.0f32; 8];
     for lane in 0..8 {
         half[lane] = lanes[lane] + lanes[lane + 8];
     }
-    ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7])) + tail
+    ((half[0] + half[4]) + (half[1] + half[5]))
+        + ((half[2] + half[6]) + (half[3] + half[7]))
+        + dot_tail_f32(a_chunks.remainder(), b_chunks.remainder())
+}
+
+/// The scalar part of [`dot_f32`] after its lanes (shared with the AVX2 kernel).
+#[inline(always)]
+pub(crate) fn dot_tail_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut tail = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        tail += x * y;
+    }
+    tail
 }
 
 /// Sum with eight independent partial sums (vectorisable; a fixed summation order).
@@ -81,10 +95,15 @@ pub fn sum(values: &[f64]) -> f64 {
             lanes[lane] += x[lane];
         }
     }
-    let tail: f64 = chunks.remainder().iter().sum();
     ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+        + sum_tail(chunks.remainder())
+}
+
+/// The scalar part of [`sum`] after its lanes (shared with the AVX2 kernel).
+#[inline(always)]
+pub(crate) fn sum_tail(values: &[f64]) -> f64 {
+    values.iter().sum()
 }
 
 /// Natural logarithm of a positive normal `x` (branch-free, vectorisable), accurate to ~1e-15
@@ -122,26 +141,38 @@ pub fn power_to_db_in_place(values: &mut [f64]) {
 /// Root mean square of the frame (time domain, no window), as `librosa.feature.rms(y)`.
 #[inline(always)]
 pub fn rms(frame: &[f32]) -> f64 {
-    if frame.is_empty() {
+    rms_of_sum_squares(sum_squares(frame), frame.len())
+}
+
+/// `sqrt(total / len)`: the RMS of `len` samples whose squares add up to `total` (0 when empty).
+#[inline(always)]
+pub fn rms_of_sum_squares(total: f64, len: usize) -> f64 {
+    if len == 0 {
         return 0.0;
     }
+    (total / len as f64).sqrt()
+}
+
+/// `sum_i x[i]^2` in f64, with eight independent partial sums (vectorisable; a fixed order).
+#[inline(always)]
+pub fn sum_squares(x: &[f32]) -> f64 {
     let mut lanes = [0.0f64; 8];
-    let mut chunks = frame.chunks_exact(8);
+    let mut chunks = x.chunks_exact(8);
     for x in &mut chunks {
         for lane in 0..8 {
             let v = f64::from(x[lane]);
             lanes[lane] += v * v;
         }
     }
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&x| f64::from(x) * f64::from(x))
-        .sum();
-    let total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail;
-    (total / frame.len() as f64).sqrt()
+        + sum_squares_tail(chunks.remainder())
+}
+
+/// The scalar part of [`sum_squares`] after its lanes (shared with the AVX2 kernel).
+#[inline(always)]
+pub(crate) fn sum_squares_tail(x: &[f32]) -> f64 {
+    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
 }
 
 /// Zero-crossing rate as `librosa.feature.zero_crossing_rate(y, center=False)`: the fraction of
@@ -151,15 +182,16 @@ pub fn rms(frame: &[f32]) -> f64 {
 pub fn zero_crossing_rate(frame: &[f32]) -> f64 {
     const THRESHOLD: f32 = 1e-10;
     let negative = |x: f32| -> bool { x < -THRESHOLD };
-    let crossings = frame
-        .windows(2)
-        .filter(|pair| negative(pair[0]) != negative(pair[1]))
-        .count();
     if frame.is_empty() {
-        0.0
-    } else {
-        crossings as f64 / frame.len() as f64
+        return 0.0;
     }
+    // A u32 count per pair (not `filter().count()`), so the loop vectorises.
+    let crossings: u32 = frame
+        .iter()
+        .zip(&frame[1..])
+        .map(|(&a, &b)| u32::from(negative(a) != negative(b)))
+        .sum();
+    f64::from(crossings) / frame.len() as f64
 }
 
 /// Level of the frame in dB relative to full scale: `20 * log10(max(rms, 1e-10))`.
@@ -172,8 +204,12 @@ pub fn loudness_dbfs(rms: f64) -> f64 {
 /// A frame whose magnitudes sum below the smallest normal float is not normalised (so reads ~0).
 #[inline(always)]
 pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
-    let total = sum(magnitude);
-    let weighted = dot(magnitude, freqs);
+    centroid_of(sum(magnitude), dot(magnitude, freqs))
+}
+
+/// [`spectral_centroid`] from the magnitudes' `total` and the frequency-weighted sum `weighted`.
+#[inline(always)]
+pub fn centroid_of(total: f64, weighted: f64) -> f64 {
     if total < f64::MIN_POSITIVE {
         weighted
     } else {
@@ -184,7 +220,12 @@ pub fn spectral_centroid(magnitude: &[f64], freqs: &[f64]) -> f64 {
 /// Second-order spectral bandwidth around `centroid` (`librosa.feature.spectral_bandwidth`, p=2).
 #[inline(always)]
 pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f64 {
-    let total = sum(magnitude);
+    bandwidth_of(magnitude, freqs, centroid, sum(magnitude))
+}
+
+/// [`spectral_bandwidth`] given the magnitudes' `total`.
+#[inline(always)]
+pub fn bandwidth_of(magnitude: &[f64], freqs: &[f64], centroid: f64, total: f64) -> f64 {
     let norm = if total < f64::MIN_POSITIVE {
         1.0
     } else {
@@ -210,8 +251,13 @@ pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f6
 /// `roll_percent` of the total (`librosa.feature.spectral_rolloff`); 0 for a silent frame.
 #[inline(always)]
 pub fn spectral_rolloff(magnitude: &[f64], bin_hz: f64, roll_percent: f64) -> f64 {
+    rolloff_of(magnitude, bin_hz, roll_percent, sum(magnitude))
+}
+
+/// [`spectral_rolloff`] given the magnitudes' `total`.
+#[inline(always)]
+pub fn rolloff_of(magnitude: &[f64], bin_hz: f64, roll_percent: f64, total: f64) -> f64 {
     const BLOCK: usize = 16;
-    let total = sum(magnitude);
     let threshold = roll_percent * total;
     // Skip whole blocks while the running sum stays below the threshold, then scan bin by bin.
     let mut cumulative = 0.0;

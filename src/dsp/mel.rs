@@ -1,7 +1,7 @@
 //! Mel filter bank (a port of `librosa.filters.mel`) and the MFCC DCT.
 
 use super::config::MelScale;
-use super::features::dot;
+use super::kernels::Kernels;
 
 /// Hz to mel on the chosen scale (`librosa.hz_to_mel`).
 pub fn hz_to_mel(hz: f64, scale: MelScale) -> f64 {
@@ -124,10 +124,10 @@ impl MelFilterBank {
 
     /// Writes the mel power of each band of `power` (a power spectrum) into `out`.
     #[inline(always)]
-    pub fn apply(&self, power: &[f64], out: &mut [f64]) {
+    pub fn apply<K: Kernels>(&self, kernels: K, power: &[f64], out: &mut [f64]) {
         for (filter, o) in self.filters.iter().zip(out.iter_mut()) {
             let bins = &power[filter.first_bin..filter.first_bin + filter.weights.len()];
-            *o = dot(&filter.weights, bins);
+            *o = kernels.dot(&filter.weights, bins);
         }
     }
 }
@@ -160,10 +160,8 @@ impl DctMatrix {
 
     /// Writes `out.len()` DCT coefficients of `input`.
     #[inline(always)]
-    pub fn apply(&self, input: &[f64], out: &mut [f64]) {
-        for (row, o) in self.rows.chunks_exact(self.n_in).zip(out.iter_mut()) {
-            *o = dot(row, input);
-        }
+    pub fn apply<K: Kernels>(&self, kernels: K, input: &[f64], out: &mut [f64]) {
+        kernels.dot_rows(&self.rows, &input[..self.n_in], out);
     }
 }
 
@@ -189,7 +187,7 @@ mod tests {
     fn dct_of_constant_is_only_dc() {
         let dct = DctMatrix::new(8, 4);
         let mut out = [0.0; 4];
-        dct.apply(&[1.0; 8], &mut out);
+        dct.apply(super::super::kernels::Portable, &[1.0; 8], &mut out);
         assert!((out[0] - 8f64.sqrt()).abs() < 1e-12);
         assert!(out[1..].iter().all(|v| v.abs() < 1e-12));
     }

@@ -10,7 +10,8 @@
 //! - [`batch`]: [`FrameBatch`], columnar output with serde views.
 //! - [`features`]: the per-frame formulas (and the definitions of specflow's own features),
 //!   [`window`], [`mel`], [`chroma`], [`pitch`] (YIN), [`pyin`] (probabilistic YIN and its
-//!   streaming fixed-lag decoder): the building blocks.
+//!   streaming fixed-lag decoder), [`real_fft`] (the power spectrum and the autocorrelation on
+//!   rustfft, with vectorised split passes): the building blocks.
 //!
 //! Nothing here does I/O or async work; the caller runs it off the async runtime.
 
@@ -20,9 +21,11 @@ pub mod config;
 pub mod extractor;
 pub mod feature_table;
 pub mod features;
+pub mod kernels;
 pub mod mel;
 pub mod pitch;
 pub mod pyin;
+pub mod real_fft;
 pub mod stream;
 pub mod window;
 

@@ -4,10 +4,9 @@
 //! float32 through `rfft`/`irfft`), at twice the width of a float64 transform; the difference
 //! function and its normalisation are then taken in float64 from those values.
 
-use std::sync::Arc;
+use rustfft::FftPlanner;
 
-use realfft::num_complex::Complex;
-use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use super::real_fft::{Autocorrelation, RealFftWork, fast_even_len};
 
 /// Plans and constants for YIN on frames of one length at one sample rate.
 pub struct Yin {
@@ -18,9 +17,8 @@ pub struct Yin {
     sample_rate: f64,
     /// `1 / tau` for `tau` in `0..=max_period` (index 0 unused).
     inverse_period: Vec<f64>,
-    fft_len: usize,
-    forward: Arc<dyn RealToComplex<f32>>,
-    inverse: Arc<dyn ComplexToReal<f32>>,
+    /// The float32 autocorrelation, zero-padded to `frame_length + max_period` or more.
+    acf: Autocorrelation<f32>,
 }
 
 impl std::fmt::Debug for Yin {
@@ -30,37 +28,16 @@ impl std::fmt::Debug for Yin {
             .field("min_period", &self.min_period)
             .field("max_period", &self.max_period)
             .field("threshold", &self.threshold)
-            .field("fft_len", &self.fft_len)
+            .field("fft_len", &self.acf.transform_len())
             .finish()
     }
 }
 
 /// Reusable buffers for [`Yin::estimate`].
 pub struct YinScratch {
-    time: Vec<f32>,
-    spectrum: Vec<Complex<f32>>,
-    fft_scratch: Vec<Complex<f32>>,
+    acf: RealFftWork<f32>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
     cmnd: Vec<f64>,
-}
-
-/// Smallest length >= `n` whose only prime factors are 2, 3 and 5 (fast for the mixed-radix FFT behind realfft).
-pub(crate) fn fast_len(n: usize) -> usize {
-    let mut best = n.next_power_of_two();
-    let mut p5 = 1;
-    while p5 < best {
-        let mut p35 = p5;
-        while p35 < best {
-            let mut p = p35;
-            while p < n {
-                p *= 2;
-            }
-            best = best.min(p);
-            p35 *= 3;
-        }
-        p5 *= 5;
-    }
-    best
 }
 
 impl Yin {
@@ -73,14 +50,14 @@ impl Yin {
         fmin: f64,
         fmax: f64,
         threshold: f64,
-        planner: &mut RealFftPlanner<f32>,
+        planner: &mut FftPlanner<f32>,
     ) -> Self {
         let min_period = ((sample_rate / fmax).floor() as usize).max(1);
         let max_period = ((sample_rate / fmin).ceil() as usize)
             .min(frame_length - 1)
             .max(min_period + 1);
         // Linear (not circular) autocorrelation up to lag max_period needs frame_length + max_period points.
-        let fft_len = fast_len(frame_length + max_period);
+        let fft_len = fast_even_len(frame_length + max_period);
         Self {
             frame_length,
             min_period,
@@ -90,58 +67,33 @@ impl Yin {
             inverse_period: (0..=max_period)
                 .map(|tau| 1.0 / tau.max(1) as f64)
                 .collect(),
-            fft_len,
-            forward: planner.plan_fft_forward(fft_len),
-            inverse: planner.plan_fft_inverse(fft_len),
+            acf: Autocorrelation::new(fft_len, planner),
         }
     }
 
     /// Buffers sized for this plan.
     pub fn scratch(&self) -> YinScratch {
-        let scratch_len = self
-            .forward
-            .get_scratch_len()
-            .max(self.inverse.get_scratch_len());
         YinScratch {
-            time: vec![0.0; self.fft_len],
-            spectrum: vec![Complex::new(0.0, 0.0); self.fft_len / 2 + 1],
-            fft_scratch: vec![Complex::new(0.0, 0.0); scratch_len],
+            acf: self.acf.work(),
             cmnd: vec![0.0; self.max_period - self.min_period + 1],
         }
     }
 
     /// True when `scratch` was made by a plan with the same sizes.
     pub fn fits(&self, scratch: &YinScratch) -> bool {
-        scratch.time.len() == self.fft_len
-            && scratch.cmnd.len() == self.max_period - self.min_period + 1
+        self.acf.fits(&scratch.acf) && scratch.cmnd.len() == self.max_period - self.min_period + 1
     }
 
     /// The f0 of `frame` in Hz, or `None` when no trough of the cumulative mean normalised
     /// difference falls below the threshold (unvoiced; librosa would take the global minimum).
-    #[inline]
+    #[inline(always)]
     pub fn estimate(&self, frame: &[f32], scratch: &mut YinScratch) -> Option<f64> {
         debug_assert_eq!(frame.len(), self.frame_length);
-        let YinScratch {
-            time,
-            spectrum,
-            fft_scratch,
-            cmnd,
-        } = scratch;
+        let YinScratch { acf, cmnd } = scratch;
 
-        // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau].
-        time[..frame.len()].copy_from_slice(frame);
-        time[frame.len()..].fill(0.0);
-        self.forward
-            .process_with_scratch(time, spectrum, fft_scratch)
-            .expect("yin forward FFT buffers are sized by the plan");
-        for c in spectrum.iter_mut() {
-            *c = Complex::new(c.norm_sqr(), 0.0);
-        }
-        self.inverse
-            .process_with_scratch(spectrum, time, fft_scratch)
-            .expect("yin inverse FFT buffers are sized by the plan");
-        let scale = 1.0 / self.fft_len as f64;
-        let acf = &*time; // unnormalised: acf[tau] * fft_len
+        // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau], times the transform length.
+        let acf = self.acf.compute(frame, acf);
+        let scale = 1.0 / self.acf.transform_len() as f64;
 
         // librosa's difference d(tau) = 2 * (acf[0] - acf[tau]) - energy(x[0..tau]) and the
         // cumulative mean normalised difference cmnd(tau) = d(tau) / (mean of d(1..=tau)), for
@@ -202,24 +154,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fast_len_has_small_factors() {
-        assert_eq!(fast_len(759), 768);
-        assert_eq!(fast_len(1024), 1024);
-        assert_eq!(fast_len(1025), 1080);
-        let mut n = fast_len(2787);
-        assert!(n >= 2787);
-        for p in [2, 3, 5] {
-            while n.is_multiple_of(p) {
-                n /= p;
-            }
-        }
-        assert_eq!(n, 1);
-    }
-
-    #[test]
     fn sine_pitch() {
         let sr = 16000.0;
-        let mut planner = RealFftPlanner::new();
+        let mut planner = FftPlanner::new();
         let yin = Yin::new(sr, 1024, 65.0, 2093.0, 0.1, &mut planner);
         let mut scratch = yin.scratch();
         let frame: Vec<f32> = (0..1024)

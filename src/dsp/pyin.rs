@@ -61,11 +61,8 @@
 //! Every computation is in `f64`. Nothing is allocated per frame: [`PyinScratch`] and the
 //! decoder's ring buffers are allocated once.
 
-use std::sync::Arc;
-
-use super::pitch::fast_len;
-use realfft::num_complex::Complex;
-use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use super::real_fft::{Autocorrelation, RealFftWork, fast_even_len};
+use rustfft::FftPlanner;
 
 /// `numpy.finfo(float64).tiny`: librosa adds it before every logarithm.
 const TINY: f64 = f64::MIN_POSITIVE;
@@ -331,9 +328,8 @@ pub struct Pyin {
     hop_length: usize,
     min_period: usize,
     max_period: usize,
-    fft_len: usize,
-    forward: Arc<dyn RealToComplex<f64>>,
-    inverse: Arc<dyn ComplexToReal<f64>>,
+    /// The autocorrelation, zero-padded to `frame_length + max_period` or more.
+    acf: Autocorrelation<f64>,
     /// `linspace(0, 1, n_thresholds + 1)[1..]`.
     thresholds: Vec<f64>,
     /// Beta mass between consecutive thresholds.
@@ -384,7 +380,7 @@ impl std::fmt::Debug for Pyin {
             .field("hop_length", &self.hop_length)
             .field("min_period", &self.min_period)
             .field("max_period", &self.max_period)
-            .field("fft_len", &self.fft_len)
+            .field("fft_len", &self.acf.transform_len())
             .field("n_pitch_bins", &self.n_pitch_bins)
             .field("transition_width", &self.transition_width)
             .finish()
@@ -393,9 +389,7 @@ impl std::fmt::Debug for Pyin {
 
 /// Per-thread buffers for [`Pyin::observe`], from [`Pyin::scratch`].
 pub struct PyinScratch {
-    time: Vec<f64>,
-    spectrum: Vec<Complex<f64>>,
-    fft_scratch: Vec<Complex<f64>>,
+    acf: RealFftWork<f64>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
     cmnd: Vec<f64>,
     /// Trough positions (indices into `cmnd`), heights, first threshold below which each
@@ -411,7 +405,7 @@ pub struct PyinScratch {
 impl std::fmt::Debug for PyinScratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PyinScratch")
-            .field("fft_len", &self.time.len())
+            .field("acf", &self.acf)
             .field("periods", &self.cmnd.len())
             .finish()
     }
@@ -432,7 +426,7 @@ impl Pyin {
             sample_rate,
             frame_length,
             hop_length,
-            &mut RealFftPlanner::new(),
+            &mut FftPlanner::new(),
         )
     }
 
@@ -442,7 +436,7 @@ impl Pyin {
         sample_rate: f64,
         frame_length: usize,
         hop_length: usize,
-        planner: &mut RealFftPlanner<f64>,
+        planner: &mut FftPlanner<f64>,
     ) -> Result<Self, Vec<String>> {
         let mut problems = params.validate(sample_rate, frame_length);
         if hop_length == 0 {
@@ -469,7 +463,7 @@ impl Pyin {
         let max_period = ((sample_rate / params.fmin).ceil() as usize).min(frame_length - 1);
         let n_periods = max_period - min_period + 1;
         // Linear autocorrelation up to lag max_period needs frame_length + max_period points.
-        let fft_len = fast_len(frame_length + max_period);
+        let fft_len = fast_even_len(frame_length + max_period);
 
         // Threshold prior: np.diff(beta.cdf(np.linspace(0, 1, n + 1), a, b)).
         let n_thr = params.n_thresholds;
@@ -587,9 +581,7 @@ impl Pyin {
             hop_length,
             min_period,
             max_period,
-            fft_len,
-            forward: planner.plan_fft_forward(fft_len),
-            inverse: planner.plan_fft_inverse(fft_len),
+            acf: Autocorrelation::new(fft_len, planner),
             thresholds: grid[1..].to_vec(),
             beta_probs,
             no_trough_mass,
@@ -655,15 +647,9 @@ impl Pyin {
 
     /// Buffers for [`Pyin::observe`]; one per thread.
     pub fn scratch(&self) -> PyinScratch {
-        let scratch_len = self
-            .forward
-            .get_scratch_len()
-            .max(self.inverse.get_scratch_len());
         let n_periods = self.max_period - self.min_period + 1;
         PyinScratch {
-            time: vec![0.0; self.fft_len],
-            spectrum: vec![Complex::new(0.0, 0.0); self.fft_len / 2 + 1],
-            fft_scratch: vec![Complex::new(0.0, 0.0); scratch_len],
+            acf: self.acf.work(),
             cmnd: vec![0.0; n_periods],
             trough_index: Vec::with_capacity(n_periods),
             trough_height: Vec::with_capacity(n_periods),
@@ -683,7 +669,7 @@ impl Pyin {
     pub fn observe(&self, frame: &[f32], scratch: &mut PyinScratch, out: &mut [f64]) -> f64 {
         assert_eq!(frame.len(), self.frame_length, "pyin frame length");
         assert_eq!(out.len(), self.n_states(), "pyin observation length");
-        assert_eq!(scratch.time.len(), self.fft_len, "pyin scratch size");
+        assert!(self.acf.fits(&scratch.acf), "pyin scratch size");
         self.difference(frame, scratch);
         self.trough_probabilities(scratch);
 
@@ -721,29 +707,10 @@ impl Pyin {
 
     /// `scratch.cmnd` := cumulative mean normalised difference of `frame`.
     fn difference(&self, frame: &[f32], scratch: &mut PyinScratch) {
-        let PyinScratch {
-            time,
-            spectrum,
-            fft_scratch,
-            cmnd,
-            ..
-        } = scratch;
-        // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau].
-        for (t, &x) in time.iter_mut().zip(frame) {
-            *t = f64::from(x);
-        }
-        time[frame.len()..].fill(0.0);
-        self.forward
-            .process_with_scratch(time, spectrum, fft_scratch)
-            .expect("pyin forward FFT buffers are sized by the plan");
-        for c in spectrum.iter_mut() {
-            *c = Complex::new(c.norm_sqr(), 0.0);
-        }
-        self.inverse
-            .process_with_scratch(spectrum, time, fft_scratch)
-            .expect("pyin inverse FFT buffers are sized by the plan");
-        let scale = 1.0 / self.fft_len as f64;
-        let acf = &*time; // unnormalised: acf[tau] * fft_len
+        let PyinScratch { acf, cmnd, .. } = scratch;
+        // Autocorrelation by FFT: acf[tau] = sum_j x[j] x[j + tau], times the transform length.
+        let acf = self.acf.compute(frame, acf);
+        let scale = 1.0 / self.acf.transform_len() as f64;
         let acf0 = acf[0] * scale;
         let mut cumulative = 0.0;
         // sum_{m < tau} x(m)^2, except that librosa zeroes the first cumulative energy before

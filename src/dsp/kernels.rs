@@ -1,0 +1,417 @@
+//! The vector kernels the per-frame features are built on: dot products (one row, or a matrix's
+//! rows against one vector), sums and sums of squares, each with one fixed summation order.
+//!
+//! [`Portable`] is plain Rust over fixed lane arrays ([`features::dot`] and the rest). LLVM
+//! vectorises those poorly (128-bit halves and lane shuffles), so [`Avx2`] writes the same lanes
+//! as explicit 256-bit registers. No FMA and the same order everywhere: the two give
+//! bit-identical results, which a test checks. The extractor picks one per CPU
+//! ([`Kernels::detect`]) and monomorphises the whole frame loop over it.
+
+use super::features;
+
+/// The kernels, as a zero-sized token passed by value: code generic over `K: Kernels` is
+/// compiled once per implementation.
+pub trait Kernels: Copy {
+    /// `sum_i a[i] * b[i]` over the shorter length (as [`features::dot`]).
+    fn dot(self, a: &[f64], b: &[f64]) -> f64;
+    /// `sum_i a[i] * b[i]` in f32 (as [`features::dot_f32`]).
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32;
+    /// `sum_i values[i]` (as [`features::sum`]).
+    fn sum(self, values: &[f64]) -> f64;
+    /// `sum_i x[i]^2` in f64 (as [`features::sum_squares`]).
+    fn sum_squares(self, x: &[f32]) -> f64;
+    /// `out[r] = dot(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
+    fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
+        for (row, o) in rows.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
+            *o = self.dot(row, x);
+        }
+    }
+    /// `out[r] = dot_f32(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
+    fn dot_rows_f32(self, rows: &[f32], x: &[f32], out: &mut [f32]) {
+        for (row, o) in rows.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
+            *o = self.dot_f32(row, x);
+        }
+    }
+}
+
+/// The portable kernels (any CPU).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Portable;
+
+impl Kernels for Portable {
+    #[inline(always)]
+    fn dot(self, a: &[f64], b: &[f64]) -> f64 {
+        features::dot(a, b)
+    }
+    #[inline(always)]
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        features::dot_f32(a, b)
+    }
+    #[inline(always)]
+    fn sum(self, values: &[f64]) -> f64 {
+        features::sum(values)
+    }
+    #[inline(always)]
+    fn sum_squares(self, x: &[f32]) -> f64 {
+        features::sum_squares(x)
+    }
+}
+
+/// The AVX2 kernels. Only [`Avx2::detect`] makes one, on a CPU that has AVX2, so holding one is
+/// the proof that calling them is sound.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2(());
+
+impl Avx2 {
+    /// The AVX2 kernels, when this CPU has AVX2.
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Self(()));
+        }
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Kernels for Avx2 {
+    #[inline(always)]
+    fn dot(self, a: &[f64], b: &[f64]) -> f64 {
+        // SAFETY: an `Avx2` exists only on a CPU with AVX2 (`Avx2::detect`).
+        unsafe { x86::dot(a, b) }
+    }
+    #[inline(always)]
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { x86::dot_f32(a, b) }
+    }
+    #[inline(always)]
+    fn sum(self, values: &[f64]) -> f64 {
+        // SAFETY: as above.
+        unsafe { x86::sum(values) }
+    }
+    #[inline(always)]
+    fn sum_squares(self, x: &[f32]) -> f64 {
+        // SAFETY: as above.
+        unsafe { x86::sum_squares(x) }
+    }
+    #[inline(always)]
+    fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
+        // SAFETY: as above.
+        unsafe { x86::dot_rows(rows, x, out) }
+    }
+    #[inline(always)]
+    fn dot_rows_f32(self, rows: &[f32], x: &[f32], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { x86::dot_rows_f32(rows, x, out) }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Kernels for Avx2 {
+    fn dot(self, _: &[f64], _: &[f64]) -> f64 {
+        unreachable!("Avx2::detect is None off x86_64")
+    }
+    fn dot_f32(self, _: &[f32], _: &[f32]) -> f32 {
+        unreachable!("Avx2::detect is None off x86_64")
+    }
+    fn sum(self, _: &[f64]) -> f64 {
+        unreachable!("Avx2::detect is None off x86_64")
+    }
+    fn sum_squares(self, _: &[f32]) -> f64 {
+        unreachable!("Avx2::detect is None off x86_64")
+    }
+}
+
+/// The AVX2 bodies. Each keeps the portable lanes: f64 lanes `0..4` and `4..8` in two
+/// registers, f32 lanes `0..8` and `8..16` in two, the tails through the portable scalar code,
+/// and the portable reduction order.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, __m256d, _mm_add_ps, _mm_cvtsd_f64, _mm_cvtss_f32, _mm_hadd_pd, _mm_hadd_ps,
+        _mm_loadu_ps, _mm_movehdup_ps, _mm_unpackhi_pd, _mm256_add_pd, _mm256_add_ps,
+        _mm256_castpd256_pd128, _mm256_castps256_ps128, _mm256_cvtps_pd, _mm256_extractf128_pd,
+        _mm256_extractf128_ps, _mm256_loadu_pd, _mm256_loadu_ps, _mm256_mul_pd, _mm256_mul_ps,
+        _mm256_setzero_pd, _mm256_setzero_ps,
+    };
+
+    use super::features::{dot_tail, dot_tail_f32, sum_squares_tail};
+
+    /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of the lanes `low = l0..l4`,
+    /// `high = l4..l8`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce_pd(low: __m256d, high: __m256d) -> f64 {
+        let pairs = _mm256_add_pd(low, high);
+        let halves = _mm_hadd_pd(
+            _mm256_castpd256_pd128(pairs),
+            _mm256_extractf128_pd::<1>(pairs),
+        );
+        _mm_cvtsd_f64(halves) + _mm_cvtsd_f64(_mm_unpackhi_pd(halves, halves))
+    }
+
+    /// `((h0 + h4) + (h1 + h5)) + ((h2 + h6) + (h3 + h7))` with `h[l] = lanes[l] + lanes[l + 8]`
+    /// of the lanes `low = 0..8`, `high = 8..16`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce_ps(low: __m256, high: __m256) -> f32 {
+        let half = _mm256_add_ps(low, high);
+        let quads = _mm_add_ps(
+            _mm256_castps256_ps128(half),
+            _mm256_extractf128_ps::<1>(half),
+        );
+        // [q0 + q1, q2 + q3, ..]
+        let pairs = _mm_hadd_ps(quads, quads);
+        _mm_cvtss_f32(pairs) + _mm_cvtss_f32(_mm_movehdup_ps(pairs))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
+        let len = a.len().min(b.len());
+        let (a, b) = (&a[..len], &b[..len]);
+        let body = len - len % 8;
+        let (mut low, mut high) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= body <= len for both slices.
+            let (x0, x1, y0, y1) = unsafe {
+                (
+                    _mm256_loadu_pd(a.as_ptr().add(i)),
+                    _mm256_loadu_pd(a.as_ptr().add(i + 4)),
+                    _mm256_loadu_pd(b.as_ptr().add(i)),
+                    _mm256_loadu_pd(b.as_ptr().add(i + 4)),
+                )
+            };
+            low = _mm256_add_pd(low, _mm256_mul_pd(x0, y0));
+            high = _mm256_add_pd(high, _mm256_mul_pd(x1, y1));
+            i += 8;
+        }
+        reduce_pd(low, high) + dot_tail(&a[body..], &b[body..])
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let len = a.len().min(b.len());
+        let (a, b) = (&a[..len], &b[..len]);
+        let body = len - len % 16;
+        let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 16 <= body <= len for both slices.
+            let (x0, x1, y0, y1) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                )
+            };
+            low = _mm256_add_ps(low, _mm256_mul_ps(x0, y0));
+            high = _mm256_add_ps(high, _mm256_mul_ps(x1, y1));
+            i += 16;
+        }
+        reduce_ps(low, high) + dot_tail_f32(&a[body..], &b[body..])
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sum(values: &[f64]) -> f64 {
+        let body = values.len() - values.len() % 8;
+        let (mut low, mut high) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= body <= len.
+            let (x0, x1) = unsafe {
+                (
+                    _mm256_loadu_pd(values.as_ptr().add(i)),
+                    _mm256_loadu_pd(values.as_ptr().add(i + 4)),
+                )
+            };
+            low = _mm256_add_pd(low, x0);
+            high = _mm256_add_pd(high, x1);
+            i += 8;
+        }
+        reduce_pd(low, high) + super::features::sum_tail(&values[body..])
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sum_squares(x: &[f32]) -> f64 {
+        let body = x.len() - x.len() % 8;
+        let (mut low, mut high) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= body <= len.
+            let (x0, x1) = unsafe {
+                (
+                    _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))),
+                    _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i + 4))),
+                )
+            };
+            low = _mm256_add_pd(low, _mm256_mul_pd(x0, x0));
+            high = _mm256_add_pd(high, _mm256_mul_pd(x1, x1));
+            i += 8;
+        }
+        reduce_pd(low, high) + sum_squares_tail(&x[body..])
+    }
+
+    /// Four rows at a time share each load of `x`: eight independent sums in flight instead of
+    /// two. Per row, the same lanes and order as [`dot`].
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_rows(rows: &[f64], x: &[f64], out: &mut [f64]) {
+        let n = x.len();
+        if n == 0 {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            return;
+        }
+        let count = out.len().min(rows.len() / n);
+        let body = n - n % 8;
+        let mut r = 0;
+        while r + 4 <= count {
+            let row = |k: usize| &rows[(r + k) * n..(r + k + 1) * n];
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let mut acc = [_mm256_setzero_pd(); 8];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: i + 8 <= body <= n, the length of x and of each row.
+                unsafe {
+                    let x0 = _mm256_loadu_pd(x.as_ptr().add(i));
+                    let x1 = _mm256_loadu_pd(x.as_ptr().add(i + 4));
+                    for (k, w) in [r0, r1, r2, r3].into_iter().enumerate() {
+                        let w0 = _mm256_loadu_pd(w.as_ptr().add(i));
+                        let w1 = _mm256_loadu_pd(w.as_ptr().add(i + 4));
+                        acc[2 * k] = _mm256_add_pd(acc[2 * k], _mm256_mul_pd(w0, x0));
+                        acc[2 * k + 1] = _mm256_add_pd(acc[2 * k + 1], _mm256_mul_pd(w1, x1));
+                    }
+                }
+                i += 8;
+            }
+            for (k, w) in [r0, r1, r2, r3].into_iter().enumerate() {
+                out[r + k] =
+                    reduce_pd(acc[2 * k], acc[2 * k + 1]) + dot_tail(&w[body..], &x[body..]);
+            }
+            r += 4;
+        }
+        while r < count {
+            out[r] = dot(&rows[r * n..(r + 1) * n], x);
+            r += 1;
+        }
+    }
+
+    /// [`dot_rows`] in f32, with the lanes and order of [`dot_f32`].
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_rows_f32(rows: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        if n == 0 {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            return;
+        }
+        let count = out.len().min(rows.len() / n);
+        let body = n - n % 16;
+        let mut r = 0;
+        while r + 4 <= count {
+            let row = |k: usize| &rows[(r + k) * n..(r + k + 1) * n];
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: i + 16 <= body <= n, the length of x and of each row.
+                unsafe {
+                    let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+                    let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+                    for (k, w) in [r0, r1, r2, r3].into_iter().enumerate() {
+                        let w0 = _mm256_loadu_ps(w.as_ptr().add(i));
+                        let w1 = _mm256_loadu_ps(w.as_ptr().add(i + 8));
+                        acc[2 * k] = _mm256_add_ps(acc[2 * k], _mm256_mul_ps(w0, x0));
+                        acc[2 * k + 1] = _mm256_add_ps(acc[2 * k + 1], _mm256_mul_ps(w1, x1));
+                    }
+                }
+                i += 16;
+            }
+            for (k, w) in [r0, r1, r2, r3].into_iter().enumerate() {
+                out[r + k] =
+                    reduce_ps(acc[2 * k], acc[2 * k + 1]) + dot_tail_f32(&w[body..], &x[body..]);
+            }
+            r += 4;
+        }
+        while r < count {
+            out[r] = dot_f32(&rows[r * n..(r + 1) * n], x);
+            r += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values of mixed sign and magnitude, different per `seed`.
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.3)
+                    * 10f64.powi((state % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn avx2_kernels_are_bit_identical_to_the_portable_ones() {
+        let Some(avx2) = Avx2::detect() else {
+            return;
+        };
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 40, 201, 257, 1025] {
+            let a = values(len, 1 + len as u64);
+            let b = values(len, 1000 + len as u64);
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            assert_eq!(
+                Portable.dot(&a, &b).to_bits(),
+                avx2.dot(&a, &b).to_bits(),
+                "dot {len}"
+            );
+            assert_eq!(
+                Portable.dot_f32(&a32, &b32).to_bits(),
+                avx2.dot_f32(&a32, &b32).to_bits(),
+                "dot_f32 {len}"
+            );
+            assert_eq!(
+                Portable.sum(&a).to_bits(),
+                avx2.sum(&a).to_bits(),
+                "sum {len}"
+            );
+            assert_eq!(
+                Portable.sum_squares(&a32).to_bits(),
+                avx2.sum_squares(&a32).to_bits(),
+                "sum_squares {len}"
+            );
+            // Rows: 13 (three groups of four and one alone), against one dot per row.
+            let rows = 13;
+            let matrix = values(rows * len, 7 + len as u64);
+            let matrix32: Vec<f32> = matrix.iter().map(|&v| v as f32).collect();
+            let (mut portable, mut vector) = (vec![0.0; rows], vec![1.0; rows]);
+            Portable.dot_rows(&matrix, &b, &mut portable);
+            avx2.dot_rows(&matrix, &b, &mut vector);
+            let (mut portable32, mut vector32) = (vec![0.0f32; rows], vec![1.0f32; rows]);
+            Portable.dot_rows_f32(&matrix32, &b32, &mut portable32);
+            avx2.dot_rows_f32(&matrix32, &b32, &mut vector32);
+            for r in 0..rows {
+                let row = &matrix[r * len..(r + 1) * len];
+                assert_eq!(portable[r].to_bits(), features::dot(row, &b).to_bits());
+                assert_eq!(
+                    portable[r].to_bits(),
+                    vector[r].to_bits(),
+                    "dot_rows {len} row {r}"
+                );
+                assert_eq!(
+                    portable32[r].to_bits(),
+                    vector32[r].to_bits(),
+                    "dot_rows_f32 {len} row {r}"
+                );
+            }
+        }
+    }
+}
