@@ -566,10 +566,8 @@ impl FeatureExtractor {
                 FeatureName::SpectralBandwidth => {
                     out.push_scalar(
                         name,
-                        features::bandwidth_of(
-                            magnitude,
-                            &self.bin_freqs,
-                            centroid,
+                        features::bandwidth_from_spread(
+                            kernels.square_deviation(magnitude, &self.bin_freqs, centroid),
                             magnitude_total,
                         ),
                     );

@@ -226,25 +226,46 @@ pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f6
 /// [`spectral_bandwidth`] given the magnitudes' `total`.
 #[inline(always)]
 pub fn bandwidth_of(magnitude: &[f64], freqs: &[f64], centroid: f64, total: f64) -> f64 {
+    bandwidth_from_spread(square_deviation(magnitude, freqs, centroid), total)
+}
+
+/// `sqrt(spread / total)`, the total replaced by 1 when below the smallest normal float.
+#[inline(always)]
+pub fn bandwidth_from_spread(spread: f64, total: f64) -> f64 {
     let norm = if total < f64::MIN_POSITIVE {
         1.0
     } else {
         total
     };
-    let mut lanes = [0.0f64; 4];
-    let mut s_chunks = magnitude.chunks_exact(4);
-    let mut f_chunks = freqs.chunks_exact(4);
+    (spread / norm).sqrt()
+}
+
+/// `sum_k s[k] (f[k] - centre)^2` with eight independent partial sums (a fixed order).
+#[inline(always)]
+pub fn square_deviation(magnitude: &[f64], freqs: &[f64], centre: f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut s_chunks = magnitude.chunks_exact(8);
+    let mut f_chunks = freqs.chunks_exact(8);
     for (s, f) in (&mut s_chunks).zip(&mut f_chunks) {
-        for lane in 0..4 {
-            let deviation = f[lane] - centroid;
+        for lane in 0..8 {
+            let deviation = f[lane] - centre;
             lanes[lane] += s[lane] * deviation * deviation;
         }
     }
-    let mut spread = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
-    for (s, f) in s_chunks.remainder().iter().zip(f_chunks.remainder()) {
-        spread += s * (f - centroid) * (f - centroid);
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + square_deviation_tail(s_chunks.remainder(), f_chunks.remainder(), centre)
+}
+
+/// The scalar part of [`square_deviation`] after its lanes (shared with the AVX2 kernel).
+#[inline(always)]
+pub(crate) fn square_deviation_tail(magnitude: &[f64], freqs: &[f64], centre: f64) -> f64 {
+    let mut tail = 0.0;
+    for (s, f) in magnitude.iter().zip(freqs) {
+        let deviation = f - centre;
+        tail += s * deviation * deviation;
     }
-    (spread / norm).sqrt()
+    tail
 }
 
 /// The centre frequency of the lowest bin at which the cumulative magnitude reaches

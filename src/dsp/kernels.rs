@@ -20,6 +20,8 @@ pub trait Kernels: Copy {
     fn sum(self, values: &[f64]) -> f64;
     /// `sum_i x[i]^2` in f64 (as [`features::sum_squares`]).
     fn sum_squares(self, x: &[f32]) -> f64;
+    /// `sum_k s[k] (f[k] - centre)^2` (as [`features::square_deviation`]).
+    fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64;
     /// `out[r] = dot(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
         for (row, o) in rows.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
@@ -54,6 +56,10 @@ impl Kernels for Portable {
     #[inline(always)]
     fn sum_squares(self, x: &[f32]) -> f64 {
         features::sum_squares(x)
+    }
+    #[inline(always)]
+    fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64 {
+        features::square_deviation(s, f, centre)
     }
 }
 
@@ -96,6 +102,11 @@ impl Kernels for Avx2 {
         unsafe { x86::sum_squares(x) }
     }
     #[inline(always)]
+    fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64 {
+        // SAFETY: as above.
+        unsafe { x86::square_deviation(s, f, centre) }
+    }
+    #[inline(always)]
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
         // SAFETY: as above.
         unsafe { x86::dot_rows(rows, x, out) }
@@ -121,6 +132,9 @@ impl Kernels for Avx2 {
     fn sum_squares(self, _: &[f32]) -> f64 {
         unreachable!("Avx2::detect is None off x86_64")
     }
+    fn square_deviation(self, _: &[f64], _: &[f64], _: f64) -> f64 {
+        unreachable!("Avx2::detect is None off x86_64")
+    }
 }
 
 /// The AVX2 bodies. Each keeps the portable lanes: f64 lanes `0..4` and `4..8` in two
@@ -133,10 +147,10 @@ mod x86 {
         _mm_loadu_ps, _mm_movehdup_ps, _mm_unpackhi_pd, _mm256_add_pd, _mm256_add_ps,
         _mm256_castpd256_pd128, _mm256_castps256_ps128, _mm256_cvtps_pd, _mm256_extractf128_pd,
         _mm256_extractf128_ps, _mm256_loadu_pd, _mm256_loadu_ps, _mm256_mul_pd, _mm256_mul_ps,
-        _mm256_setzero_pd, _mm256_setzero_ps,
+        _mm256_set1_pd, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_sub_pd,
     };
 
-    use super::features::{dot_tail, dot_tail_f32, sum_squares_tail};
+    use super::features::{dot_tail, dot_tail_f32, square_deviation_tail, sum_squares_tail};
 
     /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of the lanes `low = l0..l4`,
     /// `high = l4..l8`.
@@ -252,6 +266,32 @@ mod x86 {
             i += 8;
         }
         reduce_pd(low, high) + sum_squares_tail(&x[body..])
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn square_deviation(s: &[f64], f: &[f64], centre: f64) -> f64 {
+        let len = s.len().min(f.len());
+        let (s, f) = (&s[..len], &f[..len]);
+        let body = len - len % 8;
+        let c = _mm256_set1_pd(centre);
+        let (mut low, mut high) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 <= body <= len for both slices.
+            let (s0, s1, f0, f1) = unsafe {
+                (
+                    _mm256_loadu_pd(s.as_ptr().add(i)),
+                    _mm256_loadu_pd(s.as_ptr().add(i + 4)),
+                    _mm256_loadu_pd(f.as_ptr().add(i)),
+                    _mm256_loadu_pd(f.as_ptr().add(i + 4)),
+                )
+            };
+            let (d0, d1) = (_mm256_sub_pd(f0, c), _mm256_sub_pd(f1, c));
+            low = _mm256_add_pd(low, _mm256_mul_pd(_mm256_mul_pd(s0, d0), d0));
+            high = _mm256_add_pd(high, _mm256_mul_pd(_mm256_mul_pd(s1, d1), d1));
+            i += 8;
+        }
+        reduce_pd(low, high) + square_deviation_tail(&s[body..], &f[body..], centre)
     }
 
     /// Four rows at a time share each load of `x`: eight independent sums in flight instead of

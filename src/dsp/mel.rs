@@ -102,9 +102,14 @@ impl MelFilterBank {
                 match dense.iter().position(|&w| w > 0.0) {
                     Some(first) => {
                         let last = dense.iter().rposition(|&w| w > 0.0).unwrap_or(first);
+                        // Whole lanes of eight (zero weights added after the filter, or
+                        // before it at the top of the spectrum): the dot product then has no
+                        // scalar tail. Zero weights add exact zeros.
+                        let len = (last + 1 - first).next_multiple_of(8).min(dense.len());
+                        let first = first.min(dense.len() - len);
                         MelFilter {
                             first_bin: first,
-                            weights: dense[first..=last].to_vec(),
+                            weights: dense[first..first + len].to_vec(),
                         }
                     }
                     None => MelFilter {
