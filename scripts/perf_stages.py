@@ -16,7 +16,7 @@ from collections import defaultdict
 STAGES = [
     ("kernel (syscalls, network, scheduling)", r"^\[kernel|\[k\]"),
     ("clock reads (vdso clock_gettime: Instant::now, SystemTime::now)", r"^\[vdso\]|clock_gettime"),
-    ("DSP (specflow::dsp, rustfft, realfft)", r"specflow::dsp|rustfft|realfft"),
+    ("DSP (specflow::dsp, rustfft)", r"specflow::dsp|rustfft"),
     ("decode (specflow::audio)", r"specflow::audio"),
     ("JSON (serde_json, float formatting: zmij, ryu)", r"serde_json|ryu::|zmij|to_json"),
     ("BSON (bson, record → document)", r"bson::|to_document|RawDocument|ForMongo|record::"),
