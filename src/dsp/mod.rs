@@ -11,7 +11,8 @@
 //! - [`features`]: the per-frame formulas (and the definitions of specflow's own features),
 //!   [`window`], [`mel`], [`chroma`], [`pitch`] (YIN), [`pyin`] (probabilistic YIN and its
 //!   streaming fixed-lag decoder), [`real_fft`] (the power spectrum and the autocorrelation on
-//!   rustfft, with vectorised split passes): the building blocks.
+//!   rustfft, with vectorised split passes), [`kernels`] (dot products and sums in a fixed
+//!   order, portable and AVX2, bit-identical): the building blocks.
 //!
 //! Nothing here does I/O or async work; the caller runs it off the async runtime.
 

@@ -4,10 +4,11 @@
 //! An even-length real transform is a complex transform of the samples packed in pairs
 //! (`z[n] = x[2n] + i x[2n+1]`, `N/2` points) followed by a split pass that combines bins `k`
 //! and `N/2 - k` with twiddles `e^{-2πik/N}` (realfft does the same). realfft's split passes
-//! are scalar loops over interleaved complex values, about a quarter of the DSP's time at
-//! 16 kHz (benches/README.md, round 6). Here they run over split real and imaginary arrays in
-//! straight loops the compiler vectorises, and compute the power spectrum in the same pass.
-//! Odd lengths (allowed for `frame_length`) take a complex transform of all `N` samples.
+//! are scalar loops over interleaved complex values, about a fifth of the DSP's time at 16 kHz
+//! (benches/README.md, rounds 3 and 6). Here they run over split real and imaginary arrays in
+//! straight loops the compiler vectorises, one pass yields both bins of a pair, and the power
+//! spectrum comes out of the same pass. Odd lengths (allowed for `frame_length`) take a complex
+//! transform of all `N` samples.
 
 use std::sync::Arc;
 
@@ -346,7 +347,7 @@ impl<T: Real> Autocorrelation<T> {
     }
 
     /// The autocorrelation of `frame` (at most `L` samples) for lags `0..L`, each times `L`
-    /// (unnormalised, as realfft's inverse). Allocation-free.
+    /// (unnormalised, as an unscaled inverse FFT). Allocation-free.
     ///
     /// # Panics
     /// When `frame` is longer than `L` or `work` was made by another plan.
