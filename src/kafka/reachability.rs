@@ -1,6 +1,7 @@
 //! Whether the brokers answer, as a producer's librdkafka sees it: from its statistics (each
 //! `statistics.interval.ms`) and its "all brokers down" error, both served by the producer's
-//! own polling thread, so the state follows the cluster even while nothing is produced.
+//! own polling thread. An idle producer whose brokers are not up (librdkafka reconnects it only
+//! when it has something to send) reports nothing either way: the state is then unknown.
 
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -28,6 +29,11 @@ impl BrokerState {
     /// Known to be reachable.
     pub fn known_up(&self) -> bool {
         self.known.load(Ordering::Acquire) && self.up.load(Ordering::Relaxed)
+    }
+
+    /// Back to unknown: nothing is known about the brokers until the next report.
+    pub fn forget(&self) {
+        self.known.store(false, Ordering::Release);
     }
 
     /// Records a report.
@@ -69,7 +75,17 @@ impl ClientContext for ReachabilityContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        self.state.set(any_broker_up(&statistics));
+        // librdkafka connects an idle producer to a broker only when it has something to send,
+        // so after a broker restart an idle producer's brokers stay down however healthy the
+        // cluster is. With nothing queued or in flight (`msg_cnt` 0) and no broker up, the
+        // producer knows nothing either way: the state goes back to unknown (a worker's
+        // readiness then follows its consumer; the gateway stays not ready until it knows).
+        let up = any_broker_up(&statistics);
+        if up || statistics.msg_cnt > 0 {
+            self.state.set(up);
+        } else {
+            self.state.forget();
+        }
     }
 }
 
@@ -85,5 +101,37 @@ mod tests {
         assert!(state.known_down() && !state.known_up());
         state.set(true);
         assert!(!state.known_down() && state.known_up());
+    }
+
+    /// Statistics with one learned broker in `state` and `queued` messages.
+    fn report(state: &str, queued: u64) -> Statistics {
+        let broker = rdkafka::statistics::Broker {
+            nodeid: 1,
+            state: state.to_string(),
+            ..Default::default()
+        };
+        Statistics {
+            msg_cnt: queued,
+            brokers: [("127.0.0.1:9092/1".to_string(), broker)].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_idle_producer_with_no_broker_up_knows_nothing() {
+        let context = ReachabilityContext::default();
+        let state = context.state();
+        context.stats(report("DOWN", 3));
+        assert!(
+            state.known_down(),
+            "messages waiting and no broker up: down"
+        );
+        // Idle after a broker restart: librdkafka does not reconnect it, which says nothing.
+        context.stats(report("DOWN", 0));
+        assert!(!state.known_down() && !state.known_up());
+        context.stats(report("UP", 0));
+        assert!(state.known_up());
+        context.stats(report("UP", 5));
+        assert!(state.known_up());
     }
 }
