@@ -512,18 +512,6 @@ impl FeatureExtractor {
         self.compute_frame_with(avx2, ws, state, out);
     }
 
-    /// Without AVX2 in this build's target, the portable kernels.
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn compute_frame_avx2(
-        &self,
-        _: Avx2,
-        ws: &mut Workspace,
-        state: &mut StreamState,
-        out: &mut FrameBatch,
-    ) {
-        self.compute_frame_with(Portable, ws, state, out);
-    }
-
     #[inline(always)]
     fn compute_frame_with<K: Kernels>(
         &self,

@@ -25,6 +25,14 @@
 //! - **loudness_dbfs** = `20 * log10(max(rms, 1e-10))`: full-scale square wave (±1) 0 dBFS,
 //!   full-scale sine -3.01 dBFS, digital silence -200 dBFS.
 
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`: the one order in which every eight-lane
+/// kernel here (and its AVX2 twin in [`super::kernels`]) adds up its lanes.
+#[inline(always)]
+pub fn reduce_lanes<T: Copy + std::ops::Add<Output = T>>(lanes: [T; 8]) -> T {
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+}
+
 /// Dot product with eight independent partial sums (vectorisable; a fixed summation order).
 #[inline(always)]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -38,9 +46,7 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
             lanes[lane] += x[lane] * y[lane];
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + dot_tail(a_chunks.remainder(), b_chunks.remainder())
+    reduce_lanes(lanes) + dot_tail(a_chunks.remainder(), b_chunks.remainder())
 }
 
 /// The scalar part of [`dot`] after its lanes (shared with the AVX2 kernel).
@@ -70,9 +76,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     for lane in 0..8 {
         half[lane] = lanes[lane] + lanes[lane + 8];
     }
-    ((half[0] + half[4]) + (half[1] + half[5]))
-        + ((half[2] + half[6]) + (half[3] + half[7]))
-        + dot_tail_f32(a_chunks.remainder(), b_chunks.remainder())
+    reduce_lanes(half) + dot_tail_f32(a_chunks.remainder(), b_chunks.remainder())
 }
 
 /// The scalar part of [`dot_f32`] after its lanes (shared with the AVX2 kernel).
@@ -95,9 +99,7 @@ pub fn sum(values: &[f64]) -> f64 {
             lanes[lane] += x[lane];
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + sum_tail(chunks.remainder())
+    reduce_lanes(lanes) + sum_tail(chunks.remainder())
 }
 
 /// The scalar part of [`sum`] after its lanes (shared with the AVX2 kernel).
@@ -164,9 +166,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
             lanes[lane] += v * v;
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + sum_squares_tail(chunks.remainder())
+    reduce_lanes(lanes) + sum_squares_tail(chunks.remainder())
 }
 
 /// The scalar part of [`sum_squares`] after its lanes (shared with the AVX2 kernel).
@@ -220,13 +220,7 @@ pub fn centroid_of(total: f64, weighted: f64) -> f64 {
 /// Second-order spectral bandwidth around `centroid` (`librosa.feature.spectral_bandwidth`, p=2).
 #[inline(always)]
 pub fn spectral_bandwidth(magnitude: &[f64], freqs: &[f64], centroid: f64) -> f64 {
-    bandwidth_of(magnitude, freqs, centroid, sum(magnitude))
-}
-
-/// [`spectral_bandwidth`] given the magnitudes' `total`.
-#[inline(always)]
-pub fn bandwidth_of(magnitude: &[f64], freqs: &[f64], centroid: f64, total: f64) -> f64 {
-    bandwidth_from_spread(square_deviation(magnitude, freqs, centroid), total)
+    bandwidth_from_spread(square_deviation(magnitude, freqs, centroid), sum(magnitude))
 }
 
 /// `sqrt(spread / total)`, the total replaced by 1 when below the smallest normal float.
@@ -252,9 +246,7 @@ pub fn square_deviation(magnitude: &[f64], freqs: &[f64], centre: f64) -> f64 {
             lanes[lane] += s[lane] * deviation * deviation;
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + square_deviation_tail(s_chunks.remainder(), f_chunks.remainder(), centre)
+    reduce_lanes(lanes) + square_deviation_tail(s_chunks.remainder(), f_chunks.remainder(), centre)
 }
 
 /// The scalar part of [`square_deviation`] after its lanes (shared with the AVX2 kernel).
@@ -357,9 +349,7 @@ pub fn spectral_flatness(power: &[f64]) -> f64 {
         product *= products[lane];
         exponent += exponents[lane];
     }
-    let total = ((totals[0] + totals[4]) + (totals[1] + totals[5]))
-        + ((totals[2] + totals[6]) + (totals[3] + totals[7]))
-        + tail_total;
+    let total = reduce_lanes(totals) + tail_total;
     let n = power.len() as f64;
     let log_geometric = (product.ln() + exponent as f64 * std::f64::consts::LN_2) / n;
     log_geometric.exp() / (total / n)
@@ -385,10 +375,7 @@ pub fn spectral_flux(magnitude: &[f64], previous: &[f64]) -> f64 {
         let rise = (x - y).max(0.0);
         tail += rise * rise;
     }
-    (((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail)
-        .sqrt()
+    (reduce_lanes(lanes) + tail).sqrt()
 }
 
 /// The largest of `values` (`-inf` when empty), with eight independent running maxima so the

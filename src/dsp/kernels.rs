@@ -5,7 +5,7 @@
 //! vectorises those poorly (128-bit halves and lane shuffles), so [`Avx2`] writes the same lanes
 //! as explicit 256-bit registers. No FMA and the same order everywhere: the two give
 //! bit-identical results, which a test checks. The extractor picks one per CPU
-//! ([`Kernels::detect`]) and monomorphises the whole frame loop over it.
+//! ([`Avx2::detect`]) and monomorphises the whole frame loop over it.
 
 use super::features;
 
@@ -24,13 +24,21 @@ pub trait Kernels: Copy {
     fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64;
     /// `out[r] = dot(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
-        for (row, o) in rows.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
+        if x.is_empty() {
+            out.fill(0.0);
+            return;
+        }
+        for (row, o) in rows.chunks_exact(x.len()).zip(out.iter_mut()) {
             *o = self.dot(row, x);
         }
     }
     /// `out[r] = dot_f32(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
     fn dot_rows_f32(self, rows: &[f32], x: &[f32], out: &mut [f32]) {
-        for (row, o) in rows.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
+        if x.is_empty() {
+            out.fill(0.0);
+            return;
+        }
+        for (row, o) in rows.chunks_exact(x.len()).zip(out.iter_mut()) {
             *o = self.dot_f32(row, x);
         }
     }
@@ -115,25 +123,6 @@ impl Kernels for Avx2 {
     fn dot_rows_f32(self, rows: &[f32], x: &[f32], out: &mut [f32]) {
         // SAFETY: as above.
         unsafe { x86::dot_rows_f32(rows, x, out) }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-impl Kernels for Avx2 {
-    fn dot(self, _: &[f64], _: &[f64]) -> f64 {
-        unreachable!("Avx2::detect is None off x86_64")
-    }
-    fn dot_f32(self, _: &[f32], _: &[f32]) -> f32 {
-        unreachable!("Avx2::detect is None off x86_64")
-    }
-    fn sum(self, _: &[f64]) -> f64 {
-        unreachable!("Avx2::detect is None off x86_64")
-    }
-    fn sum_squares(self, _: &[f32]) -> f64 {
-        unreachable!("Avx2::detect is None off x86_64")
-    }
-    fn square_deviation(self, _: &[f64], _: &[f64], _: f64) -> f64 {
-        unreachable!("Avx2::detect is None off x86_64")
     }
 }
 
@@ -300,7 +289,7 @@ mod x86 {
     pub(super) fn dot_rows(rows: &[f64], x: &[f64], out: &mut [f64]) {
         let n = x.len();
         if n == 0 {
-            out.iter_mut().for_each(|o| *o = 0.0);
+            out.fill(0.0);
             return;
         }
         let count = out.len().min(rows.len() / n);
@@ -342,7 +331,7 @@ mod x86 {
     pub(super) fn dot_rows_f32(rows: &[f32], x: &[f32], out: &mut [f32]) {
         let n = x.len();
         if n == 0 {
-            out.iter_mut().for_each(|o| *o = 0.0);
+            out.fill(0.0);
             return;
         }
         let count = out.len().min(rows.len() / n);
@@ -380,7 +369,7 @@ mod x86 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 

@@ -192,7 +192,7 @@ mod tests {
     fn dct_of_constant_is_only_dc() {
         let dct = DctMatrix::new(8, 4);
         let mut out = [0.0; 4];
-        dct.apply(super::super::kernels::Portable, &[1.0; 8], &mut out);
+        dct.apply(crate::dsp::kernels::Portable, &[1.0; 8], &mut out);
         assert!((out[0] - 8f64.sqrt()).abs() < 1e-12);
         assert!(out[1..].iter().all(|v| v.abs() < 1e-12));
     }

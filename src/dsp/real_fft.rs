@@ -50,10 +50,11 @@ pub struct RealFftWork<T> {
     /// The complex transform's input and output, in place.
     packed: Vec<Complex<T>>,
     scratch: Vec<Complex<T>>,
-    /// Bins `0..=N/2` of the half-length transform (bin `N/2` repeats bin 0), split.
+    /// The half-length transform `Z[k]`, `k` in `0..N/2`, split.
     re: Vec<T>,
     im: Vec<T>,
-    /// `Z[N/2 - k]` for `k` in `1..=N/4`, split.
+    /// `Z[N/2 - k]` for `k` in `1..=N/4`, split. `re_rev` also holds the power spectrum in
+    /// reverse (`N/2 + 1` values) for the autocorrelation's inverse.
     re_rev: Vec<T>,
     im_rev: Vec<T>,
     /// `|X[N/2 - k]|^2` for `k` in `1..=N/4`, before it is written to its bin.
@@ -66,7 +67,6 @@ impl<T> std::fmt::Debug for RealFftWork<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RealFftWork")
             .field("packed", &self.packed.len())
-            .field("bins", &self.re.len())
             .finish_non_exhaustive()
     }
 }
@@ -105,21 +105,21 @@ impl<T: Real> EvenSplit<T> {
                 .as_ref()
                 .map_or(0, |f| f.get_inplace_scratch_len()),
         );
-        let bins = self.half + 1;
+        let (half, bins, pairs) = (self.half, self.half + 1, self.half / 2);
         RealFftWork {
-            packed: vec![Complex::zero(); self.half],
+            packed: vec![Complex::zero(); half],
             scratch: vec![Complex::zero(); scratch_len],
-            re: vec![T::zero(); bins],
-            im: vec![T::zero(); bins],
+            re: vec![T::zero(); half],
+            im: vec![T::zero(); half],
             re_rev: vec![T::zero(); bins],
-            im_rev: vec![T::zero(); bins],
-            high: vec![T::zero(); bins],
+            im_rev: vec![T::zero(); pairs],
+            high: vec![T::zero(); pairs],
             power: vec![T::zero(); bins],
         }
     }
 
     fn fits(&self, work: &RealFftWork<T>) -> bool {
-        work.packed.len() == self.half && work.re.len() == self.half + 1
+        work.packed.len() == self.half && work.re.len() == self.half
     }
 
     /// Transforms `work.packed` (the samples in pairs) and writes `|X[k]|^2` for `k` in
@@ -244,7 +244,7 @@ impl<T: Real> PowerSpectrum<T> {
     pub fn fits(&self, work: &RealFftWork<T>) -> bool {
         match &self.plan {
             SpectrumPlan::Even(split) => split.fits(work),
-            SpectrumPlan::Odd(_) => work.packed.len() == self.len,
+            SpectrumPlan::Odd(_) => work.packed.len() == self.len && work.re.is_empty(),
         }
     }
 
