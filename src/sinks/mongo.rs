@@ -51,6 +51,11 @@ pub struct MongoSinkConfig {
     /// Inserts in flight at once. Partitions are dealt over them, so a partition's (and a
     /// stream's) documents are still stored in order.
     pub concurrent_writes: usize,
+    /// Largest `insert_many` call, in document bytes: a writer's documents go out in calls of
+    /// at most this many bytes, one after the other (a single larger document goes alone).
+    /// The driver copies each call's documents three times into fresh buffers; smaller calls
+    /// keep those buffers small and reused.
+    pub insert_max_bytes: usize,
     /// Document layout: `frames` (per-frame objects, as on the output topic) or `columns`
     /// (one packed float32 vector per feature; smaller and faster to insert).
     pub layout: DocumentLayout,
@@ -70,6 +75,7 @@ impl Default for MongoSinkConfig {
             connect_timeout_ms: 5_000,
             max_pending_records: 5_000,
             concurrent_writes: 2,
+            insert_max_bytes: 1 << 20,
             layout: DocumentLayout::Frames,
         }
     }
@@ -128,6 +134,13 @@ impl MongoSinkConfig {
                 "must be between 1 and 64",
             ));
         }
+        if !(1024..=(48 << 20)).contains(&self.insert_max_bytes) {
+            problems.push(Problem::new(
+                "mongo.insert_max_bytes",
+                self.insert_max_bytes,
+                "must be between 1024 and 50331648 (48 MiB, MongoDB's largest message)",
+            ));
+        }
         if self.max_pending_records == 0 {
             problems.push(Problem::new(
                 "mongo.max_pending_records",
@@ -163,6 +176,7 @@ impl MongoSinkConfig {
             collection,
             database: self.database.clone(),
             create_indexes: self.create_indexes,
+            insert_max_bytes: self.insert_max_bytes,
         })
     }
 }
@@ -177,6 +191,7 @@ pub struct MongoSink {
     collection: Collection<Document>,
     database: String,
     create_indexes: bool,
+    insert_max_bytes: usize,
 }
 
 impl MongoSink {
@@ -232,28 +247,15 @@ impl MongoSink {
         Ok(())
     }
 
-    /// Inserts `docs` unordered; documents that already exist (same `_id`) count as written.
+    /// Inserts `docs` unordered, in calls of at most `mongo.insert_max_bytes`; documents that
+    /// already exist (same `_id`) count as written. On an error the calls before it stayed
+    /// stored, and storing them again is harmless.
     pub async fn insert_idempotent(&self, docs: &[RawDocumentBuf]) -> Result<(), SinkError> {
-        if docs.is_empty() {
-            return Ok(());
-        }
         let raw = self.collection.clone_with_type::<RawDocumentBuf>();
-        match raw.insert_many(docs).ordered(false).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
-                    let only_duplicates = failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .as_ref()
-                            .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY));
-                    if only_duplicates {
-                        return Ok(());
-                    }
-                }
-                Err(SinkError::Mongo(e))
-            }
+        for call in insert_calls(docs, self.insert_max_bytes) {
+            insert_call(&raw, call).await?;
         }
+        Ok(())
     }
 
     /// Creates the query indexes, retrying every second until the server answers (or
@@ -294,5 +296,87 @@ impl MongoSink {
     /// dropping the last handle can panic in the driver at exit).
     pub async fn shutdown(self) {
         self.client.shutdown().await;
+    }
+}
+
+/// `docs` cut into consecutive runs of at most `max_bytes` document bytes (a larger document
+/// alone).
+fn insert_calls(docs: &[RawDocumentBuf], max_bytes: usize) -> Vec<&[RawDocumentBuf]> {
+    let mut calls = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, doc) in docs.iter().enumerate() {
+        let len = doc.as_bytes().len();
+        if i > start && bytes + len > max_bytes {
+            calls.push(&docs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < docs.len() {
+        calls.push(&docs[start..]);
+    }
+    calls
+}
+
+/// One unordered `insert_many`; duplicate-key errors alone count as success.
+async fn insert_call(
+    collection: &Collection<RawDocumentBuf>,
+    docs: &[RawDocumentBuf],
+) -> Result<(), SinkError> {
+    match collection.insert_many(docs).ordered(false).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
+                let only_duplicates = failure.write_concern_error.is_none()
+                    && failure
+                        .write_errors
+                        .as_ref()
+                        .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY));
+                if only_duplicates {
+                    return Ok(());
+                }
+            }
+            Err(SinkError::Mongo(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::rawdoc;
+
+    fn doc_of(len: usize) -> RawDocumentBuf {
+        let mut doc = rawdoc! { "p": "" };
+        let base = doc.as_bytes().len();
+        doc = rawdoc! { "p": "x".repeat(len - base) };
+        assert_eq!(doc.as_bytes().len(), len);
+        doc
+    }
+
+    #[test]
+    fn insert_calls_cover_every_document_in_order_within_the_byte_budget() {
+        let docs: Vec<RawDocumentBuf> = [100, 300, 250, 600, 50, 50, 1000, 20]
+            .into_iter()
+            .map(doc_of)
+            .collect();
+        let calls = insert_calls(&docs, 600);
+        let sizes: Vec<Vec<usize>> = calls
+            .iter()
+            .map(|call| call.iter().map(|d| d.as_bytes().len()).collect())
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                vec![100, 300],
+                vec![250],
+                vec![600],
+                vec![50, 50],
+                vec![1000],
+                vec![20]
+            ]
+        );
+        assert!(insert_calls(&[], 600).is_empty());
+        assert_eq!(insert_calls(&docs, usize::MAX).len(), 1);
     }
 }
