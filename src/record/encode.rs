@@ -83,7 +83,7 @@ impl JsonOut {
                 "keys need no escaping: {name}"
             );
             self.buf.push(b'"');
-            self.buf.extend_from_slice(name.as_bytes());
+            push_short(&mut self.buf, name.as_bytes());
             self.buf.extend_from_slice(b"\":");
         }
     }
@@ -120,9 +120,9 @@ impl JsonOut {
     }
 }
 
-/// Appends `bytes` (a formatted number: at most 40 bytes) with fixed-size moves instead of a
-/// `memcpy` call per number: the bytes are gathered into a 32-byte block by two overlapping
-/// loads of the width class, the whole block is appended, and the tail is cut off.
+/// Appends `bytes` (a formatted number or a key) with fixed-size moves instead of a `memcpy`
+/// call each: 32 bytes are appended, `bytes` is written over them by two overlapping loads and
+/// stores of its width class, and the tail is cut off. Longer than 32 bytes: a plain copy.
 #[inline(always)]
 fn push_short(buf: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
@@ -130,7 +130,9 @@ fn push_short(buf: &mut Vec<u8>, bytes: &[u8]) {
         buf.extend_from_slice(bytes);
         return;
     }
-    let mut block = [0u8; 32];
+    let len = buf.len();
+    buf.resize(len + 32, 0);
+    let block = &mut buf[len..len + 32];
     if n >= 16 {
         block[..16].copy_from_slice(&bytes[..16]);
         block[n - 16..n].copy_from_slice(&bytes[n - 16..]);
@@ -145,8 +147,6 @@ fn push_short(buf: &mut Vec<u8>, bytes: &[u8]) {
             *to = from;
         }
     }
-    let len = buf.len();
-    buf.extend_from_slice(&block);
     buf.truncate(len + n);
 }
 
@@ -275,7 +275,7 @@ impl BsonOut {
         match key {
             Key::Name(name) => {
                 debug_assert!(!name.contains('\0'), "BSON keys hold no NUL: {name}");
-                self.buf.extend_from_slice(name.as_bytes());
+                push_short(&mut self.buf, name.as_bytes());
             }
             Key::Index(i) if i < 10 => self.buf.push(b'0' + i as u8),
             Key::Index(i) if i < 100 => self
