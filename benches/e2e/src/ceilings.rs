@@ -389,8 +389,11 @@ async fn mongo_ceiling(
         ctx.run_id.replace('.', "_")
     );
     ctx.databases.lock().expect("lock").push(database.clone());
+    // Each call carries exactly `batch_size` documents: the worker's `insert_max_bytes` split
+    // is lifted to the largest message MongoDB takes.
     let config = specflow::sinks::mongo::MongoSinkConfig {
         database: database.clone(),
+        insert_max_bytes: 48 << 20,
         ..ctx.settings.mongo.clone()
     };
     let sink = config.build().await?;
