@@ -64,7 +64,7 @@ pub async fn worker_run(
         if written >= expect.records as f64 && consumed >= expect.messages as f64 {
             break (snapshot, scrape);
         }
-        tokio::time::sleep(poll).await;
+        tokio::time::sleep(poll_interval(poll, start.is_some(), written, expect.records)).await;
     };
     let (start, start_scrape) = start.context("no message consumed")?;
     let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
@@ -162,4 +162,17 @@ fn checkpoint_overhead(scrape: &Scrape, wall: f64) -> anyhow::Result<CheckpointO
         checkpoint_write_share: round_to(write_s / wall, 6),
         checkpoint_write_ms_per_batch: round_to(write_s * 1000.0 / writes.max(1.0), 4),
     })
+}
+
+/// How long to wait before the next scrape: `fast` until the first message is consumed and
+/// again from 90% of the records on, so that both ends of the window stay within one `fast`
+/// interval; 10 × `fast` in between. A scrape costs the worker about 0.15–0.2 ms of CPU: at
+/// 50 ms all through a 20 s run that was 5–6 µs per message of the figure being measured,
+/// where an operator's Prometheus scrapes every 15–30 s.
+fn poll_interval(fast: Duration, started: bool, written: f64, records: u64) -> Duration {
+    if !started || written >= 0.9 * records as f64 {
+        fast
+    } else {
+        fast * 10
+    }
 }
