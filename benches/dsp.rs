@@ -8,6 +8,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
+use specflow::record::{DocumentLayout, FeatureRecord, SourcePosition};
 
 const SECONDS: usize = 10;
 /// Samples per `process` call (100 ms), like one decoded message.
@@ -151,5 +152,79 @@ fn benches(c: &mut Criterion) {
     bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"], Yin);
 }
 
-criterion_group!(dsp, benches);
+/// The record encoders alone: every 100 ms record of the 16 kHz chirp (every feature, YIN,
+/// 10 frames each) to JSON (output topic) and BSON (MongoDB) in both layouts, in records per
+/// second. The frames are computed once, outside the timing.
+fn record_benches(c: &mut Criterion) {
+    let rate = 16_000;
+    let config = DspConfig {
+        features: vec!["all".into()],
+        pitch_method: PitchMethod::Yin,
+        ..DspConfig::default()
+    };
+    let extractor = FeatureExtractor::new(&config, rate).expect("valid bench config");
+    let signal = chirp_plus_noise(rate);
+    let chunk = (CHUNK_SECONDS * f64::from(rate)) as usize;
+    let mut ws = extractor.workspace();
+    let mut state = extractor.new_stream(0);
+    let mut batches = Vec::new();
+    for samples in signal.chunks(chunk) {
+        let mut out = FrameBatch::new();
+        extractor.process(&mut ws, &mut state, samples, &mut out);
+        if !out.is_empty() {
+            batches.push(out);
+        }
+    }
+    let source = SourcePosition {
+        topic: "audio.raw".into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: Some(1_700_000_000_000),
+    };
+    let records: Vec<FeatureRecord<'_>> = batches
+        .iter()
+        .map(|batch| FeatureRecord {
+            stream_id: "bench-stream-0001",
+            sample_rate: rate,
+            frame_length: config.frame_length,
+            hop_length: config.hop_length,
+            batch,
+            chunk_start_sample: batch.start_sample(0),
+            chunk_timestamp_ms: 1_700_000_000_000,
+            source: &source,
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.sample_size(20);
+    group.bench_function("json/16k_512_160", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .map(|r| black_box(r.to_json()).len())
+                .sum::<usize>()
+        });
+    });
+    for (name, layout) in [
+        ("bson_frames/16k_512_160", DocumentLayout::Frames),
+        ("bson_columns/16k_512_160", DocumentLayout::Columns),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                records
+                    .iter()
+                    .map(|r| {
+                        black_box(r.to_document(layout).expect("encodes"))
+                            .as_bytes()
+                            .len()
+                    })
+                    .sum::<usize>()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(dsp, benches, record_benches);
 criterion_main!(dsp);

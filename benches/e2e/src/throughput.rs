@@ -64,7 +64,13 @@ pub async fn worker_run(
         if written >= expect.records as f64 && consumed >= expect.messages as f64 {
             break (snapshot, scrape);
         }
-        tokio::time::sleep(poll_interval(poll, start.is_some(), written, expect.records)).await;
+        tokio::time::sleep(poll_interval(
+            poll,
+            start.is_some(),
+            written,
+            expect.records,
+        ))
+        .await;
     };
     let (start, start_scrape) = start.context("no message consumed")?;
     let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
