@@ -67,7 +67,7 @@ async fn metrics_and_health_follow_the_work() {
     );
 
     // Ready while idle: partitions assigned and both services reachable, before any message
-    // (broker reachability comes from librdkafka's statistics, every 5 s).
+    // (broker reachability comes from the assignment, then librdkafka's statistics every 5 s).
     let (status, body) = get_until_ok(&address, "/readyz", Duration::from_secs(30)).await;
     assert_eq!(status, 200, "readyz before the first message: {body}");
 

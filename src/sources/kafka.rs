@@ -301,6 +301,12 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(list) => {
                 let partitions = partitions_of(list);
                 info!(?partitions, "Partitions assigned.");
+                // The group coordinator just answered: the brokers are reachable now, not only
+                // at the next statistics report (up to `statistics.interval.ms` later), so an
+                // idle worker is ready as soon as it is assigned.
+                if let Some(health) = &self.health {
+                    health.set_kafka_ok(true);
+                }
                 self.metrics.rebalances_total.inc();
                 self.events
                     .lock()
@@ -324,5 +330,33 @@ impl ConsumerContext for SourceContext {
         {
             warn!(error = %e, offsets = offsets.count(), "Offset commit failed.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+
+    #[test]
+    fn an_assignment_shows_the_brokers_reachable_before_any_statistics() {
+        let health = Arc::new(Health::default());
+        let context = SourceContext::new("audio.raw", Arc::new(Metrics::default()))
+            .with_health(health.clone());
+        // Created without contacting a broker (nothing is subscribed or polled).
+        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "specflow-unit")
+            .create_with_context(context)
+            .expect("consumer");
+        assert!(health.readiness().reasons.contains(&"kafka unreachable"));
+        let mut list = TopicPartitionList::new();
+        list.add_partition("audio.raw", 0);
+        consumer
+            .context()
+            .post_rebalance(&consumer, &Rebalance::Assign(&list));
+        let reasons = health.readiness().reasons;
+        assert!(!reasons.contains(&"kafka unreachable"), "{reasons:?}");
+        assert_eq!(consumer.context().take_events().assigned, vec![0]);
     }
 }
