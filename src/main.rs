@@ -43,18 +43,23 @@ unsafe extern "C" {
     fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
-/// Keeps freed memory in mimalloc's arenas instead of handing it back to the kernel one second
-/// after it is freed (what `MIMALLOC_PURGE_DELAY=-1` does). The worker frees and reallocates
-/// the same tens of megabytes every batch (record buffers, the MongoDB driver's insert
-/// messages); purged, each batch faults them in again, zeroed: 13–15 page faults per message
-/// and a quarter of the worker's CPU in the kernel on issue 13's workload, against 5–8 without
-/// purging (benches/README.md). The resident set stays at its high-water mark, which the
-/// pending-records budget and the batch size bound. An operator's `MIMALLOC_PURGE_DELAY` wins.
-fn keep_freed_memory() {
+/// How long freed memory stays with mimalloc before it goes back to the kernel, in ms.
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+/// Keeps freed memory in mimalloc's arenas for [`PURGE_DELAY_MS`] instead of one second
+/// (what `MIMALLOC_PURGE_DELAY=10000` does). The worker frees and reallocates the same tens of
+/// megabytes every batch (record buffers, the MongoDB driver's insert messages), and a batch of
+/// 1,000 messages can take longer than a second when MongoDB is the bound: purged after one
+/// second, each batch faulted them in again, zeroed, 13–15 page faults per message and a
+/// quarter of the worker's CPU in the kernel on issue 13's workload, against 6–7 with the
+/// longer delay (the same as never purging; benches/README.md). Memory left unused for
+/// 10 s still goes back, so the resident set falls again after a burst (242 MB when never
+/// purged, 110 MB at the end of that workload). An operator's `MIMALLOC_PURGE_DELAY` wins.
+fn delay_purging_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set takes integers only and sets a process-wide allocator option;
         // mimalloc reads it at each purge decision.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
@@ -114,7 +119,7 @@ enum Command {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
-    keep_freed_memory();
+    delay_purging_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, print } => cli::check(config, print),
@@ -227,16 +232,19 @@ mod tests {
     use super::*;
 
     /// The option number is mimalloc v3's purge delay: its default (1,000 ms) reads back from
-    /// that number before the worker sets it, and -1 after.
+    /// that number before the worker sets it, and the worker's delay after.
     #[test]
-    fn keep_freed_memory_sets_mimallocs_purge_delay() {
+    fn delay_purging_freed_memory_sets_mimallocs_purge_delay() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
             return;
         }
         // SAFETY: reads a process-wide allocator option.
         assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1_000);
-        keep_freed_memory();
+        delay_purging_freed_memory();
         // SAFETY: as above.
-        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, -1);
+        assert_eq!(
+            unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
+            PURGE_DELAY_MS
+        );
     }
 }
