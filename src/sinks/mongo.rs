@@ -21,6 +21,9 @@ use crate::validation::Problem;
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// The largest `mongo.insert_max_bytes`: 48 MiB, the largest message MongoDB takes.
+pub const INSERT_MAX_BYTES_LIMIT: usize = 48 << 20;
+
 /// `[mongo]`: where feature records are stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,7 +137,7 @@ impl MongoSinkConfig {
                 "must be between 1 and 64",
             ));
         }
-        if !(1024..=(48 << 20)).contains(&self.insert_max_bytes) {
+        if !(1024..=INSERT_MAX_BYTES_LIMIT).contains(&self.insert_max_bytes) {
             problems.push(Problem::new(
                 "mongo.insert_max_bytes",
                 self.insert_max_bytes,
@@ -352,6 +355,24 @@ mod tests {
         doc = rawdoc! { "p": "x".repeat(len - base) };
         assert_eq!(doc.as_bytes().len(), len);
         doc
+    }
+
+    #[test]
+    fn insert_max_bytes_is_checked_against_both_bounds() {
+        let problems_at = |insert_max_bytes| {
+            MongoSinkConfig {
+                insert_max_bytes,
+                ..MongoSinkConfig::default()
+            }
+            .validate()
+            .iter()
+            .filter(|p| p.key == "mongo.insert_max_bytes")
+            .count()
+        };
+        assert_eq!(problems_at(1023), 1);
+        assert_eq!(problems_at(1024), 0);
+        assert_eq!(problems_at(INSERT_MAX_BYTES_LIMIT), 0);
+        assert_eq!(problems_at(INSERT_MAX_BYTES_LIMIT + 1), 1);
     }
 
     #[test]

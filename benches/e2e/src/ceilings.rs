@@ -393,7 +393,7 @@ async fn mongo_ceiling(
     // is lifted to the largest message MongoDB takes.
     let config = specflow::sinks::mongo::MongoSinkConfig {
         database: database.clone(),
-        insert_max_bytes: 48 << 20,
+        insert_max_bytes: specflow::sinks::mongo::INSERT_MAX_BYTES_LIMIT,
         ..ctx.settings.mongo.clone()
     };
     let sink = config.build().await?;
