@@ -391,6 +391,35 @@ async fn columns_layout_stores_the_same_values_as_packed_vectors() {
     assert_topic_has_every_record(&names.output, &expected).await;
 }
 
+/// `mongo.insert_max_bytes` at its smallest (1 KiB, below one record) sends every document of a
+/// batch in an insert call of its own, one after the other: the real server still holds every
+/// record exactly once, with the offline values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_insert_calls_store_every_record_exactly_once() {
+    let names = Names::new("insert-split");
+    create_topics(&names, 2).await;
+    let mut settings = settings(&names);
+    settings.mongo.insert_max_bytes = 1024;
+    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
+        .map(|i| {
+            let key = format!("split-{i}");
+            let chunks = fixed_chunks(&key, &synthetic_pcm(60 + i, 1.5), 1_600);
+            (key, chunks)
+        })
+        .collect();
+    let expected = expected_records(&streams, &settings.dsp);
+    let producer = producer();
+    for (_, chunks) in &streams {
+        send_all(&producer, &names.input, chunks).await;
+    }
+    let worker = spawn_worker(settings);
+    let collection = collection(&names).await;
+    let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
+    wait_for_frames(&collection, frames as i64, Duration::from_secs(60)).await;
+    worker.stop().await;
+    assert_mongo_equals(&collection, &expected).await;
+}
+
 /// `specflow produce` without `--realtime` sends faster than real time, yet stamps every chunk
 /// with its capture time: the stream's start + start_sample / sample_rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
