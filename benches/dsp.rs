@@ -33,6 +33,22 @@ fn chirp_plus_noise(rate: u32) -> Vec<f32> {
         .collect()
 }
 
+/// The shipped speech recording (`tests/data/signals/speech_16k.wav`, mono 16 kHz s16): the
+/// signal of issue 13's workload, where most frames are unvoiced or silent and YIN scans every
+/// period, unlike the chirp.
+fn speech_16k() -> Vec<f32> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/signals/speech_16k.wav"
+    );
+    let mut reader = hound::WavReader::open(path).expect("the shipped speech recording");
+    assert_eq!(reader.spec().sample_rate, 16_000, "{path}");
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("a 16-bit sample")) / 32768.0)
+        .collect()
+}
+
 fn bench_case(
     c: &mut Criterion,
     name: &str,
@@ -42,6 +58,29 @@ fn bench_case(
     features: &[&str],
     pitch_method: PitchMethod,
 ) {
+    bench_signal(
+        c,
+        name,
+        rate,
+        frame_length,
+        hop_length,
+        features,
+        pitch_method,
+        &chirp_plus_noise(rate),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_signal(
+    c: &mut Criterion,
+    name: &str,
+    rate: u32,
+    frame_length: usize,
+    hop_length: usize,
+    features: &[&str],
+    pitch_method: PitchMethod,
+    signal: &[f32],
+) {
     let config = DspConfig {
         frame_length,
         hop_length,
@@ -50,7 +89,6 @@ fn bench_case(
         ..DspConfig::default()
     };
     let extractor = FeatureExtractor::new(&config, rate).expect("valid bench config");
-    let signal = chirp_plus_noise(rate);
     let chunk = (CHUNK_SECONDS * f64::from(rate)) as usize;
     let mut ws = extractor.workspace();
     let mut out = FrameBatch::new();
@@ -150,6 +188,28 @@ fn benches(c: &mut Criterion) {
     );
     bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"], Yin);
     bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"], Yin);
+    // Issue 13's signal: the shipped speech, every feature and YIN alone.
+    let speech = speech_16k();
+    bench_signal(
+        c,
+        "all_yin/speech_16k_512_160",
+        16_000,
+        512,
+        160,
+        &["all"],
+        Yin,
+        &speech,
+    );
+    bench_signal(
+        c,
+        "f0_only/speech_16k_512_160",
+        16_000,
+        512,
+        160,
+        &["f0"],
+        Yin,
+        &speech,
+    );
 }
 
 /// The record encoders alone: every 100 ms record of the 16 kHz chirp (every feature, YIN,
