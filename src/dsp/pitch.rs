@@ -119,7 +119,7 @@ impl Yin {
         // with a small margin tells without the division; the candidates and their neighbours
         // are then divided exactly, so the decisions are those of dividing every period.
         let cmnd = |num: &[f64], den: &[f64], i: usize| num[i] / den[i];
-        let loose_threshold = self.threshold * (1.0 + 1e-9);
+        let loose_threshold = self.threshold + self.threshold.abs() * 1e-9;
         let (min_period, max_period) = (self.min_period, self.max_period);
         let (frame, acf) = (&frame[..max_period], &acf[..=max_period]);
         // Periods below min_period only feed the two sums.
@@ -145,8 +145,10 @@ impl Yin {
             // Is i - 1 a trough (strictly below its left neighbour, not above its right one)
             // below the threshold? The threshold goes first: on noise the neighbour comparisons
             // are coin flips, which a branch mispredicts half the time.
-            let maybe_below = !(previous_denominator > 1e-290)
-                || previous_numerator < loose_threshold * previous_denominator;
+            // (A denominator that is not a normal positive number, or NaN, goes to the division.)
+            let normal_denominator = previous_denominator > 1e-290;
+            let maybe_below =
+                !normal_denominator || previous_numerator < loose_threshold * previous_denominator;
             if i > 0 && maybe_below {
                 let j = i - 1;
                 let here = cmnd(numerator, denominator, j);
