@@ -1,7 +1,8 @@
 //! Throughput of the full feature set, in input samples per second.
 //!
 //! The same synthetic signal (linear chirp + white noise, 10 s) and parameters as
-//! `scripts/librosa_bench.py`; see `benches/README.md` for figures and commands.
+//! `scripts/librosa_bench.py`; see `benches/README.md` for figures and commands. The `speech`
+//! cases run on the shipped speech recording instead (issue 13's workload).
 
 use std::f64::consts::PI;
 use std::hint::black_box;
@@ -49,29 +50,8 @@ fn speech_16k() -> Vec<f32> {
         .collect()
 }
 
-fn bench_case(
-    c: &mut Criterion,
-    name: &str,
-    rate: u32,
-    frame_length: usize,
-    hop_length: usize,
-    features: &[&str],
-    pitch_method: PitchMethod,
-) {
-    bench_signal(
-        c,
-        name,
-        rate,
-        frame_length,
-        hop_length,
-        features,
-        pitch_method,
-        &chirp_plus_noise(rate),
-    );
-}
-
 #[allow(clippy::too_many_arguments)]
-fn bench_signal(
+fn bench_case(
     c: &mut Criterion,
     name: &str,
     rate: u32,
@@ -115,13 +95,59 @@ fn bench_signal(
 
 fn benches(c: &mut Criterion) {
     use PitchMethod::{Pyin, Yin};
+    let (chirp_16k, chirp_48k) = (chirp_plus_noise(16_000), chirp_plus_noise(48_000));
     // Every feature, with pYIN (the default) and with YIN.
-    bench_case(c, "all/16k_512_160", 16_000, 512, 160, &["all"], Pyin);
-    bench_case(c, "all/48k_2048_480", 48_000, 2048, 480, &["all"], Pyin);
-    bench_case(c, "all_yin/16k_512_160", 16_000, 512, 160, &["all"], Yin);
-    bench_case(c, "all_yin/48k_2048_480", 48_000, 2048, 480, &["all"], Yin);
+    bench_case(
+        c,
+        "all/16k_512_160",
+        16_000,
+        512,
+        160,
+        &["all"],
+        Pyin,
+        &chirp_16k,
+    );
+    bench_case(
+        c,
+        "all/48k_2048_480",
+        48_000,
+        2048,
+        480,
+        &["all"],
+        Pyin,
+        &chirp_48k,
+    );
+    bench_case(
+        c,
+        "all_yin/16k_512_160",
+        16_000,
+        512,
+        160,
+        &["all"],
+        Yin,
+        &chirp_16k,
+    );
+    bench_case(
+        c,
+        "all_yin/48k_2048_480",
+        48_000,
+        2048,
+        480,
+        &["all"],
+        Yin,
+        &chirp_48k,
+    );
     // pYIN alone, against `librosa.pyin` (scripts/librosa_bench.py --pyin).
-    bench_case(c, "pyin_only/16k_512_160", 16_000, 512, 160, &["f0"], Pyin);
+    bench_case(
+        c,
+        "pyin_only/16k_512_160",
+        16_000,
+        512,
+        160,
+        &["f0"],
+        Pyin,
+        &chirp_16k,
+    );
     bench_case(
         c,
         "pyin_only/48k_2048_480",
@@ -130,6 +156,7 @@ fn benches(c: &mut Criterion) {
         480,
         &["f0"],
         Pyin,
+        &chirp_48k,
     );
     // The librosa subset (what scripts/librosa_bench.py computes), for a like-for-like ratio.
     let librosa_set = [
@@ -152,6 +179,7 @@ fn benches(c: &mut Criterion) {
         160,
         &librosa_set,
         Yin,
+        &chirp_16k,
     );
     bench_case(
         c,
@@ -161,6 +189,7 @@ fn benches(c: &mut Criterion) {
         480,
         &librosa_set,
         Yin,
+        &chirp_48k,
     );
     // Breakdown: spectral features only, and YIN only.
     bench_case(
@@ -185,12 +214,31 @@ fn benches(c: &mut Criterion) {
             "loudness_dbfs",
         ],
         Yin,
+        &chirp_16k,
     );
-    bench_case(c, "f0_only/16k_512_160", 16_000, 512, 160, &["f0"], Yin);
-    bench_case(c, "f0_only/48k_2048_480", 48_000, 2048, 480, &["f0"], Yin);
+    bench_case(
+        c,
+        "f0_only/16k_512_160",
+        16_000,
+        512,
+        160,
+        &["f0"],
+        Yin,
+        &chirp_16k,
+    );
+    bench_case(
+        c,
+        "f0_only/48k_2048_480",
+        48_000,
+        2048,
+        480,
+        &["f0"],
+        Yin,
+        &chirp_48k,
+    );
     // Issue 13's signal: the shipped speech, every feature and YIN alone.
     let speech = speech_16k();
-    bench_signal(
+    bench_case(
         c,
         "all_yin/speech_16k_512_160",
         16_000,
@@ -200,7 +248,7 @@ fn benches(c: &mut Criterion) {
         Yin,
         &speech,
     );
-    bench_signal(
+    bench_case(
         c,
         "f0_only/speech_16k_512_160",
         16_000,
