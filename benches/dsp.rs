@@ -42,12 +42,10 @@ fn speech_16k() -> Vec<f32> {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/signals/speech_16k.wav"
     );
-    let mut reader = hound::WavReader::open(path).expect("the shipped speech recording");
-    assert_eq!(reader.spec().sample_rate, 16_000, "{path}");
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.expect("a 16-bit sample")) / 32768.0)
-        .collect()
+    let (samples, rate) = specflow_test_support::read_mono_wav(std::path::Path::new(path))
+        .expect("the shipped speech recording");
+    assert_eq!(rate, 16_000, "{path}");
+    samples
 }
 
 #[allow(clippy::too_many_arguments)]

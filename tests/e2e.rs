@@ -365,18 +365,9 @@ async fn columns_layout_stores_the_same_values_as_packed_vectors() {
     create_topics(&names, 2).await;
     let mut settings = settings(&names);
     settings.mongo.layout = specflow::record::DocumentLayout::Columns;
-    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
-        .map(|i| {
-            let key = format!("col-{i}");
-            let chunks = fixed_chunks(&key, &synthetic_pcm(40 + i, 1.5), 1_600);
-            (key, chunks)
-        })
-        .collect();
+    let streams = synthetic_streams("col", 3, 40, 1.5);
     let expected = expected_records(&streams, &settings.dsp);
-    let producer = producer();
-    for (_, chunks) in &streams {
-        send_all(&producer, &names.input, chunks).await;
-    }
+    send_streams(&producer(), &names.input, &streams).await;
     let worker = spawn_worker(settings);
     let collection = collection(&names).await;
     let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
@@ -400,18 +391,9 @@ async fn small_insert_calls_store_every_record_exactly_once() {
     create_topics(&names, 2).await;
     let mut settings = settings(&names);
     settings.mongo.insert_max_bytes = 1024;
-    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
-        .map(|i| {
-            let key = format!("split-{i}");
-            let chunks = fixed_chunks(&key, &synthetic_pcm(60 + i, 1.5), 1_600);
-            (key, chunks)
-        })
-        .collect();
+    let streams = synthetic_streams("split", 3, 60, 1.5);
     let expected = expected_records(&streams, &settings.dsp);
-    let producer = producer();
-    for (_, chunks) in &streams {
-        send_all(&producer, &names.input, chunks).await;
-    }
+    send_streams(&producer(), &names.input, &streams).await;
     let worker = spawn_worker(settings);
     let collection = collection(&names).await;
     let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();

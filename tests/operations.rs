@@ -71,13 +71,7 @@ async fn metrics_and_health_follow_the_work() {
     let (status, body) = get_until_ok(&address, "/readyz", Duration::from_secs(30)).await;
     assert_eq!(status, 200, "readyz before the first message: {body}");
 
-    let streams: Vec<(String, Vec<Chunk>)> = (0..3)
-        .map(|i| {
-            let key = format!("ops-{i}");
-            let chunks = fixed_chunks(&key, &synthetic_pcm(i + 1, 2.0), 1_600);
-            (key, chunks)
-        })
-        .collect();
+    let streams = synthetic_streams("ops", 3, 1, 2.0);
     let expected = expected_records(&streams, &settings.dsp);
     let frames: i64 = expected
         .values()

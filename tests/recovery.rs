@@ -298,18 +298,9 @@ async fn kafka_only_mode_needs_no_mongodb() {
     settings.mongo.uri = "mongodb://127.0.0.1:1".into();
     settings.mongo.connect_timeout_ms = 500;
     settings.source.commit_interval_ms = 100;
-    let streams: Vec<(String, Vec<Chunk>)> = (0..4)
-        .map(|i| {
-            let key = format!("only-{i}");
-            let chunks = fixed_chunks(&key, &synthetic_pcm(i + 3, 1.5), 1_600);
-            (key, chunks)
-        })
-        .collect();
+    let streams = synthetic_streams("only", 4, 3, 1.5);
     let expected = expected_records(&streams, &settings.dsp);
-    let producer = producer();
-    for (_, chunks) in &streams {
-        send_all(&producer, &names.input, chunks).await;
-    }
+    send_streams(&producer(), &names.input, &streams).await;
     let messages: i64 = streams.iter().map(|(_, c)| c.len() as i64).sum();
     let all_committed = || {
         committed_offsets(&names.group, &names.input, 2)

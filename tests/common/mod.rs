@@ -97,6 +97,34 @@ pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) 
         .expect("delivered");
 }
 
+/// `count` synthetic streams keyed `"{prefix}-{i}"`, stream `i` being
+/// `synthetic_pcm(first_seed + i, seconds)` cut into 100 ms chunks.
+pub fn synthetic_streams(
+    prefix: &str,
+    count: u64,
+    first_seed: u64,
+    seconds: f64,
+) -> Vec<(String, Vec<Chunk>)> {
+    (0..count)
+        .map(|i| {
+            let key = format!("{prefix}-{i}");
+            let chunks = fixed_chunks(&key, &synthetic_pcm(first_seed + i, seconds), 1_600);
+            (key, chunks)
+        })
+        .collect()
+}
+
+/// Sends every stream's chunks, stream after stream, each acknowledged.
+pub async fn send_streams(
+    producer: &FutureProducer,
+    topic: &str,
+    streams: &[(String, Vec<Chunk>)],
+) {
+    for (_, chunks) in streams {
+        send_all(producer, topic, chunks).await;
+    }
+}
+
 /// Sends `chunks` and waits for every acknowledgement; the first delivery error is returned.
 pub async fn try_send_all(
     producer: &FutureProducer,
