@@ -357,6 +357,26 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
     assert_eq!(dead_letters_sent(&metrics) as usize, poison.len());
 }
 
+/// Sends three synthetic streams (`"{prefix}-{i}"`, seeds from `first_seed`) to the input
+/// topic, runs a worker until MongoDB holds every frame, stops it; returns the offline records
+/// and the collection.
+async fn run_until_stored(
+    names: &Names,
+    settings: specflow::config::Settings,
+    prefix: &str,
+    first_seed: u64,
+) -> (BTreeMap<String, Value>, mongodb::Collection<Document>) {
+    let streams = synthetic_streams(prefix, 3, first_seed, 1.5);
+    let expected = expected_records(&streams, &settings.dsp);
+    send_streams(&producer(), &names.input, &streams).await;
+    let worker = spawn_worker(settings);
+    let collection = collection(names).await;
+    let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
+    wait_for_frames(&collection, frames as i64, Duration::from_secs(60)).await;
+    worker.stop().await;
+    (expected, collection)
+}
+
 /// `mongo.layout = "columns"` stores the same frames as packed float32 vectors, which a real
 /// MongoDB-compatible server accepts and returns intact; the output topic keeps the frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -365,14 +385,7 @@ async fn columns_layout_stores_the_same_values_as_packed_vectors() {
     create_topics(&names, 2).await;
     let mut settings = settings(&names);
     settings.mongo.layout = specflow::record::DocumentLayout::Columns;
-    let streams = synthetic_streams("col", 3, 40, 1.5);
-    let expected = expected_records(&streams, &settings.dsp);
-    send_streams(&producer(), &names.input, &streams).await;
-    let worker = spawn_worker(settings);
-    let collection = collection(&names).await;
-    let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
-    wait_for_frames(&collection, frames as i64, Duration::from_secs(60)).await;
-    worker.stop().await;
+    let (expected, collection) = run_until_stored(&names, settings, "col", 40).await;
     let docs = all_documents(&collection).await;
     assert!(
         docs.iter()
@@ -391,14 +404,7 @@ async fn small_insert_calls_store_every_record_exactly_once() {
     create_topics(&names, 2).await;
     let mut settings = settings(&names);
     settings.mongo.insert_max_bytes = 1024;
-    let streams = synthetic_streams("split", 3, 60, 1.5);
-    let expected = expected_records(&streams, &settings.dsp);
-    send_streams(&producer(), &names.input, &streams).await;
-    let worker = spawn_worker(settings);
-    let collection = collection(&names).await;
-    let frames: usize = expected.values().map(|f| f.as_array().unwrap().len()).sum();
-    wait_for_frames(&collection, frames as i64, Duration::from_secs(60)).await;
-    worker.stop().await;
+    let (expected, collection) = run_until_stored(&names, settings, "split", 60).await;
     assert_mongo_equals(&collection, &expected).await;
 }
 
