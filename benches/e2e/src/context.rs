@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::StreamConsumer;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +57,44 @@ pub fn proc_cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / ticks)
+}
+
+/// CPU seconds of each live thread of `pid`, by thread id, with the thread's name.
+pub fn proc_thread_cpu_seconds(pid: u32, ticks: f64) -> BTreeMap<u32, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let tid: u32 = task.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
+            let fields: Vec<&str> = stat
+                .get(stat.rfind(')')? + 2..)?
+                .split_whitespace()
+                .collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((tid, (name, (utime + stime) / ticks)))
+        })
+        .collect()
+}
+
+/// CPU seconds each thread group used between two [`proc_thread_cpu_seconds`] readings. A
+/// group is a thread name without its trailing number (`specflow-dsp-0` and `specflow-dsp-1`
+/// are `specflow-dsp`; every librdkafka client's broker thread is `rdk:broker`). Threads that
+/// ended in between are missing from `after`; their share is the process's total minus these.
+pub fn thread_groups_cpu(
+    before: &BTreeMap<u32, (String, f64)>,
+    after: &BTreeMap<u32, (String, f64)>,
+) -> BTreeMap<String, f64> {
+    let mut groups = BTreeMap::new();
+    for (tid, (name, seconds)) in after {
+        let earlier = before.get(tid).map_or(0.0, |(_, s)| *s);
+        let group = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *groups.entry(group.to_string()).or_insert(0.0) += seconds - earlier;
+    }
+    groups
 }
 
 /// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.

@@ -6,6 +6,7 @@
 //! `null` and shown as `-` in the table.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------------
@@ -380,6 +381,9 @@ pub struct ThroughputRun {
     pub worker_cores_used: f64,
     /// Worker CPU µs per input message.
     pub cpu_us_per_message: f64,
+    /// The same by thread group (thread name without its number; `(ended threads)`: threads
+    /// that ended within the window).
+    pub cpu_us_per_message_by_thread: BTreeMap<String, f64>,
     /// `VmHWM` of the worker.
     pub peak_rss_mb: f64,
     /// CPU of every process in the window.

@@ -5,11 +5,15 @@
 
 use anyhow::{Context as _, bail};
 use mongodb::bson::{Document, doc};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use specflow_test_support::{Expect, Scrape};
 
-use crate::context::{CpuSnapshot, Ctx, proc_cpu_seconds, proc_status_bytes, say};
+use crate::context::{
+    CpuSnapshot, Ctx, proc_cpu_seconds, proc_status_bytes, proc_thread_cpu_seconds, say,
+    thread_groups_cpu,
+};
 use crate::report::{CheckpointOverhead, ThroughputRun, round_to, round2, round3};
 
 /// Runs the worker over the preloaded `input` until every record is stored.
@@ -38,9 +42,9 @@ pub async fn worker_run(
     };
     let poll = Duration::from_millis(ctx.args.metrics_poll_ms);
     let deadline = Instant::now() + Duration::from_secs(ctx.args.run_timeout);
-    let mut start: Option<(CpuSnapshot, Scrape)> = None;
+    let mut start: Option<(CpuSnapshot, Scrape, ThreadCpu)> = None;
     let mut progress = (0.0, 0.0);
-    let (end, last) = loop {
+    let (end, last, threads_end) = loop {
         worker.check_alive()?;
         if Instant::now() > deadline {
             bail!(
@@ -55,14 +59,14 @@ pub async fn worker_run(
             continue;
         };
         let snapshot = ctx.cpu_snapshot(worker.pid, None);
+        let threads = proc_thread_cpu_seconds(worker.pid, ctx.ticks);
         let consumed = scrape.get("messages_consumed_total")?;
         let written = scrape.get(done_metric)?;
         progress = (consumed, written);
         if start.is_none() && consumed > 0.0 {
-            start = Some((snapshot, scrape.clone()));
-        }
-        if written >= expect.records as f64 && consumed >= expect.messages as f64 {
-            break (snapshot, scrape);
+            start = Some((snapshot, scrape.clone(), threads));
+        } else if written >= expect.records as f64 && consumed >= expect.messages as f64 {
+            break (snapshot, scrape, threads);
         }
         tokio::time::sleep(poll_interval(
             poll,
@@ -72,7 +76,7 @@ pub async fn worker_run(
         ))
         .await;
     };
-    let (start, start_scrape) = start.context("no message consumed")?;
+    let (start, start_scrape, threads_start) = start.context("no message consumed")?;
     let peak_rss = proc_status_bytes(worker.pid, "VmHWM").unwrap_or(0);
     let total_cpu = proc_cpu_seconds(worker.pid, ctx.ticks).unwrap_or(0.0);
     let startup_s = start.at.duration_since(worker.started).as_secs_f64();
@@ -97,6 +101,15 @@ pub async fn worker_run(
         let _ = client.database(&names.database).drop().await;
     }
     let worker_cpu = cpu.worker_cpu_s;
+    let per_message = |seconds: f64| round2(seconds * 1e6 / expect.messages as f64);
+    let by_thread = thread_groups_cpu(&threads_start, &threads_end);
+    let mut cpu_us_per_message_by_thread: BTreeMap<String, f64> = by_thread
+        .iter()
+        .map(|(group, &seconds)| (group.clone(), per_message(seconds)))
+        .collect();
+    // Threads that ended within the window (partition restores, short-lived blocking tasks).
+    let ended = worker_cpu - by_thread.values().sum::<f64>();
+    cpu_us_per_message_by_thread.insert("(ended threads)".into(), per_message(ended.max(0.0)));
     let processing = last.get("processing_seconds_sum")?;
     let mongo_write = last.get("mongo_write_seconds_sum")?;
     let batches = last.get("processing_seconds_count")?;
@@ -122,6 +135,7 @@ pub async fn worker_run(
         worker_cpu_total_s: round3(total_cpu),
         worker_cores_used: round2(worker_cpu / wall),
         cpu_us_per_message: round2(worker_cpu * 1e6 / expect.messages as f64),
+        cpu_us_per_message_by_thread: cpu_us_per_message_by_thread.clone(),
         peak_rss_mb: round2(peak_rss as f64 / 1e6),
         cpu,
         batches,
@@ -143,6 +157,15 @@ pub async fn worker_run(
         worker_cpu / wall,
         peak_rss as f64 / 1e6
     ));
+    say(format!(
+        "  worker CPU per message by thread: {}",
+        cpu_us_per_message_by_thread
+            .iter()
+            .filter(|(_, us)| **us >= 0.5)
+            .map(|(group, us)| format!("{group} {us:.0} µs"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     if stored != expect.records {
         say(format!(
             "  WARNING: {stored} documents stored, {} expected",
@@ -151,6 +174,9 @@ pub async fn worker_run(
     }
     Ok(result)
 }
+
+/// CPU seconds of each thread of the worker at one instant, by thread id.
+type ThreadCpu = BTreeMap<u32, (String, f64)>;
 
 /// The checkpoint topic's share of a run of `wall` seconds, from the worker's final scrape.
 fn checkpoint_overhead(scrape: &Scrape, wall: f64) -> anyhow::Result<CheckpointOverhead> {
