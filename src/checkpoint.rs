@@ -181,8 +181,14 @@ impl StreamCheckpoint {
 /// called) and returns the latest checkpoint of every stream it holds. Blocking: call it off
 /// the async runtime. Records that cannot be decoded are skipped with a warning (that stream
 /// starts afresh).
+///
+/// `bounds` (a client kept for the worker's life, see [`bounds_client`]) asks for the
+/// partition's watermarks first. An empty partition (a new deployment or consumer group, a
+/// partition added since) is then done with that one request; only a partition holding
+/// records gets a consumer of its own, built from `client`.
 pub fn read_partition(
     client: &ClientConfig,
+    bounds: &BaseConsumer,
     topic: &str,
     partition: i32,
     timeout: Duration,
@@ -191,19 +197,19 @@ pub fn read_partition(
         topic: topic.to_string(),
         source,
     };
-    let mut client = client.clone();
-    client
-        .set("group.id", "specflow-checkpoint-restore")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = client.create().map_err(kafka)?;
-    let (low, high) = consumer
+    let (low, high) = bounds
         .fetch_watermarks(topic, partition, timeout)
         .map_err(kafka)?;
     let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     if high > low {
+        let mut client = client.clone();
+        client
+            .set("group.id", "specflow-checkpoint-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer = client.create().map_err(kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
@@ -247,6 +253,12 @@ pub fn read_partition(
         }
     }
     Ok(checkpoints)
+}
+
+/// The client [`read_partition`] asks for watermarks: a consumer that never joins a group or
+/// fetches, made once per worker from the `[kafka]` consumer settings.
+pub fn bounds_client(client: &ClientConfig) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+    client.create()
 }
 
 /// Sends one partition's checkpoint records (a value or a tombstone per stream) to the same

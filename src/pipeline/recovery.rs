@@ -4,7 +4,7 @@
 //! meanwhile is set aside, in order, and handed on once its streams are back.
 
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ struct Restored {
 /// streams are back.
 pub(super) struct Restores {
     client: rdkafka::ClientConfig,
+    /// Asks for the checkpoint partitions' watermarks ([`checkpoint::bounds_client`]).
+    bounds: Arc<BaseConsumer>,
     topic: String,
     timeout: Duration,
     cache: Arc<ExtractorCache>,
@@ -48,9 +50,15 @@ impl Restores {
     /// Restores of `settings`' checkpoint topic into tables using `cache`'s extractors.
     pub(super) fn new(settings: &Settings, cache: Arc<ExtractorCache>) -> Result<Self, BuildError> {
         let client = settings.kafka.client_config(&settings.kafka.consumer)?;
+        let bounds = checkpoint::bounds_client(&client).map_err(|source| BuildError::Client {
+            client: "checkpoint consumer",
+            brokers: settings.kafka.brokers.clone(),
+            source,
+        })?;
         let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,
+            bounds: Arc::new(bounds),
             topic: settings.checkpoint_topic(),
             timeout: Duration::from_secs(settings.checkpoint.restore_timeout_secs),
             cache,
@@ -78,8 +86,9 @@ impl Restores {
         self.next_generation += 1;
         let generation = self.next_generation;
         self.running.insert(partition, generation);
-        let (client, checkpoint_topic, timeout, cache, done) = (
+        let (client, bounds, checkpoint_topic, timeout, cache, done) = (
             self.client.clone(),
+            self.bounds.clone(),
             self.topic.clone(),
             self.timeout,
             self.cache.clone(),
@@ -89,7 +98,13 @@ impl Restores {
             let started = Instant::now();
             let mut delay = Duration::from_millis(200);
             loop {
-                match checkpoint::read_partition(&client, &checkpoint_topic, partition, timeout) {
+                match checkpoint::read_partition(
+                    &client,
+                    &bounds,
+                    &checkpoint_topic,
+                    partition,
+                    timeout,
+                ) {
                     Ok(checkpoints) => {
                         let table = PartitionStreams::restore(partition, &cache, checkpoints);
                         let _ = done.send(Restored {
