@@ -182,8 +182,8 @@ impl StreamCheckpoint {
 /// the async runtime. Records that cannot be decoded are skipped with a warning (that stream
 /// starts afresh).
 ///
-/// `bounds` (a client kept for the worker's life, see [`bounds_client`]) asks for the
-/// partition's watermarks first. An empty partition (a new deployment or consumer group, a
+/// `bounds` (a consumer kept for the worker's life that never joins a group or fetches) asks
+/// for the partition's watermarks first. An empty partition (a new deployment or consumer group, a
 /// partition added since) is then done with that one request; only a partition holding
 /// records gets a consumer of its own, built from `client`.
 pub fn read_partition(
@@ -253,12 +253,6 @@ pub fn read_partition(
         }
     }
     Ok(checkpoints)
-}
-
-/// The client [`read_partition`] asks for watermarks: a consumer that never joins a group or
-/// fetches, made once per worker from the `[kafka]` consumer settings.
-pub fn bounds_client(client: &ClientConfig) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-    client.create()
 }
 
 /// Sends one partition's checkpoint records (a value or a tombstone per stream) to the same

@@ -32,7 +32,7 @@ struct Restored {
 /// streams are back.
 pub(super) struct Restores {
     client: rdkafka::ClientConfig,
-    /// Asks for the checkpoint partitions' watermarks ([`checkpoint::bounds_client`]).
+    /// Asks for the checkpoint partitions' watermarks ([`checkpoint::read_partition`]).
     bounds: Arc<BaseConsumer>,
     topic: String,
     timeout: Duration,
@@ -50,11 +50,7 @@ impl Restores {
     /// Restores of `settings`' checkpoint topic into tables using `cache`'s extractors.
     pub(super) fn new(settings: &Settings, cache: Arc<ExtractorCache>) -> Result<Self, BuildError> {
         let client = settings.kafka.client_config(&settings.kafka.consumer)?;
-        let bounds = checkpoint::bounds_client(&client).map_err(|source| BuildError::Client {
-            client: "checkpoint consumer",
-            brokers: settings.kafka.brokers.clone(),
-            source,
-        })?;
+        let bounds: BaseConsumer = settings.kafka.create("checkpoint consumer", &client)?;
         let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,

@@ -51,6 +51,11 @@ pub fn clock_ticks() -> f64 {
 /// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
 pub fn proc_cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&stat, ticks)
+}
+
+/// utime + stime of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str, ticks: f64) -> Option<f64> {
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields after the command name start at field 3 (state); utime is 14, stime 15.
@@ -69,13 +74,7 @@ pub fn proc_thread_cpu_seconds(pid: u32, ticks: f64) -> BTreeMap<u32, (String, f
             let tid: u32 = task.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
             let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
-            let fields: Vec<&str> = stat
-                .get(stat.rfind(')')? + 2..)?
-                .split_whitespace()
-                .collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((tid, (name, (utime + stime) / ticks)))
+            Some((tid, (name, stat_cpu_seconds(&stat, ticks)?)))
         })
         .collect()
 }

@@ -135,7 +135,7 @@ pub async fn worker_run(
         worker_cpu_total_s: round3(total_cpu),
         worker_cores_used: round2(worker_cpu / wall),
         cpu_us_per_message: round2(worker_cpu * 1e6 / expect.messages as f64),
-        cpu_us_per_message_by_thread: cpu_us_per_message_by_thread.clone(),
+        cpu_us_per_message_by_thread,
         peak_rss_mb: round2(peak_rss as f64 / 1e6),
         cpu,
         batches,
@@ -159,7 +159,8 @@ pub async fn worker_run(
     ));
     say(format!(
         "  worker CPU per message by thread: {}",
-        cpu_us_per_message_by_thread
+        result
+            .cpu_us_per_message_by_thread
             .iter()
             .filter(|(_, us)| **us >= 0.5)
             .map(|(group, us)| format!("{group} {us:.0} µs"))
