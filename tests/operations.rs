@@ -268,7 +268,9 @@ async fn the_output_producer_reports_each_delivery_and_its_thread_ends_with_the_
         offsets.push(stored.offset);
     }
     assert_eq!(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2]);
-    sink.send_record(b"stream", b"awaited").await.expect("send");
+    sink.send_record(b"stream", bytes::Bytes::from_static(b"awaited"))
+        .await
+        .expect("send");
     let received = consume(sink.topic(), 4, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 4);
 

@@ -47,7 +47,7 @@ async fn the_output_producer_does_not_spin_while_a_partition_waits_for_its_ackno
         .build(&settings.kafka)
         .expect("output producer");
     // Connect and fetch the producer id first, so the burst below only waits for the cap.
-    sink.send_record(b"stream", b"warm-up")
+    sink.send_record(b"stream", bytes::Bytes::from_static(b"warm-up"))
         .await
         .expect("warm-up");
 

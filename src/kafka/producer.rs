@@ -7,12 +7,19 @@
 //! loaded or idle (~6% of the worker's CPU on issue 13's workload; benches/README.md).
 //! [`DeliveryProducer`] polls with one-second deadlines instead, which leaves that spin at a
 //! millisecond per second, and otherwise behaves as `FutureProducer::send`.
+//!
+//! [`DeliveryProducer::send_in_place`] hands librdkafka a payload without the copy
+//! `BaseProducer::send` makes of every message: the message's delivery opaque holds a reference
+//! to the payload, so it stays alive until librdkafka reports the delivery.
 
+use std::ffi::{CStr, c_int, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rdkafka::ClientContext;
+use rdkafka::bindings::{rd_kafka_producev, rd_kafka_resp_err_t, rd_kafka_vtype_t};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
@@ -73,10 +80,24 @@ impl ClientContext for DeliveryContext {
     }
 }
 
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<oneshot::Sender<DeliveryOutcome>>;
+/// A queued message's delivery opaque: where its report goes, and for a message sent in place
+/// the payload librdkafka reads until then.
+pub struct Pending {
+    report_to: oneshot::Sender<DeliveryOutcome>,
+    /// Dropped only after the delivery report: librdkafka points into it until then.
+    payload: Option<Bytes>,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, report_to: Self::DeliveryOpaque) {
+impl Pending {
+    fn new(report_to: oneshot::Sender<DeliveryOutcome>, payload: Option<Bytes>) -> Box<Self> {
+        Box::new(Self { report_to, payload })
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
         let outcome = match result {
             Ok(message) => Ok(Stored {
                 partition: message.partition(),
@@ -84,6 +105,9 @@ impl ProducerContext for DeliveryContext {
             }),
             Err((error, _)) => Err(error.clone()),
         };
+        let Pending { report_to, payload } = *pending;
+        // librdkafka is done with the message: nothing reads the payload after its report.
+        drop(payload);
         // The sender gave up waiting: nobody to tell.
         let _ = report_to.send(outcome);
     }
@@ -202,17 +226,97 @@ impl DeliveryProducer {
         Delivery(report).acknowledged().await
     }
 
+    /// As [`send`](Self::send) for a message without headers, partitioned by its key, whose
+    /// payload librdkafka reads in place instead of copying it: `payload` is kept alive by the
+    /// message's delivery opaque until its delivery report.
+    pub async fn send_in_place(
+        &self,
+        topic: &CStr,
+        key: &[u8],
+        payload: Bytes,
+        queue_timeout: Duration,
+    ) -> DeliveryOutcome {
+        let started = Instant::now();
+        let (report_to, report) = oneshot::channel();
+        let mut pending = Pending::new(report_to, Some(payload));
+        loop {
+            match self.produce_in_place(topic, key, pending) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                    if started.elapsed() < queue_timeout =>
+                {
+                    pending = returned;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        Delivery(report).acknowledged().await
+    }
+
+    /// Queues one message whose payload is `pending.payload`, neither copied nor freed by
+    /// librdkafka (no `RD_KAFKA_MSG_F_COPY`, no `RD_KAFKA_MSG_F_FREE`). `pending` comes back
+    /// with the error when nothing was queued.
+    #[allow(clippy::result_large_err)]
+    fn produce_in_place(
+        &self,
+        topic: &CStr,
+        key: &[u8],
+        pending: Box<Pending>,
+    ) -> Result<(), (KafkaError, Box<Pending>)> {
+        use rd_kafka_vtype_t::*;
+        let any_partition: c_int = -1;
+        let neither_copied_nor_freed: c_int = 0;
+        let (payload_ptr, payload_len) = pending
+            .payload
+            .as_ref()
+            .map_or((std::ptr::null(), 0), |p| (p.as_ptr(), p.len()));
+        let opaque = Box::into_raw(pending);
+        // SAFETY: the client pointer is valid while `self.producer` lives; `topic` and `key`
+        // are copied by librdkafka during the call; the payload is owned by the opaque, which
+        // librdkafka hands back (to `DeliveryContext::delivery`, through rdkafka's event loop)
+        // only with the delivery report, after its last read of the payload. On an error
+        // nothing was queued and the opaque is taken back here.
+        let error = unsafe {
+            rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                RD_KAFKA_VTYPE_TOPIC,
+                topic.as_ptr(),
+                RD_KAFKA_VTYPE_PARTITION,
+                any_partition,
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                neither_copied_nor_freed,
+                RD_KAFKA_VTYPE_VALUE,
+                payload_ptr as *mut c_void,
+                payload_len,
+                RD_KAFKA_VTYPE_KEY,
+                key.as_ptr() as *mut c_void,
+                key.len(),
+                RD_KAFKA_VTYPE_OPAQUE,
+                opaque as *mut c_void,
+                RD_KAFKA_VTYPE_END,
+            )
+        };
+        if error == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Ok(())
+        } else {
+            // SAFETY: not queued, so librdkafka did not keep the opaque made above.
+            let pending = unsafe { Box::from_raw(opaque) };
+            Err((KafkaError::MessageProduction(error.into()), pending))
+        }
+    }
+
     /// Waits until everything queued is delivered, or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))
     }
 }
 
-/// The same message, with `report_to` as its delivery opaque.
+/// The same message, with `report_to` as its delivery opaque (librdkafka copies its payload).
 fn base_record<'a, K, P>(
     record: FutureRecord<'a, K, P>,
     report_to: oneshot::Sender<DeliveryOutcome>,
-) -> BaseRecord<'a, K, P, Box<oneshot::Sender<DeliveryOutcome>>>
+) -> BaseRecord<'a, K, P, Box<Pending>>
 where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
@@ -224,6 +328,109 @@ where
         key: record.key,
         timestamp: record.timestamp,
         headers: record.headers,
-        delivery_opaque: Box::new(report_to),
+        delivery_opaque: Pending::new(report_to, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use std::ffi::CString;
+
+    const TOPIC: &str = "in-place";
+
+    fn producer(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> DeliveryProducer {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.max.bytes", "100000");
+        DeliveryProducer::from_config_and_context(&config, ReachabilityContext::default())
+            .expect("producer")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn payloads_sent_in_place_arrive_whole_and_are_released_after_their_report() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(TOPIC, 3, 1).expect("topic");
+        let producer = producer(&cluster);
+        let topic = CString::new(TOPIC).unwrap();
+        let payloads: Vec<Bytes> = (0..200u32)
+            .map(|i| {
+                Bytes::from(
+                    format!(
+                        "{{\"record\":{i},\"pad\":\"{}\"}}",
+                        "x".repeat(i as usize * 37)
+                    )
+                    .into_bytes(),
+                )
+            })
+            .collect();
+        let sends = payloads.iter().enumerate().map(|(i, payload)| {
+            let key = format!("stream-{}", i % 7);
+            let producer = producer.clone();
+            let (topic, payload) = (topic.clone(), payload.clone());
+            async move {
+                producer
+                    .send_in_place(&topic, key.as_bytes(), payload, Duration::from_secs(5))
+                    .await
+            }
+        });
+        for outcome in futures::future::join_all(sends).await {
+            outcome.expect("acknowledged");
+        }
+        // Every clone librdkafka held went with its delivery report.
+        assert!(payloads.iter().all(Bytes::is_unique));
+
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "in-place")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[TOPIC]).expect("subscribe");
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received.len() < payloads.len() && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("message");
+                let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+                received.push((key, message.payload().unwrap().to_vec()));
+            }
+        }
+        received.sort_by_key(|(_, payload)| payload.len());
+        let expected: Vec<(String, Vec<u8>)> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("stream-{}", i % 7), p.to_vec()))
+            .collect();
+        assert_eq!(received, expected);
+    }
+
+    #[tokio::test]
+    async fn a_payload_refused_at_once_comes_back_with_the_error() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(TOPIC, 1, 1).expect("topic");
+        let producer = producer(&cluster);
+        let topic = CString::new(TOPIC).unwrap();
+        let too_large = Bytes::from(vec![b'x'; 200_000]);
+        let outcome = producer
+            .send_in_place(&topic, b"stream", too_large.clone(), Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                ))
+            ),
+            "{outcome:?}"
+        );
+        assert!(too_large.is_unique(), "the refused payload was kept");
     }
 }

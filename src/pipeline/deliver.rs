@@ -7,6 +7,7 @@
 //! store jobs only after the delivery before it queued its own, so MongoDB, the checkpoints
 //! and the offsets keep batch order; the idempotent producer keeps the records' order.
 
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -26,8 +27,8 @@ use crate::telemetry::metrics::Metrics;
 pub(super) struct OutputRecord {
     /// The stream id: the record's key.
     pub(super) key: String,
-    /// The record's JSON.
-    pub(super) json: Vec<u8>,
+    /// The record's JSON (shared with librdkafka, which reads it in place until acknowledged).
+    pub(super) json: Bytes,
     /// The end of its last frame, Unix milliseconds (for the end-to-end latency).
     pub(super) end_ms: i64,
 }
@@ -144,7 +145,7 @@ impl Courier {
             let record_sends = futures::future::join_all(
                 pending_records
                     .iter()
-                    .map(|r| self.output.send_record(r.key.as_bytes(), &r.json)),
+                    .map(|r| self.output.send_record(r.key.as_bytes(), r.json.clone())),
             );
             let letter_sends = futures::future::join_all(
                 pending_letters

@@ -191,7 +191,11 @@ impl StoreWriters {
                             job.end_ms.push(end_ms);
                         }
                         if send_records {
-                            outbox.records.push(OutputRecord { key, json, end_ms });
+                            outbox.records.push(OutputRecord {
+                                key,
+                                json: json.into(),
+                                end_ms,
+                            });
                         }
                     }
                     Outcome::Dead(letter, reason) => outbox.letters.push((*letter, reason)),

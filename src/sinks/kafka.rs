@@ -1,7 +1,9 @@
 //! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
 
+use bytes::Bytes;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
+use std::ffi::CString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,9 +131,15 @@ impl KafkaSinkConfig {
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;
+        let topic_c = CString::new(self.topic.as_str()).map_err(|e| BuildError::Client {
+            client: "producer",
+            brokers: kafka.brokers.clone(),
+            source: e.into(),
+        })?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
+            topic_c: Arc::new(topic_c),
             brokers,
         })
     }
@@ -145,6 +153,8 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct KafkaSink {
     producer: DeliveryProducer,
     topic: String,
+    /// `topic` as librdkafka takes it, made once.
+    topic_c: Arc<CString>,
     brokers: Arc<BrokerState>,
 }
 
@@ -179,10 +189,17 @@ impl KafkaSink {
             })
     }
 
-    /// Sends a feature record to the output topic.
-    pub async fn send_record(&self, key: &[u8], payload: &[u8]) -> Result<(), SinkError> {
-        self.send(FutureRecord::to(&self.topic).key(key).payload(payload))
+    /// Sends a feature record to the output topic and waits for its acknowledgement (as
+    /// [`send`](Self::send)); librdkafka reads `payload` in place, without a copy.
+    pub async fn send_record(&self, key: &[u8], payload: Bytes) -> Result<(), SinkError> {
+        self.producer
+            .send_in_place(&self.topic_c, key, payload, QUEUE_TIMEOUT)
             .await
+            .map(|_| ())
+            .map_err(|source| SinkError::Kafka {
+                topic: self.topic.clone(),
+                source,
+            })
     }
 
     /// Waits until everything queued is delivered, or the timeout passes.
