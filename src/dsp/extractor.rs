@@ -631,7 +631,7 @@ impl FeatureExtractor {
                 }
                 FeatureName::BandEnergy => {
                     if let Some(bands) = &self.bands {
-                        bands.energies(power, &mut ws.bands);
+                        bands.energies(kernels, power, &mut ws.bands);
                     }
                     out.push_vector(name, &ws.bands);
                 }

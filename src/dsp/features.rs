@@ -25,6 +25,8 @@
 //! - **loudness_dbfs** = `20 * log10(max(rms, 1e-10))`: full-scale square wave (±1) 0 dBFS,
 //!   full-scale sine -3.01 dBFS, digital silence -200 dBFS.
 
+use super::kernels::Kernels;
+
 /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`: the one order in which every eight-lane
 /// kernel here (and its AVX2 twin in [`super::kernels`]) adds up its lanes.
 #[inline(always)]
@@ -479,25 +481,33 @@ impl BandBins {
         self.ranges.is_empty()
     }
 
-    /// Writes the mean-square energy of each band of `power` into `out`.
+    /// Writes the mean-square energy of each band of `power` into `out`: each bin counts twice
+    /// (its negative-frequency twin), but DC and the Nyquist bin of an even `n_fft` once. The
+    /// bins between them are summed with `kernels` (vectorised), the edges added alone.
     #[inline(always)]
-    pub fn energies(&self, power: &[f64], out: &mut [f64]) {
+    pub fn energies<K: Kernels>(&self, kernels: K, power: &[f64], out: &mut [f64]) {
         let nyquist_bin = if self.n_fft.is_multiple_of(2) {
             Some(self.n_fft / 2)
         } else {
             None
         };
         for (range, o) in self.ranges.iter().zip(out.iter_mut()) {
-            let mut sum = 0.0;
-            for k in range.clone() {
-                let one_sided = if k == 0 || Some(k) == nyquist_bin {
-                    1.0
-                } else {
-                    2.0
-                };
-                sum += one_sided * power[k];
+            let (mut start, mut end) = (range.start, range.end);
+            let mut once = 0.0;
+            if start == 0 && end > 0 {
+                once += power[0];
+                start = 1;
             }
-            *o = sum * self.scale;
+            if end > start && Some(end - 1) == nyquist_bin {
+                once += power[end - 1];
+                end -= 1;
+            }
+            let twice = if end > start {
+                kernels.sum(&power[start..end])
+            } else {
+                0.0
+            };
+            *o = (2.0 * twice + once) * self.scale;
         }
     }
 }
