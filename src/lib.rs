@@ -35,8 +35,9 @@
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
 //! - [`shutdown`]: signals and draining.
 //!
-//! Not a module: `src/vendor/rdkafka-sys` is the `rdkafka-sys` crate with one librdkafka patch
-//! (`[patch.crates-io]` in `Cargo.toml`; why in `src/vendor/README.md`).
+//! Not modules: `src/vendor/rdkafka-sys` is the `rdkafka-sys` crate with one librdkafka patch,
+//! `src/vendor/zmij` the float formatter with one patch (`[patch.crates-io]` in `Cargo.toml`;
+//! why in `src/vendor/README.md`).
 //!
 //! The commands besides `run` (`check`, `extract`, `produce`, `inspect`) live in the binary
 //! (`src/cli/`), not in this library.
