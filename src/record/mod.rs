@@ -371,6 +371,12 @@ mod tests {
                 features: vec!["f0".into()],
                 ..DspConfig::default()
             },
+            // Vectors of more than 100 values (three-digit BSON array keys).
+            DspConfig {
+                features: vec!["mel".into(), "rms".into()],
+                n_mels: 128,
+                ..DspConfig::default()
+            },
         ];
         let sources = [
             SourcePosition {
