@@ -1810,6 +1810,23 @@ impl Buffer {
     }
 }
 
+/// Writes `f` as [`Buffer::format_finite`] does, but straight to `dst`, and returns the number
+/// of bytes written (at most 24). (specflow patch: appending to a byte vector without copying
+/// the text out of a `Buffer`.)
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of [`BUFFER_LEN`] bytes; the first `n` of them (`n` returned)
+/// are initialised when this returns, the rest may have been overwritten. As with
+/// `format_finite`, `f` must be finite for the text to be its value.
+#[inline]
+pub unsafe fn write_finite<F: Float>(f: F, dst: *mut u8) -> usize {
+    unsafe { f.write_to_zmij_buffer(dst).offset_from(dst) as usize }
+}
+
+/// How many bytes [`write_finite`] may write to.
+pub const BUFFER_LEN: usize = BUFFER_SIZE;
+
 /// A floating point number, f32 or f64, that can be written into a
 /// [`zmij::Buffer`][Buffer].
 ///
