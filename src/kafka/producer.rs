@@ -208,22 +208,14 @@ impl DeliveryProducer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let started = Instant::now();
         let (report_to, report) = oneshot::channel();
-        let mut record = base_record(record, report_to);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                    if started.elapsed() < queue_timeout =>
-                {
-                    record = returned;
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
-        Delivery(report).acknowledged().await
+        let record = base_record(record, report_to);
+        // The record comes back whole when librdkafka refuses it (rdkafka's own signature).
+        #[allow(clippy::result_large_err)]
+        queue_then_await(record, report, queue_timeout, |record| {
+            self.producer.send(record)
+        })
+        .await
     }
 
     /// As [`send`](Self::send) for a message without headers, partitioned by its key, whose
@@ -236,22 +228,12 @@ impl DeliveryProducer {
         payload: Bytes,
         queue_timeout: Duration,
     ) -> DeliveryOutcome {
-        let started = Instant::now();
         let (report_to, report) = oneshot::channel();
-        let mut pending = Pending::new(report_to, Some(payload));
-        loop {
-            match self.produce_in_place(topic, key, pending) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                    if started.elapsed() < queue_timeout =>
-                {
-                    pending = returned;
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
-        Delivery(report).acknowledged().await
+        let pending = Pending::new(report_to, Some(payload));
+        queue_then_await(pending, report, queue_timeout, |pending| {
+            self.produce_in_place(topic, key, pending)
+        })
+        .await
     }
 
     /// Queues one message whose payload is `pending.payload`, neither copied nor freed by
@@ -310,6 +292,32 @@ impl DeliveryProducer {
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))
     }
+}
+
+/// Queues `message` with `queue` (which hands it back with the error when nothing was queued),
+/// again every [`QUEUE_FULL_BACKOFF`] while the queue is full for up to `queue_timeout`, then
+/// waits for its delivery report on `report`.
+#[allow(clippy::result_large_err)]
+async fn queue_then_await<M>(
+    mut message: M,
+    report: oneshot::Receiver<DeliveryOutcome>,
+    queue_timeout: Duration,
+    mut queue: impl FnMut(M) -> Result<(), (KafkaError, M)>,
+) -> DeliveryOutcome {
+    let started = Instant::now();
+    loop {
+        match queue(message) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if started.elapsed() < queue_timeout =>
+            {
+                message = returned;
+                tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+    Delivery(report).acknowledged().await
 }
 
 /// The same message, with `report_to` as its delivery opaque (librdkafka copies its payload).
