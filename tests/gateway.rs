@@ -208,18 +208,27 @@ async fn documents_of(
         .collect()
 }
 
-/// Sum of the end offsets of `topic`'s partitions: how many messages it ever received.
+/// Sum of the end offsets of `topic`'s partitions: how many messages it ever received. A topic
+/// created a moment ago may not be in every broker's metadata yet (`UnknownPartition`): asked
+/// again for up to 30 s.
 fn messages_in(topic: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     (0..partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
+            loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("watermarks of {topic}/{p} not yet known ({e}); asking again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+                }
+            }
         })
         .sum()
 }
