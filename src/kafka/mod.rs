@@ -41,11 +41,9 @@ impl KafkaConfig {
         client: &'static str,
         config: &rdkafka::ClientConfig,
     ) -> Result<T, BuildError> {
-        config.create().map_err(|source| BuildError::Client {
-            client,
-            brokers: self.brokers.clone(),
-            source,
-        })
+        config
+            .create()
+            .map_err(|source| self.client_error(client, source))
     }
 
     /// Like [`KafkaConfig::create`] for a client with a custom context.
@@ -61,10 +59,19 @@ impl KafkaConfig {
     {
         config
             .create_with_context(context)
-            .map_err(|source| BuildError::Client {
-                client,
-                brokers: self.brokers.clone(),
-                source,
-            })
+            .map_err(|source| self.client_error(client, source))
+    }
+
+    /// The error of a `client` that could not be made: which client, which brokers, and why.
+    pub fn client_error(
+        &self,
+        client: &'static str,
+        source: rdkafka::error::KafkaError,
+    ) -> BuildError {
+        BuildError::Client {
+            client,
+            brokers: self.brokers.clone(),
+            source,
+        }
     }
 }

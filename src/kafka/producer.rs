@@ -297,7 +297,6 @@ impl DeliveryProducer {
 /// Queues `message` with `queue` (which hands it back with the error when nothing was queued),
 /// again every [`QUEUE_FULL_BACKOFF`] while the queue is full for up to `queue_timeout`, then
 /// waits for its delivery report on `report`.
-#[allow(clippy::result_large_err)]
 async fn queue_then_await<M>(
     mut message: M,
     report: oneshot::Receiver<DeliveryOutcome>,

@@ -131,11 +131,8 @@ impl KafkaSinkConfig {
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;
-        let topic_c = CString::new(self.topic.as_str()).map_err(|e| BuildError::Client {
-            client: "producer",
-            brokers: kafka.brokers.clone(),
-            source: e.into(),
-        })?;
+        let topic_c = CString::new(self.topic.as_str())
+            .map_err(|nul| kafka.client_error("producer", nul.into()))?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
@@ -183,10 +180,7 @@ impl KafkaSink {
             .send(record, QUEUE_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|source| SinkError::Kafka {
-                topic: topic.to_string(),
-                source,
-            })
+            .map_err(failed_on(topic))
     }
 
     /// Sends a feature record to the output topic and waits for its acknowledgement (as
@@ -196,20 +190,20 @@ impl KafkaSink {
             .send_in_place(&self.topic_c, key, payload, QUEUE_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|source| SinkError::Kafka {
-                topic: self.topic.clone(),
-                source,
-            })
+            .map_err(failed_on(&self.topic))
     }
 
     /// Waits until everything queued is delivered, or the timeout passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer
-            .flush(timeout)
-            .map_err(|source| SinkError::Kafka {
-                topic: self.topic.clone(),
-                source,
-            })
+        self.producer.flush(timeout).map_err(failed_on(&self.topic))
+    }
+}
+
+/// Turns librdkafka's error for a message to `topic` into the sink's error, naming the topic.
+fn failed_on(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkError + '_ {
+    move |source| SinkError::Kafka {
+        topic: topic.to_string(),
+        source,
     }
 }
 
