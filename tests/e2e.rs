@@ -476,3 +476,56 @@ async fn produce_stamps_capture_time_not_send_time() {
     assert_eq!(first.len(), 2);
     assert!(checked > 2 * 60, "speech is ~4.5 s: {checked} chunks");
 }
+
+/// The sink's raw insert (`insert_many_raw`, the patched driver in src/vendor/mongodb): split
+/// into calls of at most `insert_max_bytes`, documents already stored (same `_id`) count as
+/// written, and the server holds each document once, field for field as it was sent, values
+/// of every BSON type the records use included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_inserts_store_each_document_once_as_sent() {
+    use mongodb::bson::{RawDocumentBuf, doc};
+    let names = Names::new("raw-insert");
+    let sink = specflow::sinks::mongo::MongoSinkConfig {
+        uri: mongo_uri(),
+        database: names.database.clone(),
+        insert_max_bytes: 4096,
+        ..Default::default()
+    }
+    .build()
+    .await
+    .expect("mongo sink");
+    let document = |i: i64| {
+        let values: Vec<f64> = (0..40).map(|k| (i * 40 + k) as f64 * 0.5 - 3.25).collect();
+        doc! {
+            "_id": format!("stream-{}:{i}", i % 3),
+            "stream_id": format!("stream-{}", i % 3),
+            "start_ms": i * 100,
+            "frame_count": i32::try_from(i % 7).unwrap(),
+            "voiced": i % 2 == 0,
+            "pitch": if i % 2 == 0 { mongodb::bson::Bson::Double(110.0 + i as f64) } else { mongodb::bson::Bson::Null },
+            "mel": values,
+            "source": { "topic": "audio.raw", "partition": 0, "offset": i },
+        }
+    };
+    let raw = |docs: &[Document]| -> Vec<RawDocumentBuf> {
+        docs.iter()
+            .map(|d| RawDocumentBuf::from_document(d).unwrap())
+            .collect()
+    };
+    let first: Vec<Document> = (0..30).map(document).collect();
+    sink.insert_idempotent(&raw(&first))
+        .await
+        .expect("first insert");
+    // Half of these are stored already: they count as written, the rest are added.
+    let second: Vec<Document> = (15..60).map(document).collect();
+    sink.insert_idempotent(&raw(&second))
+        .await
+        .expect("insert over stored documents");
+    let mut stored = all_documents(sink.collection()).await;
+    stored.sort_by_key(|d| d.get_i64("start_ms").unwrap());
+    let expected: Vec<Document> = (0..60).map(document).collect();
+    assert_eq!(stored.len(), expected.len(), "each document stored once");
+    for (got, want) in stored.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+}

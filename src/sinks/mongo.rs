@@ -326,7 +326,10 @@ async fn insert_call(
     collection: &Collection<RawDocumentBuf>,
     docs: &[RawDocumentBuf],
 ) -> Result<(), SinkError> {
-    match collection.insert_many(docs).ordered(false).await {
+    // `insert_many_raw` (the patched driver, src/vendor/README.md) sends the documents as they
+    // are, without serialising a copy of each first.
+    let documents = docs.iter().map(|doc| doc.as_ref());
+    match collection.insert_many_raw(documents).ordered(false).await {
         Ok(_) => Ok(()),
         Err(e) => {
             if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
