@@ -1601,6 +1601,27 @@ where
         }
     }
 
+    if Float::NUM_BITS == 32 && Float::FIXED_DEC_EXP.contains(&dec_exp) {
+        // specflow patch: an f32 in fixed notation is laid out in a register and stored once.
+        // Storing the digits and moving them in memory made the CPU reload bytes it had just
+        // stored in narrower pieces, which it cannot forward from its store buffer.
+        // SAFETY: for f32, `DecDigitsType` is `u64`.
+        let digits: u64 = unsafe { mem::transmute_copy(&dig.digits) };
+        let length = usize::from(has_extra_digit)
+            + if has_last_digit { 9 } else { dig.num_digits }
+            - 1;
+        return unsafe {
+            write_fixed_32(
+                buffer,
+                u64::from_le_bytes(digits.to_ne_bytes()),
+                has_extra_digit,
+                dec.last_digit,
+                length,
+                dec_exp,
+            )
+        };
+    }
+
     let bcd_size = if Float::NUM_BITS == 64 { 16 } else { 8 };
     unsafe {
         buffer
@@ -1699,6 +1720,68 @@ where
             .write_unaligned(*digits2(dec_exp as usize));
         sign_ptr.cast::<u16>().write_unaligned(e_sign.to_le());
         buffer.add(2)
+    }
+}
+
+/// The text of an f32 in fixed notation (`dec_exp` in `-6..=12`), written with one 16-byte
+/// store at `buffer`; returns the end of the text. `digits` holds the significand's 8 ASCII
+/// digits as `write` stores them (byte `i` is the `i`-th character, the first being a leading
+/// `0` unless `has_extra_digit`), followed by `last_digit`; `length` significant digits from the
+/// second character on are written. Bytes from the end of the text up to `buffer + 16` are
+/// overwritten with unspecified values. (specflow patch.)
+#[inline(always)]
+unsafe fn write_fixed_32(
+    buffer: *mut u8,
+    digits: u64,
+    has_extra_digit: bool,
+    last_digit: u8,
+    length: usize,
+    dec_exp: i32,
+) -> *mut u8 {
+    /// The low `n` bytes set (n <= 16).
+    #[inline(always)]
+    fn low(n: usize) -> u128 {
+        if n >= 16 {
+            !0
+        } else {
+            (1u128 << (8 * n)) - 1
+        }
+    }
+    const ZEROS_16: u128 = u128::from_le_bytes([b'0'; 16]);
+    let shift = 8 * usize::from(has_extra_digit);
+    // The significant digits from byte 0 (what follows them is masked off below).
+    let significant = ((u128::from(digits) << shift)
+        | (u128::from(b'0' + last_digit) << (shift + 64)))
+        >> 8;
+    let (text, end) = if length as i32 - 1 <= dec_exp {
+        // 1234e7 -> 12340000000.0
+        let point = dec_exp as usize + 1;
+        let text = (significant & low(length))
+            | (ZEROS_16 & !low(length) & low(point))
+            | (u128::from(b'.') << (8 * point))
+            | (u128::from(b'0') << (8 * (point + 1)));
+        (text, point + 2)
+    } else if 0 <= dec_exp {
+        // 1234e-2 -> 12.34
+        let point = dec_exp as usize + 1;
+        let text = (significant & low(point))
+            | (u128::from(b'.') << (8 * point))
+            | ((significant << 8) & !low(point + 1) & low(length + 1));
+        (text, length + 1)
+    } else {
+        // 1234e-6 -> 0.001234
+        let zeros = (1 - dec_exp) as usize;
+        let text = (ZEROS_16 & low(zeros) & !(0xff << 8))
+            | (u128::from(b'.') << 8)
+            | ((significant & low(length)) << (8 * zeros));
+        (text, zeros + length)
+    };
+    debug_assert!(end <= 16);
+    unsafe {
+        buffer
+            .cast::<[u8; 16]>()
+            .write_unaligned(text.to_le_bytes());
+        buffer.add(end)
     }
 }
 
