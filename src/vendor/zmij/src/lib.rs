@@ -1601,15 +1601,21 @@ where
         }
     }
 
+    let bcd_size = if Float::NUM_BITS == 64 { 16 } else { 8 };
+    let length = usize::from(has_extra_digit)
+        + if has_last_digit {
+            bcd_size + 1
+        } else {
+            dig.num_digits
+        }
+        - 1;
+
     if Float::NUM_BITS == 32 && Float::FIXED_DEC_EXP.contains(&dec_exp) {
         // specflow patch: an f32 in fixed notation is laid out in a register and stored once.
         // Storing the digits and moving them in memory made the CPU reload bytes it had just
         // stored in narrower pieces, which it cannot forward from its store buffer.
         // SAFETY: for f32, `DecDigitsType` is `u64`.
         let digits: u64 = unsafe { mem::transmute_copy(&dig.digits) };
-        let length = usize::from(has_extra_digit)
-            + if has_last_digit { 9 } else { dig.num_digits }
-            - 1;
         return unsafe {
             write_fixed_32(
                 buffer,
@@ -1622,7 +1628,6 @@ where
         };
     }
 
-    let bcd_size = if Float::NUM_BITS == 64 { 16 } else { 8 };
     unsafe {
         buffer
             .add(usize::from(has_extra_digit))
@@ -1632,13 +1637,6 @@ where
             .add(usize::from(has_extra_digit) + bcd_size)
             .write(b'0' + dec.last_digit);
     }
-    let length = usize::from(has_extra_digit)
-        + if has_last_digit {
-            bcd_size + 1
-        } else {
-            dig.num_digits
-        }
-        - 1;
 
     if Float::FIXED_DEC_EXP.contains(&dec_exp) {
         if length as i32 - 1 <= dec_exp {
