@@ -9,6 +9,9 @@
 #   start SERVICE      start one service on its existing data (SERVICE: kafka|mongo)
 #   stop SERVICE       stop one service, keeping its data
 #   restart SERVICE    stop + start
+#   cold-start SERVICE stop one service, delete its data and start it on fresh storage without
+#                      waiting until it answers (a broker from nothing, for the cold-start test;
+#                      use it with SPECFLOW_STATE_DIR and the ports of a private instance)
 #   topics ARGS...     run Kafka's TopicCommand against the local broker,
 #                      e.g. `topics --create --topic t --partitions 4`, `topics --list`
 #   kafka-tool CLASS ARGS...  run any class from the Kafka jars (e.g.
@@ -546,6 +549,17 @@ cmd_start() { # SERVICE
     wait_ready "$svc" $((SECONDS + TIMEOUT))
 }
 
+cmd_cold_start() { # SERVICE
+    local svc="$1"
+    lock_state
+    stop_svc "$svc"
+    rm -rf "${STATE:?}/$svc"
+    check_ports_free "$svc"
+    install_svcs "$svc"
+    ensure_started "$svc"
+    log "$svc: started on fresh data; not waiting until it answers"
+}
+
 cmd_stop() { # SERVICE
     lock_state
     stop_svc "$1"
@@ -606,6 +620,7 @@ main() {
         start) need_service "${1:-}"; cmd_start "$1" ;;
         stop) need_service "${1:-}"; cmd_stop "$1" ;;
         restart) need_service "${1:-}"; cmd_stop "$1"; cmd_start "$1" ;;
+        cold-start) need_service "${1:-}"; cmd_cold_start "$1" ;;
         topics) kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$HOST:$KAFKA_PORT" "$@" ;;
         kafka-tool) [ $# -gt 0 ] || usage; kafka_tool "$@" ;;
         -h | --help | help) usage ;;

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "test: the repository stands on its own"
 bash scripts/check-standalone.sh
+bash scripts/check-dependencies.sh
 bash scripts/setup.sh
 bash scripts/services.sh up
 echo "test: cargo fmt --check"

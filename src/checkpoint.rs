@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::dsp::StreamSnapshot;
+use crate::kafka::topics::{TopicError, await_listed};
 use crate::kafka::valid_topic_name;
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
@@ -287,30 +288,42 @@ pub fn new_topic(topic: &str, partitions: i32, replication: i32) -> NewTopic<'_>
 }
 
 /// Checks that the checkpoint topic exists, is compacted and has exactly as many partitions as
-/// the input topic.
+/// the input topic. Waits up to `wait` for the broker's metadata to list both (a broker that
+/// has just started lists a new topic a moment after it acknowledged its creation).
 pub async fn check_topic(
     admin: &AdminClient<DefaultClientContext>,
     input: &str,
     checkpoint: &str,
+    wait: Duration,
 ) -> Result<(), CheckpointError> {
     let kafka = |source| CheckpointError::Kafka {
         topic: checkpoint.to_string(),
         source,
     };
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(kafka)?;
-    let partitions_of = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map(|t| t.partitions().len())
+    // A broker that has just started may list a topic a moment after it was created.
+    let wanted = [(input, None), (checkpoint, None)];
+    let listed = match await_listed(admin.inner(), &wanted, wait).await {
+        Ok(listed) => listed,
+        // Named below: the topic that is missing, and what to do about it.
+        Err(TopicError::NotListed { .. }) => {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(kafka)?;
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| (t.name().to_string(), t.partitions().len()))
+                .collect()
+        }
+        Err(TopicError::Request(e)) => return Err(kafka(e)),
+        Err(e @ TopicError::Refused { .. }) => return Err(CheckpointError::Topic(e.to_string())),
     };
-    let input_partitions = partitions_of(input)
+    let input_partitions = *listed
+        .get(input)
         .ok_or_else(|| CheckpointError::Topic(format!("source.topic {input} does not exist")))?;
-    let Some(checkpoint_partitions) = partitions_of(checkpoint) else {
+    let Some(&checkpoint_partitions) = listed.get(checkpoint) else {
         return Err(CheckpointError::Topic(format!(
             "checkpoint.topic {checkpoint} does not exist: create it with cleanup.policy=compact and {input_partitions} partitions (as {input}), or set source.create_topics = true"
         )));

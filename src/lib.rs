@@ -35,10 +35,6 @@
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
 //! - [`shutdown`]: signals and draining.
 //!
-//! Not modules: `src/vendor/rdkafka-sys` is the `rdkafka-sys` crate with one librdkafka patch,
-//! `src/vendor/zmij` the float formatter with one patch, `src/vendor/mongodb` the MongoDB driver
-//! with one patch (`[patch.crates-io]` in `Cargo.toml`; why in `src/vendor/README.md`).
-//!
 //! The commands besides `run` (`check`, `extract`, `produce`, `inspect`) live in the binary
 //! (`src/cli/`), not in this library.
 

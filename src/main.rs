@@ -7,12 +7,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 mod cli;
 
 use specflow::config::Settings;
+use specflow::shutdown::{Shutdown, Unfinished};
 use specflow::telemetry::LogConfig;
 use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
@@ -189,19 +189,32 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(body(settings)) {
+    let outcome = runtime.block_on(body(settings));
+    // Tasks still running (a restore's blocking read, a client's close) do not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = format!("{e:#}"), "Exiting with an error.");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<Unfinished>().is_some() {
+                ExitCode::from(specflow::shutdown::EXIT_UNFINISHED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
+/// How long the runtime waits for its tasks after the command returned: part of
+/// [`specflow::shutdown::DEADLINE_MARGIN`] left after the consumer's close.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    specflow::shutdown::install(shutdown.clone());
+    let shutdown = Shutdown::new(std::time::Duration::from_secs(
+        settings.shutdown.drain_timeout_secs,
+    ));
+    shutdown.install_signal_handlers();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let mut http = None;
@@ -211,22 +224,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             &settings.http,
             metrics.clone(),
             health.clone(),
-            async move { stop.cancelled().await },
+            async move { stop.requested().await },
         )
         .await
         .with_context(|| format!("cannot listen on http.address {}", settings.http.address))?;
         info!(%address, "HTTP endpoint listening (/metrics /healthz /readyz).");
         http = Some(tokio::spawn(server));
     }
-    let drain = std::time::Duration::from_secs(settings.shutdown.drain_timeout_secs);
-    let worker = specflow::pipeline::run(settings, metrics, health, shutdown.clone());
-    tokio::pin!(worker);
-    let result = tokio::select! {
-        r = &mut worker => r,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
-            Err(anyhow::anyhow!("drain deadline of {}s passed; exiting without finishing", drain.as_secs()))
-        }
-    };
+    // The worker keeps its own deadline (the signal plus the drain time); the signal thread's
+    // watchdog is the last resort should a blocking call hold it past that and the margin.
+    let result = specflow::pipeline::run(settings, metrics, health, shutdown).await;
     if let Some(http) = http {
         http.abort();
     }

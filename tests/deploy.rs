@@ -585,16 +585,17 @@ fn grace_period_exceeds_the_drain_deadline() {
     let dep = k8s.deployment();
     let field = "/spec/template/spec/terminationGracePeriodSeconds";
     let grace = dep.u64_at(field);
+    let margin = specflow::shutdown::DEADLINE_MARGIN.as_secs();
     let drain = effective_settings(&k8s).shutdown.drain_timeout_secs;
     assert!(
-        grace > drain,
-        "{} = {grace} must exceed shutdown.drain_timeout_secs = {drain} of the ConfigMap's config",
+        grace > drain + margin,
+        "{} = {grace} must exceed shutdown.drain_timeout_secs = {drain} of the ConfigMap's config plus the exit margin ({margin} s)",
         dep.place(field)
     );
     let default = ShutdownConfig::default().drain_timeout_secs;
     assert!(
-        grace > default,
-        "{} = {grace} must exceed ShutdownConfig::default().drain_timeout_secs = {default}",
+        grace > default + margin,
+        "{} = {grace} must exceed ShutdownConfig::default().drain_timeout_secs = {default} plus the exit margin ({margin} s)",
         dep.place(field)
     );
 }
@@ -986,9 +987,10 @@ fn systemd_units_outlast_the_drain_and_use_the_default_config() {
         let secs = timespan_secs(stop).unwrap_or_else(|| {
             panic!("{file}: TimeoutStopSec = {stop} is not a time span this test reads")
         });
+        let margin = specflow::shutdown::DEADLINE_MARGIN.as_secs();
         assert!(
-            secs > drain as f64,
-            "{file}: TimeoutStopSec = {stop} must exceed ShutdownConfig::default().drain_timeout_secs = {drain}"
+            secs > (drain + margin) as f64,
+            "{file}: TimeoutStopSec = {stop} must exceed ShutdownConfig::default().drain_timeout_secs = {drain} plus the exit margin ({margin} s)"
         );
         assert_eq!(
             unit_value(&settings, "Type"),

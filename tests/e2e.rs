@@ -477,7 +477,7 @@ async fn produce_stamps_capture_time_not_send_time() {
     assert!(checked > 2 * 60, "speech is ~4.5 s: {checked} chunks");
 }
 
-/// The sink's raw insert (`insert_many_raw`, the patched driver in src/vendor/mongodb): split
+/// The sink's raw insert (`insert_many` of raw BSON documents): split
 /// into calls of at most `insert_max_bytes`, documents already stored (same `_id`) count as
 /// written, and the server holds each document once, field for field as it was sent, values
 /// of every BSON type the records use included.

@@ -1,5 +1,5 @@
 //! Floats in the output JSON: `zmij` (the formatter of serde_json and of specflow's record
-//! encoders, a patched copy in src/vendor/zmij) writes every finite value in its shortest
+//! encoders) writes every finite value in its shortest
 //! round-trip form, in serde_json's layout. The oracle is the standard library's shortest
 //! scientific form (`{:e}`), laid out by the rules below; the two may pick different last digits
 //! only where two shortest candidates are equally near (zmij rounds such ties to even).

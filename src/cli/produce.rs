@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use futures::future::join_all;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +14,8 @@ use super::wav::read_wav;
 use specflow::audio::SampleFormat;
 use specflow::audio::headers::ChunkHeaders;
 use specflow::config::Settings;
-use specflow::kafka::producer::owned_headers;
+use specflow::kafka::producer::{owned_headers, producer_config};
+use specflow::kafka::topics::{LISTED_WAIT, await_listed};
 use specflow::sinks::kafka::QUEUE_TIMEOUT;
 
 /// What audio to send.
@@ -152,17 +153,18 @@ pub async fn produce(
     settings: &Settings,
     options: &ProduceOptions,
 ) -> anyhow::Result<ProduceSummary> {
-    let mut config = settings.kafka.client_config(&settings.kafka.producer)?;
     // A real-time source sends each chunk as it is captured; a bulk load batches.
     let linger_ms = if options.realtime { "0" } else { "5" };
-    config
-        .set("linger.ms", linger_ms)
-        .set("enable.idempotence", "true");
-    let producer: FutureProducer = config.create().context("cannot create producer")?;
+    let config = producer_config(&settings.kafka, &[("linger.ms", linger_ms.to_string())])?;
+    let producer: FutureProducer = settings.kafka.create("producer", &config)?;
     let topic = options
         .topic
         .clone()
         .unwrap_or_else(|| settings.source.topic.clone());
+    // A topic created a moment ago (or a broker that has just started) may not be listed yet.
+    await_listed(producer.client(), &[(&topic, None)], LISTED_WAIT)
+        .await
+        .with_context(|| format!("topic {topic} is not available"))?;
     let default_secs = match options.signal {
         Signal::Wav(ref path) => {
             let audio = read_wav(path)?;

@@ -27,7 +27,7 @@ use crate::audio::headers::{self as wire, ChunkHeaders};
 use crate::audio::{ChunkMeta, InputConfig, SampleFormat, decode, decode_stream_id};
 use crate::config::Settings;
 use crate::kafka::BuildError;
-use crate::kafka::producer::{Delivery, DeliveryProducer, owned_headers};
+use crate::kafka::producer::{Delivery, DeliveryProducer, owned_headers, producer_config};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 
 /// The gateway's producer to `source.topic`: idempotent, `acks=all`, bounded queue.
@@ -46,27 +46,27 @@ impl ChunkProducer {
     /// Builds the producer from `[kafka]` and `[gateway]`.
     pub fn build(settings: &Settings) -> Result<Self, BuildError> {
         let gateway = &settings.gateway;
-        // `[kafka.producer]` first: the guarantees set below (acks=all, idempotence) win.
-        let mut config = settings.kafka.client_config(&settings.kafka.producer)?;
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", gateway.linger_ms.to_string())
-            .set(
-                "message.timeout.ms",
-                gateway.delivery_timeout_ms.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                gateway.queue_max_kbytes.to_string(),
-            )
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
-            .set(
-                "message.max.bytes",
-                (gateway.max_chunk_bytes + 64 * 1024)
-                    .max(1_000_000)
-                    .to_string(),
-            );
+        let config = producer_config(
+            &settings.kafka,
+            &[
+                ("linger.ms", gateway.linger_ms.to_string()),
+                (
+                    "message.timeout.ms",
+                    gateway.delivery_timeout_ms.to_string(),
+                ),
+                (
+                    "queue.buffering.max.kbytes",
+                    gateway.queue_max_kbytes.to_string(),
+                ),
+                ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
+                (
+                    "message.max.bytes",
+                    (gateway.max_chunk_bytes + 64 * 1024)
+                        .max(1_000_000)
+                        .to_string(),
+                ),
+            ],
+        )?;
         let context = ReachabilityContext::default();
         let broker = context.state();
         let producer = settings

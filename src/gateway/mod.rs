@@ -294,10 +294,12 @@ where
 
 /// `specflow gateway`: serves until SIGTERM/SIGINT, then finishes open requests and exits.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    crate::shutdown::install(shutdown.clone());
+    let shutdown = crate::shutdown::Shutdown::new(std::time::Duration::from_secs(
+        settings.shutdown.drain_timeout_secs,
+    ));
+    shutdown.install_signal_handlers();
     let stop = shutdown.clone();
-    let (address, server) = bind(settings, async move { stop.cancelled().await }).await?;
+    let (address, server) = bind(settings, async move { stop.requested().await }).await?;
     info!(%address, "Gateway listening (/v1/streams/{{id}}/chunks, /ws, /features; /metrics /healthz /readyz).");
     crate::telemetry::systemd::Notifier::default().ready();
     server.await

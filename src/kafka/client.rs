@@ -181,14 +181,23 @@ impl KafkaConfig {
             ("kafka.consumer", &self.consumer),
             ("kafka.producer", &self.producer),
         ] {
-            for key in props.keys() {
+            for (key, value) in props {
                 if RESERVED.contains(&key.as_str()) {
                     problems.push(Problem::new(
                         format!("{section}.\"{key}\""),
-                        &props[key],
+                        value,
                         "is set by specflow itself (see [kafka], [source] and [output])",
                     ));
                 }
+            }
+        }
+        for (key, value) in &self.producer {
+            if let Some(why) = super::producer::weakened_guarantee(key, value) {
+                problems.push(Problem::new(
+                    format!("kafka.producer.\"{key}\""),
+                    value,
+                    why,
+                ));
             }
         }
         problems

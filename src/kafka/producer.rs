@@ -39,6 +39,57 @@ const POLL_SLICE: Duration = Duration::from_secs(1);
 /// How long `send` waits before queueing again when the producer's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The delivery guarantees every specflow producer has, set after everything else so that they
+/// always win: the broker acknowledges a message only once every in-sync replica has it, and
+/// retries never duplicate or reorder. `specflow check` rejects `[kafka.producer]` keys that
+/// would weaken them ([`weakened_guarantee`]).
+pub const GUARANTEES: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
+
+/// The most requests in flight per connection the idempotent producer allows.
+pub const MAX_IN_FLIGHT_IDEMPOTENT: u32 = 5;
+
+/// The settings of every specflow producer (the worker's output, checkpoint and dead-letter
+/// producer, the gateway's and `specflow produce`'s): the connection, then the caller's
+/// `tuning`, then the operator's `[kafka.producer]` (which may override that tuning), then
+/// [`GUARANTEES`].
+pub fn producer_config(
+    kafka: &super::KafkaConfig,
+    tuning: &[(&str, String)],
+) -> Result<rdkafka::ClientConfig, super::BuildError> {
+    let mut config = kafka.client_config(&Default::default())?;
+    for (key, value) in tuning {
+        config.set(*key, value);
+    }
+    for (key, value) in &kafka.producer {
+        config.set(key, value);
+    }
+    for (key, value) in GUARANTEES {
+        config.set(key, value);
+    }
+    Ok(config)
+}
+
+/// Why a `[kafka.producer]` property would weaken the delivery guarantees, if it would.
+pub fn weakened_guarantee(key: &str, value: &str) -> Option<String> {
+    let value = value.trim();
+    match key {
+        "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => Some(format!(
+            "would weaken the delivery guarantee: specflow's producers always wait for every in-sync replica (acks=all); remove it or set \"all\""
+        )),
+        "enable.idempotence" if !value.eq_ignore_ascii_case("true") => Some(
+            "would allow duplicated or reordered records on retries: specflow's producers are always idempotent; remove it".to_string(),
+        ),
+        "max.in.flight.requests.per.connection" | "max.in.flight"
+            if value.parse::<u32>().map_or(true, |n| n > MAX_IN_FLIGHT_IDEMPOTENT) =>
+        {
+            Some(format!(
+                "must be a number from 1 to {MAX_IN_FLIGHT_IDEMPOTENT}: the idempotent producer keeps order only up to {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Kafka headers from `(name, value)` pairs, in order (e.g. `ChunkHeaders::to_pairs`).
 pub fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
     pairs.iter().fold(

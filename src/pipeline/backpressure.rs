@@ -3,7 +3,7 @@
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -14,9 +14,11 @@ use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
 /// Pauses the assignment while any sink is failing and resumes it when none is, so that the
-/// Kafka send loop and the MongoDB writer can each hold it.
+/// Kafka send loop and the MongoDB writer can each hold it. It only borrows the consumer (a
+/// `Weak`): the intake owns it, and closes it once, on a thread of its own, at the end of the
+/// drain; a task that outlives the drain can never be the one that destroys it.
 pub(super) struct PauseGate {
-    consumer: Arc<StreamConsumer<SourceContext>>,
+    consumer: Weak<StreamConsumer<SourceContext>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// How many sinks are failing, and what was paused when the first began.
@@ -26,7 +28,7 @@ pub(super) struct PauseGate {
 impl PauseGate {
     /// A gate over `consumer`'s assignment; nothing is held.
     pub(super) fn new(
-        consumer: Arc<StreamConsumer<SourceContext>>,
+        consumer: Weak<StreamConsumer<SourceContext>>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -38,18 +40,29 @@ impl PauseGate {
         }
     }
 
-    /// The consumer whose assignment this gate pauses.
-    pub(super) fn consumer(&self) -> &StreamConsumer<SourceContext> {
-        &self.consumer
+    /// The consumer whose assignment this gate pauses, while its owner still has it. The
+    /// strong reference is for one call: never keep it across an `await`.
+    pub(super) fn consumer(&self) -> Option<Arc<StreamConsumer<SourceContext>>> {
+        self.consumer.upgrade()
+    }
+
+    /// Lets go of the partitions paused by a sink outage without resuming them: they hold
+    /// references to the consumer's partition objects, and a consumer destroyed while they
+    /// live waits forever for its broker threads. Called by the drain before the close.
+    pub(super) fn forget_paused(&self) {
+        let taken = self.held.lock().map(|mut held| held.1.take());
+        drop(taken);
     }
 
     /// A sink began failing: the first holder pauses the whole assignment.
     fn hold(&self) {
         let mut held = self.held.lock().expect("pause gate lock");
         held.0 += 1;
-        if held.0 == 1 {
-            let assignment = self.consumer.assignment().unwrap_or_default();
-            if let Err(e) = self.consumer.pause(&assignment) {
+        if held.0 == 1
+            && let Some(consumer) = self.consumer()
+        {
+            let assignment = consumer.assignment().unwrap_or_default();
+            if let Err(e) = consumer.pause(&assignment) {
                 warn!(error = %e, "Cannot pause partitions.");
             }
             self.metrics
@@ -63,16 +76,19 @@ impl PauseGate {
     /// Resumes a partition whose restore finished, or leaves it to [`Self::release`] while a
     /// sink outage holds the assignment paused.
     pub(super) fn resume_partition(&self, partition: i32) {
+        let Some(consumer) = self.consumer() else {
+            return;
+        };
         let mut list = TopicPartitionList::new();
-        let _ = list.add_partition(self.consumer.context().topic(), partition);
+        let _ = list.add_partition(consumer.context().topic(), partition);
         let mut held = self.held.lock().expect("pause gate lock");
         if held.0 > 0 {
             if let Some(paused) = held.1.as_mut() {
-                let _ = paused.add_partition(self.consumer.context().topic(), partition);
+                let _ = paused.add_partition(consumer.context().topic(), partition);
             }
             return;
         }
-        if let Err(e) = self.consumer.resume(&list) {
+        if let Err(e) = consumer.resume(&list) {
             warn!(partition, error = %e, "Cannot resume a restored partition.");
         }
     }
@@ -84,7 +100,9 @@ impl PauseGate {
         if held.0 == 0
             && let Some(assignment) = held.1.take()
         {
-            if let Err(e) = self.consumer.resume(&assignment) {
+            if let Some(consumer) = self.consumer()
+                && let Err(e) = consumer.resume(&assignment)
+            {
                 warn!(error = %e, "Cannot resume partitions.");
             }
             self.metrics.paused_partitions.set(0);

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::backpressure::{Backoff, PauseGate};
@@ -58,20 +58,31 @@ pub(super) struct Courier {
 /// Most batch deliveries under way at once (the one being acknowledged and the next).
 pub(super) const MAX_IN_FLIGHT: usize = 2;
 
-/// A batch's delivery, running.
-pub(super) struct InFlight(JoinHandle<Result<bool, SinkError>>);
+/// A batch's delivery, running. Dropping it aborts the task: a delivery never outlives the
+/// loop that started it.
+pub(super) struct InFlight(AbortOnDropHandle<Result<bool, SinkError>>);
 
 /// Tells the next delivery that this one queued its store jobs (dropped unsent: it did not).
 pub(super) struct Queued(oneshot::Receiver<()>);
 
 impl InFlight {
     /// Waits for the delivery to end. `Ok(false)`: a store writer stopped (it reports why).
-    pub(super) async fn finish(self) -> Result<bool, SinkError> {
-        match self.0.await {
+    /// Cancel-safe: when the wait is given up, the delivery goes on and can be awaited again
+    /// (a finished delivery is never awaited again: it is consumed by its owner).
+    pub(super) async fn finish(&mut self) -> Result<bool, SinkError> {
+        match (&mut self.0).await {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Ok(false),
         }
+    }
+
+    /// Like [`InFlight::finish`], but gives up at `deadline`: the delivery is then aborted
+    /// (its store jobs are not queued, so the batch is replayed) and `None` returned.
+    pub(super) async fn finish_by(mut self, deadline: Instant) -> Option<Result<bool, SinkError>> {
+        tokio::time::timeout_at(deadline.into(), self.finish())
+            .await
+            .ok()
     }
 
     /// Stops the delivery where it is; its store jobs are not queued (the batch is replayed).
@@ -112,7 +123,7 @@ impl Courier {
     ) -> (InFlight, Queued) {
         let courier = self.clone();
         let (done, queued) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             courier.send_to_kafka(&outbox).await?;
             // The delivery before failed or its writer stopped: it reports why.
             if let Some(Queued(before)) = after
@@ -125,7 +136,7 @@ impl Courier {
                 let _ = done.send(());
             }
             Ok(queued)
-        });
+        }));
         (InFlight(task), Queued(queued))
     }
 

@@ -14,7 +14,8 @@ use super::backpressure::PauseGate;
 use super::recovery::Restores;
 use super::store::CheckpointRecords;
 use crate::config::Settings;
-use crate::sources::kafka::SourceContext;
+use crate::shutdown::Unfinished;
+use crate::sources::kafka::{SourceContext, commit_stored_offsets};
 use crate::streams::PartitionStreams;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -84,6 +85,13 @@ impl Intake {
     /// The consumer.
     pub(super) fn consumer(&self) -> &Arc<StreamConsumer<SourceContext>> {
         &self.consumer
+    }
+
+    /// Gives up everything but the consumer (the stream tables, the pending messages, the
+    /// restores, whose threads stop after their current attempt); the caller becomes the
+    /// consumer's only owner.
+    pub(super) fn into_consumer(self) -> Arc<StreamConsumer<SourceContext>> {
+        self.consumer
     }
 
     /// True while fewer than `max_batch` messages wait for the next batch.
@@ -220,4 +228,58 @@ impl Intake {
 /// Whether a consumer error says no broker can be reached.
 fn is_all_brokers_down(error: &rdkafka::error::KafkaError) -> bool {
     error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+}
+
+/// What the closing thread reports.
+enum Closing {
+    Committed(rdkafka::error::KafkaResult<bool>),
+    Closed,
+}
+
+/// Closes `consumer` (its only owner hands it over) on a thread of its own: commits the stored
+/// offsets, leaves the group and destroys the client, which joins librdkafka's threads and can
+/// take as long as a broker outage. Waits for it until `by`; past that the thread is left to
+/// the process exit and the stop counts as unfinished (the commit's outcome is unknown, so the
+/// next owner may replay what was stored since the last commit).
+pub(super) async fn close(
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    by: Instant,
+) -> Result<(), Unfinished> {
+    let references = Arc::strong_count(&consumer);
+    if references > 1 {
+        warn!(
+            references,
+            "The consumer is still referenced at the end of the drain."
+        );
+    }
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("specflow-close".into())
+        .spawn(move || {
+            let _ = report.send(Closing::Committed(commit_stored_offsets(&*consumer)));
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = report.send(Closing::Closed);
+        })
+        .map_err(|e| Unfinished(format!("cannot start the consumer's closing thread: {e}")))?;
+    let mut outcome = Ok(());
+    loop {
+        match tokio::time::timeout_at(by.into(), reports.recv()).await {
+            Ok(Some(Closing::Committed(Ok(true)))) => info!("Offsets committed."),
+            Ok(Some(Closing::Committed(Ok(false)))) => {}
+            Ok(Some(Closing::Committed(Err(e)))) => {
+                warn!(error = %e, "Final commit failed; uncommitted messages will be replayed.");
+                outcome = Err(Unfinished(format!("the final offset commit failed: {e}")));
+            }
+            Ok(Some(Closing::Closed)) | Ok(None) => return outcome,
+            Err(_) => {
+                warn!(
+                    "The Kafka consumer did not close by the drain deadline; exiting without waiting for it."
+                );
+                return Err(Unfinished(
+                    "the Kafka consumer did not close by the drain deadline".into(),
+                ));
+            }
+        }
+    }
 }

@@ -33,7 +33,6 @@ mod store;
 
 use anyhow::Context as _;
 use rdkafka::admin::{NewTopic, TopicReplication};
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -45,11 +44,11 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint;
 use crate::config::Settings;
 use crate::kafka;
+use crate::shutdown::{CLOSE_GRACE, Shutdown, Unfinished};
 use crate::sinks::SinkError;
 use crate::sinks::dead_letter::DeadLetterSink;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
-use crate::sources::kafka::commit_stored_offsets;
 use crate::streams::ExtractorCache;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -58,7 +57,10 @@ use compute::Compute;
 use deliver::{Courier, InFlight, MAX_IN_FLIGHT, Outbox, Queued};
 use intake::{Intake, NextBatch};
 use recovery::Restores;
-use store::{StoreJob, StoreWriters};
+use store::{StoreJob, StoreUnfinished, StoreWriters};
+
+/// How long the start-up check waits for topics the worker did not create to be listed.
+const EXISTING_TOPICS_WAIT: Duration = Duration::from_secs(10);
 
 /// Wall-clock now, Unix milliseconds.
 fn now_ms() -> i64 {
@@ -67,14 +69,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs the worker until `shutdown` is cancelled, then drains, flushes and commits.
+/// Runs the worker until a stop is requested, then drains, flushes and commits by the
+/// stop's deadline (plus [`CLOSE_GRACE`] for closing the consumer). An [`Unfinished`] error
+/// means work was left unstored (a sink down at the stop, or the deadline passed): it is
+/// replayed by the next owner, and no offset past it was committed.
 pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: CancellationToken,
+    stop: Shutdown,
 ) -> anyhow::Result<()> {
-    let mut worker = Worker::start(settings, metrics, health, shutdown).await?;
+    let mut worker = Worker::start(settings, metrics, health, stop).await?;
     let result = worker.process_until_stopped().await;
     worker.drain(result).await
 }
@@ -94,6 +99,9 @@ struct Worker {
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The stop request and its deadline.
+    stop: Shutdown,
+    /// `stop`'s token, for the loop and the tasks that only need to know.
     shutdown: CancellationToken,
     sinks: Sinks,
     gate: Arc<PauseGate>,
@@ -110,15 +118,24 @@ impl Worker {
         settings: Settings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-        shutdown: CancellationToken,
+        stop: Shutdown,
     ) -> anyhow::Result<Self> {
+        let shutdown = stop.token().clone();
         if settings.source.create_topics {
             ensure_topics(&settings).await?;
         }
+        // Topics the worker just created get the full wait; an operator's are listed already
+        // unless the broker itself has just started.
+        let listed_wait = if settings.source.create_topics {
+            kafka::topics::LISTED_WAIT
+        } else {
+            EXISTING_TOPICS_WAIT
+        };
         checkpoint::check_topic(
             &kafka::topics::admin_client(&settings.kafka)?,
             &settings.source.topic,
             &settings.checkpoint_topic(),
+            listed_wait,
         )
         .await
         .context("checkpoint topic")?;
@@ -151,7 +168,7 @@ impl Worker {
         let restores = Restores::new(&settings, cache.clone())?;
         let intake = Intake::subscribe(&settings, metrics.clone(), health.clone(), restores)?;
         let gate = Arc::new(PauseGate::new(
-            intake.consumer().clone(),
+            Arc::downgrade(intake.consumer()),
             health.clone(),
             metrics.clone(),
         ));
@@ -166,6 +183,7 @@ impl Worker {
             settings,
             metrics,
             health,
+            stop,
             shutdown,
             sinks,
             gate,
@@ -235,29 +253,55 @@ impl Worker {
                 break Ok(true);
             }
             if in_flight.len() == MAX_IN_FLIGHT
-                && let Some(oldest) = in_flight.pop_front()
+                && let Some(mut oldest) = in_flight.pop_front()
             {
-                match oldest.finish().await {
-                    Ok(true) => {}
-                    stopped => break stopped,
+                // A stop does not wait here: the drain waits for it, up to the deadline.
+                let outcome = tokio::select! {
+                    outcome = oldest.finish() => Some(outcome),
+                    _ = self.shutdown.cancelled() => None,
+                };
+                match outcome {
+                    Some(Ok(true)) => {}
+                    Some(stopped) => break stopped,
+                    None => {
+                        in_flight.push_front(oldest);
+                        break Ok(true);
+                    }
                 }
             }
             let (delivery, queued) = courier.dispatch(outbox, jobs, last_queued.take());
             in_flight.push_back(delivery);
             last_queued = Some(queued);
         };
-        // After a clean stop the deliveries under way end normally (their store jobs are queued
-        // before the drain); after a failure they are abandoned and their batches replayed.
+        // After a clean stop the deliveries under way end normally, by the drain deadline
+        // (their store jobs are queued before the drain); after a failure, or at the deadline,
+        // they are abandoned and their batches replayed.
+        let deadline = self.stop.deadline();
         for delivery in in_flight {
             if matches!(result, Ok(true)) {
-                result = delivery.finish().await;
+                result = match delivery.finish_by(deadline).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        warn!(
+                            "Deliveries still waiting for Kafka at the drain deadline; their batches will be replayed."
+                        );
+                        return Err(Unfinished(
+                            "the drain deadline passed while Kafka acknowledged a batch".into(),
+                        )
+                        .into());
+                    }
+                };
             } else {
                 delivery.abandon();
             }
         }
         result.map(|_| ()).map_err(|e| {
             error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
-            anyhow::anyhow!(e)
+            if e.retryable() && self.stop.is_requested() {
+                Unfinished(format!("Kafka was failing at the stop: {e}")).into()
+            } else {
+                anyhow::anyhow!(e)
+            }
         })
     }
 
@@ -294,61 +338,61 @@ impl Worker {
             .split_batch(processed, &self.intake.tables, self.settings.output.enabled)
     }
 
-    /// Waits (up to `shutdown.drain_timeout_secs` in all) for the store writers, flushes the
-    /// producer, commits the stored offsets and closes the clients. Returns the loop's result,
-    /// or else the writers' error.
+    /// Waits, until the stop's deadline, for the store writers, flushes the producer, then
+    /// hands the consumer to its closing thread (commit, leave the group, destroy), which gets
+    /// [`CLOSE_GRACE`] more. Returns the loop's result, or else what the drain left unfinished.
     async fn drain(self, mut result: anyhow::Result<()>) -> anyhow::Result<()> {
         self.health.set_draining(true);
+        // One deadline for all, counted from the stop request: what is not stored by then is
+        // replayed by the next owner.
+        let deadline = self.stop.deadline();
         info!(
+            remaining_ms = self.stop.remaining().as_millis() as u64,
             "Draining: waiting for MongoDB and the checkpoints, flushing the producer, committing offsets."
         );
-        // One deadline for all: what is not stored by then is replayed by the next owner.
-        let drain = Duration::from_secs(self.settings.shutdown.drain_timeout_secs);
-        let drain_deadline = Instant::now() + drain;
-        if let Err(e) = self.store.finish(drain).await
-            && result.is_ok()
-        {
-            result = Err(anyhow::anyhow!(e).context("store writes failed"));
-        }
-        if let Err(e) = self
-            .sinks
-            .output
-            .flush(drain_deadline.saturating_duration_since(Instant::now()))
-        {
-            warn!(error = %e, "Producer flush incomplete.");
-        }
-        let consumer = self.intake.consumer().clone();
-        match commit_stored_offsets(&*consumer) {
-            Ok(true) => info!("Offsets committed."),
-            Ok(false) => {}
-            Err(e) => {
-                warn!(error = %e, "Final commit failed; uncommitted messages will be replayed.")
+        match self.store.finish(deadline).await {
+            Ok(()) => {}
+            Err(StoreUnfinished::Failed(e)) if !e.retryable() || !self.stop.is_requested() => {
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!(e).context("store writes failed"));
+                }
             }
+            Err(unfinished) => {
+                if result.is_ok() {
+                    result = Err(Unfinished(unfinished.to_string()).into());
+                }
+            }
+        }
+        let output = self.sinks.output.clone();
+        let flush_for = self.stop.remaining();
+        if let Err(e) = tokio::task::block_in_place(|| output.flush(flush_for)) {
+            warn!(error = %e, "Producer flush incomplete.");
         }
         if let Some(probe) = self.probe {
             probe.abort();
             let _ = probe.await;
         }
-        consumer.unsubscribe();
         if let Some(mongo) = self.sinks.mongo {
-            let remaining = drain_deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(remaining.max(Duration::from_secs(1)), mongo.shutdown())
+            let remaining = self.stop.remaining();
+            if tokio::time::timeout(remaining.max(Duration::from_millis(500)), mongo.shutdown())
                 .await
                 .is_err()
             {
                 warn!("MongoDB client did not shut down in time.");
             }
         }
-        // The consumer has one owner from here: closing and destroying it blocks (librdkafka
-        // leaves the group and joins its threads), so it happens off the async threads, and
-        // never later in whichever task happens to drop the last reference.
+        // Every task that could use the consumer has been joined or aborted; the gate lets go
+        // of the partitions it paused (they reference the consumer's partition objects).
+        self.gate.forget_paused();
         drop(self.gate);
-        drop(self.intake);
-        if Arc::strong_count(&consumer) > 1 {
-            warn!("The consumer is still referenced at the end of the drain.");
-        }
-        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
-            warn!(error = %e, "Closing the consumer failed.");
+        let consumer = self.intake.into_consumer();
+        match intake::close(consumer, deadline + CLOSE_GRACE).await {
+            Ok(()) => {}
+            Err(unfinished) => {
+                if result.is_ok() {
+                    result = Err(unfinished.into());
+                }
+            }
         }
         result
     }
@@ -376,15 +420,16 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
         })
         .collect();
     kafka::topics::create_missing(&admin, &new_topics).await?;
-    let input_partitions = admin
-        .inner()
-        .fetch_metadata(Some(&settings.source.topic), Duration::from_secs(10))
-        .context("cannot read the input topic's metadata")?
-        .topics()
-        .first()
-        .map_or(settings.source.topic_partitions, |t| {
-            t.partitions().len() as i32
-        });
+    // The input topic is listed by now (create_missing waits for it), however many partitions
+    // it had before.
+    let input_partitions = kafka::topics::await_listed(
+        admin.inner(),
+        &[(&settings.source.topic, None)],
+        kafka::topics::LISTED_WAIT,
+    )
+    .await?
+    .get(&settings.source.topic)
+    .map_or(settings.source.topic_partitions, |&n| n as i32);
     kafka::topics::create_missing(
         &admin,
         &[checkpoint::new_topic(

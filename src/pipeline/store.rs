@@ -2,13 +2,13 @@
 //! partitions' jobs in order: the documents go to MongoDB (when on), then the checkpoints to
 //! the checkpoint topic, and only then are the jobs' offsets stored.
 
-use futures::future::join_all;
 use mongodb::bson::RawDocumentBuf;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -96,7 +96,9 @@ impl StoreQueues {
 /// the budget of records waiting for them.
 pub(super) struct StoreWriters {
     queues: StoreQueues,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), SinkError>>>,
+    /// The writer tasks: joined, or aborted at the drain deadline, by [`StoreWriters::finish`]
+    /// (and aborted if the set is dropped first); never detached.
+    tasks: JoinSet<Result<(), SinkError>>,
     room: PendingRoom,
     store_documents: bool,
 }
@@ -112,11 +114,11 @@ impl StoreWriters {
         shutdown: &CancellationToken,
     ) -> Self {
         let mut senders = Vec::new();
-        let mut tasks = Vec::new();
+        let mut tasks = JoinSet::new();
         for _ in 0..settings.mongo.concurrent_writes.max(1) {
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
             senders.push(sender);
-            tasks.push(tokio::spawn(
+            tasks.spawn(
                 StoreWriter {
                     mongo: sinks.mongo.clone(),
                     producer: sinks.output.clone(),
@@ -127,7 +129,7 @@ impl StoreWriters {
                     shutdown: shutdown.clone(),
                 }
                 .run(receiver),
-            ));
+            );
         }
         let room = PendingRoom::new(
             settings
@@ -254,41 +256,58 @@ impl StoreWriters {
         self.queues.clone()
     }
 
-    /// Closes the queues and waits, at most `drain`, for the writers to store what they hold;
-    /// writers still busy then are aborted (what they held is replayed by the next owner), so
-    /// that none outlives the worker holding the consumer. The first write error, if any.
-    pub(super) async fn finish(self, drain: Duration) -> Result<(), SinkError> {
+    /// Closes the queues and waits, until `deadline`, for the writers to store what they
+    /// hold; writers still busy then are aborted (what they held is replayed by the next
+    /// owner), so that none outlives the drain. Each task is joined exactly once.
+    pub(super) async fn finish(self, deadline: Instant) -> Result<(), StoreUnfinished> {
         drop(self.queues);
         let mut tasks = self.tasks;
         let mut result = Ok(());
-        let ended = match tokio::time::timeout(drain, join_all(tasks.iter_mut())).await {
-            Ok(ended) => ended,
-            Err(_) => {
-                warn!(
-                    timeout_secs = drain.as_secs(),
-                    "Store writes still pending at the drain deadline; they will be replayed."
-                );
-                for task in &tasks {
-                    task.abort();
-                }
-                join_all(tasks.iter_mut()).await
-            }
-        };
-        for outcome in ended {
+        let mut record = |outcome: Result<Result<(), SinkError>, tokio::task::JoinError>| {
             match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     error!(error = %e, "Store writes failed; the batches not stored will be replayed.");
                     if result.is_ok() {
-                        result = Err(e);
+                        result = Err(StoreUnfinished::Failed(e));
                     }
                 }
                 Err(e) if e.is_cancelled() => {}
                 Err(e) => warn!(error = %e, "Store writer task ended abnormally."),
             }
+        };
+        loop {
+            match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
+                Ok(Some(outcome)) => record(outcome),
+                Ok(None) => return result,
+                Err(_) => break,
+            }
         }
-        result
+        warn!(
+            writers = tasks.len(),
+            "Store writes still pending at the drain deadline; they will be replayed."
+        );
+        tasks.abort_all();
+        // Aborted tasks end at their next await; a writer is never inside a blocking call.
+        while let Ok(Some(outcome)) = tokio::time::timeout(ABORT_WAIT, tasks.join_next()).await {
+            record(outcome);
+        }
+        Err(StoreUnfinished::Deadline)
     }
+}
+
+/// How long aborted writers get to end (they end at their next `await`).
+const ABORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the store writers did not store everything they were given.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StoreUnfinished {
+    /// A writer stopped on an error (a sink down at the stop, or an error retrying cannot fix).
+    #[error("store writes failed: {0}")]
+    Failed(SinkError),
+    /// The drain deadline passed with writes pending.
+    #[error("store writes were still pending at the drain deadline")]
+    Deadline,
 }
 
 /// What a store writer needs; it runs as its own task so that consuming, DSP and the output
@@ -373,7 +392,8 @@ impl StoreWriter {
             );
         }
         if offsets.count() > 0
-            && let Err(e) = self.gate.consumer().store_offsets(&offsets)
+            && let Some(consumer) = self.gate.consumer()
+            && let Err(e) = consumer.store_offsets(&offsets)
         {
             // Happens when a partition was revoked meanwhile; its new owner replays.
             debug!(error = %e, "Offsets not stored.");
@@ -465,5 +485,76 @@ impl StoreWriter {
         }
         backoff.succeeded();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::dead_letter::DeadLetterSink;
+    use crate::sources::kafka::SourceContext;
+
+    /// The drain with one writer stuck on an unreachable broker (its checkpoint waits for an
+    /// acknowledgement that cannot come before the deadline) and one idle: `finish` returns
+    /// at the deadline with `Deadline`, without a panic (the idle writer's handle, already
+    /// joined, is not polled again), and the consumer's only strong reference is its owner's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finish_returns_at_the_deadline_and_leaves_the_consumer_to_its_owner() {
+        let mut settings = Settings::default();
+        // Nothing listens on port 1 of loopback.
+        settings.kafka.brokers = "127.0.0.1:1".into();
+        settings.output.delivery_timeout_ms = 120_000;
+        settings.mongo.enabled = false;
+        settings.mongo.concurrent_writes = 2;
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let shutdown = CancellationToken::new();
+        let output = settings.output.build(&settings.kafka).expect("producer");
+        let sinks = Sinks {
+            dead_letters: DeadLetterSink::new(&settings.dead_letter, output.clone()),
+            output,
+            mongo: None,
+        };
+        let context = SourceContext::new(&settings.source.topic, metrics.clone());
+        let consumer = Arc::new(
+            settings
+                .source
+                .build(&settings.kafka, context)
+                .expect("consumer"),
+        );
+        let gate = Arc::new(PauseGate::new(
+            Arc::downgrade(&consumer),
+            health.clone(),
+            metrics.clone(),
+        ));
+        let writers = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, &shutdown);
+        // Partition 0's checkpoint goes to writer 0; writer 1 gets nothing.
+        let jobs = writers.jobs_for_checkpoints(vec![(0, vec![("s".into(), Some(vec![1, 2]))])]);
+        assert!(writers.queues().queue(jobs));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1);
+        let outcome = writers.finish(deadline).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(outcome, Err(StoreUnfinished::Deadline)),
+            "a write pending at the deadline is reported: {outcome:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(2),
+            "finish took {took:?} for a 1 s deadline"
+        );
+        assert_eq!(
+            Arc::strong_count(&consumer),
+            1,
+            "nothing but its owner holds the consumer after the writers are gone"
+        );
+        drop(gate);
+        drop(sinks);
+        tokio::task::spawn_blocking(move || drop(consumer))
+            .await
+            .expect("consumer closed");
     }
 }

@@ -110,17 +110,10 @@ impl JsonOut {
     #[inline(always)]
     fn float(&mut self, value: impl zmij::Float + FiniteCheck) {
         if value.finite() {
-            // zmij writes the text straight into the buffer's spare capacity: no copy out of a
-            // `zmij::Buffer` (whose reload, right after zmij's narrower stores, also stalls).
-            self.buf.reserve(zmij::BUFFER_LEN);
-            let len = self.buf.len();
-            // SAFETY: the spare capacity holds at least `BUFFER_LEN` bytes (reserved above), all
-            // `write_finite` may write; it initialises the first `written` of them, so the new
-            // length covers initialised bytes only. `value` is finite.
-            unsafe {
-                let written = zmij::write_finite(value, self.buf.as_mut_ptr().add(len));
-                self.buf.set_len(len + written);
-            }
+            push_short(
+                &mut self.buf,
+                zmij::Buffer::new().format_finite(value).as_bytes(),
+            );
         } else {
             self.buf.extend_from_slice(b"null");
         }

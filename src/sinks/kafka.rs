@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::SinkError;
-use crate::kafka::producer::DeliveryProducer;
+use crate::kafka::producer::{DeliveryProducer, producer_config};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 use crate::kafka::valid_topic_name;
 use crate::kafka::{BuildError, KafkaConfig};
@@ -112,22 +112,20 @@ impl KafkaSinkConfig {
         (self.retry_initial_ms, self.retry_max_ms)
     }
 
-    /// Builds the producer (idempotent, acks=all).
+    /// Builds the producer ([`producer_config`]: idempotent, acks=all).
     pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, BuildError> {
-        let mut config = kafka.client_config(&Default::default())?;
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", self.linger_ms.to_string())
-            .set("compression.type", self.compression.as_str())
-            .set("batch.size", self.batch_size_bytes.to_string())
-            .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
-            // The producer's own thread serves its statistics: broker reachability in real
-            // time, even while the worker loop waits on a send.
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
-        for (key, value) in &kafka.producer {
-            config.set(key, value);
-        }
+        let config = producer_config(
+            kafka,
+            &[
+                ("linger.ms", self.linger_ms.to_string()),
+                ("compression.type", self.compression.as_str().to_string()),
+                ("batch.size", self.batch_size_bytes.to_string()),
+                ("message.timeout.ms", self.delivery_timeout_ms.to_string()),
+                // The producer's own thread serves its statistics: broker reachability in
+                // real time, even while the worker loop waits on a send.
+                ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
+            ],
+        )?;
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;

@@ -326,10 +326,9 @@ async fn insert_call(
     collection: &Collection<RawDocumentBuf>,
     docs: &[RawDocumentBuf],
 ) -> Result<(), SinkError> {
-    // `insert_many_raw` (the patched driver, src/vendor/README.md) sends the documents as they
-    // are, without serialising a copy of each first.
-    let documents = docs.iter().map(|doc| doc.as_ref());
-    match collection.insert_many_raw(documents).ordered(false).await {
+    // The stock driver serialises each raw document once more on its way to the socket; a
+    // borrowing raw insert is proposed upstream (docs/upstream/README.md).
+    match collection.insert_many(docs).ordered(false).await {
         Ok(_) => Ok(()),
         Err(e) => {
             if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {

@@ -17,11 +17,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
+use specflow::shutdown::Shutdown;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use specflow::config::Settings;
 use specflow::telemetry::health::Health;
@@ -142,24 +142,24 @@ pub async fn try_send_all(
 
 /// A worker running in this process.
 pub struct RunningWorker {
-    pub token: CancellationToken,
+    pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
 pub fn spawn_worker(settings: Settings) -> RunningWorker {
-    let token = CancellationToken::new();
+    let shutdown = Shutdown::new(Duration::from_secs(settings.shutdown.drain_timeout_secs));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let handle = tokio::spawn(specflow::pipeline::run(
         settings,
         metrics.clone(),
         health.clone(),
-        token.clone(),
+        shutdown.clone(),
     ));
     RunningWorker {
-        token,
+        shutdown,
         metrics,
         health,
         handle,
@@ -168,7 +168,7 @@ pub fn spawn_worker(settings: Settings) -> RunningWorker {
 
 impl RunningWorker {
     pub async fn stop(self) {
-        self.token.cancel();
+        self.shutdown.request();
         tokio::time::timeout(Duration::from_secs(60), self.handle)
             .await
             .expect("worker stops within 60 s")

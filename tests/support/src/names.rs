@@ -74,7 +74,9 @@ pub fn plain_topic(name: &str, partitions: i32) -> NewTopic<'_> {
     NewTopic::new(name, partitions, TopicReplication::Fixed(1))
 }
 
-/// Creates `topics`; returns their names, or the first topic that could not be created.
+/// Creates `topics` and waits until the broker's metadata lists each with all its partitions
+/// led (as the worker does: a broker that has just started lists a topic a moment after it
+/// acknowledged it); returns their names, or the first topic that could not be created.
 pub async fn create_topics(
     admin: &AdminClient<DefaultClientContext>,
     topics: &[NewTopic<'_>],
@@ -87,6 +89,16 @@ pub async fn create_topics(
             Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
         }
     }
+    let wanted: Vec<_> = topics
+        .iter()
+        .map(|t| (t.name, usize::try_from(t.num_partitions).ok()))
+        .collect();
+    specflow::kafka::topics::await_listed(
+        admin.inner(),
+        &wanted,
+        specflow::kafka::topics::LISTED_WAIT,
+    )
+    .await?;
     Ok(created)
 }
 

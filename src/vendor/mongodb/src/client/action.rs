@@ -1,2 +1,0 @@
-pub(crate) mod perf;
-pub(crate) mod shutdown;

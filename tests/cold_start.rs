@@ -1,0 +1,143 @@
+//! Created means usable: a worker started against a broker that is itself starting from
+//! nothing (fresh storage, KRaft's first run) creates its topics, waits until the broker's
+//! metadata lists them, and processes a stream; several times in a row, with no failure.
+//!
+//! The broker is a private instance of `scripts/services.sh` (its own state directory and
+//! ports), started with `cold-start`, which returns as soon as the process is launched: the
+//! worker meets the broker while it boots, as the README's demo does on a fresh machine.
+
+mod common;
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const ROUNDS: usize = 3;
+const KAFKA_PORT: &str = "19392";
+const CONTROLLER_PORT: &str = "19393";
+const MONGO_PORT: &str = "19394";
+
+/// `scripts/services.sh ARGS` against the private instance.
+fn private_services(state: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
+        .args(args)
+        .env("SPECFLOW_STATE_DIR", state)
+        .env("SPECFLOW_KAFKA_PORT", KAFKA_PORT)
+        .env("SPECFLOW_KAFKA_CONTROLLER_PORT", CONTROLLER_PORT)
+        .env("SPECFLOW_MONGO_PORT", MONGO_PORT)
+        .env("SPECFLOW_KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
+        .status()
+        .expect("run scripts/services.sh");
+    assert!(status.success(), "scripts/services.sh {args:?} failed");
+}
+
+/// Stops the private broker and deletes its data, also when the test fails.
+struct PrivateBroker(PathBuf);
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
+            .arg("down")
+            .env("SPECFLOW_STATE_DIR", &self.0)
+            .env("SPECFLOW_KAFKA_PORT", KAFKA_PORT)
+            .env("SPECFLOW_KAFKA_CONTROLLER_PORT", CONTROLLER_PORT)
+            .env("SPECFLOW_MONGO_PORT", MONGO_PORT)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_and_works() {
+    let state = tempfile::tempdir().expect("state dir");
+    let _broker = PrivateBroker(state.path().to_path_buf());
+    let brokers = format!("127.0.0.1:{KAFKA_PORT}");
+    let logs = tempfile::tempdir().expect("log dir").keep();
+    eprintln!("worker logs in {}", logs.display());
+    for round in 1..=ROUNDS {
+        private_services(state.path(), &["cold-start", "kafka"]);
+        let names = Names::new(&format!("cold-{round}"));
+        let mut settings = settings(&names);
+        settings.kafka.brokers = brokers.clone();
+        settings.source.create_topics = true;
+        settings.source.topic_partitions = 3;
+        settings.mongo.enabled = false;
+        let config = logs.join(format!("round-{round}.toml"));
+        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        let log = logs.join(format!("round-{round}.log"));
+        let worker = WorkerProcess::start(&config, &log, &[]);
+        let consuming = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Consuming.")
+        };
+        let started = eventually(Duration::from_secs(120), consuming).await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            started,
+            "round {round}: the worker did not start consuming:\n{text}"
+        );
+
+        // One stream through the worker: every record it should make reaches the output topic.
+        let pcm = synthetic_pcm(round as u64, 2.0);
+        let chunks = fixed_chunks("cold-stream", &pcm, 1_600);
+        let streams = vec![("cold-stream".to_string(), chunks.clone())];
+        let expected = expected_records(&streams, &settings.dsp);
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer");
+        try_send_all(&producer, &names.input, &chunks)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: cannot send the stream: {e}"));
+        let ids = read_record_ids(&brokers, &names.output, expected.len()).await;
+        let missing: Vec<_> = expected.keys().filter(|id| !ids.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: records missing from the output topic: {missing:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        worker.terminate(Duration::from_secs(30));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.contains("does not exist") && !text.contains("Exiting with an error"),
+            "round {round}: the worker reported an error:\n{text}"
+        );
+    }
+}
+
+/// The `id`s of the records on `topic`, read from the start until `expected` arrived (or 60 s).
+async fn read_record_ids(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> std::collections::HashSet<String> {
+    use rdkafka::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("cold-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut ids = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ids.len() < expected {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let value: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record");
+                ids.insert(value["id"].as_str().expect("an id").to_string());
+            }
+            Ok(Err(e)) => panic!("consume error: {e}"),
+            Err(_) => break,
+        }
+    }
+    ids
+}

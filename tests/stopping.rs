@@ -1,0 +1,280 @@
+//! Stopping is bounded whatever the services are doing: a `specflow run` process under load
+//! gets SIGTERM while Kafka is down, while MongoDB is down, or right after Kafka restarted, and
+//! exits within `shutdown.drain_timeout_secs` plus the documented margin, with 0 (everything
+//! handed over) or 75 (work left unstored, replayed by the next owner). Once the services are
+//! back, a second worker in the same group finishes the input, and MongoDB holds every frame of
+//! every stream exactly once (the output topic every record). A second signal exits at once.
+//!
+//! These tests stop and start the shared services, so they run one at a time (a process-wide
+//! lock held for each whole test; each test has its own runtime).
+#![allow(clippy::await_holding_lock)]
+
+mod common;
+
+use common::*;
+use specflow::shutdown::{DEADLINE_MARGIN, EXIT_ABORTED, EXIT_UNFINISHED};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const STREAMS: u64 = 8;
+const SECONDS: f64 = 6.0;
+const CHUNK: usize = 1_600; // 100 ms at 16 kHz
+const PARTITIONS: i32 = 3;
+
+/// What the services are doing when the stop comes.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    KafkaDown,
+    MongoDown,
+    KafkaJustRestarted,
+}
+
+/// A worker process under real-time load, with what an uninterrupted run would store.
+struct Loaded {
+    names: Names,
+    settings: specflow::config::Settings,
+    expected: std::collections::BTreeMap<String, serde_json::Value>,
+    producer: tokio::task::JoinHandle<()>,
+    worker: specflow_test_support::WorkerProcess,
+    log: std::path::PathBuf,
+}
+
+impl Loaded {
+    /// Starts the load and a worker process with `drain_secs`, and waits until it stores.
+    async fn start(name: &str, drain_secs: u64) -> Self {
+        let names = Names::new(name);
+        create_topics(&names, PARTITIONS).await;
+        let mut settings = settings(&names);
+        settings.shutdown.drain_timeout_secs = drain_secs;
+        settings.source.batch_max_messages = 40;
+        settings.mongo.retry_max_ms = 1_000;
+        settings.output.retry_max_ms = 1_000;
+        settings.source.session_timeout_ms = 6_000;
+        settings.source.heartbeat_interval_ms = 1_000;
+        let streams: Vec<(String, Vec<Chunk>)> = (0..STREAMS)
+            .map(|i| {
+                let key = format!("mic-{i}");
+                let chunks = fixed_chunks(&key, &synthetic_pcm(i + 1, SECONDS), CHUNK);
+                (key, chunks)
+            })
+            .collect();
+        let expected = expected_records(&streams, &settings.dsp);
+        let producer =
+            spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(100));
+        let dir = tempfile::tempdir().unwrap().keep();
+        eprintln!("{name}: worker log in {}", dir.display());
+        let config = dir.join("specflow.toml");
+        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        let log = dir.join("worker.log");
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_specflow"));
+        let worker = specflow_test_support::WorkerProcess::start(
+            binary,
+            &config,
+            &log,
+            [("RUST_LOG", "info")],
+        )
+        .expect("start specflow");
+        let collection = collection(&names).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stored_frames(&collection).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker stored nothing in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self {
+            names,
+            settings,
+            expected,
+            producer,
+            worker,
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; asserts the process exits within the drain deadline plus the margin, with 0
+    /// or the documented "unfinished" code. Returns the exit code.
+    fn stop_within_bound(&mut self) -> i32 {
+        let drain = Duration::from_secs(self.settings.shutdown.drain_timeout_secs);
+        let bound = drain + DEADLINE_MARGIN;
+        let signalled = Instant::now();
+        self.worker.sigterm().expect("SIGTERM");
+        // Wait a little past the bound, so that an overrun is measured rather than cut off.
+        let status = self
+            .worker
+            .wait_within(bound + Duration::from_secs(10))
+            .expect("wait for the worker");
+        let took = signalled.elapsed();
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "the worker did not exit within {:?}:\n{}",
+                bound + Duration::from_secs(10),
+                self.log_text()
+            )
+        });
+        // One second of slack for process start-up and reaping.
+        assert!(
+            took <= bound + Duration::from_secs(1),
+            "the worker took {took:?} to exit, above drain {drain:?} + margin {DEADLINE_MARGIN:?}:\n{}",
+            self.log_text()
+        );
+        let code = status.code().unwrap_or_else(|| {
+            panic!(
+                "the worker died by a signal ({status}):\n{}",
+                self.log_text()
+            )
+        });
+        assert!(
+            code == 0 || code == i32::from(EXIT_UNFINISHED),
+            "exit code {code} after SIGTERM (0 or {EXIT_UNFINISHED} expected):\n{}",
+            self.log_text()
+        );
+        assert!(
+            !self.log_text().contains("panicked"),
+            "the worker panicked:\n{}",
+            self.log_text()
+        );
+        eprintln!("exited with {code} after {took:?}");
+        code
+    }
+
+    /// With the services back: the producer ends, a second worker finishes the input, and
+    /// MongoDB holds exactly the uninterrupted run's frames, the output topic every record.
+    async fn finish_with_second_worker(self) {
+        self.producer.await.expect("producer");
+        let second = spawn_worker(self.settings.clone());
+        let total: i64 = self
+            .expected
+            .values()
+            .map(|f| f.as_array().unwrap().len() as i64)
+            .sum();
+        let collection = collection(&self.names).await;
+        wait_for_frames(&collection, total, Duration::from_secs(180)).await;
+        assert!(
+            holds_for(Duration::from_secs(1), async || stored_frames(&collection)
+                .await
+                == total)
+            .await,
+            "more than the expected {total} frames were stored"
+        );
+        assert_mongo_equals(&collection, &self.expected).await;
+        assert_topic_has_every_record(&self.names.output, &self.expected).await;
+        second.stop().await;
+    }
+}
+
+/// Stops the worker during `outage`, then brings the services back and checks the result.
+async fn stop_during(outage: Outage, name: &str, drain_secs: u64) {
+    let mut loaded = Loaded::start(name, drain_secs).await;
+    let code = match outage {
+        Outage::KafkaDown => {
+            let kafka = tokio::task::spawn_blocking(|| StoppedService::stop("kafka"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let code = loaded.stop_within_bound();
+            tokio::task::spawn_blocking(move || kafka.start())
+                .await
+                .unwrap();
+            code
+        }
+        Outage::MongoDown => {
+            let mongo = tokio::task::spawn_blocking(|| StoppedService::stop("mongo"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let code = loaded.stop_within_bound();
+            tokio::task::spawn_blocking(move || mongo.start())
+                .await
+                .unwrap();
+            code
+        }
+        Outage::KafkaJustRestarted => {
+            tokio::task::spawn_blocking(|| services(&["restart", "kafka"]))
+                .await
+                .unwrap();
+            loaded.stop_within_bound()
+        }
+    };
+    eprintln!("{outage:?}: exit code {code}");
+    loaded.finish_with_second_worker().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_kafka_is_down_exits_within_a_short_drain() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    stop_during(Outage::KafkaDown, "stop-kafka-5", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_kafka_is_down_exits_within_the_default_drain() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let default = specflow::config::ShutdownConfig::default().drain_timeout_secs;
+    stop_during(Outage::KafkaDown, "stop-kafka-default", default).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_mongodb_is_down_exits_within_the_drain() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    stop_during(Outage::MongoDown, "stop-mongo-5", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_right_after_a_broker_restart_exits_within_the_drain() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    stop_during(Outage::KafkaJustRestarted, "stop-restarted-5", 5).await;
+}
+
+/// A second signal during a drain that would wait (Kafka down, a long deadline) exits at once
+/// with its own code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_signal_exits_at_once() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = Loaded::start("stop-twice", 60).await;
+    let kafka = tokio::task::spawn_blocking(|| StoppedService::stop("kafka"))
+        .await
+        .unwrap();
+    loaded.worker.sigterm().expect("first SIGTERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Instant::now();
+    loaded.worker.sigterm().expect("second SIGTERM");
+    let status = loaded
+        .worker
+        .wait_within(Duration::from_secs(5))
+        .expect("wait for the worker");
+    let took = second.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the worker did not exit within 5 s of a second signal:\n{}",
+            loaded.log_text()
+        )
+    });
+    // The drain would wait for the broker (its final commit, the consumer's close) until its
+    // 60 s deadline; the second signal ends it.
+    assert_eq!(
+        status.code(),
+        Some(i32::from(EXIT_ABORTED)),
+        "exit status {status} after two signals:\n{}",
+        loaded.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after the second signal"
+    );
+    assert!(
+        loaded.log_text().contains("Second stop signal"),
+        "the log says why:\n{}",
+        loaded.log_text()
+    );
+    tokio::task::spawn_blocking(move || kafka.start())
+        .await
+        .unwrap();
+    loaded.finish_with_second_worker().await;
+}
