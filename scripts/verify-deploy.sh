@@ -5,7 +5,7 @@
 #     gate);
 #   - deploy/k8s with `kubectl kustomize` (or `kustomize build`) when one of them is present.
 # The manifests' contents (ports, probes, config, KEDA trigger, gateway HPA) are checked by
-# tests/deploy.rs.
+# tests/deploy_k8s.rs, tests/deploy_systemd.rs and tests/deploy_container.rs.
 #
 # Usage: scripts/verify-deploy.sh [SPECFLOW_BINARY]
 #   SPECFLOW_BINARY defaults to target/debug/specflow. `systemd-analyze verify` fails when

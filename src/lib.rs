@@ -8,18 +8,19 @@
 //! - [`pipeline`]: the worker loop, one file per stage: `intake` (a message enters, the pending
 //!   batch, the partition tables), `recovery` (restoring an assigned partition), `compute` (the
 //!   DSP fan-out), `deliver` (records and dead letters to Kafka), `store` (MongoDB, checkpoints,
-//!   then offsets), `backpressure` (pausing and backoff), and `mod.rs` orchestrating them.
+//!   then offsets), `backpressure` (pausing and backoff), `batch` (the types the stages hand
+//!   each other, so that no stage depends on another), and `mod.rs` orchestrating them.
+//! - [`pipeline::state`]: stream state and its checkpoint: the per-partition stream table
+//!   (alignment on `audio.start_sample`, gaps, eviction), the checkpoint record and its value
+//!   format, and the compacted checkpoint topic (co-partitioned with the input): restore,
+//!   writes, checks.
 //! - [`audio`]: the input wire format: key, `audio.*` headers ([`audio::headers`]), PCM payload
 //!   → mono samples.
-//! - [`streams`]: per-partition stream table: alignment on `audio.start_sample`, gaps,
-//!   eviction, and the checkpoints each stream's state is restored from.
 //! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
 //!   YIN, pYIN, streaming per-stream state. No I/O, no async.
 //! - [`record`]: the feature record: its serde view (the definition) and the encoders that
 //!   write its JSON (Kafka) and BSON (MongoDB) straight to bytes in one walk (`record::encode`).
 //! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
-//! - [`checkpoint`]: the compacted checkpoint topic, co-partitioned with the input: its
-//!   record format, the restore of a partition and the topic checks.
 //!
 //! - [`gateway`]: `specflow gateway`, the HTTP/WebSocket front door: audio in (produced to
 //!   the input topic as the worker's own messages), stored features out (`[gateway]`).
@@ -33,13 +34,14 @@
 //!   environment; validation that lists every problem with its key.
 //! - [`validation`]: the config problem type.
 //! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
-//! - [`shutdown`]: signals and draining.
+//! - [`shutdown`]: stop requests, the drain deadline, the watchdog and the exit codes.
+//! - [`clock`]: the Unix-milliseconds wall clock.
 //!
 //! The commands besides `run` (`check`, `extract`, `produce`, `inspect`) live in the binary
 //! (`src/cli/`), not in this library.
 
 pub mod audio;
-pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod dsp;
 pub mod gateway;
@@ -50,6 +52,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod sinks;
 pub mod sources;
-pub mod streams;
 pub mod telemetry;
 pub mod validation;

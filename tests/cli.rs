@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-mod common;
+use specflow_test_support::testing as common;
 
 fn specflow(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_specflow"))
@@ -113,6 +113,42 @@ fn check_lists_every_problem_and_fails() {
         &format!("{}/configs/specflow.toml", env!("CARGO_MANIFEST_DIR")),
     ]);
     assert!(ok.status.success());
+}
+
+/// `[kafka.producer]` may tune the producers but not weaken their delivery guarantee: `check`
+/// names each key that would, and why; harmless tuning passes.
+#[test]
+fn check_rejects_producer_settings_that_weaken_the_guarantees() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weak.toml");
+    std::fs::write(
+        &config,
+        "[kafka.producer]\nacks = \"1\"\n\"enable.idempotence\" = \"false\"\n\"max.in.flight.requests.per.connection\" = \"10\"\n\"linger.ms\" = \"20\"\n",
+    )
+    .unwrap();
+    let out = specflow(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for key in [
+        "kafka.producer.\"acks\" = 1: would weaken the delivery guarantee",
+        "kafka.producer.\"enable.idempotence\" = false",
+        "kafka.producer.\"max.in.flight.requests.per.connection\" = 10",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    assert!(!stderr.contains("linger.ms"), "{stderr}");
+    let tuned = dir.path().join("tuned.toml");
+    std::fs::write(
+        &tuned,
+        "[kafka.producer]\nacks = \"all\"\n\"linger.ms\" = \"20\"\n\"max.in.flight.requests.per.connection\" = \"5\"\n",
+    )
+    .unwrap();
+    let out = specflow(&["check", "--config", tuned.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Option lines of a subcommand's `--help`: `(flag, help text)`.

@@ -6,7 +6,7 @@
 //! ports), started with `cold-start`, which returns as soon as the process is launched: the
 //! worker meets the broker while it boots, as the README's demo does on a fresh machine.
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use rdkafka::ClientConfig;
@@ -69,13 +69,18 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
         let config = logs.join(format!("round-{round}.toml"));
         std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
         let log = logs.join(format!("round-{round}.log"));
-        let worker = WorkerProcess::start(&config, &log, &[]);
+        let worker = WorkerProcess::start(
+            specflow_test_support::specflow_binary!(),
+            &config,
+            &log,
+            &[],
+        );
         let consuming = || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
                 .contains("Consuming.")
         };
-        let started = eventually(Duration::from_secs(120), consuming).await;
+        let started = eventually(Duration::from_secs(120), async || consuming()).await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             started,

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-mod common;
 use specflow::dsp::{
     DspConfig, FeatureExtractor, FeatureName, FrameBatch, MelScale, PitchMethod, WindowKind,
 };
+use specflow_test_support::testing as common;
 
 fn config_from_params(params: &Value) -> DspConfig {
     let num = |key: &str| params.get(key).and_then(Value::as_f64);

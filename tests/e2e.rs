@@ -3,7 +3,7 @@
 //! appear exactly once in MongoDB and in the output topic, with the values the offline DSP
 //! computes for the whole signal.
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use mongodb::bson::Document;
@@ -42,11 +42,9 @@ fn expected_frames(
 }
 
 fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
-    let mut reader =
-        hound::WavReader::open(reference_dir().join("signals").join(name)).expect("reference WAV");
-    let spec = reader.spec();
-    let pcm: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
-    (pcm, spec.channels, spec.sample_rate)
+    let audio = specflow::audio::wav::read_wav(&reference_dir().join("signals").join(name))
+        .expect("reference WAV");
+    (audio.pcm_s16, audio.channels, audio.sample_rate)
 }
 
 fn strip_time(mut frame: Value) -> Value {

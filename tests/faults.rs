@@ -7,7 +7,7 @@
 //! awaits cannot deadlock).
 #![allow(clippy::await_holding_lock)]
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use std::sync::Mutex;
@@ -116,7 +116,12 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let config = dir.join("specflow.toml");
     std::fs::write(&config, toml::to_string(&scenario.settings).unwrap()).unwrap();
     let log = dir.join("worker.log");
-    let mut worker = WorkerProcess::start(&config, &log, &[]);
+    let mut worker = WorkerProcess::start(
+        specflow_test_support::specflow_binary!(),
+        &config,
+        &log,
+        &[],
+    );
     let consuming = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -126,7 +131,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut seed = 0x5eed_u64;
     for started in 1..=5 {
         assert!(
-            eventually(Duration::from_secs(60), || consuming() >= started).await,
+            eventually(Duration::from_secs(60), async || consuming() >= started).await,
             "worker {started} did not start consuming"
         );
         // Then a random moment in its run: anywhere from mid-restore to mid-batch.
@@ -136,7 +141,12 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let moment = Duration::from_millis(500 + seed % 3_000);
         tokio::time::sleep(moment).await;
         worker.kill();
-        worker = WorkerProcess::start(&config, &log, &[]);
+        worker = WorkerProcess::start(
+            specflow_test_support::specflow_binary!(),
+            &config,
+            &log,
+            &[],
+        );
     }
     scenario.finish().await;
     worker.terminate(Duration::from_secs(60));
@@ -154,7 +164,7 @@ async fn rebalance_one_to_three_to_two_instances() {
     let settings = scenario.settings.clone();
     let first = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(30), || first
+        eventually(Duration::from_secs(30), async || first
             .metrics
             .records_produced_total
             .get()
@@ -165,7 +175,7 @@ async fn rebalance_one_to_three_to_two_instances() {
     let second = spawn_worker(settings.clone());
     let third = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(60), || [&first, &second, &third]
+        eventually(Duration::from_secs(60), async || [&first, &second, &third]
             .iter()
             .all(|w| w.metrics.assigned_partitions.get() > 0))
         .await,
@@ -196,7 +206,7 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     let names = &scenario.names;
     let worker = spawn_worker(scenario.settings.clone());
     assert!(
-        eventually(Duration::from_secs(30), || worker
+        eventually(Duration::from_secs(30), async || worker
             .metrics
             .mongo_documents_written_total
             .get()
@@ -213,7 +223,10 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
     // Not ready once a write or the worker's MongoDB ping has failed (after the driver's
     // server-selection timeout), even when no record is waiting.
     assert!(
-        eventually(Duration::from_secs(15), || worker.health.readiness().status
+        eventually(Duration::from_secs(15), async || worker
+            .health
+            .readiness()
+            .status
             == "fail")
         .await,
         "not ready while MongoDB is down"
@@ -244,7 +257,7 @@ async fn broker_restart_mid_run() {
     let scenario = Scenario::start("broker", Duration::from_millis(80)).await;
     let worker = spawn_worker(scenario.settings.clone());
     assert!(
-        eventually(Duration::from_secs(30), || worker
+        eventually(Duration::from_secs(30), async || worker
             .metrics
             .records_produced_total
             .get()
@@ -277,7 +290,7 @@ async fn broker_restart_mid_run() {
             .contains(&"kafka unreachable")
     };
     assert!(
-        eventually(Duration::from_secs(60), || !unreachable()).await,
+        eventually(Duration::from_secs(60), async || !unreachable()).await,
         "the worker saw the broker come back"
     );
     watcher.abort();
@@ -298,7 +311,7 @@ async fn new_owner_restores_while_mongodb_is_down() {
     let scenario = Scenario::start("takeover", Duration::from_millis(150)).await;
     let first = spawn_worker(scenario.settings.clone());
     assert!(
-        eventually(Duration::from_secs(30), || first
+        eventually(Duration::from_secs(30), async || first
             .metrics
             .checkpoints_written_total
             .get()
@@ -317,7 +330,7 @@ async fn new_owner_restores_while_mongodb_is_down() {
     let second = spawn_worker(scenario.settings.clone());
     let assigned_by = Instant::now();
     assert!(
-        eventually(Duration::from_secs(30), || second
+        eventually(Duration::from_secs(30), async || second
             .metrics
             .restore_seconds
             .get_sample_count()

@@ -2,37 +2,33 @@
 //! (`/metrics` counters agree with what was produced; `/healthz`, `/readyz`), and secrets never
 //! reaching logs, errors, `/metrics` or `check --print`.
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not logged within {timeout:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until `log` contains `needle`; its text then.
+async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
+    let mut text = String::new();
+    let logged = eventually(timeout, async || {
+        text = std::fs::read_to_string(log).unwrap_or_default();
+        text.contains(needle)
+    })
+    .await;
+    assert!(logged, "{needle:?} not logged within {timeout:?}:\n{text}");
+    text
 }
 
 /// GETs `path` until it answers 200 or `timeout` passes; the last answer.
 async fn get_until_ok(address: &str, path: &str, timeout: Duration) -> (u16, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = http_get(address, path).await;
-        if status == 200 || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut answer = (0, String::new());
+    eventually(timeout, async || {
+        answer = http_get(address, path).await;
+        answer.0 == 200
+    })
+    .await;
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,8 +43,13 @@ async fn metrics_and_health_follow_the_work() {
     let config = dir.path().join("specflow.toml");
     std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
     let log = dir.path().join("worker.log");
-    let child = WorkerProcess::start(&config, &log, &[]);
-    let text = wait_for_log(&log, "HTTP endpoint listening", Duration::from_secs(60));
+    let child = WorkerProcess::start(
+        specflow_test_support::specflow_binary!(),
+        &config,
+        &log,
+        &[],
+    );
+    let text = wait_for_log(&log, "HTTP endpoint listening", Duration::from_secs(60)).await;
     let line = text
         .lines()
         .find(|l| l.contains("HTTP endpoint listening"))
@@ -89,21 +90,16 @@ async fn metrics_and_health_follow_the_work() {
     let collection = collection(&names).await;
     wait_for_frames(&collection, frames, Duration::from_secs(120)).await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        let (status, body) = http_get(&address, "/metrics").await;
+    let mut body = String::new();
+    let caught_up = eventually(Duration::from_secs(30), async || {
+        let (status, text) = http_get(&address, "/metrics").await;
         assert_eq!(status, 200);
-        if metric(&body, "specflow_dead_letters_total") >= 1.0
+        body = text;
+        metric(&body, "specflow_dead_letters_total") >= 1.0
             && metric(&body, "specflow_records_produced_total") >= expected.len() as f64
-        {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics did not catch up:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
+    assert!(caught_up, "metrics did not catch up:\n{body}");
     assert_eq!(
         metric(&body, "specflow_messages_consumed_total"),
         (produced + 1) as f64
@@ -138,20 +134,14 @@ async fn metrics_and_health_follow_the_work() {
     assert_eq!(status, 200, "readyz: {body}");
 
     // Consumer lag comes from librdkafka statistics (every 5 s): it settles at zero.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = http_get(&address, "/metrics").await;
-        if body.contains("specflow_consumer_lag{partition=\"0\"} 0")
+    let mut body = String::new();
+    let settled = eventually(Duration::from_secs(20), async || {
+        body = http_get(&address, "/metrics").await.1;
+        body.contains("specflow_consumer_lag{partition=\"0\"} 0")
             && body.contains("specflow_consumer_lag{partition=\"1\"} 0")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer lag not reported as 0:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
+    assert!(settled, "consumer lag not reported as 0:\n{body}");
     child.terminate(Duration::from_secs(60));
 }
 
@@ -198,8 +188,13 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
 
     // MongoDB on port 1 is unreachable: the worker logs connection errors that carry the URI's host.
     let log = dir.path().join("worker.log");
-    let child = WorkerProcess::start(&config, &log, &env);
-    let text = wait_for_log(&log, "MongoDB not reachable yet", Duration::from_secs(60));
+    let child = WorkerProcess::start(
+        specflow_test_support::specflow_binary!(),
+        &config,
+        &log,
+        &env,
+    );
+    let text = wait_for_log(&log, "MongoDB not reachable yet", Duration::from_secs(60)).await;
     let line = text
         .lines()
         .find(|l| l.contains("HTTP endpoint listening"))
@@ -252,7 +247,7 @@ async fn the_output_producer_reports_each_delivery_and_its_thread_ends_with_the_
     let thread = sink.producer().thread_name().to_string();
     let running = || thread_names().contains(&thread);
     // The thread names itself once it starts.
-    let started = eventually(Duration::from_secs(5), running).await;
+    let started = eventually(Duration::from_secs(5), async || running()).await;
     assert!(started, "{thread} not among {:?}", thread_names());
 
     // Each acknowledgement names where the message went: partition 0, consecutive offsets.
@@ -277,10 +272,12 @@ async fn the_output_producer_reports_each_delivery_and_its_thread_ends_with_the_
     // A clone shares the thread; dropping every handle ends it within its one-second poll.
     let clone = sink.clone();
     drop(sink);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(running(), "{thread} ended while a clone was alive");
+    assert!(
+        holds_for(Duration::from_millis(1_500), async || running()).await,
+        "{thread} ended while a clone was alive"
+    );
     drop(clone);
-    let ended = eventually(Duration::from_secs(10), || !running()).await;
+    let ended = eventually(Duration::from_secs(10), async || !running()).await;
     assert!(
         ended,
         "{thread} outlived its producer: {:?}",

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use specflow::dsp::pyin::{PitchDecision, Pyin, PyinDecoder, decode_offline};
 use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
 
-mod common;
+use specflow_test_support::testing as common;
 
 struct Reference {
     name: String,

@@ -6,7 +6,7 @@
 //! must hold exactly what one uninterrupted run wrote, whatever X is: ragged, a re-sent first
 //! chunk, or a dead letter of any reason.
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -224,7 +224,7 @@ async fn replay_after_a_bad_or_resent_chunk_stores_nothing_twice() {
             .all(|o| *o == 4)
     };
     assert!(
-        eventually(Duration::from_secs(30), all_committed).await,
+        eventually(Duration::from_secs(30), async || all_committed()).await,
         "every partition committed through its last message: {:?}",
         committed_offsets(&names.group, &names.input, partitions)
     );
@@ -235,7 +235,7 @@ async fn replay_after_a_bad_or_resent_chunk_stores_nothing_twice() {
     rewind(&names, partitions, 1);
     let worker = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(60), all_committed).await,
+        eventually(Duration::from_secs(60), async || all_committed()).await,
         "the replay was consumed"
     );
     let replayed = worker.metrics.messages_replayed_total.get();
@@ -312,7 +312,7 @@ async fn kafka_only_mode_needs_no_mongodb() {
 
     let worker = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(60), all_committed).await,
+        eventually(Duration::from_secs(60), async || all_committed()).await,
         "consumed"
     );
     assert_eq!(worker.metrics.mongo_documents_written_total.get(), 0);
@@ -321,7 +321,7 @@ async fn kafka_only_mode_needs_no_mongodb() {
     rewind(&names, 2, 0);
     let worker = spawn_worker(settings.clone());
     assert!(
-        eventually(Duration::from_secs(60), all_committed).await,
+        eventually(Duration::from_secs(60), async || all_committed()).await,
         "replayed"
     );
     assert_eq!(

@@ -9,7 +9,7 @@
 //! lock held for each whole test; each test has its own runtime).
 #![allow(clippy::await_holding_lock)]
 
-mod common;
+use specflow_test_support::testing as common;
 
 use common::*;
 use specflow::shutdown::{DEADLINE_MARGIN, EXIT_ABORTED, EXIT_UNFINISHED};
@@ -77,14 +77,13 @@ impl Loaded {
         )
         .expect("start specflow");
         let collection = collection(&names).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stored_frames(&collection).await == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the worker stored nothing in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        assert!(
+            eventually(Duration::from_secs(60), async || stored_frames(&collection)
+                .await
+                > 0)
+            .await,
+            "the worker stored nothing in 60 s"
+        );
         Self {
             names,
             settings,

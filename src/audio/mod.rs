@@ -6,6 +6,7 @@
 //! names exactly what was wrong (it becomes the dead-letter `error` header).
 
 pub mod headers;
+pub mod wav;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::wav::{WavError, read_wav};
+use specflow::audio::wav::{WavError, read_wav};
 use specflow::dsp::{DspConfig, DspError, FeatureExtractor, FrameBatch};
 
 /// Why extraction failed.

@@ -6,7 +6,6 @@ pub mod extract;
 pub mod inspect;
 pub mod loadtest;
 pub mod produce;
-pub mod wav;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,12 +7,12 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::info;
 
-use super::wav::read_wav;
 use specflow::audio::SampleFormat;
 use specflow::audio::headers::ChunkHeaders;
+use specflow::audio::wav::read_wav;
 use specflow::config::Settings;
 use specflow::kafka::producer::{owned_headers, producer_config};
 use specflow::kafka::topics::{LISTED_WAIT, await_listed};
@@ -142,11 +142,7 @@ fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) ->
     stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
 }
 
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(super) use specflow::clock::unix_ms as now_ms;
 
 /// Sends the streams and waits for every acknowledgement.
 pub async fn produce(

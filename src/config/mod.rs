@@ -8,16 +8,15 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::audio::InputConfig;
-use crate::checkpoint::CheckpointConfig;
 use crate::dsp::DspConfig;
-use crate::gateway::GatewayConfig;
+use crate::gateway::config::GatewayConfig;
 use crate::kafka::KafkaConfig;
+use crate::pipeline::state::config::{CheckpointConfig, StreamsConfig};
 use crate::secret;
 use crate::sinks::dead_letter::DeadLetterConfig;
 use crate::sinks::kafka::KafkaSinkConfig;
 use crate::sinks::mongo::MongoSinkConfig;
 use crate::sources::kafka::KafkaSourceConfig;
-use crate::streams::StreamsConfig;
 use crate::telemetry::LogConfig;
 use crate::telemetry::http::HttpConfig;
 use crate::validation::Problem;

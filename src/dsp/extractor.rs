@@ -2,10 +2,10 @@
 
 use rustfft::FftPlanner;
 
-use super::DspError;
 use super::batch::{BatchLayout, FrameBatch};
 use super::chroma::{ChromaFilterBank, N_CHROMA};
 use super::config::{DspConfig, PitchMethod};
+use super::error::DspError;
 use super::feature_table::{FeatureName, N_FEATURES, Needs};
 use super::features::{self, BandBins};
 use super::kernels::{Avx2, Kernels, Portable};

@@ -4,16 +4,13 @@
 //! configuration and output records), its width (values per frame) and what it needs computed
 //! first (the spectrum, a filter bank, the pitch tracker, the previous frame's spectrum, …).
 //! Everything else derives from it: [`FeatureName::ALL`], names and parsing, scalar / vector
-//! storage slots of [`FrameBatch`](super::FrameBatch), vector widths, and which plans and
-//! buffers [`FeatureExtractor`](super::FeatureExtractor) builds.
+//! storage slots of `FrameBatch`, vector widths, and which plans and buffers
+//! `FeatureExtractor` builds.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-
-use super::chroma::N_CHROMA;
-use super::config::DspConfig;
 
 /// A feature specflow can compute for each frame. `feature as usize` is its row in
 /// [`FEATURES`].
@@ -49,7 +46,8 @@ pub enum FeatureName {
     LoudnessDbfs,
 }
 
-/// How many values a feature has per frame.
+/// How many values a feature has per frame; `Width::resolve` (defined in `config`, next to
+/// `DspConfig`) gives the count under a configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Width {
     /// One value per frame (a scalar feature).
@@ -58,7 +56,7 @@ pub enum Width {
     NMels,
     /// `dsp.n_mfcc` values.
     NMfcc,
-    /// One value per pitch class ([`N_CHROMA`]).
+    /// One value per pitch class ([`N_CHROMA`](super::chroma::N_CHROMA)).
     Chroma,
     /// One value per configured band (`dsp.bands`).
     Bands,
@@ -68,17 +66,6 @@ impl Width {
     /// True for a vector feature (anything but [`Width::One`]).
     pub const fn is_vector(self) -> bool {
         !matches!(self, Width::One)
-    }
-
-    /// The number of values per frame under `config`.
-    pub fn resolve(self, config: &DspConfig) -> usize {
-        match self {
-            Width::One => 1,
-            Width::NMels => config.n_mels,
-            Width::NMfcc => config.n_mfcc,
-            Width::Chroma => N_CHROMA,
-            Width::Bands => config.bands.len(),
-        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! - **spectral_flux** = `sqrt(sum_k max(S_t[k] - S_{t-1}[k], 0)^2)`: the L2 norm of the
 //!   half-wave rectified magnitude increase since the previous frame of the same stream (so
 //!   energy appearing counts, energy fading does not). The first frame of a stream, and the first
-//!   after [`StreamState::reset`](super::StreamState::reset), has flux 0.
+//!   after `StreamState::reset`, has flux 0.
 //! - **dominant_frequency**: `k*` = the first bin with the largest `S[k]` among `k >= 1` (DC is
 //!   ignored), refined by fitting a parabola through the *natural log* magnitudes of bins
 //!   `k*-1, k*, k*+1`: `f = (k* + p) * sr / N` with `p = (a - c) / (2 (a - 2b + c))`,
@@ -25,90 +25,13 @@
 //! - **loudness_dbfs** = `20 * log10(max(rms, 1e-10))`: full-scale square wave (±1) 0 dBFS,
 //!   full-scale sine -3.01 dBFS, digital silence -200 dBFS.
 
+/// The portable lane kernels the formulas below build on, defined in
+/// [`super::kernels::portable`] and re-exported here under their original paths.
+pub use super::kernels::portable::{
+    dot, dot_f32, reduce_lanes, square_deviation, sum, sum_squares,
+};
+
 use super::kernels::Kernels;
-
-/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`: the one order in which every eight-lane
-/// kernel here (and its AVX2 twin in [`super::kernels`]) adds up its lanes.
-#[inline(always)]
-pub fn reduce_lanes<T: Copy + std::ops::Add<Output = T>>(lanes: [T; 8]) -> T {
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-}
-
-/// Dot product with eight independent partial sums (vectorisable; a fixed summation order).
-#[inline(always)]
-pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let len = a.len().min(b.len());
-    let (a, b) = (&a[..len], &b[..len]);
-    let mut lanes = [0.0f64; 8];
-    let mut a_chunks = a.chunks_exact(8);
-    let mut b_chunks = b.chunks_exact(8);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for lane in 0..8 {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    reduce_lanes(lanes) + dot_tail(a_chunks.remainder(), b_chunks.remainder())
-}
-
-/// The scalar part of [`dot`] after its lanes (shared with the AVX2 kernel).
-#[inline(always)]
-pub(crate) fn dot_tail(a: &[f64], b: &[f64]) -> f64 {
-    let mut tail = 0.0;
-    for (x, y) in a.iter().zip(b) {
-        tail += x * y;
-    }
-    tail
-}
-
-/// f32 dot product with sixteen independent partial sums (vectorisable; a fixed summation order).
-#[inline(always)]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let len = a.len().min(b.len());
-    let (a, b) = (&a[..len], &b[..len]);
-    let mut lanes = [0.0f32; 16];
-    let mut a_chunks = a.chunks_exact(16);
-    let mut b_chunks = b.chunks_exact(16);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for lane in 0..16 {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    let mut half = [0.0f32; 8];
-    for lane in 0..8 {
-        half[lane] = lanes[lane] + lanes[lane + 8];
-    }
-    reduce_lanes(half) + dot_tail_f32(a_chunks.remainder(), b_chunks.remainder())
-}
-
-/// The scalar part of [`dot_f32`] after its lanes (shared with the AVX2 kernel).
-#[inline(always)]
-pub(crate) fn dot_tail_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut tail = 0.0;
-    for (x, y) in a.iter().zip(b) {
-        tail += x * y;
-    }
-    tail
-}
-
-/// Sum with eight independent partial sums (vectorisable; a fixed summation order).
-#[inline(always)]
-pub fn sum(values: &[f64]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let mut chunks = values.chunks_exact(8);
-    for x in &mut chunks {
-        for lane in 0..8 {
-            lanes[lane] += x[lane];
-        }
-    }
-    reduce_lanes(lanes) + sum_tail(chunks.remainder())
-}
-
-/// The scalar part of [`sum`] after its lanes (shared with the AVX2 kernel).
-#[inline(always)]
-pub(crate) fn sum_tail(values: &[f64]) -> f64 {
-    values.iter().sum()
-}
 
 /// Natural logarithm of a positive normal `x` (branch-free, vectorisable), accurate to ~1e-15
 /// relative: `x = m * 2^e` with `m` in `[sqrt(1/2), sqrt(2))`, `ln m = 2 atanh(s)`,
@@ -155,26 +78,6 @@ pub fn rms_of_sum_squares(total: f64, len: usize) -> f64 {
         return 0.0;
     }
     (total / len as f64).sqrt()
-}
-
-/// `sum_i x[i]^2` in f64, with eight independent partial sums (vectorisable; a fixed order).
-#[inline(always)]
-pub fn sum_squares(x: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for x in &mut chunks {
-        for lane in 0..8 {
-            let v = f64::from(x[lane]);
-            lanes[lane] += v * v;
-        }
-    }
-    reduce_lanes(lanes) + sum_squares_tail(chunks.remainder())
-}
-
-/// The scalar part of [`sum_squares`] after its lanes (shared with the AVX2 kernel).
-#[inline(always)]
-pub(crate) fn sum_squares_tail(x: &[f32]) -> f64 {
-    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
 }
 
 /// Zero-crossing rate as `librosa.feature.zero_crossing_rate(y, center=False)`: the fraction of
@@ -234,32 +137,6 @@ pub fn bandwidth_from_spread(spread: f64, total: f64) -> f64 {
         total
     };
     (spread / norm).sqrt()
-}
-
-/// `sum_k s[k] (f[k] - centre)^2` with eight independent partial sums (a fixed order).
-#[inline(always)]
-pub fn square_deviation(magnitude: &[f64], freqs: &[f64], centre: f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let mut s_chunks = magnitude.chunks_exact(8);
-    let mut f_chunks = freqs.chunks_exact(8);
-    for (s, f) in (&mut s_chunks).zip(&mut f_chunks) {
-        for lane in 0..8 {
-            let deviation = f[lane] - centre;
-            lanes[lane] += s[lane] * deviation * deviation;
-        }
-    }
-    reduce_lanes(lanes) + square_deviation_tail(s_chunks.remainder(), f_chunks.remainder(), centre)
-}
-
-/// The scalar part of [`square_deviation`] after its lanes (shared with the AVX2 kernel).
-#[inline(always)]
-pub(crate) fn square_deviation_tail(magnitude: &[f64], freqs: &[f64], centre: f64) -> f64 {
-    let mut tail = 0.0;
-    for (s, f) in magnitude.iter().zip(freqs) {
-        let deviation = f - centre;
-        tail += s * deviation * deviation;
-    }
-    tail
 }
 
 /// The centre frequency of the lowest bin at which the cumulative magnitude reaches

@@ -1,5 +1,5 @@
-//! Per-stream carry state between calls to [`FeatureExtractor::process`](super::FeatureExtractor::process),
-//! and its plain-data [`StreamSnapshot`] (what a checkpoint stores to restore a stream exactly).
+//! Per-stream carry state between calls to `FeatureExtractor::process`, and its plain-data
+//! [`StreamSnapshot`] (what a checkpoint stores to restore a stream exactly).
 
 use serde::{Deserialize, Serialize};
 
@@ -104,8 +104,7 @@ impl StreamState {
     }
 
     /// Everything this state holds, as plain data. Restoring it with
-    /// [`FeatureExtractor::restore_stream`](super::FeatureExtractor::restore_stream) continues the
-    /// stream bit for bit.
+    /// `FeatureExtractor::restore_stream` continues the stream bit for bit.
     pub fn snapshot(&self) -> StreamSnapshot {
         StreamSnapshot {
             frame_length: self.frame_length as u32,

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::audio::DecodeError;
+use crate::audio::wav::WavDecodeError;
 
 /// A refused request: the status, a short machine-readable reason and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,13 @@ impl From<DecodeError> for ApiError {
     /// The decoder's own checks: the worker would dead-letter this message, so it is refused.
     fn from(error: DecodeError) -> Self {
         Self::bad_request(error.reason(), error.to_string())
+    }
+}
+
+impl From<WavDecodeError> for ApiError {
+    /// A WAV body that cannot be decoded: `400 bad_wav`, with the reader's reason.
+    fn from(error: WavDecodeError) -> Self {
+        Self::bad_request("bad_wav", error.to_string())
     }
 }
 

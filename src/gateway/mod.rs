@@ -6,15 +6,23 @@
 //! answered `202` only once the broker acknowledged every chunk (`acks=all`). Stored features
 //! go out over `GET /v1/streams/{id}/features`, read from MongoDB.
 //!
-//! One file per concern: [`ingest`] (validation, splitting, producing), [`ws`] (the WebSocket
-//! session), [`features`] (the MongoDB read), [`auth`] (bearer tokens), [`metrics`] (the
-//! gateway's own Prometheus registry) and [`error`] (refusals as JSON).
+//! One file per concern: [`config`] (`[gateway]` settings), [`chunks`] (splitting and checking
+//! PCM), [`producer`] (producing to Kafka), [`ingest`] (the `POST` route), [`ws`] (the
+//! WebSocket session), [`features`] (the MongoDB read), [`auth`] and [`digest`] (bearer
+//! tokens), [`metrics`] (the gateway's own Prometheus registry) and [`error`] (refusals as
+//! JSON). This file holds the router, [`bind`], [`serve`] and the health routes. The leaves
+//! (`config`, `digest`, `error`, `chunks`, `metrics`) use no other gateway file that uses the
+//! settings tree, so [`crate::config`] can use [`config`] without an import circle.
 
 pub mod auth;
+pub mod chunks;
+pub mod config;
+pub mod digest;
 pub mod error;
 pub mod features;
 pub mod ingest;
 pub mod metrics;
+pub mod producer;
 pub mod ws;
 
 use anyhow::Context as _;
@@ -24,170 +32,21 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Deserializer, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Settings;
 use crate::telemetry::health::HealthReport;
-use crate::validation::Problem;
 use auth::TokenHashes;
-use ingest::ChunkProducer;
 use metrics::GatewayMetrics;
+use producer::ChunkProducer;
 
-/// `[gateway]`: the HTTP front door (`specflow gateway`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GatewayConfig {
-    /// Listen address. Loopback by default; any other address needs `tokens`.
-    pub address: String,
-    /// Largest accepted request body, in bytes (larger: `413`).
-    pub max_body_bytes: usize,
-    /// Largest chunk produced to Kafka, in bytes of PCM; a larger body is split, in order,
-    /// with `audio.start_sample` advancing. `input.max_message_bytes` caps it (the smaller of
-    /// the two is used); keep it below the broker's `message.max.bytes` (1 MB by default).
-    pub max_chunk_bytes: usize,
-    /// SHA-256 digests (64 hex digits) of the accepted bearer tokens. Empty: no token needed,
-    /// which is allowed only on a loopback `address`. In the environment:
-    /// `SPECFLOW__GATEWAY__TOKENS=<hex>,<hex>`.
-    #[serde(alias = "token_sha256", deserialize_with = "list_or_comma_separated")]
-    pub tokens: Vec<String>,
-    /// How long a chunk may wait for the broker's acknowledgement, in milliseconds, before the
-    /// request fails with `503` (the producer's `message.timeout.ms`).
-    pub delivery_timeout_ms: u64,
-    /// Producer queue bound, in kilobytes (`queue.buffering.max.kbytes`): when it is full,
-    /// requests are refused with `429` instead of buffered.
-    pub queue_max_kbytes: u64,
-    /// Producer `linger.ms`.
-    pub linger_ms: u64,
-    /// `Retry-After` of `429` and `503` answers, in seconds.
-    pub retry_after_secs: u64,
-    /// Most frames in one page of the features endpoint (larger `limit`s are clamped).
-    pub max_page_frames: usize,
-    /// How often a WebSocket session reports its durable sample count, in milliseconds.
-    pub ws_ack_interval_ms: u64,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            address: "127.0.0.1:8080".into(),
-            max_body_bytes: 64 * 1024 * 1024,
-            max_chunk_bytes: 256 * 1024,
-            tokens: Vec::new(),
-            delivery_timeout_ms: 10_000,
-            queue_max_kbytes: 65_536,
-            linger_ms: 2,
-            retry_after_secs: 1,
-            max_page_frames: 1_000,
-            ws_ack_interval_ms: 500,
-        }
-    }
-}
-
-fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrString {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match ListOrString::deserialize(d)? {
-        ListOrString::List(list) => list,
-        ListOrString::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
-}
-
-impl GatewayConfig {
-    /// The chunk size bodies are split at: `max_chunk_bytes`, capped by
-    /// `input.max_message_bytes` (what the worker accepts).
-    pub fn chunk_bytes(&self, input: &crate::audio::InputConfig) -> usize {
-        self.max_chunk_bytes.min(input.max_message_bytes)
-    }
-
-    /// Every problem with these settings.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        match self.address.parse::<SocketAddr>() {
-            Err(_) => problems.push(Problem::new(
-                "gateway.address",
-                &self.address,
-                "must be ip:port, e.g. 127.0.0.1:8080",
-            )),
-            Ok(address) if !address.ip().is_loopback() && self.tokens.is_empty() => {
-                problems.push(Problem::new(
-                    "gateway.tokens",
-                    "[]",
-                    format!(
-                        "must list at least one token digest when gateway.address ({}) is not loopback",
-                        self.address
-                    ),
-                ))
-            }
-            Ok(_) => {}
-        }
-        for digest in &self.tokens {
-            if auth::parse_digest(digest).is_none() {
-                problems.push(Problem::new(
-                    "gateway.tokens",
-                    auth::redact_digest(digest),
-                    "must be a SHA-256 digest: 64 hex digits (sha256sum of the token)",
-                ));
-            }
-        }
-        if self.max_chunk_bytes < 8 {
-            problems.push(Problem::new(
-                "gateway.max_chunk_bytes",
-                self.max_chunk_bytes,
-                "must be at least 8",
-            ));
-        }
-        if self.max_body_bytes == 0 {
-            problems.push(Problem::new(
-                "gateway.max_body_bytes",
-                0,
-                "must be at least 1",
-            ));
-        }
-        if self.delivery_timeout_ms < 1000 {
-            problems.push(Problem::new(
-                "gateway.delivery_timeout_ms",
-                self.delivery_timeout_ms,
-                "must be at least 1000",
-            ));
-        }
-        if self.queue_max_kbytes == 0 {
-            problems.push(Problem::new(
-                "gateway.queue_max_kbytes",
-                0,
-                "must be at least 1",
-            ));
-        }
-        if self.max_page_frames == 0 {
-            problems.push(Problem::new(
-                "gateway.max_page_frames",
-                0,
-                "must be at least 1",
-            ));
-        }
-        if self.ws_ack_interval_ms == 0 {
-            problems.push(Problem::new(
-                "gateway.ws_ack_interval_ms",
-                0,
-                "must be at least 1",
-            ));
-        }
-        problems
-    }
-}
+/// `[gateway]`, also at its old path (defined in [`config`]).
+pub use config::GatewayConfig;
 
 /// What every handler shares.
 pub(crate) struct Gateway {
@@ -198,8 +57,8 @@ pub(crate) struct Gateway {
     pub(crate) metrics: GatewayMetrics,
     /// Cancelled when the server stops: WebSocket sessions settle and close.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
-    /// One clone per open WebSocket session: the server waits for them before it returns.
-    pub(crate) sessions: Arc<()>,
+    /// Tracks every open WebSocket session: the server waits for them before it returns.
+    pub(crate) sessions: TaskTracker,
 }
 
 type Shared = Arc<Gateway>;
@@ -240,7 +99,7 @@ where
         tokens,
         metrics: GatewayMetrics::new(),
         stopping: tokio_util::sync::CancellationToken::new(),
-        sessions: Arc::new(()),
+        sessions: TaskTracker::new(),
     });
     let api = Router::new()
         .route("/v1/streams/{stream_id}/chunks", post(ingest::post_chunks))
@@ -277,12 +136,10 @@ where
             .context("gateway HTTP server")?;
         // Sessions run in tasks of their own, which the HTTP server does not wait for: let them
         // settle (their chunks acknowledged, `shutting_down` sent) before the producer flushes.
-        let deadline = Instant::now()
-            + std::time::Duration::from_millis(gateway.settings.gateway.delivery_timeout_ms)
-            + std::time::Duration::from_secs(2);
-        while Arc::strong_count(&gateway.sessions) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let settle = Duration::from_millis(gateway.settings.gateway.delivery_timeout_ms)
+            + Duration::from_secs(2);
+        gateway.sessions.close();
+        let _ = tokio::time::timeout(settle, gateway.sessions.wait()).await;
         gateway.producer.flush().await;
         if let Some(store) = &gateway.features {
             store.clone().shutdown().await;
@@ -294,9 +151,8 @@ where
 
 /// `specflow gateway`: serves until SIGTERM/SIGINT, then finishes open requests and exits.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = crate::shutdown::Shutdown::new(std::time::Duration::from_secs(
-        settings.shutdown.drain_timeout_secs,
-    ));
+    let shutdown =
+        crate::shutdown::Shutdown::new(Duration::from_secs(settings.shutdown.drain_timeout_secs));
     shutdown.install_signal_handlers();
     let stop = shutdown.clone();
     let (address, server) = bind(settings, async move { stop.requested().await }).await?;
@@ -355,42 +211,6 @@ async fn readyz(State(gateway): State<Shared>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_loopback_needs_no_token() {
-        assert!(GatewayConfig::default().validate().is_empty());
-    }
-
-    #[test]
-    fn a_public_address_needs_a_token_and_digests_are_checked() {
-        let open = GatewayConfig {
-            address: "0.0.0.0:8080".into(),
-            ..GatewayConfig::default()
-        };
-        let problems: Vec<String> = open.validate().iter().map(|p| p.to_string()).collect();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("gateway.tokens"), "{problems:?}");
-        let bad_digest = GatewayConfig {
-            tokens: vec!["abc".into()],
-            max_chunk_bytes: 4,
-            ..GatewayConfig::default()
-        };
-        let problems: Vec<String> = bad_digest
-            .validate()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        assert!(
-            problems.iter().any(|p| p.contains("64 hex digits")),
-            "{problems:?}"
-        );
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("gateway.max_chunk_bytes")),
-            "{problems:?}"
-        );
-    }
 
     #[test]
     fn token_digests_come_from_a_list_or_a_comma_separated_string() {

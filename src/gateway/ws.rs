@@ -30,9 +30,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Shared;
+use super::chunks::{BodyPlace, PcmLayout, plan_chunks, raw_layout};
 use super::error::ApiError;
-use super::ingest::{BodyPlace, Delivered, PcmLayout, now_ms, plan_chunks};
+use super::producer::Delivered;
 use crate::audio::decode_stream_id;
+use crate::clock::unix_ms as now_ms;
 
 /// The session's first (text) message (other fields are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -114,11 +116,12 @@ pub(super) async fn upgrade(
         None
     };
     let max_message = gateway.settings.gateway.max_body_bytes;
-    let open = gateway.sessions.clone();
+    // Tracked from here to the session's end: the server waits for it before it returns.
+    let tracked = gateway.sessions.token();
     Ok(ws
         .max_message_size(max_message)
         .on_upgrade(move |socket| async move {
-            let _open = open;
+            let _tracked = tracked;
             gateway.metrics.websocket_sessions.inc();
             let mut session = Session {
                 gateway: gateway.clone(),
@@ -147,7 +150,7 @@ fn position_of(
 ) -> Result<Position, ApiError> {
     let rate = format.sample_rate.map(|r| r.to_string());
     let channels = format.channels.map(|c| c.to_string());
-    let layout = super::ingest::raw_layout(
+    let layout = raw_layout(
         &gateway.settings.input,
         stream_id,
         format.format.as_deref(),

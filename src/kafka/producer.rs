@@ -8,18 +8,15 @@
 //! [`DeliveryProducer`] polls with one-second deadlines instead, which leaves that spin at a
 //! millisecond per second, and otherwise behaves as `FutureProducer::send`.
 //!
-//! [`DeliveryProducer::send_in_place`] hands librdkafka a payload without the copy
-//! `BaseProducer::send` makes of every message: the message's delivery opaque holds a reference
-//! to the payload, so it stays alive until librdkafka reports the delivery.
+//! Messages go through rdkafka's safe `BaseProducer::send` (librdkafka copies each payload). A
+//! zero-copy send through `rd_kafka_producev` was tried (round 10, benches/README.md); it was
+//! not measured to save 5% of the worker's CPU on its own, so the safe API stays.
 
-use std::ffi::{CStr, c_int, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rdkafka::ClientContext;
-use rdkafka::bindings::{rd_kafka_producev, rd_kafka_resp_err_t, rd_kafka_vtype_t};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, ToBytes};
@@ -73,14 +70,16 @@ pub fn producer_config(
 pub fn weakened_guarantee(key: &str, value: &str) -> Option<String> {
     let value = value.trim();
     match key {
-        "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => Some(format!(
-            "would weaken the delivery guarantee: specflow's producers always wait for every in-sync replica (acks=all); remove it or set \"all\""
-        )),
+        "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => Some(
+            "would weaken the delivery guarantee: specflow's producers always wait for every in-sync replica (acks=all); remove it or set \"all\"".to_string(),
+        ),
         "enable.idempotence" if !value.eq_ignore_ascii_case("true") => Some(
             "would allow duplicated or reordered records on retries: specflow's producers are always idempotent; remove it".to_string(),
         ),
         "max.in.flight.requests.per.connection" | "max.in.flight"
-            if value.parse::<u32>().map_or(true, |n| n > MAX_IN_FLIGHT_IDEMPOTENT) =>
+            if !value
+                .parse::<u32>()
+                .is_ok_and(|n| (1..=MAX_IN_FLIGHT_IDEMPOTENT).contains(&n)) =>
         {
             Some(format!(
                 "must be a number from 1 to {MAX_IN_FLIGHT_IDEMPOTENT}: the idempotent producer keeps order only up to {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight"
@@ -131,17 +130,14 @@ impl ClientContext for DeliveryContext {
     }
 }
 
-/// A queued message's delivery opaque: where its report goes, and for a message sent in place
-/// the payload librdkafka reads until then.
+/// A queued message's delivery opaque: where its report goes.
 pub struct Pending {
     report_to: oneshot::Sender<DeliveryOutcome>,
-    /// Dropped only after the delivery report: librdkafka points into it until then.
-    payload: Option<Bytes>,
 }
 
 impl Pending {
-    fn new(report_to: oneshot::Sender<DeliveryOutcome>, payload: Option<Bytes>) -> Box<Self> {
-        Box::new(Self { report_to, payload })
+    fn new(report_to: oneshot::Sender<DeliveryOutcome>) -> Box<Self> {
+        Box::new(Self { report_to })
     }
 }
 
@@ -156,9 +152,7 @@ impl ProducerContext for DeliveryContext {
             }),
             Err((error, _)) => Err(error.clone()),
         };
-        let Pending { report_to, payload } = *pending;
-        // librdkafka is done with the message: nothing reads the payload after its report.
-        drop(payload);
+        let Pending { report_to } = *pending;
         // The sender gave up waiting: nobody to tell.
         let _ = report_to.send(outcome);
     }
@@ -269,76 +263,6 @@ impl DeliveryProducer {
         .await
     }
 
-    /// As [`send`](Self::send) for a message without headers, partitioned by its key, whose
-    /// payload librdkafka reads in place instead of copying it: `payload` is kept alive by the
-    /// message's delivery opaque until its delivery report.
-    pub async fn send_in_place(
-        &self,
-        topic: &CStr,
-        key: &[u8],
-        payload: Bytes,
-        queue_timeout: Duration,
-    ) -> DeliveryOutcome {
-        let (report_to, report) = oneshot::channel();
-        let pending = Pending::new(report_to, Some(payload));
-        queue_then_await(pending, report, queue_timeout, |pending| {
-            self.produce_in_place(topic, key, pending)
-        })
-        .await
-    }
-
-    /// Queues one message whose payload is `pending.payload`, neither copied nor freed by
-    /// librdkafka (no `RD_KAFKA_MSG_F_COPY`, no `RD_KAFKA_MSG_F_FREE`). `pending` comes back
-    /// with the error when nothing was queued.
-    #[allow(clippy::result_large_err)]
-    fn produce_in_place(
-        &self,
-        topic: &CStr,
-        key: &[u8],
-        pending: Box<Pending>,
-    ) -> Result<(), (KafkaError, Box<Pending>)> {
-        use rd_kafka_vtype_t::*;
-        let any_partition: c_int = -1;
-        let neither_copied_nor_freed: c_int = 0;
-        let (payload_ptr, payload_len) = pending
-            .payload
-            .as_ref()
-            .map_or((std::ptr::null(), 0), |p| (p.as_ptr(), p.len()));
-        let opaque = Box::into_raw(pending);
-        // SAFETY: the client pointer is valid while `self.producer` lives; `topic` and `key`
-        // are copied by librdkafka during the call; the payload is owned by the opaque, which
-        // librdkafka hands back (to `DeliveryContext::delivery`, through rdkafka's event loop)
-        // only with the delivery report, after its last read of the payload. On an error
-        // nothing was queued and the opaque is taken back here.
-        let error = unsafe {
-            rd_kafka_producev(
-                self.producer.client().native_ptr(),
-                RD_KAFKA_VTYPE_TOPIC,
-                topic.as_ptr(),
-                RD_KAFKA_VTYPE_PARTITION,
-                any_partition,
-                RD_KAFKA_VTYPE_MSGFLAGS,
-                neither_copied_nor_freed,
-                RD_KAFKA_VTYPE_VALUE,
-                payload_ptr as *mut c_void,
-                payload_len,
-                RD_KAFKA_VTYPE_KEY,
-                key.as_ptr() as *mut c_void,
-                key.len(),
-                RD_KAFKA_VTYPE_OPAQUE,
-                opaque as *mut c_void,
-                RD_KAFKA_VTYPE_END,
-            )
-        };
-        if error == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            Ok(())
-        } else {
-            // SAFETY: not queued, so librdkafka did not keep the opaque made above.
-            let pending = unsafe { Box::from_raw(opaque) };
-            Err((KafkaError::MessageProduction(error.into()), pending))
-        }
-    }
-
     /// Waits until everything queued is delivered, or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))
@@ -386,18 +310,41 @@ where
         key: record.key,
         timestamp: record.timestamp,
         headers: record.headers,
-        delivery_opaque: Pending::new(report_to, None),
+        delivery_opaque: Pending::new(report_to),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::mocking::MockCluster;
-    use std::ffi::CString;
 
-    const TOPIC: &str = "in-place";
+    /// The guarantees win over the caller's tuning and over `[kafka.producer]`; other
+    /// operator keys override the caller's tuning.
+    #[test]
+    fn the_delivery_guarantees_always_win() {
+        let mut kafka = super::super::KafkaConfig::default();
+        kafka.producer.insert("acks".into(), "1".into());
+        kafka
+            .producer
+            .insert("enable.idempotence".into(), "false".into());
+        kafka.producer.insert("linger.ms".into(), "20".into());
+        let config =
+            producer_config(&kafka, &[("linger.ms", "5".into()), ("acks", "0".into())]).unwrap();
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("linger.ms"), Some("20"));
+        assert!(weakened_guarantee("acks", "-1").is_none());
+        assert!(weakened_guarantee("request.required.acks", "1").is_some());
+        assert!(weakened_guarantee("max.in.flight", "6").is_some());
+        assert!(weakened_guarantee("max.in.flight", "five").is_some());
+        assert!(weakened_guarantee("enable.idempotence", "TRUE").is_none());
+    }
+
+    use rdkafka::mocking::MockCluster;
+
+    const TOPIC: &str = "records";
 
     fn producer(
         cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
@@ -412,12 +359,13 @@ mod tests {
             .expect("producer")
     }
 
+    /// Records sent concurrently (mock cluster) are each acknowledged, and arrive whole under
+    /// their keys.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn payloads_sent_in_place_arrive_whole_and_are_released_after_their_report() {
+    async fn records_sent_arrive_whole_under_their_keys() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic(TOPIC, 3, 1).expect("topic");
         let producer = producer(&cluster);
-        let topic = CString::new(TOPIC).unwrap();
         let payloads: Vec<Bytes> = (0..200u32)
             .map(|i| {
                 Bytes::from(
@@ -432,22 +380,24 @@ mod tests {
         let sends = payloads.iter().enumerate().map(|(i, payload)| {
             let key = format!("stream-{}", i % 7);
             let producer = producer.clone();
-            let (topic, payload) = (topic.clone(), payload.clone());
+            let payload = payload.clone();
             async move {
                 producer
-                    .send_in_place(&topic, key.as_bytes(), payload, Duration::from_secs(5))
+                    .send(
+                        FutureRecord::to(TOPIC)
+                            .key(key.as_bytes())
+                            .payload(&payload[..]),
+                        Duration::from_secs(5),
+                    )
                     .await
             }
         });
         for outcome in futures::future::join_all(sends).await {
             outcome.expect("acknowledged");
         }
-        // Every clone librdkafka held went with its delivery report.
-        assert!(payloads.iter().all(Bytes::is_unique));
-
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "in-place")
+            .set("group.id", "records")
             .set("auto.offset.reset", "earliest")
             .create()
             .expect("consumer");
@@ -468,27 +418,5 @@ mod tests {
             .map(|(i, p)| (format!("stream-{}", i % 7), p.to_vec()))
             .collect();
         assert_eq!(received, expected);
-    }
-
-    #[tokio::test]
-    async fn a_payload_refused_at_once_comes_back_with_the_error() {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic(TOPIC, 1, 1).expect("topic");
-        let producer = producer(&cluster);
-        let topic = CString::new(TOPIC).unwrap();
-        let too_large = Bytes::from(vec![b'x'; 200_000]);
-        let outcome = producer
-            .send_in_place(&topic, b"stream", too_large.clone(), Duration::from_secs(5))
-            .await;
-        assert!(
-            matches!(
-                outcome,
-                Err(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageSizeTooLarge
-                ))
-            ),
-            "{outcome:?}"
-        );
-        assert!(too_large.is_unique(), "the refused payload was kept");
     }
 }

@@ -8,36 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{error, info};
 
-use super::store::CheckpointRecords;
+use super::batch::{Outcome, PartitionResult};
+use super::state::streams::{ExtractorCache, PartitionStreams, WorkspaceSet};
 use crate::audio;
 use crate::config::Settings;
 use crate::dsp::FrameBatch;
-use crate::record::{EncodedRecord, FeatureRecord, SourcePosition};
+use crate::record::{FeatureRecord, SourcePosition};
 use crate::sinks::dead_letter::DeadLetter;
-use crate::streams::{ExtractorCache, PartitionStreams, WorkspaceSet};
 use crate::telemetry::metrics::Metrics;
-
-/// What became of one input message.
-pub(super) enum Outcome {
-    /// Frames were computed: send this record.
-    Record(Box<EncodedRecord>),
-    /// Nothing to send (no frame completed, or a replay of a message handled before the
-    /// stream's checkpoint).
-    Nothing,
-    /// Malformed: send to the dead-letter topic.
-    Dead(Box<DeadLetter>, &'static str),
-}
-
-/// What one partition's DSP pass produced: its messages' outcomes and the checkpoints of the
-/// streams they touched.
-pub(super) struct PartitionResult {
-    /// The input partition.
-    pub(super) partition: i32,
-    /// One outcome per message, in offset order.
-    pub(super) outcomes: Vec<Outcome>,
-    /// The checkpoint records of the streams the messages touched.
-    pub(super) checkpoints: CheckpointRecords,
-}
 
 /// One worker thread's reusable buffers: DSP workspaces, the frames of the message at hand
 /// and its decoded samples.

@@ -7,7 +7,6 @@
 //! store jobs only after the delivery before it queued its own, so MongoDB, the checkpoints
 //! and the offsets keep batch order; the idempotent producer keeps the records' order.
 
-use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -16,31 +15,13 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::backpressure::{Backoff, PauseGate};
-use super::store::{StoreJob, StoreQueues};
+use super::batch::{Outbox, OutputRecord, StoreJob};
+use super::store::StoreQueues;
 use super::{Sinks, now_ms};
 use crate::sinks::SinkError;
 use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka::KafkaSink;
 use crate::telemetry::metrics::Metrics;
-
-/// A feature record on its way to the output topic.
-pub(super) struct OutputRecord {
-    /// The stream id: the record's key.
-    pub(super) key: String,
-    /// The record's JSON (shared with librdkafka, which reads it in place until acknowledged).
-    pub(super) json: Bytes,
-    /// The end of its last frame, Unix milliseconds (for the end-to-end latency).
-    pub(super) end_ms: i64,
-}
-
-/// What one batch sends to Kafka, in offset order per partition.
-#[derive(Default)]
-pub(super) struct Outbox {
-    /// Feature records (empty when `output.enabled` is off).
-    pub(super) records: Vec<OutputRecord>,
-    /// Rejected messages, with the reason label of `specflow_dead_letters_total`.
-    pub(super) letters: Vec<(DeadLetter, &'static str)>,
-}
 
 /// The handles a delivery task owns.
 pub(super) struct Courier {

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backpressure::PauseGate;
+use super::batch::CheckpointRecords;
 use super::recovery::Restores;
-use super::store::CheckpointRecords;
+use super::state::streams::PartitionStreams;
 use crate::config::Settings;
 use crate::shutdown::Unfinished;
 use crate::sources::kafka::{SourceContext, commit_stored_offsets};
-use crate::streams::PartitionStreams;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 

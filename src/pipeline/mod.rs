@@ -22,13 +22,15 @@
 //! sink is down the partitions are paused and the write retried with exponential backoff.
 //!
 //! A partition assigned to this worker is paused until its checkpoints are read
-//! ([`crate::checkpoint::read_partition`], off the runtime); the loop keeps polling meanwhile.
+//! ([`state::checkpoint_topic::read_partition`], off the runtime); the loop keeps polling meanwhile.
 
 mod backpressure;
+mod batch;
 mod compute;
 mod deliver;
 mod intake;
 mod recovery;
+pub mod state;
 mod store;
 
 use anyhow::Context as _;
@@ -36,12 +38,11 @@ use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint;
 use crate::config::Settings;
 use crate::kafka;
 use crate::shutdown::{CLOSE_GRACE, Shutdown, Unfinished};
@@ -49,25 +50,22 @@ use crate::sinks::SinkError;
 use crate::sinks::dead_letter::DeadLetterSink;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
-use crate::streams::ExtractorCache;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use backpressure::PauseGate;
+use batch::{Outbox, StoreJob};
 use compute::Compute;
-use deliver::{Courier, InFlight, MAX_IN_FLIGHT, Outbox, Queued};
+use deliver::{Courier, InFlight, MAX_IN_FLIGHT, Queued};
 use intake::{Intake, NextBatch};
 use recovery::Restores;
-use store::{StoreJob, StoreUnfinished, StoreWriters};
+use state::checkpoint_topic as checkpoint;
+use state::streams::ExtractorCache;
+use store::{StoreUnfinished, StoreWriters};
 
 /// How long the start-up check waits for topics the worker did not create to be listed.
 const EXISTING_TOPICS_WAIT: Duration = Duration::from_secs(10);
 
-/// Wall-clock now, Unix milliseconds.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::clock::unix_ms as now_ms;
 
 /// Runs the worker until a stop is requested, then drains, flushes and commits by the
 /// stop's deadline (plus [`CLOSE_GRACE`] for closing the consumer). An [`Unfinished`] error
@@ -239,17 +237,7 @@ impl Worker {
                     job.absorb(eviction);
                 }
             }
-            if !self
-                .store
-                .reserve_room(
-                    &mut jobs,
-                    &mut self.intake,
-                    max_batch,
-                    &self.health,
-                    &self.shutdown,
-                )
-                .await
-            {
+            if !self.reserve_room(&mut jobs, max_batch).await {
                 break Ok(true);
             }
             if in_flight.len() == MAX_IN_FLIGHT
@@ -303,6 +291,30 @@ impl Worker {
                 anyhow::anyhow!(e)
             }
         })
+    }
+
+    /// Waits until the pending-records budget has room for each writer's share of a batch and
+    /// takes it (given back when the job is dropped). While waiting it keeps polling the
+    /// consumer (into the pending batch, up to `max_batch` messages), which serves rebalances
+    /// and keeps the member in the group however long MongoDB takes. False when a stop was
+    /// requested.
+    async fn reserve_room(&mut self, jobs: &mut [StoreJob], max_batch: usize) -> bool {
+        let room = self.store.room();
+        for job in jobs.iter_mut().filter(|job| !job.documents.is_empty()) {
+            let taken = room.take_for(job);
+            tokio::pin!(taken);
+            loop {
+                let polling = self.intake.below_batch_limit(max_batch);
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return false,
+                    _ = &mut taken => break,
+                    _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
+                    _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
+                }
+            }
+        }
+        true
     }
 
     /// Computes one batch; returns what goes to Kafka and, per store writer, what MongoDB and

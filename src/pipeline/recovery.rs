@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::backpressure::PauseGate;
-use crate::checkpoint;
+use super::state::checkpoint_topic as checkpoint;
+use super::state::streams::{ExtractorCache, PartitionStreams};
 use crate::config::Settings;
 use crate::kafka::BuildError;
 use crate::sources::kafka::SourceContext;
-use crate::streams::{ExtractorCache, PartitionStreams};
 use crate::telemetry::metrics::Metrics;
 
 /// A partition's streams read back from the checkpoint topic.

@@ -13,54 +13,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::backpressure::{Backoff, PauseGate};
-use super::compute::{Outcome, PartitionResult};
-use super::deliver::{Outbox, OutputRecord};
-use super::intake::Intake;
+use super::batch::{CheckpointRecords, Outbox, Outcome, OutputRecord, PartitionResult, StoreJob};
+use super::state::checkpoint_topic as checkpoint;
+use super::state::streams::PartitionStreams;
 use super::{Sinks, now_ms};
-use crate::checkpoint;
 use crate::config::Settings;
 use crate::record::EncodedRecord;
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mongo::MongoSink;
-use crate::streams::PartitionStreams;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
-/// Checkpoint records of one partition: per stream id, a value or a tombstone.
-pub(super) type CheckpointRecords = Vec<(String, Option<Vec<u8>>)>;
-
-/// A batch (its share for one writer) whose records and dead letters Kafka acknowledged, on its
-/// way to MongoDB and the checkpoint topic. Its offsets are stored once both acknowledged it.
-#[derive(Default)]
-pub(super) struct StoreJob {
-    documents: Vec<RawDocumentBuf>,
-    end_ms: Vec<i64>,
-    /// Checkpoint records per partition, in the order they were taken.
-    checkpoints: Vec<(i32, CheckpointRecords)>,
-    /// Next offset to consume, per partition.
-    offsets: std::collections::BTreeMap<i32, i64>,
-    /// Room taken in the pending-records budget, given back when the job is dropped.
-    room: Vec<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl StoreJob {
-    /// Appends a later job: one insert for both, checkpoints in order, and the later offsets win.
-    pub(super) fn absorb(&mut self, later: StoreJob) {
-        self.documents.extend(later.documents);
-        self.end_ms.extend(later.end_ms);
-        self.checkpoints.extend(later.checkpoints);
-        self.offsets.extend(later.offsets);
-        self.room.extend(later.room);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.documents.is_empty() && self.checkpoints.is_empty() && self.offsets.is_empty()
-    }
-}
-
 /// The budget of records waiting for the store writers (`mongo.max_pending_records`).
-struct PendingRoom {
+pub(super) struct PendingRoom {
     permits: Arc<tokio::sync::Semaphore>,
     capacity: usize,
 }
@@ -73,6 +39,19 @@ impl PendingRoom {
             permits: Arc::new(tokio::sync::Semaphore::new(capacity)),
             capacity,
         }
+    }
+
+    /// Takes room for `job`'s documents (at most the whole budget), waiting until there is;
+    /// the room goes back when the job is dropped.
+    pub(super) async fn take_for(&self, job: &mut StoreJob) {
+        let wanted = job.documents.len().min(self.capacity) as u32;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the budget is never closed");
+        job.room.push(permit);
     }
 }
 
@@ -219,36 +198,9 @@ impl StoreWriters {
         jobs
     }
 
-    /// Waits until the pending-records budget has room for each writer's share of a batch and
-    /// takes it (given back when the job is dropped). While waiting it keeps polling the
-    /// consumer (into `pending`, up to `max_batch` messages), which serves rebalances and keeps
-    /// the member in the group however long MongoDB takes. False when shutdown was requested.
-    pub(super) async fn reserve_room(
-        &self,
-        jobs: &mut [StoreJob],
-        intake: &mut Intake,
-        max_batch: usize,
-        health: &Health,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let room = &self.room;
-        for job in jobs.iter_mut().filter(|job| !job.documents.is_empty()) {
-            let wanted = job.documents.len().min(room.capacity) as u32;
-            loop {
-                let polling = intake.below_batch_limit(max_batch);
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return false,
-                    permit = room.permits.clone().acquire_many_owned(wanted) => {
-                        job.room.push(permit.expect("the budget is never closed"));
-                        break;
-                    }
-                    _ = intake.receive(Duration::from_secs(1)), if polling => health.beat(),
-                    _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => health.beat(),
-                }
-            }
-        }
-        true
+    /// The budget of records waiting for the writers.
+    pub(super) fn room(&self) -> &PendingRoom {
+        &self.room
     }
 
     /// The writers' queues, for the delivery tasks.

@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,12 +128,9 @@ impl KafkaSinkConfig {
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;
-        let topic_c = CString::new(self.topic.as_str())
-            .map_err(|nul| kafka.client_error("producer", nul.into()))?;
         Ok(KafkaSink {
             producer,
             topic: self.topic.clone(),
-            topic_c: Arc::new(topic_c),
             brokers,
         })
     }
@@ -148,8 +144,6 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct KafkaSink {
     producer: DeliveryProducer,
     topic: String,
-    /// `topic` as librdkafka takes it, made once.
-    topic_c: Arc<CString>,
     brokers: Arc<BrokerState>,
 }
 
@@ -182,10 +176,13 @@ impl KafkaSink {
     }
 
     /// Sends a feature record to the output topic and waits for its acknowledgement (as
-    /// [`send`](Self::send)); librdkafka reads `payload` in place, without a copy.
+    /// [`send`](Self::send)).
     pub async fn send_record(&self, key: &[u8], payload: Bytes) -> Result<(), SinkError> {
         self.producer
-            .send_in_place(&self.topic_c, key, payload, QUEUE_TIMEOUT)
+            .send(
+                FutureRecord::to(&self.topic).key(key).payload(&payload[..]),
+                QUEUE_TIMEOUT,
+            )
             .await
             .map(|_| ())
             .map_err(failed_on(&self.topic))

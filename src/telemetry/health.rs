@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::kafka::reachability::BrokerState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What the pipeline reports about itself.
 #[derive(Default)]
@@ -31,9 +31,7 @@ pub struct HealthReport {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_ms().max(0) as u64
 }
 
 impl Health {

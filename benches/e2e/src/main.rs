@@ -44,6 +44,7 @@ mod context;
 mod instances;
 mod latency;
 mod memory;
+mod procfs;
 mod report;
 mod scaling;
 mod throughput;

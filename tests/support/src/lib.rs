@@ -1,4 +1,4 @@
-//! Helpers shared by specflow's integration tests (`tests/common`) and the end-to-end
+//! Helpers shared by specflow's integration tests and the end-to-end
 //! benchmark (`benches/e2e`): everything both need to drive a real worker against real Kafka.
 //!
 //! # Layout
@@ -13,13 +13,19 @@
 //! - [`metrics`]: `GET` on the worker's HTTP endpoint and the Prometheus text format, where a
 //!   missing metric is an error, not a zero.
 //!
-//! Nothing here depends on a test harness (no `CARGO_BIN_EXE_*`, no panics on I/O errors):
-//! fallible helpers return `Result` and the caller decides.
+//! - [`testing`]: what only the integration tests use, as one prelude: the services' addresses,
+//!   settings, producers, the worker in process and as a process, stopped services, polling
+//!   ([`testing::eventually`]), and what MongoDB and the output topic hold against an
+//!   uninterrupted run. Its helpers panic with a message.
+//!
+//! Outside [`testing`] nothing depends on a test harness (no panics on I/O errors): fallible
+//! helpers return `Result` and the caller decides.
 
 pub mod chunks;
 pub mod framing;
 pub mod metrics;
 pub mod names;
+pub mod testing;
 pub mod wav;
 pub mod worker;
 

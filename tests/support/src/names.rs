@@ -54,13 +54,13 @@ impl Names {
     }
 
     /// The four topics of the run with `partitions` each: input, output and dead-letter
-    /// topics plain, the checkpoint topic compacted ([`specflow::checkpoint::new_topic`]).
+    /// topics plain, the checkpoint topic compacted ([`specflow::pipeline::state::checkpoint_topic::new_topic`]).
     pub fn new_topics(&self, partitions: i32) -> Vec<NewTopic<'_>> {
         let mut topics: Vec<_> = [&self.input, &self.output, &self.dead_letter]
             .into_iter()
             .map(|t| plain_topic(t, partitions))
             .collect();
-        topics.push(specflow::checkpoint::new_topic(
+        topics.push(specflow::pipeline::state::checkpoint_topic::new_topic(
             &self.checkpoint,
             partitions,
             1,

@@ -1,6 +1,8 @@
-//! Reading WAV files with `hound`.
+//! Reading WAV files: the header with `hound`, the samples with the library's own reader
+//! ([`specflow::audio::wav`]).
 
 use anyhow::{Context as _, ensure};
+use specflow::audio::wav::read_wav;
 use std::path::Path;
 
 /// Sample rate and channel count of a WAV file.
@@ -12,27 +14,14 @@ pub fn wav_format(path: &Path) -> anyhow::Result<(u32, u16)> {
 }
 
 /// Mono samples of a 16-bit WAV as the reference script makes them (int16 / 32768, channels
-/// averaged in f64), and its sample rate.
+/// averaged in f64), and its sample rate: [`specflow::audio::wav::read_wav`], which reads them
+/// so, limited to 16-bit files.
 pub fn read_mono_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32)> {
-    let mut reader =
-        hound::WavReader::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let spec = reader.spec();
+    let audio = read_wav(path)?;
     ensure!(
-        spec.bits_per_sample == 16,
+        audio.bits_per_sample == 16,
         "{}: expected 16-bit PCM",
         path.display()
     );
-    let channels = usize::from(spec.channels);
-    let raw = reader
-        .samples::<i16>()
-        .collect::<Result<Vec<i16>, _>>()
-        .with_context(|| format!("{}: bad sample", path.display()))?;
-    let mono = raw
-        .chunks_exact(channels)
-        .map(|frame| {
-            let sum: f64 = frame.iter().map(|&s| f64::from(s) / 32768.0).sum();
-            (sum / channels as f64) as f32
-        })
-        .collect();
-    Ok((mono, spec.sample_rate))
+    Ok((audio.samples, audio.sample_rate))
 }

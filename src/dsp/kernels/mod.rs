@@ -1,26 +1,26 @@
 //! The vector kernels the per-frame features are built on: dot products (one row, or a matrix's
 //! rows against one vector), sums and sums of squares, each with one fixed summation order.
 //!
-//! [`Portable`] is plain Rust over fixed lane arrays ([`features::dot`] and the rest). LLVM
+//! [`Portable`] is plain Rust over fixed lane arrays ([`portable::dot`] and the rest). LLVM
 //! vectorises those poorly (128-bit halves and lane shuffles), so [`Avx2`] writes the same lanes
 //! as explicit 256-bit registers. No FMA and the same order everywhere: the two give
 //! bit-identical results, which a test checks. The extractor picks one per CPU
 //! ([`Avx2::detect`]) and monomorphises the whole frame loop over it.
 
-use super::features;
+pub mod portable;
 
 /// The kernels, as a zero-sized token passed by value: code generic over `K: Kernels` is
 /// compiled once per implementation.
 pub trait Kernels: Copy {
-    /// `sum_i a[i] * b[i]` over the shorter length (as [`features::dot`]).
+    /// `sum_i a[i] * b[i]` over the shorter length (as [`portable::dot`]).
     fn dot(self, a: &[f64], b: &[f64]) -> f64;
-    /// `sum_i a[i] * b[i]` in f32 (as [`features::dot_f32`]).
+    /// `sum_i a[i] * b[i]` in f32 (as [`portable::dot_f32`]).
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32;
-    /// `sum_i values[i]` (as [`features::sum`]).
+    /// `sum_i values[i]` (as [`portable::sum`]).
     fn sum(self, values: &[f64]) -> f64;
-    /// `sum_i x[i]^2` in f64 (as [`features::sum_squares`]).
+    /// `sum_i x[i]^2` in f64 (as [`portable::sum_squares`]).
     fn sum_squares(self, x: &[f32]) -> f64;
-    /// `sum_k s[k] (f[k] - centre)^2` (as [`features::square_deviation`]).
+    /// `sum_k s[k] (f[k] - centre)^2` (as [`portable::square_deviation`]).
     fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64;
     /// `out[r] = dot(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
@@ -51,23 +51,23 @@ pub struct Portable;
 impl Kernels for Portable {
     #[inline(always)]
     fn dot(self, a: &[f64], b: &[f64]) -> f64 {
-        features::dot(a, b)
+        portable::dot(a, b)
     }
     #[inline(always)]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
-        features::dot_f32(a, b)
+        portable::dot_f32(a, b)
     }
     #[inline(always)]
     fn sum(self, values: &[f64]) -> f64 {
-        features::sum(values)
+        portable::sum(values)
     }
     #[inline(always)]
     fn sum_squares(self, x: &[f32]) -> f64 {
-        features::sum_squares(x)
+        portable::sum_squares(x)
     }
     #[inline(always)]
     fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64 {
-        features::square_deviation(s, f, centre)
+        portable::square_deviation(s, f, centre)
     }
 }
 
@@ -139,7 +139,9 @@ mod x86 {
         _mm256_set1_pd, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_sub_pd,
     };
 
-    use super::features::{dot_tail, dot_tail_f32, square_deviation_tail, sum_squares_tail};
+    use super::portable::{
+        dot_tail, dot_tail_f32, square_deviation_tail, sum_squares_tail, sum_tail,
+    };
 
     /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))` of the lanes `low = l0..l4`,
     /// `high = l4..l8`.
@@ -234,7 +236,7 @@ mod x86 {
             high = _mm256_add_pd(high, x1);
             i += 8;
         }
-        reduce_pd(low, high) + super::features::sum_tail(&values[body..])
+        reduce_pd(low, high) + sum_tail(&values[body..])
     }
 
     #[target_feature(enable = "avx2")]
@@ -429,7 +431,7 @@ mod tests {
             avx2.dot_rows_f32(&matrix32, &b32, &mut vector32);
             for r in 0..rows {
                 let row = &matrix[r * len..(r + 1) * len];
-                assert_eq!(portable[r].to_bits(), features::dot(row, &b).to_bits());
+                assert_eq!(portable[r].to_bits(), portable::dot(row, &b).to_bits());
                 assert_eq!(
                     portable[r].to_bits(),
                     vector[r].to_bits(),

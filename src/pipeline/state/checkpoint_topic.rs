@@ -1,4 +1,4 @@
-//! Per-stream checkpoints in a compacted Kafka topic, co-partitioned with the input topic (Kafka
+//! The checkpoint topic: per-stream checkpoints in a compacted Kafka topic, co-partitioned with the input topic (Kafka
 //! Streams' changelog idea).
 //!
 //! - Key: the stream id. Value: a [`StreamCheckpoint`] (format byte, then postcard): the last
@@ -21,20 +21,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
-use crate::dsp::StreamSnapshot;
+use super::checkpoint::{CheckpointError, StreamCheckpoint};
 use crate::kafka::topics::{TopicError, await_listed};
-use crate::kafka::valid_topic_name;
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
-use crate::validation::Problem;
-
-/// Version of the checkpoint value format (its first byte).
-pub const CHECKPOINT_FORMAT: u8 = 1;
 
 /// Topic settings the checkpoint topic is created with: compacted, with small segments so that
 /// compaction keeps what a restore reads close to one record per live stream.
@@ -44,139 +38,6 @@ pub const TOPIC_SETTINGS: [(&str, &str); 4] = [
     ("segment.ms", "600000"),
     ("min.cleanable.dirty.ratio", "0.2"),
 ];
-
-/// `[checkpoint]`: where stream state is kept between owners of a partition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CheckpointConfig {
-    /// Compacted topic with exactly as many partitions as `source.topic`; created with the
-    /// other topics by `source.create_topics`, otherwise checked at start-up. Empty (the
-    /// default): `<source.group_id>.checkpoints`, so that two groups reading the same input
-    /// never share stream state.
-    pub topic: String,
-    /// Longest time, in seconds, a restore may take to read a checkpoint partition to its end
-    /// before the worker gives up on the partition (it is then revoked and retried).
-    pub restore_timeout_secs: u64,
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        Self {
-            topic: String::new(),
-            restore_timeout_secs: 60,
-        }
-    }
-}
-
-impl CheckpointConfig {
-    /// The checkpoint topic of consumer group `group_id`: `topic`, or when it is empty
-    /// `<group_id>.checkpoints`.
-    pub fn topic_for(&self, group_id: &str) -> String {
-        if self.topic.is_empty() {
-            format!("{group_id}.checkpoints")
-        } else {
-            self.topic.clone()
-        }
-    }
-
-    /// Every problem with these settings for consumer group `group_id`.
-    pub fn validate(&self, group_id: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let topic = self.topic_for(group_id);
-        if let Err(why) = valid_topic_name(&topic) {
-            let why = if self.topic.is_empty() {
-                format!(
-                    "{why} (derived from source.group_id; set checkpoint.topic to a valid topic name)"
-                )
-            } else {
-                why.to_string()
-            };
-            problems.push(Problem::new("checkpoint.topic", &topic, why));
-        }
-        if self.restore_timeout_secs == 0 {
-            problems.push(Problem::new(
-                "checkpoint.restore_timeout_secs",
-                0,
-                "must be at least 1",
-            ));
-        }
-        problems
-    }
-}
-
-/// Why checkpoints could not be read, decoded or set up.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// The value was written by another format version or is corrupt.
-    #[error("checkpoint value: {0}")]
-    Format(String),
-    /// Kafka could not be read.
-    #[error("checkpoint topic {topic}: {source}")]
-    Kafka {
-        /// The checkpoint topic.
-        topic: String,
-        /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
-    },
-    /// Reading a partition to its end took longer than `checkpoint.restore_timeout_secs`.
-    #[error("checkpoint topic {topic} partition {partition}: not read to its end within {secs} s")]
-    Timeout {
-        /// The checkpoint topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The limit.
-        secs: u64,
-    },
-    /// The topic is missing or does not fit the input topic.
-    #[error("{0}")]
-    Topic(String),
-}
-
-impl CheckpointError {
-    /// Whether the same read may succeed later.
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::Kafka { .. } | Self::Timeout { .. })
-    }
-}
-
-/// What restores one stream exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamCheckpoint {
-    /// Offset of the last input message of this stream that was handled (applied or rejected).
-    /// A replayed message at or before it is skipped.
-    pub applied_offset: i64,
-    /// Sample rate in Hz (0 once ended).
-    pub sample_rate: u32,
-    /// Channels of its last chunk (0 once ended).
-    pub channels: u16,
-    /// The DSP state; `None` once the stream ended (`audio.eos`).
-    pub state: Option<StreamSnapshot>,
-}
-
-impl StreamCheckpoint {
-    /// The record value: [`CHECKPOINT_FORMAT`], then the postcard encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![CHECKPOINT_FORMAT];
-        bytes.extend(postcard::to_stdvec(self).expect("a checkpoint always serialises"));
-        bytes
-    }
-
-    /// Decodes a record value.
-    ///
-    /// # Errors
-    /// [`CheckpointError::Format`] for another format version or corrupt bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        match bytes.split_first() {
-            Some((&CHECKPOINT_FORMAT, body)) => postcard::from_bytes(body)
-                .map_err(|e| CheckpointError::Format(format!("corrupt: {e}"))),
-            Some((version, _)) => Err(CheckpointError::Format(format!(
-                "format {version}, this build reads {CHECKPOINT_FORMAT}"
-            ))),
-            None => Err(CheckpointError::Format("empty".into())),
-        }
-    }
-}
 
 /// Reads checkpoint partition `partition` from its start to its end (the high watermark when
 /// called) and returns the latest checkpoint of every stream it holds. Blocking: call it off
@@ -352,51 +213,4 @@ pub async fn check_topic(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> StreamCheckpoint {
-        StreamCheckpoint {
-            applied_offset: 42,
-            sample_rate: 16_000,
-            channels: 2,
-            state: Some(StreamSnapshot {
-                frame_length: 512,
-                hop_length: 160,
-                next_sample: 8_000,
-                next_frame: 47,
-                tail: vec![0.25, -0.5, f32::MIN_POSITIVE],
-                previous_magnitude: Some(vec![1.0 / 3.0, f64::EPSILON]),
-                pitch_decoder: Some(vec![1, 2, 3]),
-                pending_frames: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn a_checkpoint_round_trips_bit_for_bit() {
-        let checkpoint = sample();
-        let bytes = checkpoint.encode();
-        assert_eq!(bytes[0], CHECKPOINT_FORMAT);
-        assert_eq!(StreamCheckpoint::decode(&bytes).unwrap(), checkpoint);
-        let ended = StreamCheckpoint {
-            state: None,
-            ..checkpoint
-        };
-        assert_eq!(StreamCheckpoint::decode(&ended.encode()).unwrap(), ended);
-    }
-
-    #[test]
-    fn another_format_or_corrupt_bytes_are_errors() {
-        let mut bytes = sample().encode();
-        bytes[0] = CHECKPOINT_FORMAT + 1;
-        let err = StreamCheckpoint::decode(&bytes).unwrap_err().to_string();
-        assert!(err.contains("format 2"), "{err}");
-        let truncated = &sample().encode()[..10];
-        assert!(StreamCheckpoint::decode(truncated).is_err());
-        assert!(StreamCheckpoint::decode(&[]).is_err());
-    }
 }

@@ -1,0 +1,125 @@
+//! Shared by the gateway's integration tests (`gateway_ingest`, `gateway_ws`, `gateway_api`):
+//! a gateway bound in-process on a free port ([`RunningGateway`]), the settings of one test
+//! ([`setup`]), the lock that keeps the broker outage test alone, and small helpers for PCM,
+//! raw-PCM queries and the input topic.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use specflow::config::Settings;
+use specflow_test_support::chunks::EPOCH_MS;
+use specflow_test_support::framing::Framing;
+use specflow_test_support::testing::{self as common, Names, brokers, create_topics};
+
+/// The outage test stops the broker: it runs alone, the others side by side (within one test
+/// crate; cargo runs the test crates one after another).
+pub static SERVICES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Sample rate of the tests' audio, in Hz.
+pub const RATE: u32 = 16_000;
+
+/// A gateway serving in a task of the test's runtime, until [`RunningGateway::stop`].
+pub struct RunningGateway {
+    /// The bound address (`127.0.0.1`, a free port).
+    pub address: SocketAddr,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningGateway {
+    /// Binds a gateway with `settings` on a free loopback port and serves it.
+    pub async fn start(settings: &Settings) -> Self {
+        let mut settings = settings.clone();
+        settings.gateway.address = "127.0.0.1:0".into();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let (address, server) =
+            specflow::gateway::bind(settings, async move { token.cancelled().await })
+                .await
+                .expect("gateway binds");
+        Self {
+            address,
+            stop,
+            handle: tokio::spawn(server),
+        }
+    }
+
+    /// `http://ADDRESS{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Stops the gateway and waits for it to exit cleanly.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("gateway stops within 30 s")
+            .expect("gateway task")
+            .expect("gateway exits cleanly");
+    }
+}
+
+/// Settings for one test: the local services, fresh names, splitting at 1,600 samples.
+pub async fn setup(test: &str) -> (Names, Settings) {
+    let names = Names::new(test);
+    create_topics(&names, 2).await;
+    let mut settings = common::settings(&names);
+    settings.gateway.max_chunk_bytes = 3_200;
+    (names, settings)
+}
+
+/// 16-bit samples as little-endian bytes.
+pub fn s16(pcm: &[i16]) -> Vec<u8> {
+    pcm.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// The query of a raw mono `s16le` body at `start` (its timestamp from [`EPOCH_MS`]).
+pub fn raw_query(start: u64, eos: bool) -> Vec<(&'static str, String)> {
+    vec![
+        ("format", "s16le".into()),
+        ("sample_rate", RATE.to_string()),
+        ("channels", "1".into()),
+        ("start_sample", start.to_string()),
+        (
+            "timestamp_ms",
+            (EPOCH_MS + start as i64 * 1000 / i64::from(RATE)).to_string(),
+        ),
+        ("eos", u8::from(eos).to_string()),
+    ]
+}
+
+/// Sum of the end offsets of `topic`'s partitions: how many messages it ever received. A topic
+/// created a moment ago may not be in every broker's metadata yet (`UnknownPartition`): asked
+/// again for up to 30 s.
+pub fn messages_in(topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    (0..partitions)
+        .map(|p| {
+            loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("watermarks of {topic}/{p} not yet known ({e}); asking again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+                }
+            }
+        })
+        .sum()
+}
+
+/// Frames the worker computes for a whole stream of `samples`.
+pub fn all_frames(framing: &Framing, samples: usize) -> i64 {
+    framing.complete(samples as u64) as i64
+}
