@@ -17,7 +17,7 @@ use rustfft::num_traits::{Float, Zero};
 use rustfft::{Fft, FftNum, FftPlanner};
 
 /// The sample types the transforms run in: `f32` (YIN) and `f64` (spectrum, pYIN).
-pub trait Real: FftNum + Float {
+pub trait Real: FftNum + Float + bytemuck::Pod {
     /// The value of an input sample.
     fn from_sample(x: f32) -> Self;
     /// The nearest value to `x` (plan constants).
@@ -392,10 +392,10 @@ impl<T: Real> Autocorrelation<T> {
 
 /// Complex values as their interleaved real and imaginary parts.
 #[inline(always)]
-fn as_flat<T>(values: &mut [Complex<T>]) -> &mut [T] {
-    // SAFETY: `Complex<T>` is `#[repr(C)]` { re, im }, so `n` complex values are `2n`
-    // contiguous `T`s, borrowed for as long as `values`.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<T>(), 2 * values.len()) }
+fn as_flat<T: bytemuck::Pod>(values: &mut [Complex<T>]) -> &mut [T] {
+    // `Complex<T>` is `#[repr(C)]` { re, im } and plain old data (num-complex's `bytemuck`
+    // feature), so `n` complex values are `2n` contiguous `T`s.
+    bytemuck::cast_slice_mut(values)
 }
 
 #[cfg(test)]
