@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building specflow needs beyond the machine's toolchains (idempotent).
 # librdkafka is built from source by the rdkafka crate; it needs OpenSSL, zlib and curl headers.
+# The Python package (python/, PyO3) links libpython in a plain cargo build (python3-dev) and
+# its tests run in a virtual environment (python3-venv).
 set -euo pipefail
 missing=()
-for pkg in libssl-dev zlib1g-dev libcurl4-openssl-dev pkg-config cmake; do
+for pkg in libssl-dev zlib1g-dev libcurl4-openssl-dev pkg-config cmake python3-dev python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

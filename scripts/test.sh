@@ -58,6 +58,7 @@ for f in tests/*.rs; do
   [[ " ${OFFLINE_TESTS[*]} " == *" $t "* ]] || online_args+=(--test "$t")
 done
 phase "tests against Kafka and MongoDB" cargo test --locked "${online_args[@]}"
+phase "the Python package (pytest, its own virtual environment)" bash python/run-tests.sh
 phase "deployment files (systemd-analyze verify, manifests)" \
   bash scripts/verify-deploy.sh "$PWD/target/debug/specflow"
 echo "test: all passed in $((SECONDS - started)) s"

@@ -41,6 +41,9 @@ fn disable_transparent_huge_pages() {
 /// mimalloc's `mi_option_purge_delay` (v3's `mi_option_t`, `include/mimalloc.h`).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
+// SAFETY: the signatures are mimalloc's own (`include/mimalloc.h`: `void mi_option_set(
+// mi_option_t, long)`, `long mi_option_get(mi_option_t)`, `bool mi_is_in_heap_region(const
+// void*)`; `mi_option_t` is a C enum, an `int`), and the `mimalloc` crate links that library.
 unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     #[cfg(test)]

@@ -1,7 +1,7 @@
 """specflow's audio features in Python, computed by the specflow worker's own DSP (Rust)."""
 
 import os
-from typing import Any, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,7 @@ def decode_record(
 def concat(parts: Iterable[Mapping[str, np.ndarray]]) -> _Frames:
     """Join results with the same keys along the frame axis (``{}`` for no part)."""
 
+@final
 class StreamExtractor:
     """Features of a stream fed chunk by chunk, exactly as the specflow worker computes them.
 
@@ -70,7 +71,7 @@ class StreamExtractor:
     exactly ``extract(y, sr)``.
     """
 
-    def __init__(self, sr: int, *, config: Optional[_Path] = None, **dsp: Any) -> None: ...
+    def __new__(cls, sr: int, *, config: Optional[_Path] = None, **dsp: Any) -> "StreamExtractor": ...
     def push(self, chunk: _Samples, start_sample: Optional[int] = None) -> _Frames:
         """Feed the next chunk; return the frames it completed (possibly none)."""
     def finish(self) -> _Frames:

@@ -260,12 +260,18 @@ impl StreamExtractor {
     }
 
     fn __repr__(&self) -> String {
+        let names: Vec<String> = self
+            .layout
+            .feature_names()
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect();
         format!(
-            "StreamExtractor(sr={}, frame_length={}, hop_length={}, features={:?})",
+            "StreamExtractor(sr={}, frame_length={}, hop_length={}, features=[{}])",
             self.extractor.sample_rate(),
             self.extractor.frame_length(),
             self.extractor.hop_length(),
-            self.layout.feature_names()
+            names.join(", ")
         )
     }
 }

@@ -117,8 +117,11 @@ fn decode(doc: &Value, timestamps: bool) -> Result<Frames, String> {
     if let Some(schema) = doc.get("schema")
         && schema.as_i64() != Some(i64::from(SCHEMA_VERSION))
     {
+        let found = schema
+            .as_i64()
+            .map_or_else(|| schema.kind().to_owned(), |v| v.to_string());
         return Err(format!(
-            "schema {schema:?}; this specflow reads schema {SCHEMA_VERSION}"
+            "schema {found}; this specflow reads schema {SCHEMA_VERSION}"
         ));
     }
     let frame_count = match doc.get("frame_count") {

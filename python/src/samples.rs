@@ -137,9 +137,13 @@ fn mix<T: Copy>(
                 })
                 .collect())
         }
-        ndim => Err(PyValueError::new_err(format!(
-            "{name} must be 1-D (samples) or 2-D (channels, samples); got {ndim} dimensions, shape {:?}",
-            view.shape()
-        ))),
+        ndim => {
+            let dims: Vec<String> = view.shape().iter().map(ToString::to_string).collect();
+            Err(PyValueError::new_err(format!(
+                "{name} must be 1-D (samples) or 2-D (channels, samples); got {ndim} dimensions, \
+                 shape ({})",
+                dims.join(", ")
+            )))
+        }
     }
 }

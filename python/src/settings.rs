@@ -2,7 +2,7 @@
 //! overrides, validated by the library exactly as `specflow check` validates them.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
@@ -33,14 +33,39 @@ pub fn resolve(
     }
 }
 
-/// The extractor for `dsp` at `sample_rate`; the rate-dependent problems as `ValueError`.
+/// Extractors built lately, newest first: building one (pYIN tables, filter banks, FFT plans)
+/// can cost more than computing a short file.
+static RECENT: Mutex<Vec<(DspConfig, u32, Arc<FeatureExtractor>)>> = Mutex::new(Vec::new());
+
+/// How many extractors [`RECENT`] keeps.
+const RECENT_CAPACITY: usize = 8;
+
+/// The extractor for `dsp` at `sample_rate` (shared with the calls that used the same
+/// settings lately); the rate-dependent problems as `ValueError`.
 pub fn extractor(dsp: &DspConfig, sample_rate: u32) -> PyResult<Arc<FeatureExtractor>> {
-    FeatureExtractor::new(dsp, sample_rate)
+    let recent = || RECENT.lock().unwrap_or_else(PoisonError::into_inner);
+    {
+        let mut list = recent();
+        if let Some(at) = list
+            .iter()
+            .position(|(d, rate, _)| *rate == sample_rate && d == dsp)
+        {
+            let entry = list.remove(at);
+            let extractor = entry.2.clone();
+            list.insert(0, entry);
+            return Ok(extractor);
+        }
+    }
+    let extractor = FeatureExtractor::new(dsp, sample_rate)
         .map(Arc::new)
         .map_err(|e| match e {
             DspError::InvalidConfig(problems) => invalid(problems),
             other => PyValueError::new_err(other.to_string()),
-        })
+        })?;
+    let mut list = recent();
+    list.insert(0, (dsp.clone(), sample_rate, extractor.clone()));
+    list.truncate(RECENT_CAPACITY);
+    Ok(extractor)
 }
 
 /// `sr` as a sample rate: an integer (or an integral float) that fits in 32 bits.
