@@ -29,7 +29,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Turns transparent huge pages off for this process (what `MIMALLOC_ALLOW_THP=0` does). With
 /// THP on (`always` on most distributions), every page the allocator takes back after freeing it
 /// faults in a whole 2 MiB huge page, zeroed: 13% of the worker's CPU in `clear_page` on
-/// issue 13's workload, 2.5% without (benches/README.md).
+/// issue 13's workload, 2.5% without. Measured with and without it back to back (round 7,
+/// benches/README.md, "Unsafe outside the DSP kernels"): 128 and 138 µs of worker CPU per
+/// message against 152 and 169 µs with THP on, well above the 5% an `unsafe` block must save.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(PR_SET_THP_DISABLE, 1) takes integers only and sets a flag of this process.
@@ -38,38 +40,11 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-/// mimalloc's `mi_option_purge_delay` (v3's `mi_option_t`, `include/mimalloc.h`).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-// SAFETY: the signatures are mimalloc's own (`include/mimalloc.h`: `void mi_option_set(
-// mi_option_t, long)`, `long mi_option_get(mi_option_t)`, `bool mi_is_in_heap_region(const
-// void*)`; `mi_option_t` is a C enum, an `int`), and the `mimalloc` crate links that library.
+// SAFETY: the signature is mimalloc's own (`include/mimalloc.h`: `bool
+// mi_is_in_heap_region(const void*)`), and the `mimalloc` crate links that library. Test only.
+#[cfg(test)]
 unsafe extern "C" {
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    #[cfg(test)]
-    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
-    #[cfg(test)]
     fn mi_is_in_heap_region(p: *const std::ffi::c_void) -> bool;
-}
-
-/// How long freed memory stays with mimalloc before it goes back to the kernel, in ms.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-/// Keeps freed memory in mimalloc's arenas for [`PURGE_DELAY_MS`] instead of one second
-/// (what `MIMALLOC_PURGE_DELAY=10000` does). The worker frees and reallocates the same tens of
-/// megabytes every batch (record buffers, the MongoDB driver's insert messages), and a batch of
-/// 1,000 messages can take longer than a second when MongoDB is the bound: purged after one
-/// second, each batch faulted them in again, zeroed, 13–15 page faults per message and a
-/// quarter of the worker's CPU in the kernel on issue 13's workload, against 6–7 with the
-/// longer delay (the same as never purging; benches/README.md). Memory left unused for
-/// 10 s still goes back, so the resident set falls again after a burst (242 MB when never
-/// purged, 110 MB at the end of that workload). An operator's `MIMALLOC_PURGE_DELAY` wins.
-fn delay_purging_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set takes integers only and sets a process-wide allocator option;
-        // mimalloc reads it at each purge decision.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    }
 }
 
 #[derive(Parser)]
@@ -128,7 +103,6 @@ enum Command {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
-    delay_purging_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, print } => cli::check(config, print),
@@ -246,23 +220,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The option number is mimalloc v3's purge delay: its default (1,000 ms) reads back from
-    /// that number before the worker sets it, and the worker's delay after.
-    #[test]
-    fn delay_purging_freed_memory_sets_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reads a process-wide allocator option.
-        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1_000);
-        delay_purging_freed_memory();
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
-            PURGE_DELAY_MS
-        );
-    }
 
     /// C code's `malloc` (librdkafka's) is mimalloc's, not glibc's.
     #[test]
