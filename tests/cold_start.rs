@@ -75,17 +75,7 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
             &log,
             &[],
         );
-        let consuming = || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("Consuming.")
-        };
-        let started = eventually(Duration::from_secs(120), async || consuming()).await;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            started,
-            "round {round}: the worker did not start consuming:\n{text}"
-        );
+        wait_for_log(&log, "Consuming.", Duration::from_secs(120)).await;
 
         // One stream through the worker: every record it should make reaches the output topic.
         let pcm = synthetic_pcm(round as u64, 2.0);

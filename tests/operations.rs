@@ -8,18 +8,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// Waits until `log` contains `needle`; its text then.
-async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
-    let mut text = String::new();
-    let logged = eventually(timeout, async || {
-        text = std::fs::read_to_string(log).unwrap_or_default();
-        text.contains(needle)
-    })
-    .await;
-    assert!(logged, "{needle:?} not logged within {timeout:?}:\n{text}");
-    text
-}
-
 /// GETs `path` until it answers 200 or `timeout` passes; the last answer.
 async fn get_until_ok(address: &str, path: &str, timeout: Duration) -> (u16, String) {
     let mut answer = (0, String::new());

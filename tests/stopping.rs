@@ -173,24 +173,18 @@ impl Loaded {
 async fn stop_during(outage: Outage, name: &str, drain_secs: u64) {
     let mut loaded = Loaded::start(name, drain_secs).await;
     let code = match outage {
-        Outage::KafkaDown => {
-            let kafka = tokio::task::spawn_blocking(|| StoppedService::stop("kafka"))
+        Outage::KafkaDown | Outage::MongoDown => {
+            let service = if matches!(outage, Outage::KafkaDown) {
+                "kafka"
+            } else {
+                "mongo"
+            };
+            let stopped = tokio::task::spawn_blocking(move || StoppedService::stop(service))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
             let code = loaded.stop_within_bound();
-            tokio::task::spawn_blocking(move || kafka.start())
-                .await
-                .unwrap();
-            code
-        }
-        Outage::MongoDown => {
-            let mongo = tokio::task::spawn_blocking(|| StoppedService::stop("mongo"))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let code = loaded.stop_within_bound();
-            tokio::task::spawn_blocking(move || mongo.start())
+            tokio::task::spawn_blocking(move || stopped.start())
                 .await
                 .unwrap();
             code

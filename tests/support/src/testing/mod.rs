@@ -296,6 +296,18 @@ pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> b
     }
 }
 
+/// Waits until `log` contains `needle`; its text then.
+pub async fn wait_for_log(log: &std::path::Path, needle: &str, timeout: Duration) -> String {
+    let mut text = String::new();
+    let logged = eventually(timeout, async || {
+        text = std::fs::read_to_string(log).unwrap_or_default();
+        text.contains(needle)
+    })
+    .await;
+    assert!(logged, "{needle:?} not logged within {timeout:?}:\n{text}");
+    text
+}
+
 /// A `specflow run` child process (the test binary's own build). Dropping it kills the
 /// process, so a failing test never leaves a worker running against the shared services.
 pub struct WorkerProcess(support::WorkerProcess);
