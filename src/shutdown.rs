@@ -75,11 +75,6 @@ impl Shutdown {
         &self.token
     }
 
-    /// The time allowed to drain after a stop request.
-    pub fn drain(&self) -> Duration {
-        self.drain
-    }
-
     /// When the drain must be over: the stop request plus the drain time (from now when no
     /// stop was requested, e.g. the worker stops on an error).
     pub fn deadline(&self) -> Instant {

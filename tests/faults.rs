@@ -2,35 +2,23 @@
 //! outage and a broker restart must leave MongoDB with exactly the records of one
 //! uninterrupted run (same `_id`s, same values) and every record on the output topic.
 //!
-//! These tests stop and start the shared services, so they run one at a time: each holds a
-//! process-wide lock for its whole run (each test has its own runtime, so holding it across
-//! awaits cannot deadlock).
+//! These tests stop and start the shared services, so they run one at a time: each holds
+//! `services_to_myself()` for its whole run.
 #![allow(clippy::await_holding_lock)]
 
 use specflow_test_support::testing as common;
 
 use common::*;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const STREAMS: u64 = 20;
 const SECONDS: f64 = 4.0;
-const CHUNK: usize = 1_600; // 100 ms at 16 kHz
 const PARTITIONS: i32 = 4;
 /// How long MongoDB stays down in the outage test.
 const OUTAGE: Duration = Duration::from_secs(20);
 
 fn workload() -> Vec<(String, Vec<Chunk>)> {
-    (0..STREAMS)
-        .map(|i| {
-            let key = format!("mic-{i}");
-            let pcm = synthetic_pcm(i + 1, SECONDS);
-            let chunks = fixed_chunks(&key, &pcm, CHUNK);
-            (key, chunks)
-        })
-        .collect()
+    synthetic_streams("mic", STREAMS, 1, SECONDS)
 }
 
 fn fault_settings(names: &Names) -> specflow::config::Settings {
@@ -108,7 +96,7 @@ async fn finish_and_check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let scenario = Scenario::start("crash", Duration::from_millis(60)).await;
     let dir = tempfile::tempdir().unwrap();
     eprintln!("worker logs in {}", dir.path().display());
@@ -159,7 +147,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebalance_one_to_three_to_two_instances() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let scenario = Scenario::start("rebalance", Duration::from_millis(80)).await;
     let settings = scenario.settings.clone();
     let first = spawn_worker(settings.clone());
@@ -199,7 +187,7 @@ async fn rebalance_one_to_three_to_two_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongodb_outage_pauses_without_advancing_offsets() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     // 40 rounds 200 ms apart: the load goes on for several seconds into the outage, so that
     // writes are attempted (and fail) while MongoDB is down.
     let scenario = Scenario::start("outage", Duration::from_millis(200)).await;
@@ -253,7 +241,7 @@ async fn mongodb_outage_pauses_without_advancing_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_mid_run() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let scenario = Scenario::start("broker", Duration::from_millis(80)).await;
     let worker = spawn_worker(scenario.settings.clone());
     assert!(
@@ -307,7 +295,7 @@ async fn broker_restart_mid_run() {
 /// is back the result is the uninterrupted one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_owner_restores_while_mongodb_is_down() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let scenario = Scenario::start("takeover", Duration::from_millis(150)).await;
     let first = spawn_worker(scenario.settings.clone());
     assert!(

@@ -5,22 +5,18 @@
 //! back, a second worker in the same group finishes the input, and MongoDB holds every frame of
 //! every stream exactly once (the output topic every record). A second signal exits at once.
 //!
-//! These tests stop and start the shared services, so they run one at a time (a process-wide
-//! lock held for each whole test; each test has its own runtime).
+//! These tests stop and start the shared services, so they run one at a time: each holds
+//! `services_to_myself()` for its whole run.
 #![allow(clippy::await_holding_lock)]
 
 use specflow_test_support::testing as common;
 
 use common::*;
 use specflow::shutdown::{DEADLINE_MARGIN, EXIT_ABORTED, EXIT_UNFINISHED};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const STREAMS: u64 = 8;
 const SECONDS: f64 = 6.0;
-const CHUNK: usize = 1_600; // 100 ms at 16 kHz
 const PARTITIONS: i32 = 3;
 
 /// What the services are doing when the stop comes.
@@ -53,13 +49,7 @@ impl Loaded {
         settings.output.retry_max_ms = 1_000;
         settings.source.session_timeout_ms = 6_000;
         settings.source.heartbeat_interval_ms = 1_000;
-        let streams: Vec<(String, Vec<Chunk>)> = (0..STREAMS)
-            .map(|i| {
-                let key = format!("mic-{i}");
-                let chunks = fixed_chunks(&key, &synthetic_pcm(i + 1, SECONDS), CHUNK);
-                (key, chunks)
-            })
-            .collect();
+        let streams = synthetic_streams("mic", STREAMS, 1, SECONDS);
         let expected = expected_records(&streams, &settings.dsp);
         let producer =
             spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(100));
@@ -202,26 +192,26 @@ async fn stop_during(outage: Outage, name: &str, drain_secs: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_while_kafka_is_down_exits_within_a_short_drain() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     stop_during(Outage::KafkaDown, "stop-kafka-5", 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_while_kafka_is_down_exits_within_the_default_drain() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let default = specflow::config::ShutdownConfig::default().drain_timeout_secs;
     stop_during(Outage::KafkaDown, "stop-kafka-default", default).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_while_mongodb_is_down_exits_within_the_drain() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     stop_during(Outage::MongoDown, "stop-mongo-5", 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_right_after_a_broker_restart_exits_within_the_drain() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     stop_during(Outage::KafkaJustRestarted, "stop-restarted-5", 5).await;
 }
 
@@ -229,7 +219,7 @@ async fn sigterm_right_after_a_broker_restart_exits_within_the_drain() {
 /// with its own code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_signal_exits_at_once() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = services_to_myself();
     let mut loaded = Loaded::start("stop-twice", 60).await;
     let kafka = tokio::task::spawn_blocking(|| StoppedService::stop("kafka"))
         .await

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite;
 
-use super::produce::{Signal, now_ms, synthesize};
+use super::produce::{Signal, synthesize};
+use specflow::clock::unix_ms as now_ms;
 use specflow::config::Settings;
 
 /// `specflow loadtest` arguments.

@@ -142,7 +142,7 @@ fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) ->
     stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
 }
 
-pub(super) use specflow::clock::unix_ms as now_ms;
+use specflow::clock::unix_ms as now_ms;
 
 /// Sends the streams and waits for every acknowledgement.
 pub async fn produce(

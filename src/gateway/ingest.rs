@@ -179,7 +179,7 @@ async fn discard_refused_body(mut body: Body) {
 }
 
 /// The current time, Unix milliseconds.
-pub use crate::clock::unix_ms as now_ms;
+use crate::clock::unix_ms as now_ms;
 
 /// A query or header value as an unsigned integer, or `400 bad_parameter` naming it.
 fn parse_u64(name: &'static str, text: &str) -> Result<u64, ApiError> {

@@ -419,4 +419,31 @@ mod tests {
             .collect();
         assert_eq!(received, expected);
     }
+
+    /// A message librdkafka refuses at once (larger than `message.max.bytes`) comes back with
+    /// the error instead of waiting for a delivery report that never comes.
+    #[tokio::test]
+    async fn a_record_refused_at_once_comes_back_with_the_error() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(TOPIC, 1, 1).expect("topic");
+        let producer = producer(&cluster);
+        let too_large = vec![b'x'; 200_000];
+        let outcome = producer
+            .send(
+                FutureRecord::to(TOPIC)
+                    .key("stream")
+                    .payload(&too_large[..]),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                ))
+            ),
+            "{outcome:?}"
+        );
+    }
 }

@@ -153,11 +153,11 @@ pub fn admin_client(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientCont
 
 /// Creates the `topics` that do not exist yet (existing ones are left as they are) and returns
 /// once the broker's metadata lists each of them with every partition led, waiting up to
-/// [`LISTED_WAIT`]: created means usable. Returns the topics this call created.
+/// [`LISTED_WAIT`]: created means usable. Returns each topic's partition count as listed.
 pub async fn create_missing(
     admin: &AdminClient<DefaultClientContext>,
     topics: &[NewTopic<'_>],
-) -> Result<Vec<String>, TopicError> {
+) -> Result<HashMap<String, usize>, TopicError> {
     let results = admin
         .create_topics(
             topics,
@@ -186,8 +186,7 @@ pub async fn create_missing(
             )
         })
         .collect();
-    await_listed(admin.inner(), &wanted, LISTED_WAIT).await?;
-    Ok(created)
+    await_listed(admin.inner(), &wanted, LISTED_WAIT).await
 }
 
 #[cfg(test)]

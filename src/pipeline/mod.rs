@@ -40,7 +40,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
@@ -99,8 +98,6 @@ struct Worker {
     health: Arc<Health>,
     /// The stop request and its deadline.
     stop: Shutdown,
-    /// `stop`'s token, for the loop and the tasks that only need to know.
-    shutdown: CancellationToken,
     sinks: Sinks,
     gate: Arc<PauseGate>,
     intake: Intake,
@@ -118,7 +115,7 @@ impl Worker {
         health: Arc<Health>,
         stop: Shutdown,
     ) -> anyhow::Result<Self> {
-        let shutdown = stop.token().clone();
+        let shutdown = stop.token();
         if settings.source.create_topics {
             ensure_topics(&settings).await?;
         }
@@ -175,14 +172,13 @@ impl Worker {
             tokio::spawn(async move { mongo.probe_readiness(&health, &stop).await })
         });
 
-        let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, &shutdown);
+        let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, shutdown);
         let compute = Compute::new(settings.clone(), metrics.clone(), cache)?;
         Ok(Self {
             settings,
             metrics,
             health,
             stop,
-            shutdown,
             sinks,
             gate,
             intake,
@@ -203,7 +199,7 @@ impl Worker {
             self.settings.output.retry_ms(),
             &self.metrics,
             &self.gate,
-            &self.shutdown,
+            self.stop.token(),
             self.store.queues(),
         );
         // Deliveries under way, oldest first, and the latest one's "jobs queued" signal.
@@ -211,14 +207,14 @@ impl Worker {
         let mut last_queued: Option<Queued> = None;
         // Ok(true): stopped cleanly; Ok(false): a store writer stopped (it reports why).
         let mut result: Result<bool, SinkError> = loop {
-            if self.shutdown.is_cancelled() {
+            if self.stop.is_requested() {
                 break Ok(true);
             }
             self.health.beat();
             self.intake.finish_restores(&self.gate, &self.metrics);
             let (outbox, mut jobs) = match self
                 .intake
-                .next_batch(&self.shutdown, linger, max_batch)
+                .next_batch(self.stop.token(), linger, max_batch)
                 .await
             {
                 NextBatch::Stop => break Ok(true),
@@ -246,7 +242,7 @@ impl Worker {
                 // A stop does not wait here: the drain waits for it, up to the deadline.
                 let outcome = tokio::select! {
                     outcome = oldest.finish() => Some(outcome),
-                    _ = self.shutdown.cancelled() => None,
+                    _ = self.stop.requested() => None,
                 };
                 match outcome {
                     Some(Ok(true)) => {}
@@ -285,11 +281,7 @@ impl Worker {
         }
         result.map(|_| ()).map_err(|e| {
             error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
-            if e.retryable() && self.stop.is_requested() {
-                Unfinished(format!("Kafka was failing at the stop: {e}")).into()
-            } else {
-                anyhow::anyhow!(e)
-            }
+            failure_at_stop(&self.stop, e, "a batch could not be sent to Kafka")
         })
     }
 
@@ -307,7 +299,7 @@ impl Worker {
                 let polling = self.intake.below_batch_limit(max_batch);
                 tokio::select! {
                     biased;
-                    _ = self.shutdown.cancelled() => return false,
+                    _ = self.stop.requested() => return false,
                     _ = &mut taken => break,
                     _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
                     _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
@@ -362,17 +354,14 @@ impl Worker {
             remaining_ms = self.stop.remaining().as_millis() as u64,
             "Draining: waiting for MongoDB and the checkpoints, flushing the producer, committing offsets."
         );
+        // The first failure is the one reported.
         match self.store.finish(deadline).await {
             Ok(()) => {}
-            Err(StoreUnfinished::Failed(e)) if !e.retryable() || !self.stop.is_requested() => {
-                if result.is_ok() {
-                    result = Err(anyhow::anyhow!(e).context("store writes failed"));
-                }
+            Err(StoreUnfinished::Failed(e)) => {
+                result = result.and(Err(failure_at_stop(&self.stop, e, "store writes failed")));
             }
-            Err(unfinished) => {
-                if result.is_ok() {
-                    result = Err(Unfinished(unfinished.to_string()).into());
-                }
+            Err(deadline_passed) => {
+                result = result.and(Err(Unfinished(deadline_passed.to_string()).into()));
             }
         }
         let output = self.sinks.output.clone();
@@ -398,15 +387,21 @@ impl Worker {
         self.gate.forget_paused();
         drop(self.gate);
         let consumer = self.intake.into_consumer();
-        match intake::close(consumer, deadline + CLOSE_GRACE).await {
-            Ok(()) => {}
-            Err(unfinished) => {
-                if result.is_ok() {
-                    result = Err(unfinished.into());
-                }
-            }
+        if let Err(unfinished) = intake::close(consumer, deadline + CLOSE_GRACE).await {
+            result = result.and(Err(unfinished.into()));
         }
         result
+    }
+}
+
+/// What a sink error that ended the work means: during a stop, an outage whose retries the
+/// stop cut short leaves work unstored for the next owner ([`Unfinished`]); anything else (an
+/// error retrying cannot fix, or no stop requested) is an error.
+fn failure_at_stop(stop: &Shutdown, error: SinkError, what: &str) -> anyhow::Error {
+    if error.retryable() && stop.is_requested() {
+        Unfinished(format!("{what}: {error}")).into()
+    } else {
+        anyhow::anyhow!(error).context(what.to_string())
     }
 }
 
@@ -431,17 +426,11 @@ pub async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
             )
         })
         .collect();
-    kafka::topics::create_missing(&admin, &new_topics).await?;
-    // The input topic is listed by now (create_missing waits for it), however many partitions
-    // it had before.
-    let input_partitions = kafka::topics::await_listed(
-        admin.inner(),
-        &[(&settings.source.topic, None)],
-        kafka::topics::LISTED_WAIT,
-    )
-    .await?
-    .get(&settings.source.topic)
-    .map_or(settings.source.topic_partitions, |&n| n as i32);
+    // The input topic's partitions as listed, however many it had if it existed before.
+    let input_partitions = kafka::topics::create_missing(&admin, &new_topics)
+        .await?
+        .get(&settings.source.topic)
+        .map_or(settings.source.topic_partitions, |&n| n as i32);
     kafka::topics::create_missing(
         &admin,
         &[checkpoint::new_topic(

@@ -201,6 +201,14 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> 
         .collect()
 }
 
+/// Held for the whole run of a test that stops or restarts the shared services, so that such
+/// tests in one binary run one at a time (each test has its own runtime, so holding it across
+/// awaits cannot deadlock). A test that failed while holding it does not block the others.
+pub fn services_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    static SERVICES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERVICES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `scripts/services.sh ARGS`.
 pub fn services(args: &[&str]) {
     let status = std::process::Command::new("bash")
