@@ -9,7 +9,8 @@
 //!   batch, the partition tables), `recovery` (restoring an assigned partition), `compute` (the
 //!   DSP fan-out), `deliver` (records and dead letters to Kafka), `store` (MongoDB, checkpoints,
 //!   then offsets), `backpressure` (pausing and backoff), `batch` (the types the stages hand
-//!   each other, so that no stage depends on another), and `mod.rs` orchestrating them.
+//!   each other, so that no stage depends on another), `exactly_once` (`output.exactly_once`:
+//!   one Kafka transaction per batch, rewinds after an abort), and `mod.rs` orchestrating them.
 //! - [`pipeline::state`]: stream state and its checkpoint: the per-partition stream table
 //!   (alignment on `audio.start_sample`, gaps, eviction), the checkpoint record and its value
 //!   format, and the compacted checkpoint topic (co-partitioned with the input): restore,

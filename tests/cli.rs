@@ -151,6 +151,60 @@ fn check_rejects_producer_settings_that_weaken_the_guarantees() {
     );
 }
 
+/// `output.exactly_once`: `check` explains what the mode needs and rejects what cannot work
+/// with it, naming the keys.
+#[test]
+fn check_explains_exactly_once_and_rejects_what_cannot_work_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("eos.toml");
+    std::fs::write(
+        &good,
+        "[source]\ninstance_id = \"pod-0\"\n[output]\nexactly_once = true\n",
+    )
+    .unwrap();
+    let out = specflow(&["check", "--config", good.to_str().unwrap()]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    for needed in [
+        "Kafka brokers 2.5 or newer",
+        "transaction.max.timeout.ms",
+        "\"specflow-specflow-pod-0\"",
+        "isolation.level=read_committed",
+        "output.delivery_timeout_ms = 30000 is capped",
+    ] {
+        assert!(stderr.contains(needed), "{needed} missing from:\n{stderr}");
+    }
+    let bad = dir.path().join("bad-eos.toml");
+    std::fs::write(
+        &bad,
+        "[kafka.consumer]\n\"isolation.level\" = \"read_uncommitted\"\n\"enable.auto.commit\" = \"true\"\n[kafka.producer]\n\"transactional.id\" = \"mine\"\n[output]\nexactly_once = true\ntransaction_timeout_ms = 500\n",
+    )
+    .unwrap();
+    let out = specflow(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for problem in [
+        "kafka.consumer.\"isolation.level\" = read_uncommitted: must be read_committed",
+        "kafka.consumer.\"enable.auto.commit\" = true: must be false",
+        "kafka.producer.\"transactional.id\" = mine: is set by specflow in exactly-once mode: use output.transactional_id",
+        "output.transaction_timeout_ms = 500: must be between 1000 and 900000",
+    ] {
+        assert!(
+            stderr.contains(problem),
+            "{problem} missing from:\n{stderr}"
+        );
+    }
+    // The id without the mode is a mistake too.
+    let stray = dir.path().join("stray.toml");
+    std::fs::write(&stray, "[output]\ntransactional_id = \"x\"\n").unwrap();
+    let out = specflow(&["check", "--config", stray.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("output.transactional_id = x: is used only with output.exactly_once = true")
+    );
+}
+
 /// Option lines of a subcommand's `--help`: `(flag, help text)`.
 fn options_of(subcommand: &str) -> Vec<(String, String)> {
     let out = specflow(&[subcommand, "--help"]);

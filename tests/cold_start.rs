@@ -11,55 +11,20 @@ use specflow_test_support::testing as common;
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const ROUNDS: usize = 3;
-const KAFKA_PORT: &str = "19392";
-const CONTROLLER_PORT: &str = "19393";
-const MONGO_PORT: &str = "19394";
-
-/// `scripts/services.sh ARGS` against the private instance.
-fn private_services(state: &std::path::Path, args: &[&str]) {
-    let status = std::process::Command::new("bash")
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
-        .args(args)
-        .env("SPECFLOW_STATE_DIR", state)
-        .env("SPECFLOW_KAFKA_PORT", KAFKA_PORT)
-        .env("SPECFLOW_KAFKA_CONTROLLER_PORT", CONTROLLER_PORT)
-        .env("SPECFLOW_MONGO_PORT", MONGO_PORT)
-        .env("SPECFLOW_KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
-        .status()
-        .expect("run scripts/services.sh");
-    assert!(status.success(), "scripts/services.sh {args:?} failed");
-}
-
-/// Stops the private broker and deletes its data, also when the test fails.
-struct PrivateBroker(PathBuf);
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"))
-            .arg("down")
-            .env("SPECFLOW_STATE_DIR", &self.0)
-            .env("SPECFLOW_KAFKA_PORT", KAFKA_PORT)
-            .env("SPECFLOW_KAFKA_CONTROLLER_PORT", CONTROLLER_PORT)
-            .env("SPECFLOW_MONGO_PORT", MONGO_PORT)
-            .status();
-    }
-}
+/// The private broker's port (its controller's is the next one).
+const KAFKA_PORT: u16 = 19392;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_and_works() {
-    let state = tempfile::tempdir().expect("state dir");
-    let _broker = PrivateBroker(state.path().to_path_buf());
-    let brokers = format!("127.0.0.1:{KAFKA_PORT}");
+    let private = PrivateServices::new(KAFKA_PORT);
+    let brokers = private.brokers();
     let logs = tempfile::tempdir().expect("log dir").keep();
     eprintln!("worker logs in {}", logs.display());
     for round in 1..=ROUNDS {
-        private_services(state.path(), &["cold-start", "kafka"]);
+        private.run(&["cold-start", "kafka"]);
         let names = Names::new(&format!("cold-{round}"));
         let mut settings = settings(&names);
         settings.kafka.brokers = brokers.clone();
@@ -82,11 +47,7 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
         let chunks = fixed_chunks("cold-stream", &pcm, 1_600);
         let streams = vec![("cold-stream".to_string(), chunks.clone())];
         let expected = expected_records(&streams, &settings.dsp);
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer");
+        let producer = producer_for(&brokers);
         try_send_all(&producer, &names.input, &chunks)
             .await
             .unwrap_or_else(|e| panic!("round {round}: cannot send the stream: {e}"));

@@ -230,7 +230,7 @@ async fn the_output_producer_reports_each_delivery_and_its_thread_ends_with_the_
     let settings = settings(&names);
     let sink = settings
         .output
-        .build(&settings.kafka)
+        .build(&settings.kafka, None)
         .expect("output producer");
     let thread = sink.producer().thread_name().to_string();
     let running = || thread_names().contains(&thread);

@@ -46,7 +46,7 @@ async fn the_output_producer_does_not_spin_while_a_partition_waits_for_its_ackno
         .insert("batch.num.messages".into(), "5".into());
     let sink = settings
         .output
-        .build(&settings.kafka)
+        .build(&settings.kafka, None)
         .expect("output producer");
     // Connect and fetch the producer id first, so the burst below only waits for the cap.
     sink.send_record(b"stream", bytes::Bytes::from_static(b"warm-up"))

@@ -116,6 +116,9 @@ pub fn check(config: Option<PathBuf>, print: bool) -> ExitCode {
         print!("{}", settings.to_redacted_toml());
     }
     if problems.is_empty() {
+        if let Some(id) = settings.transactional_id() {
+            explain_exactly_once(&settings, &id);
+        }
         eprintln!("config ok");
         ExitCode::SUCCESS
     } else {
@@ -123,6 +126,40 @@ pub fn check(config: Option<PathBuf>, print: bool) -> ExitCode {
             eprintln!("error: {problem}");
         }
         ExitCode::from(1)
+    }
+}
+
+/// What `output.exactly_once` needs from the cluster, printed by `specflow check`.
+fn explain_exactly_once(settings: &Settings, transactional_id: &str) {
+    let output = &settings.output;
+    eprintln!("output.exactly_once is on. It needs:");
+    eprintln!(
+        "  - Kafka brokers 2.5 or newer (KIP-447: offsets committed in a transaction with the group's metadata);"
+    );
+    eprintln!(
+        "  - a transaction coordinator: __transaction_state with transaction.state.log.replication.factor and min.isr the cluster can meet;"
+    );
+    eprintln!(
+        "  - output.transaction_timeout_ms = {} at most the brokers' transaction.max.timeout.ms (default 900000);",
+        output.transaction_timeout_ms
+    );
+    eprintln!(
+        "  - transactional.id {transactional_id:?} unique among running instances{};",
+        if settings.source.instance_id.is_empty() && output.transactional_id.is_empty() {
+            " (derived from the host and pid: set source.instance_id to keep it across restarts)"
+        } else {
+            ""
+        }
+    );
+    eprintln!(
+        "  - readers of {} and {} with isolation.level=read_committed (acks=all and idempotence are always on).",
+        output.topic, settings.dead_letter.topic
+    );
+    if output.delivery_timeout_ms > output.transaction_timeout_ms {
+        eprintln!(
+            "  note: output.delivery_timeout_ms = {} is capped at output.transaction_timeout_ms.",
+            output.delivery_timeout_ms
+        );
     }
 }
 

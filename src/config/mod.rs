@@ -155,6 +155,29 @@ impl Settings {
         self.checkpoint.topic_for(&self.source.group_id)
     }
 
+    /// The output producer's `transactional.id` (`output.transactional_id`, or one derived
+    /// from the group and the instance), or `None` unless `output.exactly_once` is on.
+    pub fn transactional_id(&self) -> Option<String> {
+        if !self.output.exactly_once {
+            return None;
+        }
+        if !self.output.transactional_id.is_empty() {
+            return Some(self.output.transactional_id.clone());
+        }
+        let group = &self.source.group_id;
+        Some(if self.source.instance_id.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "host".into());
+            format!("specflow-{group}-{host}-{}", std::process::id())
+        } else {
+            format!("specflow-{group}-{}", self.source.instance_id)
+        })
+    }
+
     /// Every problem in the settings, each naming its key.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -197,6 +220,9 @@ impl Settings {
                 problems.push(Problem::new(key, topic, "must differ from source.topic"));
             }
         }
+        if self.output.exactly_once {
+            problems.extend(self.exactly_once_problems());
+        }
         for (key, topic) in [
             ("output.topic", &self.output.topic),
             ("dead_letter.topic", &self.dead_letter.topic),
@@ -206,6 +232,46 @@ impl Settings {
                     key,
                     topic,
                     "must differ from checkpoint.topic",
+                ));
+            }
+        }
+        problems
+    }
+
+    /// What `output.exactly_once` cannot work with: client properties that would let the
+    /// consumer commit on its own or read uncommitted records, or set the transaction by hand.
+    fn exactly_once_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let consumer = |key: &str| self.kafka.consumer.get(key).map(|v| v.trim().to_string());
+        if let Some(level) = consumer("isolation.level")
+            && level != "read_committed"
+        {
+            problems.push(Problem::new(
+                "kafka.consumer.\"isolation.level\"",
+                &level,
+                "must be read_committed (or unset) with output.exactly_once: a worker must never restore or replay records of an aborted transaction",
+            ));
+        }
+        if let Some(auto) = consumer("enable.auto.commit")
+            && !auto.eq_ignore_ascii_case("false")
+        {
+            problems.push(Problem::new(
+                "kafka.consumer.\"enable.auto.commit\"",
+                &auto,
+                "must be false (or unset) with output.exactly_once: offsets are committed inside each batch's transaction",
+            ));
+        }
+        for key in ["transactional.id", "transaction.timeout.ms"] {
+            if let Some(value) = self.kafka.producer.get(key) {
+                let own = if key == "transactional.id" {
+                    "output.transactional_id"
+                } else {
+                    "output.transaction_timeout_ms"
+                };
+                problems.push(Problem::new(
+                    format!("kafka.producer.\"{key}\""),
+                    value,
+                    format!("is set by specflow in exactly-once mode: use {own}"),
                 ));
             }
         }

@@ -267,6 +267,13 @@ impl DeliveryProducer {
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))
     }
+
+    /// The transactional producer's [`Producer`] calls (`init_transactions`,
+    /// `begin_transaction`, `send_offsets_to_transaction`, `commit_transaction`,
+    /// `abort_transaction`); they block, so call them off the async runtime.
+    pub fn transactions(&self) -> &impl Producer<DeliveryContext> {
+        &*self.producer
+    }
 }
 
 /// Queues `message` with `queue` (which hands it back with the error when nothing was queued),

@@ -55,6 +55,9 @@ pub(super) struct Intake {
     /// Stream state per assigned (and restored) partition.
     pub(super) tables: HashMap<i32, PartitionStreams>,
     restores: Restores,
+    /// The offset of the first message received per partition since it was assigned: where a
+    /// rewind goes back to when the group has no committed offset for it.
+    first_received: HashMap<i32, i64>,
 }
 
 impl Intake {
@@ -79,6 +82,7 @@ impl Intake {
             pending: Vec::new(),
             tables: HashMap::new(),
             restores,
+            first_received: HashMap::new(),
         })
     }
 
@@ -106,6 +110,34 @@ impl Intake {
             .finish(&mut self.tables, &mut self.pending, gate, metrics);
     }
 
+    /// Rewinds `partitions` (still assigned) to their last committed state after an aborted
+    /// transaction: their stream tables and pending messages are dropped, their streams
+    /// restored from the committed checkpoints, and the consumer moved back to the committed
+    /// offsets ([`Restores::rewind`]). Returns how many were rewound.
+    pub(super) fn rewind(&mut self, partitions: impl IntoIterator<Item = i32>) -> usize {
+        let assigned = self.assigned();
+        let mut rewound = 0;
+        for partition in partitions {
+            if !assigned.contains(&partition) {
+                continue;
+            }
+            self.tables.remove(&partition);
+            self.pending.retain(|m| m.partition() != partition);
+            let fallback = self.first_received.get(&partition).copied();
+            self.restores.rewind(&self.consumer, partition, fallback);
+            rewound += 1;
+        }
+        rewound
+    }
+
+    /// The partitions assigned to the consumer.
+    pub(super) fn assigned(&self) -> Vec<i32> {
+        self.consumer.assignment().map_or_else(
+            |_| Vec::new(),
+            |list| list.elements().iter().map(|e| e.partition()).collect(),
+        )
+    }
+
     /// Receives one message into the pending batch (or sets it aside while its partition is
     /// restored), waiting at most `wait`. Partitions revoked during the call, even when assigned
     /// again since, lose their stream tables and the messages received before the revocation;
@@ -119,11 +151,12 @@ impl Intake {
             for partition in &events.revoked {
                 self.tables.remove(partition);
                 self.restores.cancel(*partition);
+                self.first_received.remove(partition);
             }
         }
         for partition in &events.assigned {
-            self.restores
-                .start(&self.consumer, *partition, self.consumer.context().topic());
+            self.first_received.remove(partition);
+            self.restores.start(&self.consumer, *partition);
         }
         match received {
             Err(_) => Received::Idle,
@@ -137,6 +170,9 @@ impl Intake {
             Ok(Ok(message)) => {
                 self.health.set_kafka_ok(true);
                 let message = message.detach();
+                self.first_received
+                    .entry(message.partition())
+                    .or_insert(message.offset());
                 if self.restores.is_restoring(message.partition()) {
                     self.restores.hold_back(message);
                 } else {

@@ -6,7 +6,10 @@
 //! - [`compute`]: the DSP fan-out over the worker threads;
 //! - [`deliver`]: records and dead letters to Kafka, with retries, then the jobs to the writers;
 //! - [`store`]: the MongoDB and checkpoint writers, the pending-records budget, offsets;
-//! - [`backpressure`]: the pause gate and the backoff.
+//! - [`backpressure`]: the pause gate and the backoff;
+//! - [`exactly_once`]: with `output.exactly_once`, the loop that stores each batch by one Kafka
+//!   transaction (records, dead letters, checkpoints, offsets) instead of [`deliver`] and
+//!   [`store`]'s writers.
 //!
 //! The processing loop computes and sends a batch while the batch before it is still being
 //! acknowledged (at most two deliveries under way): a delivery task sends a batch's records
@@ -28,6 +31,7 @@ mod backpressure;
 mod batch;
 mod compute;
 mod deliver;
+mod exactly_once;
 mod intake;
 mod recovery;
 pub mod state;
@@ -77,7 +81,14 @@ pub async fn run(
     stop: Shutdown,
 ) -> anyhow::Result<()> {
     let mut worker = Worker::start(settings, metrics, health, stop).await?;
-    let result = worker.process_until_stopped().await;
+    let result = match worker.transactions.take() {
+        Some(mut transactions) => {
+            let result = worker.process_exactly_once(&mut transactions).await;
+            drop(transactions);
+            result
+        }
+        None => worker.process_until_stopped().await,
+    };
     worker.drain(result).await
 }
 
@@ -105,6 +116,8 @@ struct Worker {
     store: StoreWriters,
     /// MongoDB's readiness probe, when MongoDB is on.
     probe: Option<JoinHandle<()>>,
+    /// The transactional producer, with `output.exactly_once` (taken by the loop).
+    transactions: Option<exactly_once::Transactions>,
 }
 
 impl Worker {
@@ -134,7 +147,10 @@ impl Worker {
         )
         .await
         .context("checkpoint topic")?;
-        let output = settings.output.build(&settings.kafka)?;
+        let transactional_id = settings.transactional_id();
+        let output = settings
+            .output
+            .build(&settings.kafka, transactional_id.as_deref())?;
         health.watch_producer(output.brokers());
         let dead_letters = DeadLetterSink::new(&settings.dead_letter, output.clone());
         health.beat();
@@ -174,6 +190,21 @@ impl Worker {
 
         let store = StoreWriters::start(&settings, &sinks, &gate, &metrics, &health, shutdown);
         let compute = Compute::new(settings.clone(), metrics.clone(), cache)?;
+        let transactions = match transactional_id {
+            Some(id) => Some(
+                exactly_once::Transactions::start(
+                    &settings,
+                    id,
+                    sinks.output.clone(),
+                    sinks.mongo.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    stop.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(Self {
             settings,
             metrics,
@@ -185,6 +216,7 @@ impl Worker {
             compute,
             store,
             probe,
+            transactions,
         })
     }
 

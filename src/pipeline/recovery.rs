@@ -2,10 +2,16 @@
 //! the same partition of the checkpoint topic ([`checkpoint::read_partition`], off the
 //! runtime, retried until it succeeds or the partition is revoked). What arrives for it
 //! meanwhile is set aside, in order, and handed on once its streams are back.
+//!
+//! With `output.exactly_once` the group's committed offset of the partition is read first
+//! (a stable read: it waits until no transaction holding an offset for it is open), so the
+//! checkpoints read after it are those of the same committed state. A partition whose
+//! transaction was aborted is *rewound* the same way: its streams are restored from the last
+//! committed checkpoints and the consumer is moved back to the last committed offset.
 
-use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +31,18 @@ struct Restored {
     generation: u64,
     table: PartitionStreams,
     elapsed: Duration,
+    /// For a rewind: where the consumer goes back to (the committed offset).
+    seek_to: Option<i64>,
+}
+
+/// Why a partition is restored.
+#[derive(Clone, Copy)]
+enum Restore {
+    /// It was assigned: it resumes where the consumer fetches from.
+    Assigned,
+    /// Its transaction was aborted: it goes back to the committed offset, or, when the group
+    /// has none, to `fallback` (the first offset received since it was assigned).
+    Rewind { fallback: Option<i64> },
 }
 
 /// Partitions being restored from the checkpoint topic. Each is paused on assignment and read
@@ -34,11 +52,16 @@ pub(super) struct Restores {
     client: rdkafka::ClientConfig,
     /// Asks for the checkpoint partitions' watermarks ([`checkpoint::read_partition`]).
     bounds: Arc<BaseConsumer>,
+    /// Reads the group's committed input offsets (exactly-once mode); never joins the group.
+    committed: Option<Arc<BaseConsumer>>,
+    /// The input topic.
+    input: String,
+    /// The checkpoint topic.
     topic: String,
     timeout: Duration,
     cache: Arc<ExtractorCache>,
-    /// Partition → generation of the restore in flight (a revocation abandons it).
-    running: HashMap<i32, u64>,
+    /// Partition → generation of the restore in flight (a revocation abandons it) and why.
+    running: HashMap<i32, (u64, Restore)>,
     next_generation: u64,
     /// Messages of partitions still being restored.
     set_aside: Vec<OwnedMessage>,
@@ -51,10 +74,23 @@ impl Restores {
     pub(super) fn new(settings: &Settings, cache: Arc<ExtractorCache>) -> Result<Self, BuildError> {
         let client = settings.kafka.client_config(&settings.kafka.consumer)?;
         let bounds: BaseConsumer = settings.kafka.create("checkpoint consumer", &client)?;
+        let committed = if settings.output.exactly_once {
+            let mut reader = client.clone();
+            reader
+                .set("group.id", &settings.source.group_id)
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+            let reader: BaseConsumer = settings.kafka.create("offset reader", &reader)?;
+            Some(Arc::new(reader))
+        } else {
+            None
+        };
         let (done_sender, done) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,
             bounds: Arc::new(bounds),
+            committed,
+            input: settings.source.topic.clone(),
             topic: settings.checkpoint_topic(),
             timeout: Duration::from_secs(settings.checkpoint.restore_timeout_secs),
             cache,
@@ -68,23 +104,38 @@ impl Restores {
 
     /// Pauses `partition` and starts reading its checkpoints (retrying until it succeeds or
     /// the partition is revoked).
-    pub(super) fn start(
+    pub(super) fn start(&mut self, consumer: &StreamConsumer<SourceContext>, partition: i32) {
+        self.begin(consumer, partition, Restore::Assigned);
+    }
+
+    /// Rewinds `partition` after an aborted transaction: pauses it, restores its streams from
+    /// the committed checkpoints and moves the consumer back to the committed offset (or to
+    /// `fallback` when the group has none). The caller has dropped its table and what was
+    /// pending for it.
+    pub(super) fn rewind(
         &mut self,
         consumer: &StreamConsumer<SourceContext>,
         partition: i32,
-        topic: &str,
+        fallback: Option<i64>,
     ) {
+        self.cancel(partition);
+        self.begin(consumer, partition, Restore::Rewind { fallback });
+    }
+
+    fn begin(&mut self, consumer: &StreamConsumer<SourceContext>, partition: i32, why: Restore) {
         let mut paused = TopicPartitionList::new();
-        let _ = paused.add_partition(topic, partition);
+        let _ = paused.add_partition(&self.input, partition);
         if let Err(e) = consumer.pause(&paused) {
             warn!(partition, error = %e, "Cannot pause a partition being restored.");
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.running.insert(partition, generation);
-        let (client, bounds, checkpoint_topic, timeout, cache, done) = (
+        self.running.insert(partition, (generation, why));
+        let (client, bounds, committed, input, checkpoint_topic, timeout, cache, done) = (
             self.client.clone(),
             self.bounds.clone(),
+            self.committed.clone(),
+            self.input.clone(),
             self.topic.clone(),
             self.timeout,
             self.cache.clone(),
@@ -93,21 +144,36 @@ impl Restores {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut delay = Duration::from_millis(200);
-            loop {
-                match checkpoint::read_partition(
+            let read = || -> Result<_, String> {
+                // The committed offset first: its transaction's checkpoints are then committed.
+                let offset = match &committed {
+                    Some(reader) => committed_offset(reader, &input, partition, timeout)?,
+                    None => None,
+                };
+                let checkpoints = checkpoint::read_partition(
                     &client,
                     &bounds,
                     &checkpoint_topic,
                     partition,
                     timeout,
-                ) {
-                    Ok(checkpoints) => {
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((offset, checkpoints))
+            };
+            loop {
+                match read() {
+                    Ok((offset, checkpoints)) => {
                         let table = PartitionStreams::restore(partition, &cache, checkpoints);
+                        let seek_to = match why {
+                            Restore::Assigned => None,
+                            Restore::Rewind { fallback } => offset.or(fallback),
+                        };
                         let _ = done.send(Restored {
                             partition,
                             generation,
                             table,
                             elapsed: started.elapsed(),
+                            seek_to,
                         });
                         return;
                     }
@@ -150,26 +216,83 @@ impl Restores {
         metrics: &Metrics,
     ) {
         while let Ok(restored) = self.done.try_recv() {
-            if self.running.get(&restored.partition) != Some(&restored.generation) {
+            let Some(&(generation, why)) = self.running.get(&restored.partition) else {
+                continue;
+            };
+            if generation != restored.generation {
                 continue;
             }
-            self.running.remove(&restored.partition);
+            let partition = restored.partition;
+            if let Restore::Rewind { .. } = why {
+                // What was set aside came from before the rewind.
+                self.set_aside.retain(|m| m.partition() != partition);
+                if let Some(offset) = restored.seek_to
+                    && let Err(e) = self.seek(gate, partition, offset)
+                {
+                    warn!(partition, offset, error = %e, "Cannot rewind the consumer; restoring again.");
+                    if let Some(consumer) = gate.consumer() {
+                        self.begin(&consumer, partition, why);
+                    }
+                    continue;
+                }
+            }
+            self.running.remove(&partition);
             metrics
                 .restore_seconds
                 .observe(restored.elapsed.as_secs_f64());
             info!(
-                partition = restored.partition,
+                partition,
                 streams = restored.table.len(),
                 restore_ms = restored.elapsed.as_millis() as u64,
+                rewound_to = restored.seek_to,
                 "Partition restored from checkpoints."
             );
-            tables.insert(restored.partition, restored.table);
+            tables.insert(partition, restored.table);
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.set_aside)
                 .into_iter()
-                .partition(|m| m.partition() == restored.partition);
+                .partition(|m| m.partition() == partition);
             self.set_aside = waiting;
             pending.extend(ready);
-            gate.resume_partition(restored.partition);
+            gate.resume_partition(partition);
         }
     }
+
+    /// Moves the consumer's position in `partition` to `offset` (it stays paused).
+    fn seek(
+        &self,
+        gate: &PauseGate,
+        partition: i32,
+        offset: i64,
+    ) -> rdkafka::error::KafkaResult<()> {
+        let Some(consumer) = gate.consumer() else {
+            return Ok(());
+        };
+        consumer.seek(
+            &self.input,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        )
+    }
+}
+
+/// The group's committed offset of `partition` of `topic` (`None`: the group has none), read
+/// stable: it waits until no open transaction holds an offset for the partition.
+fn committed_offset(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<i64>, String> {
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, partition);
+    let committed = reader
+        .committed_offsets(wanted, timeout)
+        .map_err(|e| format!("cannot read the committed offset of {topic} [{partition}]: {e}"))?;
+    Ok(committed
+        .find_partition(topic, partition)
+        .and_then(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }))
 }

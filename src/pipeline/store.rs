@@ -5,7 +5,7 @@
 use mongodb::bson::RawDocumentBuf;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -359,37 +359,13 @@ impl StoreWriter {
         mongo: &MongoSink,
         documents: &[RawDocumentBuf],
     ) -> Result<(), SinkError> {
-        let metrics = &self.metrics;
-        let health = &self.health;
-        let mut backoff = Backoff::new(
+        let backoff = Backoff::new(
             "mongodb",
             self.settings.mongo.retry_ms(),
             &self.shutdown,
             &self.gate,
         );
-        loop {
-            let started = Instant::now();
-            let result = mongo.insert_idempotent(documents).await;
-            metrics
-                .mongo_write_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    metrics
-                        .mongo_documents_written_total
-                        .inc_by(documents.len() as u64);
-                    health.set_mongo_ok(true);
-                    break;
-                }
-                Err(e) => {
-                    metrics.mongo_write_errors_total.inc();
-                    health.set_mongo_ok(false);
-                    backoff.failed(e).await?;
-                }
-            }
-        }
-        backoff.succeeded();
-        Ok(())
+        insert_documents(mongo, documents, backoff, &self.metrics, &self.health).await
     }
 
     /// Writes each partition's checkpoint records to the same partition of the checkpoint
@@ -399,14 +375,7 @@ impl StoreWriter {
         &self,
         checkpoints: &[(i32, CheckpointRecords)],
     ) -> Result<(), SinkError> {
-        let mut latest: std::collections::BTreeMap<i32, HashMap<&str, Option<&[u8]>>> =
-            Default::default();
-        for (partition, records) in checkpoints {
-            let streams = latest.entry(*partition).or_default();
-            for (stream, value) in records {
-                streams.insert(stream.as_str(), value.as_deref());
-            }
-        }
+        let latest = latest_checkpoints(checkpoints);
         let metrics = &self.metrics;
         let topic = &self.settings.checkpoint_topic();
         let mut backoff = Backoff::new(
@@ -415,11 +384,9 @@ impl StoreWriter {
             &self.shutdown,
             &self.gate,
         );
-        for (partition, streams) in &latest {
-            let records: Vec<(&str, Option<&[u8]>)> =
-                streams.iter().map(|(s, v)| (*s, *v)).collect();
+        for (partition, records) in &latest {
             loop {
-                match checkpoint::write_partition(&self.producer, topic, *partition, &records).await
+                match checkpoint::write_partition(&self.producer, topic, *partition, records).await
                 {
                     Ok(()) => break,
                     Err(e) => backoff.failed(e).await?,
@@ -438,6 +405,61 @@ impl StoreWriter {
         backoff.succeeded();
         Ok(())
     }
+}
+
+/// Inserts `documents` into MongoDB, retrying under `backoff` (partitions paused) while it
+/// fails; the inserts are idempotent (duplicate `_id`s are ignored), so a replay is harmless.
+pub(super) async fn insert_documents(
+    mongo: &MongoSink,
+    documents: &[RawDocumentBuf],
+    mut backoff: Backoff<'_>,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<(), SinkError> {
+    loop {
+        let started = Instant::now();
+        let result = mongo.insert_idempotent(documents).await;
+        metrics
+            .mongo_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                metrics
+                    .mongo_documents_written_total
+                    .inc_by(documents.len() as u64);
+                health.set_mongo_ok(true);
+                break;
+            }
+            Err(e) => {
+                metrics.mongo_write_errors_total.inc();
+                health.set_mongo_ok(false);
+                backoff.failed(e).await?;
+            }
+        }
+    }
+    backoff.succeeded();
+    Ok(())
+}
+
+/// One checkpoint record to send: the stream id and its value (`None`: a tombstone).
+pub(super) type CheckpointRef<'a> = (&'a str, Option<&'a [u8]>);
+
+/// The checkpoint records to send per partition: only the latest per stream (merged jobs may
+/// hold several).
+pub(super) fn latest_checkpoints(
+    checkpoints: &[(i32, CheckpointRecords)],
+) -> BTreeMap<i32, Vec<CheckpointRef<'_>>> {
+    let mut latest: BTreeMap<i32, HashMap<&str, Option<&[u8]>>> = BTreeMap::new();
+    for (partition, records) in checkpoints {
+        let streams = latest.entry(*partition).or_default();
+        for (stream, value) in records {
+            streams.insert(stream.as_str(), value.as_deref());
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(partition, streams)| (partition, streams.into_iter().collect()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -461,7 +483,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
-        let output = settings.output.build(&settings.kafka).expect("producer");
+        let output = settings
+            .output
+            .build(&settings.kafka, None)
+            .expect("producer");
         let sinks = Sinks {
             dead_letters: DeadLetterSink::new(&settings.dead_letter, output.clone()),
             output,

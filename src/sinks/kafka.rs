@@ -65,6 +65,21 @@ pub struct KafkaSinkConfig {
     pub retry_initial_ms: u64,
     /// Longest wait between Kafka send retries, in milliseconds.
     pub retry_max_ms: u64,
+    /// Exactly-once output: each batch's records, dead letters, checkpoints and input offsets
+    /// are committed in one Kafka transaction, so a `read_committed` reader of the output and
+    /// dead-letter topics sees every record once, whatever crashes or rebalances happen. Costs
+    /// a transaction commit per batch (batches are then handled one at a time) and holds
+    /// records back from `read_committed` readers until their batch commits.
+    pub exactly_once: bool,
+    /// The producer's `transactional.id` (exactly-once only). Empty: `specflow-<group>-<instance>`
+    /// with `source.instance_id` when it is set (stable: a restarted instance aborts its own
+    /// unfinished transaction at once), else `specflow-<group>-<host>-<pid>` (unique: a killed
+    /// instance's open transaction then holds `read_committed` readers of its partitions back
+    /// until `transaction_timeout_ms` passes). Must be unique among running instances.
+    pub transactional_id: String,
+    /// `transaction.timeout.ms` (exactly-once only): how long the broker lets a transaction
+    /// stay open before it aborts it. A record's delivery timeout is capped at it.
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for KafkaSinkConfig {
@@ -78,6 +93,9 @@ impl Default for KafkaSinkConfig {
             delivery_timeout_ms: 30_000,
             retry_initial_ms: 200,
             retry_max_ms: 5_000,
+            exactly_once: false,
+            transactional_id: String::new(),
+            transaction_timeout_ms: 10_000,
         }
     }
 }
@@ -103,7 +121,43 @@ impl KafkaSinkConfig {
                 "must be at least 1000",
             ));
         }
+        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            problems.push(Problem::new(
+                "output.transaction_timeout_ms",
+                self.transaction_timeout_ms,
+                "must be between 1000 and 900000 (the broker's default transaction.max.timeout.ms)",
+            ));
+        }
+        if !self.transactional_id.is_empty() && !self.exactly_once {
+            problems.push(Problem::new(
+                "output.transactional_id",
+                &self.transactional_id,
+                "is used only with output.exactly_once = true",
+            ));
+        }
+        if self.transactional_id.len() > 249
+            || self
+                .transactional_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.push(Problem::new(
+                "output.transactional_id",
+                &self.transactional_id,
+                "must be at most 249 characters, without spaces or control characters",
+            ));
+        }
         problems
+    }
+
+    /// The delivery timeout in effect: `delivery_timeout_ms`, capped at the transaction timeout
+    /// in exactly-once mode (librdkafka refuses a longer one).
+    pub fn effective_delivery_timeout_ms(&self) -> u64 {
+        if self.exactly_once {
+            self.delivery_timeout_ms.min(self.transaction_timeout_ms)
+        } else {
+            self.delivery_timeout_ms
+        }
     }
 
     /// The backoff of Kafka send retries: (first, longest) wait in milliseconds.
@@ -111,20 +165,34 @@ impl KafkaSinkConfig {
         (self.retry_initial_ms, self.retry_max_ms)
     }
 
-    /// Builds the producer ([`producer_config`]: idempotent, acks=all).
-    pub fn build(&self, kafka: &KafkaConfig) -> Result<KafkaSink, BuildError> {
-        let config = producer_config(
+    /// Builds the producer ([`producer_config`]: idempotent, acks=all); transactional with
+    /// `transactional_id` (exactly-once mode: its transactions are initialised by the caller).
+    pub fn build(
+        &self,
+        kafka: &KafkaConfig,
+        transactional_id: Option<&str>,
+    ) -> Result<KafkaSink, BuildError> {
+        let mut config = producer_config(
             kafka,
             &[
                 ("linger.ms", self.linger_ms.to_string()),
                 ("compression.type", self.compression.as_str().to_string()),
                 ("batch.size", self.batch_size_bytes.to_string()),
-                ("message.timeout.ms", self.delivery_timeout_ms.to_string()),
+                (
+                    "message.timeout.ms",
+                    self.effective_delivery_timeout_ms().to_string(),
+                ),
                 // The producer's own thread serves its statistics: broker reachability in
                 // real time, even while the worker loop waits on a send.
                 ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
             ],
         )?;
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id).set(
+                "transaction.timeout.ms",
+                self.transaction_timeout_ms.to_string(),
+            );
+        }
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;

@@ -189,6 +189,11 @@ impl KafkaSourceConfig {
         if !kafka.consumer.contains_key("partition.assignment.strategy") {
             config.set("partition.assignment.strategy", "cooperative-sticky");
         }
+        if !kafka.consumer.contains_key("isolation.level") {
+            // librdkafka's default, made explicit: records of aborted transactions (the output
+            // of a fenced or failed worker, in exactly-once mode) are never read.
+            config.set("isolation.level", "read_committed");
+        }
         if !kafka.consumer.contains_key("statistics.interval.ms") {
             config.set("statistics.interval.ms", "5000");
         }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::kafka::reachability::BrokerState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the pipeline reports about itself.
@@ -17,7 +17,7 @@ pub struct Health {
     mongo_ok: AtomicBool,
     paused: AtomicBool,
     draining: AtomicBool,
-    producer_brokers: OnceLock<Arc<BrokerState>>,
+    producer_brokers: Mutex<Option<Arc<BrokerState>>>,
 }
 
 /// The JSON body of `/healthz` and `/readyz`.
@@ -56,7 +56,10 @@ impl Health {
     /// own thread, so it changes even while the loop waits on a send and polls no consumer
     /// events.
     pub fn watch_producer(&self, brokers: Arc<BrokerState>) {
-        let _ = self.producer_brokers.set(brokers);
+        *self
+            .producer_brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(brokers);
     }
     /// Whether MongoDB answers.
     pub fn set_mongo_ok(&self, value: bool) {
@@ -94,7 +97,9 @@ impl Health {
         }
         let producer_down = self
             .producer_brokers
-            .get()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
             .is_some_and(|brokers| brokers.known_down());
         if !self.kafka_ok.load(Ordering::Relaxed) || producer_down {
             reasons.push("kafka unreachable");

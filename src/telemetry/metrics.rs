@@ -54,6 +54,17 @@ pub struct Metrics {
     pub checkpoint_write_seconds: Histogram,
     /// Time to restore one assigned partition's streams from the checkpoint topic.
     pub restore_seconds: Histogram,
+    /// Kafka transactions committed (`output.exactly_once`).
+    pub transactions_committed_total: IntCounter,
+    /// Kafka transactions aborted, by reason (`send`, `offsets`, `commit`, `stop`).
+    transactions_aborted_total: IntCounterVec,
+    /// Times the transactional producer was fenced (another producer took its
+    /// `transactional.id`) and rebuilt.
+    pub transactions_fenced_total: IntCounter,
+    /// Time from a transaction's begin to its commit.
+    pub transaction_seconds: Histogram,
+    /// Partitions rewound to their last committed state after an aborted transaction.
+    pub partitions_rewound_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -111,7 +122,40 @@ impl Metrics {
         registry
             .register(Box::new(consumer_lag.clone()))
             .expect("unique metric");
+        let transactions_aborted_total = IntCounterVec::new(
+            Opts::new(
+                "transactions_aborted_total",
+                "Kafka transactions aborted (output.exactly_once), by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(transactions_aborted_total.clone()))
+            .expect("unique metric");
         Self {
+            transactions_committed_total: counter(
+                &registry,
+                "transactions_committed_total",
+                "Kafka transactions committed (output.exactly_once)",
+            ),
+            transactions_aborted_total,
+            transactions_fenced_total: counter(
+                &registry,
+                "transactions_fenced_total",
+                "Times the transactional producer was fenced by another with its transactional.id",
+            ),
+            transaction_seconds: histogram(
+                &registry,
+                "transaction_seconds",
+                "Time from a Kafka transaction's begin to its commit",
+                latency.clone(),
+            ),
+            partitions_rewound_total: counter(
+                &registry,
+                "partitions_rewound_total",
+                "Partitions rewound to their last committed state after an aborted transaction",
+            ),
             messages_replayed_total: counter(
                 &registry,
                 "messages_replayed_total",
@@ -216,6 +260,13 @@ impl Metrics {
         let _ = self
             .consumer_lag
             .remove_label_values(&[&partition.to_string()]);
+    }
+
+    /// Counts an aborted transaction under a short reason label.
+    pub fn transaction_aborted(&self, reason: &str) {
+        self.transactions_aborted_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts a dead letter under a short reason label.

@@ -114,7 +114,8 @@ impl Ctx {
         Ok(mongodb::Client::with_uri_str(&self.settings.mongo.uri).await?)
     }
 
-    /// A consumer with the worker's librdkafka settings, reading `topic` from the start.
+    /// A `read_committed` consumer with the worker's librdkafka settings, reading `topic` from
+    /// the start.
     pub fn consumer(&self, group: &str, extra: &[(&str, &str)]) -> anyhow::Result<StreamConsumer> {
         let mut config: ClientConfig = self
             .settings
@@ -125,7 +126,9 @@ impl Ctx {
             .set("group.id", group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Records show up when their transaction commits (output.exactly_once).
+            .set("isolation.level", "read_committed");
         for (k, v) in extra {
             config.set(*k, *v);
         }

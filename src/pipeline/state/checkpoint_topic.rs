@@ -40,7 +40,7 @@ pub const TOPIC_SETTINGS: [(&str, &str); 4] = [
 ];
 
 /// Reads checkpoint partition `partition` from its start to its end (the high watermark when
-/// called) and returns the latest checkpoint of every stream it holds. Blocking: call it off
+/// called, or the end of what is committed) and returns the latest checkpoint of every stream it holds. Blocking: call it off
 /// the async runtime. Records that cannot be decoded are skipped with a warning (that stream
 /// starts afresh).
 ///
@@ -65,13 +65,21 @@ pub fn read_partition(
     let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     if high > low {
         let mut client = client.clone();
+        // Only committed records: with `output.exactly_once` the checkpoints are written in
+        // transactions, and an aborted one's must never be restored. The end is the partition
+        // end as a committed reader sees it (the last record before the high watermark is then
+        // a transaction marker, which is never delivered).
         client
             .set("group.id", "specflow-checkpoint-restore")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            // The end is known from an empty fetch: ask again at once rather than after 500 ms.
+            .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = client.create().map_err(kafka)?;
+        let consumer: BaseConsumer<RestoreContext> =
+            client.create_with_context(RestoreContext).map_err(kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
@@ -92,7 +100,11 @@ pub fn read_partition(
             else {
                 continue;
             };
-            let message = message.map_err(kafka)?;
+            let message = match message {
+                Ok(message) => message,
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => break,
+                Err(e) => return Err(kafka(e)),
+            };
             if let Some(key) = message.key() {
                 latest.insert(
                     String::from_utf8_lossy(key).into_owned(),
@@ -116,6 +128,25 @@ pub fn read_partition(
     }
     Ok(checkpoints)
 }
+
+/// The restore consumer's context: reaching the partition's end is how a restore knows it is
+/// done, not an error to log.
+struct RestoreContext;
+
+impl rdkafka::ClientContext for RestoreContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            warn!(error = %error, reason, "Checkpoint restore consumer error.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
 /// Sends one partition's checkpoint records (a value or a tombstone per stream) to the same
 /// partition of the checkpoint topic, and waits until all are acknowledged.

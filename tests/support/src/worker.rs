@@ -55,8 +55,13 @@ impl WorkerProcess {
 
     /// Sends SIGTERM (the worker drains and exits).
     pub fn sigterm(&self) -> std::io::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) -> std::io::Result<()> {
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

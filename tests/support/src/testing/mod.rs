@@ -23,8 +23,10 @@ use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
 
 // Not every test binary uses every helper.
+mod private;
 mod records;
 
+pub use private::PrivateServices;
 pub use records::*;
 pub use support::{Chunk, Names, Scrape, chunk_stream, fixed_chunks, synthetic_pcm, unique};
 
@@ -79,8 +81,13 @@ pub async fn create_topics(names: &Names, partitions: i32) {
 }
 
 pub fn producer() -> FutureProducer {
+    producer_for(&brokers())
+}
+
+/// An idempotent producer for `brokers`.
+pub fn producer_for(brokers: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "2")
         .create()
@@ -336,6 +343,16 @@ impl WorkerProcess {
     /// SIGKILL, no drain.
     pub fn kill(mut self) {
         self.0.kill().expect("SIGKILL");
+    }
+
+    /// SIGSTOP: the process freezes where it is (a zombie-to-be).
+    pub fn pause(&self) {
+        self.0.signal("STOP").expect("SIGSTOP");
+    }
+
+    /// SIGCONT: a paused process goes on.
+    pub fn resume(&self) {
+        self.0.signal("CONT").expect("SIGCONT");
     }
 
     /// SIGTERM; asserts a clean exit within `within` (else the drop kills it).

@@ -61,13 +61,25 @@ pub async fn all_documents(collection: &mongodb::Collection<Document>) -> Vec<Do
         .expect("cursor")
 }
 
-/// Reads `topic` from the start until `expected` messages arrived (or the timeout).
+/// Reads `topic` from the start until `expected` messages arrived (or the timeout), as a
+/// `read_committed` reader.
 pub async fn consume(topic: &str, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    consume_from(&brokers(), topic, expected, timeout).await
+}
+
+/// [`consume`] from the cluster at `brokers`.
+pub async fn consume_from(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -266,8 +278,18 @@ pub fn spawn_paced_producer(
     streams: Vec<(String, Vec<Chunk>)>,
     pace: Duration,
 ) -> JoinHandle<()> {
+    spawn_paced_producer_to(brokers(), topic, streams, pace)
+}
+
+/// [`spawn_paced_producer`] to the cluster at `brokers`.
+pub fn spawn_paced_producer_to(
+    brokers: String,
+    topic: String,
+    streams: Vec<(String, Vec<Chunk>)>,
+    pace: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut producer = producer();
+        let mut producer = producer_for(&brokers);
         let rounds = streams.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
         for round in 0..rounds {
             let batch: Vec<Chunk> = streams
@@ -281,7 +303,7 @@ pub fn spawn_paced_producer(
                 attempts += 1;
                 assert!(attempts < 10, "cannot deliver round {round}: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                producer = self::producer();
+                producer = producer_for(&brokers);
             }
             tokio::time::sleep(pace).await;
         }
