@@ -31,7 +31,7 @@ use super::backpressure::{Backoff, PauseGate};
 use super::batch::{Outbox, StoreJob};
 use super::intake::NextBatch;
 use super::state::checkpoint_topic as checkpoint;
-use super::store::{insert_documents, latest_checkpoints};
+use super::store::{count_checkpoints, insert_documents, latest_checkpoints};
 use super::{Worker, failure_at_stop, now_ms};
 use crate::config::Settings;
 use crate::kafka::producer::DeliveryProducer;
@@ -327,15 +327,7 @@ impl Transactions {
         }
         let latest = latest_checkpoints(&job.checkpoints);
         for records in latest.values() {
-            metrics
-                .checkpoints_written_total
-                .inc_by(records.len() as u64);
-            metrics.checkpoint_bytes_total.inc_by(
-                records
-                    .iter()
-                    .map(|(_, v)| v.map_or(0, <[u8]>::len) as u64)
-                    .sum(),
-            );
+            count_checkpoints(metrics, records);
         }
         // The records are visible to readers now (MongoDB, when on, stored them before).
         let now = now_ms();

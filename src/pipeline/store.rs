@@ -392,15 +392,7 @@ impl StoreWriter {
                     Err(e) => backoff.failed(e).await?,
                 }
             }
-            metrics
-                .checkpoints_written_total
-                .inc_by(records.len() as u64);
-            metrics.checkpoint_bytes_total.inc_by(
-                records
-                    .iter()
-                    .map(|(_, v)| v.map_or(0, <[u8]>::len) as u64)
-                    .sum(),
-            );
+            count_checkpoints(metrics, records);
         }
         backoff.succeeded();
         Ok(())
@@ -439,6 +431,19 @@ pub(super) async fn insert_documents(
     }
     backoff.succeeded();
     Ok(())
+}
+
+/// Counts checkpoint records acknowledged by the checkpoint topic, and their bytes.
+pub(super) fn count_checkpoints(metrics: &Metrics, records: &[CheckpointRef<'_>]) {
+    metrics
+        .checkpoints_written_total
+        .inc_by(records.len() as u64);
+    metrics.checkpoint_bytes_total.inc_by(
+        records
+            .iter()
+            .map(|(_, v)| v.map_or(0, <[u8]>::len) as u64)
+            .sum(),
+    );
 }
 
 /// One checkpoint record to send: the stream id and its value (`None`: a tombstone).
