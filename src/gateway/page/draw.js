@@ -166,13 +166,13 @@ class FeatureView {
       g.fillStyle = '#262b35'; g.fillRect(0, y, width, 1);
       g.fillStyle = '#8a93a6'; g.fillText(`C${octave} ${hz.toFixed(0)} Hz`, 4, y - 2);
     }
-    g.lineWidth = 2;
+    g.lineWidth = 2.5;
     for (let i = 1; i < this.frames.length; i++) {
       const a = this.frames[i - 1];
       const b = this.frames[i];
       if (!(a.f0 > 0 && b.f0 > 0) || b.index !== a.index + 1) continue;
       const p = typeof b.voiced_prob === 'number' ? b.voiced_prob : 1;
-      g.strokeStyle = `rgba(90, 220, 255, ${0.15 + 0.85 * p})`;
+      g.strokeStyle = `rgba(110, 235, 255, ${0.3 + 0.7 * p})`;
       g.beginPath();
       g.moveTo(this.x(i - 1, width), this.pitchY(a.f0, height));
       g.lineTo(this.x(i, width), this.pitchY(b.f0, height));

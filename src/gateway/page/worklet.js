@@ -8,16 +8,18 @@ class PcmCapture extends AudioWorkletProcessor {
     this.step = sampleRate / target; // input samples per output sample
     this.position = 0; // next output sample, in input samples from this block's start
     this.previous = 0; // the last sample of the block before
-    this.block = new Int16Array(Math.max(1, Math.round(target / 10)));
+    this.blockLength = Math.max(1, Math.round(target / 10));
+    this.block = new Int16Array(this.blockLength);
     this.filled = 0;
   }
 
   emit(value) {
     const clamped = Math.max(-1, Math.min(1, value));
     this.block[this.filled++] = clamped < 0 ? clamped * 0x8000 : clamped * 0x7fff;
-    if (this.filled === this.block.length) {
+    if (this.filled === this.blockLength) {
+      // Transferred, not copied: the buffer is detached here, hence a new block.
       this.port.postMessage(this.block.buffer, [this.block.buffer]);
-      this.block = new Int16Array(this.block.length);
+      this.block = new Int16Array(this.blockLength);
       this.filled = 0;
     }
   }
