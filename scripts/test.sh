@@ -52,6 +52,8 @@ wait_services() {
 phase "local services (Kafka, FerretDB)" wait_services
 trap - EXIT
 
+# Every other tests/*.rs, the gateway's among them (gateway_live: the live feed;
+# gateway_page: the browser view in headless Chromium, installed by scripts/setup.sh).
 online_args=()
 for f in tests/*.rs; do
   t=$(basename "$f" .rs)

@@ -41,8 +41,20 @@ impl TokenHashes {
     }
 }
 
-/// Middleware of the `/v1` routes: `401` without a valid `Authorization: Bearer` token, once
-/// tokens are configured.
+/// The token a browser's WebSocket offers as subprotocols (`new WebSocket(url, ["bearer",
+/// token])`: browsers cannot set `Authorization` on a WebSocket); the server selects `bearer`.
+fn subprotocol_token(request: &Request) -> Option<&str> {
+    let offered = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?;
+    let mut protocols = offered.split(',').map(str::trim);
+    (protocols.next()? == "bearer").then(|| protocols.next())?
+}
+
+/// Middleware of the `/v1` routes: `401` without a valid `Authorization: Bearer` token (or, on
+/// a WebSocket, the subprotocols `bearer, <token>`), once tokens are configured.
 pub(super) async fn require_token(
     State(gateway): State<Shared>,
     request: Request,
@@ -59,7 +71,8 @@ pub(super) async fn require_token(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .or_else(|| subprotocol_token(&request));
     match presented {
         Some(token) if gateway.tokens.accepts(token) => next.run(request).await,
         Some(_) => unauthorized("the bearer token is not valid"),

@@ -41,6 +41,16 @@ pub struct GatewayConfig {
     pub max_page_frames: usize,
     /// How often a WebSocket session reports its durable sample count, in milliseconds.
     pub ws_ack_interval_ms: u64,
+    /// Most clients of the live feed (`/v1/streams/{id}/features/live`) at once; one more is
+    /// refused with `503 too_many_live_clients`. Each holds a Kafka consumer of its own.
+    pub live_max_clients: usize,
+    /// Output records a live client may have waiting to be sent; one more and the client is
+    /// disconnected (`slow_client`) instead of buffered without bound.
+    pub live_queue_records: usize,
+    /// How far back, in milliseconds, the live feed starts reading the output topic when it
+    /// sends history from MongoDB first: longer than MongoDB may lag behind the output topic,
+    /// so that no record falls between the two (frames already sent are dropped by index).
+    pub live_seam_margin_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +66,9 @@ impl Default for GatewayConfig {
             retry_after_secs: 1,
             max_page_frames: 1_000,
             ws_ack_interval_ms: 500,
+            live_max_clients: 32,
+            live_queue_records: 256,
+            live_seam_margin_ms: 60_000,
         }
     }
 }
@@ -150,6 +163,14 @@ impl GatewayConfig {
                 0,
                 "must be at least 1",
             ));
+        }
+        for (key, value) in [
+            ("gateway.live_max_clients", self.live_max_clients),
+            ("gateway.live_queue_records", self.live_queue_records),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(key, 0, "must be at least 1"));
+            }
         }
         if self.ws_ack_interval_ms == 0 {
             problems.push(Problem::new(

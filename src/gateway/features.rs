@@ -46,6 +46,96 @@ impl FeatureStore {
     pub async fn shutdown(self) {
         self.sink.shutdown().await;
     }
+
+    /// Whether any record of `stream_id` is stored.
+    pub async fn knows(&self, stream_id: &str) -> Result<bool, mongodb::error::Error> {
+        let found = self
+            .sink
+            .collection()
+            .find_one(doc! { "stream_id": stream_id })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Up to `limit` stored frames of `stream_id` in `range`, in frame order, with only
+    /// `fields` (all when `None`); and the index to continue from, when there are more.
+    pub async fn read_frames(
+        &self,
+        stream_id: &str,
+        range: FrameRange,
+        limit: usize,
+        fields: Option<&[&str]>,
+        retry_after_secs: u64,
+    ) -> Result<(Vec<Value>, Option<i64>), ApiError> {
+        let FrameRange {
+            from_ms,
+            to_ms,
+            cursor,
+        } = range;
+        let unavailable = |e: mongodb::error::Error| {
+            ApiError::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mongodb_unavailable",
+                format!("cannot read MongoDB: {e}"),
+                retry_after_secs,
+            )
+        };
+        let mut documents = self
+            .sink
+            .collection()
+            .find(doc! {
+                "stream_id": stream_id,
+                "start_ms": { "$lt": to_ms },
+                "end_ms": { "$gt": from_ms },
+                "last_frame": { "$gte": cursor },
+            })
+            .sort(doc! { "first_frame": 1 })
+            .await
+            .map_err(unavailable)?;
+        let mut frames = Vec::new();
+        while let Some(document) = documents.try_next().await.map_err(unavailable)? {
+            let stored = frames_of(&document).map_err(|why| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad_document",
+                    format!("document {:?}: {why}", document.get("_id")),
+                )
+            })?;
+            for mut frame in stored {
+                let index = frame
+                    .get("index")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MIN);
+                let time = frame
+                    .get("timestamp_ms")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MIN);
+                if index < cursor || time < from_ms || time >= to_ms {
+                    continue;
+                }
+                if frames.len() == limit {
+                    return Ok((frames, Some(index)));
+                }
+                if let Some(fields) = fields {
+                    frame.retain(|key, _| fields.contains(&key.as_str()));
+                }
+                frames.push(Value::Object(frame));
+            }
+        }
+        Ok((frames, None))
+    }
+}
+
+/// Which stored frames to read: `timestamp_ms` in `[from_ms, to_ms)`, index at least `cursor`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRange {
+    /// Earliest capture time, Unix ms (inclusive).
+    pub from_ms: i64,
+    /// Latest capture time, Unix ms (exclusive).
+    pub to_ms: i64,
+    /// Smallest frame index.
+    pub cursor: i64,
 }
 
 /// Query parameters (all optional).
@@ -69,7 +159,7 @@ pub struct FeaturesPage {
     pub next_cursor: Option<String>,
 }
 
-fn parse_i64(name: &str, text: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_i64(name: &str, text: &str) -> Result<i64, ApiError> {
     text.trim().parse().map_err(|_| {
         ApiError::bad_request(
             "bad_parameter",
@@ -80,7 +170,7 @@ fn parse_i64(name: &str, text: &str) -> Result<i64, ApiError> {
 
 /// Which frame fields a `features=` list keeps (`None`: all). `f0` brings `voiced` and
 /// `voiced_prob` along.
-fn selected_fields(list: Option<&str>) -> Result<Option<Vec<&'static str>>, ApiError> {
+pub(super) fn selected_fields(list: Option<&str>) -> Result<Option<Vec<&'static str>>, ApiError> {
     let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
         return Ok(None);
     };
@@ -244,62 +334,24 @@ pub(super) async fn get_features(
         .as_deref()
         .map_or(Ok(i64::MIN), |t| parse_i64("cursor", t))?;
     let fields = selected_fields(query.features.as_deref())?;
-    let unavailable = |e: mongodb::error::Error| {
-        ApiError::retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "mongodb_unavailable",
-            format!("cannot read MongoDB: {e}"),
+    let range = FrameRange {
+        from_ms,
+        to_ms,
+        cursor,
+    };
+    let (frames, next_cursor) = store
+        .read_frames(
+            &stream_id,
+            range,
+            limit,
+            fields.as_deref(),
             gateway.settings.gateway.retry_after_secs,
         )
-    };
-    let mut documents = store
-        .sink
-        .collection()
-        .find(doc! {
-            "stream_id": &stream_id,
-            "start_ms": { "$lt": to_ms },
-            "end_ms": { "$gt": from_ms },
-            "last_frame": { "$gte": cursor },
-        })
-        .sort(doc! { "first_frame": 1 })
-        .await
-        .map_err(unavailable)?;
-    let mut frames = Vec::new();
-    let mut next_cursor = None;
-    'documents: while let Some(document) = documents.try_next().await.map_err(unavailable)? {
-        let stored = frames_of(&document).map_err(|why| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "bad_document",
-                format!("document {:?}: {why}", document.get("_id")),
-            )
-        })?;
-        for mut frame in stored {
-            let index = frame
-                .get("index")
-                .and_then(Value::as_i64)
-                .unwrap_or(i64::MIN);
-            let time = frame
-                .get("timestamp_ms")
-                .and_then(Value::as_i64)
-                .unwrap_or(i64::MIN);
-            if index < cursor || time < from_ms || time >= to_ms {
-                continue;
-            }
-            if frames.len() == limit {
-                next_cursor = Some(index.to_string());
-                break 'documents;
-            }
-            if let Some(fields) = &fields {
-                frame.retain(|key, _| fields.contains(&key.as_str()));
-            }
-            frames.push(Value::Object(frame));
-        }
-    }
+        .await?;
     Ok(Json(FeaturesPage {
         stream_id,
         frames,
-        next_cursor,
+        next_cursor: next_cursor.map(|index| index.to_string()),
     }))
 }
 

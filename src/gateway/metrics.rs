@@ -21,6 +21,13 @@ pub struct GatewayMetrics {
     pub broker_ack_seconds: Histogram,
     /// Open WebSocket sessions.
     pub websocket_sessions: IntGauge,
+    /// Open live-feed clients.
+    pub live_clients: IntGauge,
+    /// Frames sent to live-feed clients (history and live).
+    pub live_frames_sent_total: IntCounter,
+    /// Live-feed sessions ended, by reason (`client_closed`, `slow_client`,
+    /// `kafka_unavailable`, `mongodb_unavailable`, `shutting_down`, …).
+    pub live_ended_total: IntCounterVec,
 }
 
 impl Default for GatewayMetrics {
@@ -77,6 +84,24 @@ impl GatewayMetrics {
             "Open WebSocket sessions.",
         )
         .expect("valid metric");
+        let live_clients = IntGauge::new(
+            "specflow_gateway_live_clients",
+            "Open clients of the live feature feed.",
+        )
+        .expect("valid metric");
+        let live_frames_sent_total = IntCounter::new(
+            "specflow_gateway_live_frames_sent_total",
+            "Frames sent to live-feed clients (history and live).",
+        )
+        .expect("valid metric");
+        let live_ended_total = IntCounterVec::new(
+            Opts::new(
+                "specflow_gateway_live_ended_total",
+                "Live-feed sessions ended, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -84,6 +109,9 @@ impl GatewayMetrics {
             Box::new(chunks_produced_total.clone()),
             Box::new(broker_ack_seconds.clone()),
             Box::new(websocket_sessions.clone()),
+            Box::new(live_clients.clone()),
+            Box::new(live_frames_sent_total.clone()),
+            Box::new(live_ended_total.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -95,6 +123,9 @@ impl GatewayMetrics {
             chunks_produced_total,
             broker_ack_seconds,
             websocket_sessions,
+            live_clients,
+            live_frames_sent_total,
+            live_ended_total,
         }
     }
 

@@ -4,11 +4,13 @@
 //! (`GET /v1/streams/{id}/ws`) and is produced to `source.topic` as exactly the messages the
 //! worker consumes: key = stream id, the PCM payload, the `audio.*` headers. A request is
 //! answered `202` only once the broker acknowledged every chunk (`acks=all`). Stored features
-//! go out over `GET /v1/streams/{id}/features`, read from MongoDB.
+//! go out over `GET /v1/streams/{id}/features`, read from MongoDB, and live over
+//! `GET /v1/streams/{id}/features/live`; `/` serves a page that draws them.
 //!
 //! One file per concern: [`config`] (`[gateway]` settings), [`chunks`] (splitting and checking
 //! PCM), [`producer`] (producing to Kafka), [`ingest`] (the `POST` route), [`ws`] (the
-//! WebSocket session), [`features`] (the MongoDB read), [`auth`] and [`digest`] (bearer
+//! WebSocket session), [`features`] (the MongoDB read), [`tail`] (the output topic read back),
+//! [`live`] (the live feed and the recent streams), [`page`] (the browser view), [`auth`] and [`digest`] (bearer
 //! tokens), [`metrics`] (the gateway's own Prometheus registry) and [`error`] (refusals as
 //! JSON). This file holds the router, [`bind`], [`serve`] and the health routes. The leaves
 //! (`config`, `digest`, `error`, `chunks`, `metrics`) use no other gateway file that uses the
@@ -21,8 +23,11 @@ pub mod digest;
 pub mod error;
 pub mod features;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
+pub mod page;
 pub mod producer;
+pub mod tail;
 pub mod ws;
 
 use anyhow::Context as _;
@@ -59,6 +64,8 @@ pub(crate) struct Gateway {
     pub(crate) stopping: tokio_util::sync::CancellationToken,
     /// Tracks every open WebSocket session: the server waits for them before it returns.
     pub(crate) sessions: TaskTracker,
+    /// One permit per live-feed client (`gateway.live_max_clients`).
+    pub(crate) live_clients: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = Arc<Gateway>;
@@ -92,6 +99,7 @@ where
             )
         })?;
     let address = listener.local_addr()?;
+    let settings_live_max_clients = settings.gateway.live_max_clients;
     let gateway = Arc::new(Gateway {
         settings,
         producer,
@@ -100,6 +108,7 @@ where
         metrics: GatewayMetrics::new(),
         stopping: tokio_util::sync::CancellationToken::new(),
         sessions: TaskTracker::new(),
+        live_clients: Arc::new(tokio::sync::Semaphore::new(settings_live_max_clients)),
     });
     let api = Router::new()
         .route("/v1/streams/{stream_id}/chunks", post(ingest::post_chunks))
@@ -108,12 +117,15 @@ where
             "/v1/streams/{stream_id}/features",
             get(features::get_features),
         )
+        .route("/v1/streams/{stream_id}/features/live", get(live::upgrade))
+        .route("/v1/streams", get(live::recent_streams))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             auth::require_token,
         ));
     let app = Router::new()
         .merge(api)
+        .merge(page::routes())
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -156,7 +168,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown.install_signal_handlers();
     let stop = shutdown.clone();
     let (address, server) = bind(settings, async move { stop.requested().await }).await?;
-    info!(%address, "Gateway listening (/v1/streams/{{id}}/chunks, /ws, /features; /metrics /healthz /readyz).");
+    info!(%address, "Gateway listening (page at /; /v1/streams/{{id}}/chunks, /ws, /features, /features/live; /metrics /healthz /readyz).");
     crate::telemetry::systemd::Notifier::default().ready();
     server.await
 }

@@ -119,6 +119,7 @@ pub(super) async fn upgrade(
     // Tracked from here to the session's end: the server waits for it before it returns.
     let tracked = gateway.sessions.token();
     Ok(ws
+        .protocols(["bearer"])
         .max_message_size(max_message)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;

@@ -1,9 +1,11 @@
 //! Shared by the gateway's integration tests (`gateway_ingest`, `gateway_ws`, `gateway_api`):
 //! a gateway bound in-process on a free port ([`RunningGateway`]), the settings of one test
 //! ([`setup`]), the lock that keeps the broker outage test alone, and small helpers for PCM,
-//! raw-PCM queries and the input topic.
+//! raw-PCM queries and the input topic; [`browser`] drives headless Chromium (`gateway_page`).
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod browser;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -122,4 +124,21 @@ pub fn messages_in(topic: &str, partitions: i32) -> i64 {
 /// Frames the worker computes for a whole stream of `samples`.
 pub fn all_frames(framing: &Framing, samples: usize) -> i64 {
     framing.complete(samples as u64) as i64
+}
+
+/// Waits until MongoDB holds frames and their count has not moved for 2 s; returns the count.
+pub async fn settled_frames(collection: &mongodb::Collection<mongodb::bson::Document>) -> i64 {
+    let mut count = 0;
+    let settled = common::eventually(Duration::from_secs(90), async || {
+        count = common::stored_frames(collection).await;
+        let now = count;
+        now > 0
+            && common::holds_for(Duration::from_secs(2), async || {
+                common::stored_frames(collection).await == now
+            })
+            .await
+    })
+    .await;
+    assert!(settled, "frames never settled in MongoDB ({count})");
+    count
 }

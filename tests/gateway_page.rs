@@ -1,0 +1,210 @@
+//! The browser view at `/`, in headless Chromium (Debian's `chromium` + `chromium-driver`)
+//! driven over WebDriver, against the real local Kafka and FerretDB and a worker in process:
+//! the microphone mode with Chromium's fake capture device playing a shipped WAV, the watch
+//! mode on a stream from `specflow produce` (live, then from the stored start), the token prompt
+//! and the error messages. Screenshots go to `target/test-artifacts/gateway_page/`, and the
+//! spectrogram's pixels must vary.
+
+use specflow_test_support::testing as common;
+mod gateway_support;
+
+use common::*;
+use gateway_support::browser::{Browser, artifacts_dir, pixel_spread};
+use gateway_support::{RunningGateway, SERVICES, settled_frames, setup};
+use serde_json::json;
+use sha2::Digest;
+use std::time::Duration;
+
+/// Waits (up to `secs`) until the page's `id` element reads as `want` says.
+async fn wait_for(browser: &Browser, id: &str, secs: u64, want: impl Fn(&str) -> bool) -> String {
+    let mut seen = String::new();
+    let held = eventually(Duration::from_secs(secs), async || {
+        seen = browser.read(id).await;
+        want(&seen)
+    })
+    .await;
+    let error = browser.read("error").await;
+    assert!(
+        held,
+        "#{id} is {seen:?} after {secs} s (page error: {error:?})"
+    );
+    seen
+}
+
+/// Waits until the page has drawn exactly the `stored` frames, the last one being `stored - 1`.
+async fn page_draws_every_stored_frame(browser: &Browser, stored: i64) {
+    wait_for(browser, "frame-count", 30, |n| n == stored.to_string()).await;
+    let last = browser.read("last-frame-index").await;
+    assert_eq!(last, (stored - 1).to_string());
+}
+
+/// Saves a screenshot of the page as `name` and checks the spectrogram is not blank.
+async fn screenshot_with_a_spectrogram(browser: &Browser, name: &str) {
+    let saved = browser.save_screenshot(name).await;
+    eprintln!("screenshot: {}", saved.display());
+    let spectrogram = browser.screenshot(Some("#spectrogram")).await;
+    std::fs::write(
+        artifacts_dir().join(format!("spectrogram-{name}")),
+        &spectrogram,
+    )
+    .unwrap();
+    let (colours, spread) = pixel_spread(&spectrogram);
+    assert!(
+        colours > 50 && spread > 8.0,
+        "the spectrogram looks blank: {colours} colours, luminance std {spread:.1}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
+    let _shared = SERVICES.read().await;
+    let (names, settings) = setup("gateway-page-mic").await;
+    let worker = spawn_worker(settings.clone());
+    let gateway = RunningGateway::start(&settings).await;
+    let browser = Browser::start(Some(&reference_signal("speech_16k.wav"))).await;
+    browser.goto(&gateway.url("/")).await;
+    browser.click("#mic-start").await;
+    wait_for(&browser, "frame-count", 60, |n| {
+        n.parse::<i64>().unwrap_or(0) > 0
+    })
+    .await;
+    let stream = browser.read("stream-shown").await;
+    assert!(stream.starts_with("mic-"), "{stream}");
+    // Five seconds of the (looping) recording, then Stop: audio.eos.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    browser.click("#mic-stop").await;
+    wait_for(&browser, "state", 30, |s| s.contains("stopped")).await;
+    let collection = collection(&names).await;
+    let stored = settled_frames(&collection).await;
+    assert!(stored > 300, "about 5 s at 10 ms a frame: {stored}");
+    page_draws_every_stored_frame(&browser, stored).await;
+    let delay = browser.read("delay-ms").await;
+    assert!(delay.ends_with(" ms"), "the delay is shown: {delay:?}");
+    assert!(
+        !browser.shown("error").await,
+        "{}",
+        browser.read("error").await
+    );
+    screenshot_with_a_spectrogram(&browser, "microphone.png").await;
+    browser.quit().await;
+    gateway.stop().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_mode_follows_a_produced_stream_live_and_from_its_start() {
+    let _shared = SERVICES.read().await;
+    let (names, settings) = setup("gateway-page-watch").await;
+    let worker = spawn_worker(settings.clone());
+    let gateway = RunningGateway::start(&settings).await;
+    let browser = Browser::start(None).await;
+    browser.goto(&gateway.url("/")).await;
+    let prefix = format!("{}-", unique("watched"));
+    let stream = format!("{prefix}0");
+    browser.type_into("#stream-id", &stream).await;
+    browser.click("#watch").await;
+    wait_for(&browser, "state", 30, |s| s == "live").await;
+    assert!(browser.shown("error").await, "an unknown stream is said so");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("specflow.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"))
+        .args(["produce", "--config"])
+        .arg(&config)
+        .arg("--wav")
+        .arg(reference_signal("speech_16k.wav"))
+        .args(["--streams", "1", "--stream-prefix", &prefix])
+        .output()
+        .expect("run specflow produce");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let collection = collection(&names).await;
+    let stored = settled_frames(&collection).await;
+    page_draws_every_stored_frame(&browser, stored).await;
+    assert!(
+        !browser.shown("error").await,
+        "the notice goes with the first frames"
+    );
+    screenshot_with_a_spectrogram(&browser, "watch.png").await;
+
+    // From the stored start: history from MongoDB, then the output topic (which holds the same
+    // records again): every frame once.
+    browser
+        .script(
+            "document.getElementById('from').value = 'start';",
+            json!([]),
+        )
+        .await;
+    browser.click("#watch").await;
+    wait_for(&browser, "state", 30, |s| s.contains("history")).await;
+    page_draws_every_stored_frame(&browser, stored).await;
+    screenshot_with_a_spectrogram(&browser, "watch-from-start.png").await;
+    browser.quit().await;
+    gateway.stop().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_page_asks_for_a_token_and_says_what_failed() {
+    let _shared = SERVICES.read().await;
+    let (_names, mut settings) = setup("gateway-page-errors").await;
+    settings.gateway.tokens = vec![hex::encode(sha2::Sha256::digest(b"s3cret"))];
+    let gateway = RunningGateway::start(&settings).await;
+    let browser = Browser::start(None).await;
+    browser.goto(&gateway.url("/")).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || browser
+            .shown("token-form")
+            .await)
+        .await,
+        "the page asks for the token"
+    );
+    browser.type_into("#token", "wrong").await;
+    browser.click("#token-save").await;
+    wait_for(&browser, "error", 10, |e| e.contains("401")).await;
+    assert!(browser.shown("token-form").await);
+    browser.save_screenshot("token-refused.png").await;
+    browser.type_into("#token", "s3cret").await;
+    browser.click("#token-save").await;
+    assert!(
+        eventually(Duration::from_secs(10), async || !browser
+            .shown("error")
+            .await)
+        .await
+    );
+    // An unknown stream: a notice, not a blank canvas.
+    browser.type_into("#stream-id", &unique("nobody")).await;
+    browser.click("#watch").await;
+    wait_for(&browser, "error", 20, |e| e.contains("unknown")).await;
+    browser.save_screenshot("unknown-stream.png").await;
+    // The token is kept for the tab.
+    browser.goto(&gateway.url("/")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !browser.shown("token-form").await,
+        "the tab keeps the token"
+    );
+    gateway.stop().await;
+
+    // A broker that does not answer.
+    settings.gateway.tokens.clear();
+    settings.kafka.brokers = "127.0.0.1:1".into();
+    let unreachable = RunningGateway::start(&settings).await;
+    browser.goto(&unreachable.url("/")).await;
+    wait_for(&browser, "error", 30, |e| {
+        e.contains("Kafka is unreachable")
+    })
+    .await;
+    browser.type_into("#stream-id", "anyone").await;
+    browser.click("#watch").await;
+    wait_for(&browser, "state", 30, |s| s == "error").await;
+    let message = browser.read("error").await;
+    assert!(message.contains("Kafka is unreachable"), "{message}");
+    browser.save_screenshot("kafka-unreachable.png").await;
+    browser.quit().await;
+    unreachable.stop().await;
+}
