@@ -1,7 +1,7 @@
 // The page's controller: the token, the two ways to feed the view (watch a stream's live feed,
 // or capture the microphone and stream it over the WebSocket ingest while watching it), and the
 // messages a person reads when something fails. The DOM outputs #frame-count, #last-frame-index,
-// #delay-ms, #state and #error are what the browser tests read.
+// #voiced-count, #delay-ms, #state and #error are what the browser tests read.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -76,6 +76,7 @@ async function loadRecentStreams() {
 
 function updateStats(v) {
   $('frame-count').value = String(v.drawn);
+  $('voiced-count').value = String(v.voiced);
   $('last-frame-index').value = v.lastIndex < 0 ? '–' : String(v.lastIndex);
   $('delay-ms').value = v.delayMs === null ? '–' : `${Math.round(v.delayMs)} ms`;
   $('delay-ms').dataset.ms = v.delayMs === null ? '' : String(Math.round(v.delayMs));
