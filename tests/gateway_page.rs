@@ -9,7 +9,7 @@ use specflow_test_support::testing as common;
 mod gateway_support;
 
 use common::*;
-use gateway_support::browser::{Browser, artifacts_dir, pixel_spread};
+use gateway_support::browser::{Browser, Region, artifacts_dir, pixel_spread};
 use gateway_support::{RunningGateway, SERVICES, settled_frames, setup};
 use serde_json::json;
 use sha2::Digest;
@@ -38,7 +38,10 @@ async fn page_draws_every_stored_frame(browser: &Browser, stored: i64) {
     assert_eq!(last, (stored - 1).to_string());
 }
 
-/// Saves a screenshot of the page as `name` and checks the spectrogram is not blank.
+/// Saves a screenshot of the page as `name` and checks what a user sees in the spectrogram's
+/// data region (the columns holding drawn frames, below the label): many colours and a wide
+/// brightness spread. An empty canvas against one uniform colour would pass a whole-canvas
+/// check; a silent stream draws one uniform colour.
 async fn screenshot_with_a_spectrogram(browser: &Browser, name: &str) {
     let saved = browser.save_screenshot(name).await;
     eprintln!("screenshot: {}", saved.display());
@@ -48,10 +51,76 @@ async fn screenshot_with_a_spectrogram(browser: &Browser, name: &str) {
         &spectrogram,
     )
     .unwrap();
-    let (colours, spread) = pixel_spread(&spectrogram);
+    let drawn = browser
+        .script(
+            "const c = document.getElementById('spectrogram');
+            return [Number(c.dataset.drawnFrom), c.width, c.height];",
+            json!([]),
+        )
+        .await;
+    let [from, width, height] = [0, 1, 2].map(|i| drawn[i].as_f64().unwrap_or(f64::NAN));
+    assert!(from < width - 50.0, "at least 50 columns drawn: {drawn}");
+    // Below the label (16 canvas pixels), in the drawn columns.
+    let region = Region {
+        left: from / width,
+        right: 1.0,
+        top: 16.0 / height,
+        bottom: 1.0,
+    };
+    let (colours, spread) = pixel_spread(&spectrogram, region);
+    eprintln!("{name}: the drawn spectrogram holds {colours} colours, luminance std {spread:.1}");
     assert!(
-        colours > 50 && spread > 8.0,
-        "the spectrogram looks blank: {colours} colours, luminance std {spread:.1}"
+        colours > 200 && spread > 25.0,
+        "the drawn spectrogram looks flat (silence?): {colours} colours, luminance std {spread:.1}"
+    );
+}
+
+/// Per stream frames of what MongoDB holds: how many, how many louder than -50 dBFS, how many
+/// voiced (an `f0`).
+async fn stored_loudness_and_pitch(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+) -> (usize, usize, usize) {
+    let (mut frames, mut loud, mut voiced) = (0, 0, 0);
+    for document in all_documents(collection).await {
+        for frame in specflow::gateway::features::frames_of(&document).expect("frames") {
+            frames += 1;
+            let loudness = frame.get("loudness_dbfs").and_then(|v| v.as_f64());
+            if loudness.is_some_and(|db| db > -50.0) {
+                loud += 1;
+            }
+            if frame
+                .get("f0")
+                .and_then(|v| v.as_f64())
+                .is_some_and(|f| f > 0.0)
+            {
+                voiced += 1;
+            }
+        }
+    }
+    (frames, loud, voiced)
+}
+
+/// The stored frames are not silence (speech: loud on a fair share of frames, voiced on some),
+/// and the page drew a pitch point for every voiced frame.
+async fn the_stream_is_speech_and_the_page_shows_its_pitch(
+    browser: &Browser,
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+) {
+    let (frames, loud, voiced) = stored_loudness_and_pitch(collection).await;
+    eprintln!("stored: {frames} frames, {loud} above -50 dBFS, {voiced} voiced");
+    assert!(
+        loud * 3 > frames,
+        "the stored stream is (near) silent: {loud} of {frames} frames above -50 dBFS"
+    );
+    assert!(
+        voiced * 10 > frames,
+        "too few voiced frames for speech: {voiced} of {frames}"
+    );
+    let shown = browser.read("voiced-count").await;
+    assert_eq!(
+        shown,
+        voiced.to_string(),
+        "the page's voiced frames (its pitch line) against MongoDB's"
     );
 }
 
@@ -80,6 +149,16 @@ async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
     page_draws_every_stored_frame(&browser, stored).await;
     let delay = browser.read("delay-ms").await;
     assert!(delay.ends_with(" ms"), "the delay is shown: {delay:?}");
+    let delay_ms: i64 = browser
+        .attribute("delay-ms", "ms")
+        .await
+        .parse()
+        .unwrap_or(-1);
+    assert!(
+        (0..10_000).contains(&delay_ms),
+        "a live microphone is behind the clock: {delay:?}"
+    );
+    the_stream_is_speech_and_the_page_shows_its_pitch(&browser, &collection).await;
     assert!(
         !browser.shown("error").await,
         "{}",
@@ -129,6 +208,7 @@ async fn watch_mode_follows_a_produced_stream_live_and_from_its_start() {
         !browser.shown("error").await,
         "the notice goes with the first frames"
     );
+    the_stream_is_speech_and_the_page_shows_its_pitch(&browser, &collection).await;
     screenshot_with_a_spectrogram(&browser, "watch.png").await;
 
     // From the stored start: history from MongoDB, then the output topic (which holds the same
@@ -142,6 +222,7 @@ async fn watch_mode_follows_a_produced_stream_live_and_from_its_start() {
     browser.click("#watch").await;
     wait_for(&browser, "state", 30, |s| s.contains("history")).await;
     page_draws_every_stored_frame(&browser, stored).await;
+    the_stream_is_speech_and_the_page_shows_its_pitch(&browser, &collection).await;
     screenshot_with_a_spectrogram(&browser, "watch-from-start.png").await;
     browser.quit().await;
     gateway.stop().await;
