@@ -209,6 +209,20 @@ async fn watch_mode_follows_a_produced_stream_live_and_from_its_start() {
         "the notice goes with the first frames"
     );
     the_stream_is_speech_and_the_page_shows_its_pitch(&browser, &collection).await;
+    // `specflow produce` sends faster than real time: capture times ahead of the clock are not
+    // shown as a negative delay.
+    let delay = browser.read("delay-ms").await;
+    let delay_ms: i64 = browser
+        .attribute("delay-ms", "ms")
+        .await
+        .parse()
+        .expect("a delay in data-ms");
+    eprintln!("watch: delay {delay:?} ({delay_ms} ms)");
+    if delay_ms < 0 {
+        assert_eq!(delay, "ahead of real time");
+    } else {
+        assert_eq!(delay, format!("{delay_ms} ms"));
+    }
     screenshot_with_a_spectrogram(&browser, "watch.png").await;
 
     // From the stored start: history from MongoDB, then the output topic (which holds the same

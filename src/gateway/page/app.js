@@ -78,8 +78,24 @@ function updateStats(v) {
   $('frame-count').value = String(v.drawn);
   $('voiced-count').value = String(v.voiced);
   $('last-frame-index').value = v.lastIndex < 0 ? '–' : String(v.lastIndex);
-  $('delay-ms').value = v.delayMs === null ? '–' : `${Math.round(v.delayMs)} ms`;
-  $('delay-ms').dataset.ms = v.delayMs === null ? '' : String(Math.round(v.delayMs));
+  // The delay: this computer's clock against the end of the newest frame's capture. A stream
+  // sent faster than real time (a file, `specflow produce`) has capture times ahead of the clock:
+  // a negative number would mean nothing, so it says so instead (data-ms keeps the number).
+  const delay = $('delay-ms');
+  const ms = v.delayMs === null ? null : Math.round(v.delayMs);
+  delay.dataset.ms = ms === null ? '' : String(ms);
+  if (ms === null) {
+    delay.value = '–';
+    delay.title = '';
+  } else if (ms < 0) {
+    delay.value = 'ahead of real time';
+    delay.title = `The newest frame was captured ${-ms} ms "in the future" of this computer's `
+      + 'clock: the stream is sent faster than real time (a file, not a microphone) or the '
+      + 'clocks differ, so there is no delay to show.';
+  } else {
+    delay.value = `${ms} ms`;
+    delay.title = 'From the end of the newest frame\'s capture to its drawing here.';
+  }
 }
 
 function closeLive() {
