@@ -124,14 +124,16 @@ async fn the_stream_is_speech_and_the_page_shows_its_pitch(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
+/// The microphone mode on the page at `path`: Chromium's fake device plays `speech_16k.wav`
+/// (its device runs at 44.1 kHz) into an `AudioContext` at `context_rate` (the browser
+/// resamples to 16 kHz, or the worklet does), for about five seconds, then Stop.
+async fn microphone_mode(path: &str, context_rate: fn(f64) -> bool, screenshot: &str) {
     let _shared = SERVICES.read().await;
     let (names, settings) = setup("gateway-page-mic").await;
     let worker = spawn_worker(settings.clone());
     let gateway = RunningGateway::start(&settings).await;
     let browser = Browser::start(Some(&reference_signal("speech_16k.wav"))).await;
-    browser.goto(&gateway.url("/")).await;
+    browser.goto(&gateway.url(path)).await;
     browser.click("#mic-start").await;
     wait_for(&browser, "frame-count", 60, |n| {
         n.parse::<i64>().unwrap_or(0) > 0
@@ -139,10 +141,22 @@ async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
     .await;
     let stream = browser.read("stream-shown").await;
     assert!(stream.starts_with("mic-"), "{stream}");
+    let rate = browser
+        .script("return mic.context.sampleRate;", json!([]))
+        .await;
+    assert!(
+        rate.as_f64().is_some_and(context_rate),
+        "the capture's AudioContext runs at {rate} Hz"
+    );
     // Five seconds of the (looping) recording, then Stop: audio.eos.
     tokio::time::sleep(Duration::from_secs(5)).await;
     browser.click("#mic-stop").await;
     wait_for(&browser, "state", 30, |s| s.contains("stopped")).await;
+    assert!(
+        !browser.shown("error").await,
+        "{}",
+        browser.read("error").await
+    );
     let collection = collection(&names).await;
     let stored = settled_frames(&collection).await;
     assert!(stored > 300, "about 5 s at 10 ms a frame: {stored}");
@@ -159,15 +173,27 @@ async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
         "a live microphone is behind the clock: {delay:?}"
     );
     the_stream_is_speech_and_the_page_shows_its_pitch(&browser, &collection).await;
-    assert!(
-        !browser.shown("error").await,
-        "{}",
-        browser.read("error").await
-    );
-    screenshot_with_a_spectrogram(&browser, "microphone.png").await;
+    screenshot_with_a_spectrogram(&browser, screenshot).await;
     browser.quit().await;
     gateway.stop().await;
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn microphone_mode_streams_the_capture_and_draws_every_stored_frame() {
+    microphone_mode("/", |rate| rate == 16_000.0, "microphone.png").await;
+}
+
+/// The path a browser takes when it cannot resample a device into a 16 kHz context (Firefox):
+/// a context at the device's rate, and the worklet resamples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn microphone_mode_resamples_in_the_worklet_from_the_device_rate() {
+    microphone_mode(
+        "/?capture=native",
+        |rate| rate > 16_000.0,
+        "microphone-native-rate.png",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
