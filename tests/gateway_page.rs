@@ -1,9 +1,12 @@
 //! The browser view at `/`, in headless Chromium (Debian's `chromium` + `chromium-driver`)
 //! driven over WebDriver, against the real local Kafka and FerretDB and a worker in process:
-//! the microphone mode with Chromium's fake capture device playing a shipped WAV, the watch
-//! mode on a stream from `specflow produce` (live, then from the stored start), the token prompt
-//! and the error messages. Screenshots go to `target/test-artifacts/gateway_page/`, and the
-//! spectrogram's pixels must vary.
+//! the microphone mode with Chromium's fake capture device playing a shipped WAV (through a
+//! 16 kHz context, and through the worklet's resampler), the watch mode on a stream from
+//! `specflow produce` (live, then from the stored start), the token prompt and the error
+//! messages. What a user would see is asserted: the stored frames are speech, not silence (loud
+//! and voiced frames, from MongoDB), the page's voiced count equals MongoDB's, the drawn columns
+//! of the spectrogram vary, and the delay is positive or "ahead of real time". Screenshots go to
+//! `target/test-artifacts/gateway_page/`.
 
 use specflow_test_support::testing as common;
 mod gateway_support;
