@@ -52,7 +52,8 @@ fn chromium_binary() -> &'static str {
 
 impl Browser {
     /// Starts chromedriver and a headless Chromium; with `fake_microphone`, the browser's
-    /// microphone plays that WAV (16-bit PCM) in a loop, and the permission is granted.
+    /// microphone plays that WAV (16-bit PCM) in a loop, and the permission is granted. The path
+    /// is made canonical first: Chromium's fake device gives silence for one with `..` in it.
     pub async fn start(fake_microphone: Option<&Path>) -> Self {
         let port = free_port();
         let log = artifacts_dir().join(format!("chromedriver-{port}.log"));
@@ -87,6 +88,10 @@ impl Browser {
             "--autoplay-policy=no-user-gesture-required".to_owned(),
         ];
         if let Some(wav) = fake_microphone {
+            // Chromium's fake device plays silence, without a word, from a path that does not
+            // resolve as given: one with `..` (what `reference_signal` returns) is refused.
+            let wav = std::fs::canonicalize(wav)
+                .unwrap_or_else(|e| panic!("the fake microphone's {}: {e}", wav.display()));
             args.push("--use-fake-device-for-media-stream".into());
             args.push("--use-fake-ui-for-media-stream".into());
             args.push(format!(
@@ -200,6 +205,18 @@ impl Browser {
             .to_owned()
     }
 
+    /// The element `id`'s `data-{name}` attribute (empty when missing).
+    pub async fn attribute(&self, id: &str, name: &str) -> String {
+        self.script(
+            "return document.getElementById(arguments[0]).dataset[arguments[1]] || '';",
+            json!([id, name]),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
     /// Whether the element `id` is shown.
     pub async fn shown(&self, id: &str) -> bool {
         self.script(
@@ -263,26 +280,42 @@ fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
-/// How a PNG's pixels vary: the number of distinct colours and the standard deviation of the
-/// luminance (0–255).
-pub fn pixel_spread(png_bytes: &[u8]) -> (usize, f64) {
+/// A part of an image, as fractions of its width and height.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    pub left: f64,
+    pub right: f64,
+    pub top: f64,
+    pub bottom: f64,
+}
+
+/// How a PNG's pixels vary within `region`: the number of distinct colours and the standard
+/// deviation of the luminance (0–255).
+pub fn pixel_spread(png_bytes: &[u8], region: Region) -> (usize, f64) {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
     let frame = reader.next_frame(&mut pixels).expect("PNG pixels");
     let channels = frame.color_type.samples();
-    let pixels = &pixels[..frame.buffer_size()];
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let at = |fraction: f64, size: usize| ((fraction * size as f64).round() as usize).min(size);
+    let (x0, x1) = (at(region.left, width), at(region.right, width));
+    let (y0, y1) = (at(region.top, height), at(region.bottom, height));
     let mut colours = std::collections::HashSet::new();
     let (mut sum, mut squares, mut n) = (0f64, 0f64, 0f64);
-    for p in pixels.chunks_exact(channels) {
-        colours.insert(p[..3.min(channels)].to_vec());
-        let y = f64::from(p[0]) * 0.299
-            + f64::from(p[1.min(channels - 1)]) * 0.587
-            + f64::from(p[2.min(channels - 1)]) * 0.114;
-        sum += y;
-        squares += y * y;
-        n += 1.0;
+    for y in y0..y1 {
+        let row = &pixels[y * frame.line_size..][..width * channels];
+        for p in row.chunks_exact(channels).take(x1).skip(x0) {
+            colours.insert(p[..3.min(channels)].to_vec());
+            let y = f64::from(p[0]) * 0.299
+                + f64::from(p[1.min(channels - 1)]) * 0.587
+                + f64::from(p[2.min(channels - 1)]) * 0.114;
+            sum += y;
+            squares += y * y;
+            n += 1.0;
+        }
     }
+    assert!(n > 0.0, "an empty region: {region:?} of {width}×{height}");
     let mean = sum / n;
     (colours.len(), (squares / n - mean * mean).max(0.0).sqrt())
 }

@@ -1,7 +1,7 @@
 // The page's controller: the token, the two ways to feed the view (watch a stream's live feed,
 // or capture the microphone and stream it over the WebSocket ingest while watching it), and the
 // messages a person reads when something fails. The DOM outputs #frame-count, #last-frame-index,
-// #delay-ms, #state and #error are what the browser tests read.
+// #voiced-count, #delay-ms, #state and #error are what the browser tests read.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -27,7 +27,11 @@ function showError(text, kind) {
   if (kind !== 'notice') setState('error');
 }
 
-function clearError() { $('error').hidden = true; $('error').textContent = ''; }
+function clearError() {
+  $('error').hidden = true;
+  $('error').textContent = '';
+  delete $('error').dataset.untilFrames;
+}
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
 
@@ -76,9 +80,26 @@ async function loadRecentStreams() {
 
 function updateStats(v) {
   $('frame-count').value = String(v.drawn);
+  $('voiced-count').value = String(v.voiced);
   $('last-frame-index').value = v.lastIndex < 0 ? '–' : String(v.lastIndex);
-  $('delay-ms').value = v.delayMs === null ? '–' : `${Math.round(v.delayMs)} ms`;
-  $('delay-ms').dataset.ms = v.delayMs === null ? '' : String(Math.round(v.delayMs));
+  // The delay: this computer's clock against the end of the newest frame's capture. A stream
+  // sent faster than real time (a file, `specflow produce`) has capture times ahead of the clock:
+  // a negative number would mean nothing, so it says so instead (data-ms keeps the number).
+  const delay = $('delay-ms');
+  const ms = v.delayMs === null ? null : Math.round(v.delayMs);
+  delay.dataset.ms = ms === null ? '' : String(ms);
+  if (ms === null) {
+    delay.value = '–';
+    delay.title = '';
+  } else if (ms < 0) {
+    delay.value = 'ahead of real time';
+    delay.title = `The newest frame was captured ${-ms} ms "in the future" of this computer's `
+      + 'clock: the stream is sent faster than real time (a file, not a microphone) or the '
+      + 'clocks differ, so there is no delay to show.';
+  } else {
+    delay.value = `${ms} ms`;
+    delay.title = 'From the end of the newest frame\'s capture to its drawing here.';
+  }
 }
 
 function closeLive() {
@@ -103,12 +124,13 @@ function openLive(streamId, fromMs) {
       const message = JSON.parse(event.data);
       if (message.type === 'frames') {
         view.add(message.frames);
-        if (!$('error').hidden && $('error').className === 'notice') clearError();
+        if (!$('error').hidden && $('error').dataset.untilFrames) clearError();
       } else if (message.type === 'live') {
         setState('live', message.history ? 'live (history loaded)' : 'live');
         if (message.known === false && view.lastIndex < 0) {
           showError(`Stream “${streamId}” is unknown: nothing is stored for it yet. `
             + 'Waiting for its first frames…', 'notice');
+          $('error').dataset.untilFrames = 'yes'; // the first frames end it
         }
         resolve();
       } else if (message.type === 'error') {
@@ -153,6 +175,38 @@ function micStreamId() {
   return `mic-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 7)}`;
 }
 
+// An AudioContext at the gateway's rate, so that the browser resamples the microphone; a
+// browser that cannot connect a device of another rate to it (Firefox) gets one at the device's
+// rate, and the worklet resamples. `?capture=native` on the page's URL asks for the latter.
+async function captureContext(media, rate) {
+  if (new URLSearchParams(location.search).get('capture') !== 'native') {
+    const context = new AudioContext({ sampleRate: rate });
+    try {
+      const source = context.createMediaStreamSource(media);
+      await context.resume();
+      return { context, source };
+    } catch (e) {
+      await context.close();
+    }
+  }
+  const context = new AudioContext();
+  const source = context.createMediaStreamSource(media);
+  await context.resume();
+  return { context, source };
+}
+
+// A device that sends nothing but zeros (muted, held by another application, a fake device
+// without its file) would draw a flat view without a word: after 2 s of it, a notice says so.
+function watchForSilence(block, rate) {
+  if (mic.peak > 0) return;
+  for (const v of new Int16Array(block)) if (v !== 0) { mic.peak = 1; break; }
+  if (mic.peak === 0 && mic.samples >= 2 * rate && !mic.silenceShown) {
+    mic.silenceShown = true;
+    showError('The microphone sends silence (every sample is zero): is it muted, switched off '
+      + 'or in use by another application?', 'notice');
+  }
+}
+
 async function startMic() {
   const rate = info.sample_rate;
   const streamId = micStreamId();
@@ -164,15 +218,14 @@ async function startMic() {
     const media = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
     });
-    const context = new AudioContext({ sampleRate: rate }); // the browser resamples to it
-    await context.resume();
+    const { context, source } = await captureContext(media, rate);
     await context.audioWorklet.addModule('/ui/worklet.js');
     const node = new AudioWorkletNode(context, 'pcm-capture', {
       numberOfInputs: 1, numberOfOutputs: 0, processorOptions: { targetRate: rate },
     });
     const socket = new WebSocket(`${wsBase}/v1/streams/${encodeURIComponent(streamId)}/ws`, protocols());
     socket.binaryType = 'arraybuffer';
-    mic = { context, media, node, socket, waiting: [], started: false, samples: 0 };
+    mic = { context, media, node, socket, waiting: [], started: false, samples: 0, peak: 0 };
     socket.onopen = () => {
       for (const block of mic.waiting) socket.send(block);
       mic.waiting = [];
@@ -196,9 +249,10 @@ async function startMic() {
         if (socket.readyState === WebSocket.OPEN) socket.send(format); else mic.waiting.push(format);
       }
       mic.samples += block.byteLength / 2;
+      watchForSilence(block, rate);
       if (socket.readyState === WebSocket.OPEN) socket.send(block); else mic.waiting.push(block);
     };
-    context.createMediaStreamSource(media).connect(node);
+    source.connect(node);
     $('mic-stop').disabled = false;
     setState('live', 'live: microphone');
   } catch (e) {

@@ -1,7 +1,10 @@
 // The plots: a scrolling mel spectrogram (dB heat map with a legend), the pitch track on a
 // log-frequency axis with note names, the loudness strip and a time axis in seconds, all on the
 // same x axis (one column per frame, the newest at the right). Frames are kept by index, so a
-// frame arriving twice is drawn once; `drawn` counts the frames drawn so far.
+// frame arriving twice is drawn once; `drawn` counts the frames drawn so far and `voiced` those
+// of them with a pitch (an f0: a point of the pitch line). The spectrogram canvas's
+// `data-drawn-from` is the first of its columns that holds a frame (the columns before it are
+// empty), which the browser tests use to look at the drawn part only.
 'use strict';
 
 const NOTE_NAMES = ['C', 'C#', 'D', 'D#', 'E', 'F', 'F#', 'G', 'G#', 'A', 'A#', 'B'];
@@ -52,6 +55,7 @@ class FeatureView {
     this.frames = []; // the newest `columns` frames, in index order
     this.lastIndex = -1;
     this.drawn = 0;
+    this.voiced = 0;
     this.pending = 0; // frames added since the last render
     this.topDb = null;
     this.originMs = null; // capture time of the first frame: time zero of the axis
@@ -63,6 +67,7 @@ class FeatureView {
     for (const frame of frames) {
       if (typeof frame.index !== 'number' || frame.index <= this.lastIndex) continue;
       this.lastIndex = frame.index;
+      if (frame.f0 > 0) this.voiced++;
       if (this.originMs === null) this.originMs = frame.timestamp_ms;
       if (Array.isArray(frame.mel)) {
         for (const v of frame.mel) {
@@ -107,6 +112,7 @@ class FeatureView {
     const g = canvas.getContext('2d');
     g.fillStyle = '#0a0b0e';
     g.fillRect(0, 0, canvas.width, canvas.height);
+    canvas.dataset.drawnFrom = String(this.x(0, this.columns));
     const bands = this.frames.find((f) => Array.isArray(f.mel));
     if (!bands) return;
     const n = bands.mel.length;
