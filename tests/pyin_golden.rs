@@ -231,7 +231,7 @@ fn decoder_hash(case: &Case, lag: Option<usize>) -> String {
         Some(lag) => {
             let mut decoder = PyinDecoder::new(&pyin, lag);
             for (k, (o, &vp)) in observations.chunks_exact(n).zip(&voiced_probs).enumerate() {
-                decisions.extend(decoder.push(&pyin, o, vp));
+                decisions.extend(decoder.push(&pyin, &mut scratch, o, vp));
                 if k % 17 == 5 {
                     let bytes = decoder.to_bytes();
                     hasher.update(&bytes);
@@ -310,3 +310,28 @@ fn pyin_outputs_are_bit_identical_to_the_golden_hashes() {
     );
 }
 
+/// What one live stream holds with pYIN (the daemon's default configuration, 16 kHz, after a
+/// second of audio): the decoder keeps only its best-path values, its back-pointer ring and
+/// the pending voiced probabilities (the step's work rows are per thread, in `PyinScratch`).
+#[test]
+fn a_pyin_stream_holds_no_work_rows() {
+    let extractor = FeatureExtractor::new(&DspConfig::default(), 16000).expect("config");
+    let mut ws = extractor.workspace();
+    let mut state = extractor.new_stream(0);
+    let mut out = FrameBatch::new();
+    extractor.process(&mut ws, &mut state, &synthetic(1, 1), &mut out);
+    let pyin = Pyin::new(&DspConfig::default().pyin_params(), 16000.0, 512, 160).expect("pyin");
+    let decoder = PyinDecoder::new(&pyin, DspConfig::default().pitch_lag_frames);
+    let (n, lag) = (pyin.n_states(), decoder.lag());
+    // Values (8 bytes per state), back-pointers (2 bytes per state and frame of lag), voiced
+    // probabilities (8 bytes per frame of lag, plus one) and the finish path (2 per frame).
+    assert_eq!(
+        decoder.heap_bytes(),
+        8 * n + 2 * lag * n + 8 * (lag + 1) + 2 * lag
+    );
+    println!(
+        "pyin stream: {} heap bytes, of which the decoder {} ({n} states, lag {lag})",
+        state.heap_bytes(),
+        decoder.heap_bytes()
+    );
+}

@@ -3,11 +3,13 @@
 //! the probability of every HMM state through the cumulative mean normalised difference, its
 //! troughs and the threshold and Boltzmann priors.
 
+use super::decoder::StepWork;
 use super::numeric::TINY;
 use super::tables::Pyin;
 use crate::dsp::real_fft::RealFftWork;
 
-/// Per-thread buffers for [`Pyin::observe`], from [`Pyin::scratch`].
+/// Per-thread buffers for [`Pyin::observe`] and the decoder's step (`PyinDecoder::push`), from
+/// [`Pyin::scratch`].
 pub struct PyinScratch {
     acf: RealFftWork<f64>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
@@ -20,6 +22,8 @@ pub struct PyinScratch {
     trough_prob: Vec<f64>,
     /// Troughs whose first threshold is `m`, for `m` in `0..=n_thresholds`.
     first_count: Vec<usize>,
+    /// The work buffers of a Viterbi step.
+    pub(super) step: StepWork,
 }
 
 impl std::fmt::Debug for PyinScratch {
@@ -32,7 +36,7 @@ impl std::fmt::Debug for PyinScratch {
 }
 
 impl Pyin {
-    /// Buffers for [`Pyin::observe`]; one per thread.
+    /// Buffers for [`Pyin::observe`] and `PyinDecoder::push`; one per thread.
     pub fn scratch(&self) -> PyinScratch {
         let n_periods = self.max_period - self.min_period + 1;
         PyinScratch {
@@ -43,6 +47,7 @@ impl Pyin {
             trough_first: Vec::with_capacity(n_periods),
             trough_prob: Vec::with_capacity(n_periods),
             first_count: vec![0; self.params.n_thresholds + 1],
+            step: StepWork::new(self.n_pitch_bins),
         }
     }
 
