@@ -233,7 +233,7 @@ fn offline_viterbi_and_every_lag_match_librosa() {
             let mut decoder = PyinDecoder::new(&pyin, lag);
             let mut decided = Vec::with_capacity(frames);
             for (o, &vp) in observations.chunks_exact(n).zip(&voiced_probs) {
-                decided.extend(decoder.push(&pyin, o, vp));
+                decided.extend(decoder.push(&pyin, &mut scratch, o, vp));
             }
             decoder.finish(&pyin, &mut |d| decided.push(d));
             let agreement = Agreement::of(&reference, &decided);

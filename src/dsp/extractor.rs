@@ -450,12 +450,13 @@ impl FeatureExtractor {
                     // With pYIN the frame waits for its pitch decision in the stream's state.
                     track.pending.push_frame(state.next_frame, start);
                     self.compute_frame(ws, state, &mut track.pending);
-                    let work = ws.pyin.as_ref().expect("pyin workspace");
-                    if let Some(decision) =
-                        track
-                            .decoder
-                            .push(pyin, &work.observation, work.voiced_prob)
-                    {
+                    let work = ws.pyin.as_mut().expect("pyin workspace");
+                    if let Some(decision) = track.decoder.push(
+                        pyin,
+                        &mut work.scratch,
+                        &work.observation,
+                        work.voiced_prob,
+                    ) {
                         track.pending.move_front_to(out);
                         out.set_last_pitch(decision.f0, decision.voiced_prob);
                     }

@@ -1,8 +1,9 @@
 //! The pYIN hidden Markov model's transitions and its Viterbi step: [`TransitionBands`], the
 //! banded log-transition tables (librosa's triangular local transition within and across
-//! voicing), and [`Viterbi`], the best-path log-probabilities and the work buffers of one step,
-//! which writes the back-pointers of the new frame. The fixed-lag bookkeeping around it (the
-//! ring of back-pointer rows, decisions, snapshots) is in `streaming`.
+//! voicing), [`StepWork`], the per-thread work buffers of a step, and [`step`], which advances
+//! a stream's best-path log-probabilities by one frame and writes the back-pointers of the new
+//! frame. The fixed-lag bookkeeping around it (the ring of back-pointer rows, decisions,
+//! snapshots) is in `streaming`.
 
 use super::numeric::{TINY, numpy_sum, triangle};
 
@@ -101,185 +102,207 @@ impl TransitionBands {
     }
 }
 
-/// Best-path log-probabilities of every state after the last frame, and the work buffers of a
-/// Viterbi step (all allocated once, in [`Viterbi::new`]).
-#[derive(Clone, Debug)]
-pub(super) struct Viterbi {
-    /// Best-path log-probability per state after the last frame.
-    pub(super) value: Vec<f64>,
-    /// The next frame's `value`, swapped in at the end of a step.
+/// Per-thread work buffers of [`step`], allocated once by [`StepWork::new`]; a stream's own
+/// state is only its best-path log-probabilities (and its back-pointers, in `streaming`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct StepWork {
+    /// The next frame's best-path log-probabilities, swapped with the stream's after a step.
     next: Vec<f64>,
     /// `log(p + tiny)` of the new frame's observation probabilities, filled before a step.
     pub(super) log_obs: Vec<f64>,
-    /// `value + log(tiny)`: the score of any predecessor outside the band.
-    floor_score: Vec<f64>,
-    /// First argmax of `floor_score` over `[block start, block start + i)`, per block
-    /// (`n_pitch_bins + 1` entries per block; `u32::MAX` when empty).
-    prefix_best: Vec<u32>,
-    /// First argmax of `floor_score` over `[block start + i, block end)`, per block.
-    suffix_best: Vec<u32>,
-    /// Largest value in the band of each target (voiced block, then unvoiced).
+    /// An upper bound of the largest value in the band of each target (voiced block, then
+    /// unvoiced).
     band_top: Vec<f64>,
     /// Work buffers of [`window_max`].
     to_block_end: Vec<f64>,
     from_block_start: Vec<f64>,
 }
 
-impl Viterbi {
-    /// Buffers for `n_bins` pitch bins (`2 * n_bins` states), values all 0.
+impl StepWork {
+    /// Buffers for `n_bins` pitch bins (`2 * n_bins` states).
     pub(super) fn new(n_bins: usize) -> Self {
         let n_states = 2 * n_bins;
         Self {
-            value: vec![0.0; n_states],
             next: vec![0.0; n_states],
             log_obs: vec![0.0; n_states],
-            floor_score: vec![0.0; n_states],
-            prefix_best: vec![u32::MAX; 2 * (n_bins + 1)],
-            suffix_best: vec![u32::MAX; 2 * (n_bins + 1)],
             band_top: vec![0.0; n_states],
             to_block_end: vec![0.0; n_bins],
             from_block_start: vec![0.0; n_bins],
         }
     }
 
-    /// Heap bytes held.
-    pub(super) fn heap_bytes(&self) -> usize {
-        (self.value.capacity()
-            + self.next.capacity()
-            + self.log_obs.capacity()
-            + self.floor_score.capacity()
-            + self.band_top.capacity()
-            + self.to_block_end.capacity()
-            + self.from_block_start.capacity())
-            * 8
-            + (self.prefix_best.capacity() + self.suffix_best.capacity()) * 4
+    /// Whether the buffers are sized for `n_bins` pitch bins.
+    pub(super) fn fits(&self, n_bins: usize) -> bool {
+        self.next.len() == 2 * n_bins && self.to_block_end.len() == n_bins
     }
+}
 
-    /// One Viterbi step (see [`Viterbi::step_portable`]), compiled for AVX2 when `use_avx2`.
-    /// `pointers`, when given, receives the back-pointer of every state of the new frame.
-    pub(super) fn step(
-        &mut self,
-        bands: &TransitionBands,
-        use_avx2: bool,
-        pointers: Option<&mut [u16]>,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if use_avx2 {
-            // SAFETY: `use_avx2` is only true when the CPU reports AVX2 (`avx2_available`).
-            unsafe { self.step_avx2(bands, pointers) };
-            return;
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = use_avx2;
-        self.step_portable(bands, pointers);
-    }
-
-    /// [`Viterbi::step_portable`] compiled with AVX2 enabled. No FMA (LLVM does not fuse
-    /// without fast-math) and a fixed order of operations: bit-identical to the portable build.
+/// One Viterbi step (see [`step_portable`]), compiled for AVX2 when `use_avx2`. `value` holds
+/// the best-path log-probability of every state after the last frame and is advanced to the
+/// new frame, whose `log(p + tiny)` observations are in `work.log_obs`; `pointers`, when given,
+/// receives the back-pointer of every state of the new frame.
+pub(super) fn step(
+    value: &mut Vec<f64>,
+    work: &mut StepWork,
+    bands: &TransitionBands,
+    use_avx2: bool,
+    pointers: Option<&mut [u16]>,
+) {
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn step_avx2(&mut self, bands: &TransitionBands, pointers: Option<&mut [u16]>) {
-        self.step_portable(bands, pointers);
+    if use_avx2 {
+        // SAFETY: `use_avx2` is only true when the CPU reports AVX2 (`avx2_available`).
+        unsafe { step_avx2(value, work, bands, pointers) };
+        return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = use_avx2;
+    step_portable(value, work, bands, pointers);
+}
 
-    /// One Viterbi step: `value := log_obs + max_k (value[k] + log_trans[k, ·])`, storing the
-    /// back-pointers of the new frame.
-    ///
-    /// For target bin `j` (voiced or unvoiced), the predecessors are the voiced and the unvoiced
-    /// bins of the band around `j` (log-transition tables `log_same` / `log_cross`), and every
-    /// other state at the constant `log(tiny)`: the best of those comes from prefix and suffix
-    /// argmaxes within each voicing block. A band is skipped when an upper bound of its scores
-    /// (its largest value plus its largest log-transition) is below the best candidate found;
-    /// rounding is monotone, so the bound holds in floating point and skipping is exact.
-    #[inline(always)]
-    fn step_portable(&mut self, bands: &TransitionBands, mut pointers: Option<&mut [u16]>) {
-        let n = bands.n_bins;
-        let n1 = n + 1;
-        for (s, &v) in self.floor_score.iter_mut().zip(&self.value) {
-            *s = v + bands.log_floor;
-        }
-        for block in 0..2 {
-            let states = block * n..block * n + n;
-            // Prefix and suffix first-argmax of the floor scores within the block.
-            let scores = &self.floor_score[states.clone()];
-            let prefix = &mut self.prefix_best[block * n1..block * n1 + n1];
-            prefix[0] = u32::MAX;
-            let mut best = (f64::NEG_INFINITY, u32::MAX);
-            for (i, &s) in scores.iter().enumerate() {
-                if s > best.0 {
-                    best = (s, (block * n + i) as u32);
-                }
-                prefix[i + 1] = best.1;
-            }
-            let suffix = &mut self.suffix_best[block * n1..block * n1 + n1];
-            suffix[n] = u32::MAX;
-            let mut best = (f64::NEG_INFINITY, u32::MAX);
-            for (i, &s) in scores.iter().enumerate().rev() {
-                if s >= best.0 {
-                    best = (s, (block * n + i) as u32);
-                }
-                suffix[i] = best.1;
-            }
-            // Largest value in each target's band.
-            window_max(
-                &self.value[states.clone()],
-                &bands.band_lo,
-                &bands.band_len,
-                2 * bands.half_width + 1,
-                [&mut self.to_block_end, &mut self.from_block_start],
-                &mut self.band_top[states],
-            );
-        }
+/// [`step_portable`] compiled with AVX2 enabled. No FMA (LLVM does not fuse without
+/// fast-math) and a fixed order of operations: bit-identical to the portable build.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn step_avx2(
+    value: &mut Vec<f64>,
+    work: &mut StepWork,
+    bands: &TransitionBands,
+    pointers: Option<&mut [u16]>,
+) {
+    step_portable(value, work, bands, pointers);
+}
 
-        let stride = 2 * bands.half_width + 1;
-        let scores = &self.floor_score;
-        let floor_top = scores
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-        let floor = |k: u32, best: &mut Best| {
-            if k != u32::MAX {
-                best.offer(scores[k as usize], k as usize);
-            }
+/// One Viterbi step: `value := log_obs + max_k (value[k] + log_trans[k, ·])`, storing the
+/// back-pointers (numpy's first argmax) of the new frame.
+///
+/// For target bin `j` (voiced and unvoiced together), the predecessors are the voiced and the
+/// unvoiced bins of the band around `j` (log-transition tables `log_same` / `log_cross`, see
+/// [`scan_block`]), and every other state at the constant `log(tiny)`. Of those, only the
+/// first argmax `g` of `value + log(tiny)` over all states can win: when `g` lies outside the
+/// band it is the best of them, and when it lies inside, its own band score is at least its
+/// floor score (rounding is monotone) with a lower index than any other state's equal floor
+/// score. A block's band is skipped when an upper bound of its scores (its largest value plus
+/// its largest log-transition) is below the best candidate found; the bound holds in floating
+/// point, so skipping is exact.
+#[inline(always)]
+fn step_portable(
+    value: &mut Vec<f64>,
+    work: &mut StepWork,
+    bands: &TransitionBands,
+    mut pointers: Option<&mut [u16]>,
+) {
+    let n = bands.n_bins;
+    let stride = 2 * bands.half_width + 1;
+    let StepWork {
+        next,
+        log_obs,
+        band_top,
+        to_block_end,
+        from_block_start,
+    } = work;
+    let mut floor = Best::NONE;
+    for (k, &v) in value.iter().enumerate() {
+        let s = v + bands.log_floor;
+        if s > floor.score {
+            floor = Best { score: s, state: k };
+        }
+    }
+    // The bin of `g` (`n`: none), to test whether it lies in a band.
+    let floor_bin = if floor.state == usize::MAX {
+        n
+    } else {
+        floor.state % n
+    };
+    for block in 0..2 {
+        let states = block * n..block * n + n;
+        window_max(
+            &value[states.clone()],
+            &bands.band_lo,
+            &bands.band_len,
+            stride,
+            [to_block_end, from_block_start],
+            &mut band_top[states],
+        );
+    }
+    for j in 0..n {
+        let lo = bands.band_lo[j];
+        let len = bands.band_len[j];
+        let tables = BandTables {
+            same: &bands.log_same[j * stride..j * stride + len],
+            cross: &bands.log_cross[j * stride..j * stride + len],
+            max_same: bands.max_same[j],
+            max_cross: bands.max_cross[j],
         };
-        for j in 0..n {
-            let lo = bands.band_lo[j];
-            let len = bands.band_len[j];
-            let same = &bands.log_same[j * stride..j * stride + len];
-            let cross = &bands.log_cross[j * stride..j * stride + len];
-            let voiced = &self.value[lo..lo + len];
-            let unvoiced = &self.value[n + lo..n + lo + len];
-            let (top_v, top_u) = (self.band_top[j], self.band_top[n + j]);
-            let (max_same, max_cross) = (bands.max_same[j], bands.max_cross[j]);
-            for (target, from_voiced, from_unvoiced, bound_v, bound_u) in [
-                (j, same, cross, top_v + max_same, top_u + max_cross),
-                (n + j, cross, same, top_v + max_cross, top_u + max_same),
-            ] {
-                let mut best = Best {
-                    score: f64::NEG_INFINITY,
-                    state: usize::MAX,
-                };
-                // The more promising band first, so that the other one is often skipped.
-                if bound_v >= bound_u {
-                    best.offer_band(voiced, from_voiced, lo, bound_v);
-                    best.offer_band(unvoiced, from_unvoiced, n + lo, bound_u);
-                } else {
-                    best.offer_band(unvoiced, from_unvoiced, n + lo, bound_u);
-                    best.offer_band(voiced, from_voiced, lo, bound_v);
-                }
-                // States outside the band can only win when no band state beats all of them.
-                if best.score <= floor_top {
-                    floor(self.prefix_best[lo], &mut best);
-                    floor(self.suffix_best[lo + len], &mut best);
-                    floor(self.prefix_best[n1 + lo], &mut best);
-                    floor(self.suffix_best[n1 + lo + len], &mut best);
-                }
-                self.next[target] = self.log_obs[target] + best.score;
-                if let Some(row) = pointers.as_deref_mut() {
-                    row[target] = best.state as u16;
-                }
-            }
+        let (mut voiced, mut unvoiced) = (Best::NONE, Best::NONE);
+        // The best state outside the band first: its score often shows that a block's band
+        // cannot win.
+        if floor_bin < n && !(lo..lo + len).contains(&floor_bin) {
+            voiced = floor;
+            unvoiced = floor;
         }
-        std::mem::swap(&mut self.value, &mut self.next);
+        let from_voiced = &value[lo..lo + len];
+        let from_unvoiced = &value[n + lo..n + lo + len];
+        let (top_v, top_u) = (band_top[j], band_top[n + j]);
+        // The more promising block first, so that the other one is often skipped.
+        if top_v >= top_u {
+            scan_block(from_voiced, lo, top_v, &tables, &mut voiced, &mut unvoiced);
+            scan_block(
+                from_unvoiced,
+                n + lo,
+                top_u,
+                &tables,
+                &mut unvoiced,
+                &mut voiced,
+            );
+        } else {
+            scan_block(
+                from_unvoiced,
+                n + lo,
+                top_u,
+                &tables,
+                &mut unvoiced,
+                &mut voiced,
+            );
+            scan_block(from_voiced, lo, top_v, &tables, &mut voiced, &mut unvoiced);
+        }
+        next[j] = log_obs[j] + voiced.score;
+        next[n + j] = log_obs[n + j] + unvoiced.score;
+        if let Some(row) = pointers.as_deref_mut() {
+            row[j] = voiced.state as u16;
+            row[n + j] = unvoiced.state as u16;
+        }
+    }
+    std::mem::swap(value, next);
+}
+
+/// The log-transitions into one target bin from the band of one block: `same` towards the
+/// target of the block's voicing, `cross` towards the other, and their largest entries.
+struct BandTables<'a> {
+    same: &'a [f64],
+    cross: &'a [f64],
+    max_same: f64,
+    max_cross: f64,
+}
+
+/// Offers the band of one block (`values`, states `first..`, largest value at most `top`) to
+/// `own`, the target of the same voicing (through `same`), and `other`, the target of the
+/// other voicing (through `cross`), each unless an upper bound of the band's scores (`top`
+/// plus the largest log-transition) is below its best candidate so far. Rounding is monotone,
+/// so the bound holds in floating point and skipping is exact.
+#[inline(always)]
+fn scan_block(
+    values: &[f64],
+    first: usize,
+    top: f64,
+    tables: &BandTables<'_>,
+    own: &mut Best,
+    other: &mut Best,
+) {
+    for (best, trans, max) in [
+        (own, tables.same, tables.max_same),
+        (other, tables.cross, tables.max_cross),
+    ] {
+        best.offer_band(values, trans, first, top + max);
     }
 }
 
@@ -292,6 +315,12 @@ struct Best {
 }
 
 impl Best {
+    /// No candidate yet.
+    const NONE: Self = Self {
+        score: f64::NEG_INFINITY,
+        state: usize::MAX,
+    };
+
     #[inline(always)]
     fn offer(&mut self, score: f64, state: usize) {
         if score > self.score || (score == self.score && state < self.state) {

@@ -51,15 +51,16 @@
 //! let mut observation = vec![0.0; pyin.n_states()];
 //! for frame in frames {
 //!     let voiced_prob = pyin.observe(frame, &mut scratch, &mut observation);
-//!     if let Some(decision) = decoder.push(&pyin, &observation, voiced_prob) {
+//!     if let Some(decision) = decoder.push(&pyin, &mut scratch, &observation, voiced_prob) {
 //!         // decision for the frame 20 frames back
 //!     }
 //! }
 //! decoder.finish(&pyin, &mut |decision| { /* the last 20 frames */ });
 //! ```
 //!
-//! Every computation is in `f64`. Nothing is allocated per frame: [`PyinScratch`] and the
-//! decoder's ring buffers are allocated once.
+//! Every computation is in `f64`. Nothing is allocated per frame: [`PyinScratch`] (per thread:
+//! the observation's buffers and the Viterbi step's work rows) and the decoder's state (per
+//! stream: best-path values, back-pointer ring) are allocated once.
 //!
 //! # Layout
 //! Each file holds one concern and depends only on the ones listed before it (this file holds
@@ -67,7 +68,8 @@
 //! - `numeric`: numpy / scipy helpers reproduced bit for bit (pairwise sum, argmax, beta CDF,
 //!   triangle window, `tiny`) and the fingerprint hash.
 //! - `params`: [`PyinParams`] and their validation.
-//! - `decoder`: the banded log-transition tables and the Viterbi step with its back-pointers.
+//! - `decoder`: the banded log-transition tables, the Viterbi step with its back-pointers and
+//!   its per-thread work buffers.
 //! - `tables`: [`Pyin`], the immutable tables of one configuration.
 //! - `observation`: [`PyinScratch`] and [`Pyin::observe`], the per-frame probabilities.
 //! - `streaming`: [`PyinDecoder`], the fixed-lag state of a stream and its snapshots,

@@ -99,10 +99,10 @@ pub(super) fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
 
 /// Index of the first maximum (numpy's `argmax`).
 pub(super) fn first_argmax(values: &[f64]) -> usize {
-    let mut best = 0;
+    let (mut best, mut top) = (0, values[0]);
     for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
+        if v > top {
+            (best, top) = (i, v);
         }
     }
     best

@@ -3,11 +3,13 @@
 //! the probability of every HMM state through the cumulative mean normalised difference, its
 //! troughs and the threshold and Boltzmann priors.
 
+use super::decoder::StepWork;
 use super::numeric::TINY;
 use super::tables::Pyin;
 use crate::dsp::real_fft::RealFftWork;
 
-/// Per-thread buffers for [`Pyin::observe`], from [`Pyin::scratch`].
+/// Per-thread buffers for [`Pyin::observe`] and the decoder's step (`PyinDecoder::push`), from
+/// [`Pyin::scratch`].
 pub struct PyinScratch {
     acf: RealFftWork<f64>,
     /// Cumulative mean normalised difference for periods `min_period..=max_period`.
@@ -20,6 +22,16 @@ pub struct PyinScratch {
     trough_prob: Vec<f64>,
     /// Troughs whose first threshold is `m`, for `m` in `0..=n_thresholds`.
     first_count: Vec<usize>,
+    /// The troughs ordered by first threshold (then by position), and where each threshold's
+    /// run starts in that order.
+    by_first: Vec<usize>,
+    first_start: Vec<usize>,
+    /// The troughs below the current threshold, by position.
+    below: Vec<usize>,
+    /// The voiced bins written by the last frame's candidates, in candidate order.
+    written: Vec<usize>,
+    /// The work buffers of a Viterbi step.
+    pub(super) step: StepWork,
 }
 
 impl std::fmt::Debug for PyinScratch {
@@ -32,7 +44,7 @@ impl std::fmt::Debug for PyinScratch {
 }
 
 impl Pyin {
-    /// Buffers for [`Pyin::observe`]; one per thread.
+    /// Buffers for [`Pyin::observe`] and `PyinDecoder::push`; one per thread.
     pub fn scratch(&self) -> PyinScratch {
         let n_periods = self.max_period - self.min_period + 1;
         PyinScratch {
@@ -43,6 +55,11 @@ impl Pyin {
             trough_first: Vec::with_capacity(n_periods),
             trough_prob: Vec::with_capacity(n_periods),
             first_count: vec![0; self.params.n_thresholds + 1],
+            by_first: vec![0; n_periods],
+            first_start: vec![0; self.params.n_thresholds + 1],
+            below: Vec::with_capacity(n_periods),
+            written: Vec::with_capacity(n_periods),
+            step: StepWork::new(self.n_pitch_bins),
         }
     }
 
@@ -64,6 +81,8 @@ impl Pyin {
         let (voiced, unvoiced) = out.split_at_mut(n_bins);
         voiced.fill(0.0);
         let cmnd = &scratch.cmnd;
+        let written = &mut scratch.written;
+        written.clear();
         let last = cmnd.len() - 1;
         // Candidates in order of period: a later one overwrites an earlier one in the same bin.
         for (&index, &prob) in scratch.trough_index.iter().zip(&scratch.trough_prob) {
@@ -83,10 +102,26 @@ impl Pyin {
             let bin = bin.clamp(0.0, n_bins as f64) as usize;
             if bin < n_bins {
                 voiced[bin] = prob;
+                written.push(bin);
             }
         }
-        // np.sum over axis 0 of an (n_bins, frames) array adds the rows in order.
-        let total = voiced.iter().fold(0.0, |s, &p| s + p);
+        // np.sum over axis 0 of an (n_bins, frames) array adds the rows in order. Adding the
+        // +0.0 of an unwritten bin leaves a sum of non-negative terms as it is, so only the
+        // written bins are added, in bin order: candidates come by increasing period, so their
+        // bins do not increase (checked; otherwise every bin is added).
+        let total = if written.windows(2).all(|w| w[0] >= w[1]) {
+            let mut total = 0.0;
+            let mut previous = usize::MAX;
+            for &bin in written.iter().rev() {
+                if bin != previous {
+                    total += voiced[bin];
+                    previous = bin;
+                }
+            }
+            total
+        } else {
+            voiced.iter().fold(0.0, |s, &p| s + p)
+        };
         let voiced_prob = total.clamp(0.0, 1.0);
         unvoiced.fill((1.0 - voiced_prob) / n_bins as f64);
         voiced_prob
@@ -129,6 +164,9 @@ impl Pyin {
             trough_first,
             trough_prob,
             first_count,
+            by_first,
+            first_start,
+            below,
             ..
         } = scratch;
         trough_index.clear();
@@ -163,19 +201,33 @@ impl Pyin {
         for &f in trough_first.iter() {
             first_count[f] += 1;
         }
-        let mut below = 0;
-        for (m, (&count, &mass)) in first_count.iter().zip(&self.beta_probs).enumerate() {
-            below += count;
-            if below == 0 {
+        // The troughs grouped by first threshold (a counting sort, positions kept in order).
+        let mut start = 0;
+        for (s, &count) in first_start.iter_mut().zip(first_count.iter()) {
+            *s = start;
+            start += count;
+        }
+        for (i, &f) in trough_first.iter().enumerate() {
+            by_first[first_start[f]] = i;
+            first_start[f] += 1;
+        }
+        // Threshold by threshold, the troughs below it (by position, so by rank) each add
+        // their share, in the same order and with the same operations as a pass over all
+        // troughs that skips those above the threshold.
+        below.clear();
+        let mut joined = 0;
+        for (&count, &mass) in first_count.iter().zip(&self.beta_probs) {
+            for &i in &by_first[joined..joined + count] {
+                let at = below.partition_point(|&k| k < i);
+                below.insert(at, i);
+            }
+            joined += count;
+            if below.is_empty() {
                 continue;
             }
-            let norm = self.boltzmann_norm[below];
-            let mut rank = 0;
-            for (p, &f) in trough_prob.iter_mut().zip(trough_first.iter()) {
-                if f <= m {
-                    *p += norm * self.boltzmann_decay[rank] * mass;
-                    rank += 1;
-                }
+            let norm = self.boltzmann_norm[below.len()];
+            for (&i, &decay) in below.iter().zip(&self.boltzmann_decay) {
+                trough_prob[i] += norm * decay * mass;
             }
         }
 

@@ -4,8 +4,9 @@
 //! ([`PyinDecoder::to_bytes`], [`PyinDecoder::from_bytes`]) and the full offline decode
 //! ([`decode_offline`]).
 
-use super::decoder::Viterbi;
+use super::decoder::step;
 use super::numeric::{TINY, first_argmax};
+use super::observation::PyinScratch;
 use super::tables::Pyin;
 
 /// Version byte of [`PyinDecoder::to_bytes`].
@@ -26,8 +27,8 @@ pub struct PitchDecision {
 ///
 /// Holds the log-probability of the best path into every state after the last pushed frame,
 /// a ring of `lag` back-pointer rows (`u16` state indices, `2 * lag * n_states` bytes) and the
-/// voiced probabilities of the undecided frames; plus work buffers. Everything is allocated in
-/// [`PyinDecoder::new`]. As in librosa the log-probabilities are never renormalised: they fall
+/// voiced probabilities of the undecided frames; the work buffers of a step are per thread, in
+/// [`PyinScratch`]. Everything is allocated in [`PyinDecoder::new`]. As in librosa the log-probabilities are never renormalised: they fall
 /// by a few nats per frame, which `f64` absorbs for years of audio (after 10^8 frames the
 /// resolution is still ~10^-8 nats).
 #[derive(Clone)]
@@ -40,9 +41,8 @@ pub struct PyinDecoder {
     fingerprint: u64,
     /// Frames pushed since the start (or the last [`PyinDecoder::finish`]).
     frames: u64,
-    /// Best-path log-probability per state after the last frame (`viterbi.value`), and the
-    /// work buffers of a step (not part of the state).
-    pub(super) viterbi: Viterbi,
+    /// Best-path log-probability per state after the last frame.
+    pub(super) value: Vec<f64>,
     /// Back-pointers of frame `f` (>= 1) at row `f % lag`.
     pub(super) pointers: Vec<u16>,
     /// Voiced probability of frame `f` at `f % (lag + 1)`.
@@ -72,7 +72,7 @@ impl PyinDecoder {
             lag,
             fingerprint: pyin.fingerprint,
             frames: 0,
-            viterbi: Viterbi::new(pyin.n_pitch_bins),
+            value: vec![0.0; n_states],
             pointers: vec![0; lag * n_states],
             voiced_probs: vec![0.0; lag + 1],
             path: vec![0; lag],
@@ -94,10 +94,9 @@ impl PyinDecoder {
         self.frames.min(self.lag as u64) as usize
     }
 
-    /// Heap bytes held (state and work buffers).
+    /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.viterbi.heap_bytes()
-            + self.voiced_probs.capacity() * 8
+        (self.value.capacity() + self.voiced_probs.capacity()) * 8
             + (self.pointers.capacity() + self.path.capacity()) * 2
     }
 
@@ -107,14 +106,16 @@ impl PyinDecoder {
     }
 
     /// Adds one frame's observation (from [`Pyin::observe`]) and returns the decision for
-    /// frame `t - lag`, where `t` is this frame's index, once there is one. Allocation-free.
+    /// frame `t - lag`, where `t` is this frame's index, once there is one. `scratch` (from
+    /// [`Pyin::scratch`], per thread) lends the work buffers of the step. Allocation-free.
     ///
     /// # Panics
-    /// When `pyin` is not the configuration the decoder was made for, or
-    /// `observation.len() != n_states`.
+    /// When `pyin` is not the configuration the decoder was made for,
+    /// `observation.len() != n_states` or `scratch` was made by tables of another size.
     pub fn push(
         &mut self,
         pyin: &Pyin,
+        scratch: &mut PyinScratch,
         observation: &[f64],
         voiced_prob: f64,
     ) -> Option<PitchDecision> {
@@ -123,10 +124,12 @@ impl PyinDecoder {
             "pyin decoder configuration"
         );
         assert_eq!(observation.len(), self.n_states, "pyin observation length");
+        let work = &mut scratch.step;
+        assert!(work.fits(pyin.n_pitch_bins), "pyin scratch size");
         // log(p + tiny), reusing the last logarithm for runs of equal probabilities (the
         // unvoiced block and the empty voiced bins).
         let mut last: Option<(u64, f64)> = None;
-        for (l, &p) in self.viterbi.log_obs.iter_mut().zip(observation) {
+        for (l, &p) in work.log_obs.iter_mut().zip(observation) {
             *l = match last {
                 Some((bits, log)) if bits == p.to_bits() => log,
                 _ => {
@@ -137,7 +140,7 @@ impl PyinDecoder {
             };
         }
         if self.frames == 0 {
-            for (v, &l) in self.viterbi.value.iter_mut().zip(&self.viterbi.log_obs) {
+            for (v, &l) in self.value.iter_mut().zip(&work.log_obs) {
                 *v = l + pyin.log_init;
             }
         } else {
@@ -148,7 +151,7 @@ impl PyinDecoder {
             } else {
                 None
             };
-            self.viterbi.step(&pyin.bands, pyin.use_avx2, pointers);
+            step(&mut self.value, work, &pyin.bands, pyin.use_avx2, pointers);
         }
         let frame = self.frames;
         self.voiced_probs[(frame % (self.lag as u64 + 1)) as usize] = voiced_prob;
@@ -157,7 +160,7 @@ impl PyinDecoder {
             return None;
         }
         // Backtrack `lag` frames from the best current state.
-        let mut state = first_argmax(&self.viterbi.value);
+        let mut state = first_argmax(&self.value);
         for f in (frame + 1 - self.lag as u64..=frame).rev() {
             let row = (f % self.lag as u64) as usize * self.n_states;
             state = usize::from(self.pointers[row + state]);
@@ -177,7 +180,7 @@ impl PyinDecoder {
         let pending = self.pending();
         if pending > 0 {
             let last = self.frames - 1;
-            let mut state = first_argmax(&self.viterbi.value);
+            let mut state = first_argmax(&self.value);
             self.path[pending - 1] = state as u16;
             for k in (0..pending - 1).rev() {
                 // Frame last - (pending - 1 - k) from the pointers of the frame after it.
@@ -223,7 +226,7 @@ impl PyinDecoder {
         if self.frames == 0 {
             return bytes;
         }
-        for v in &self.viterbi.value {
+        for v in &self.value {
             bytes.extend_from_slice(&v.to_bits().to_le_bytes());
         }
         for f in self.frames - rows as u64..self.frames {
@@ -281,7 +284,7 @@ impl PyinDecoder {
         if frames == 0 {
             return Ok(decoder);
         }
-        for v in decoder.viterbi.value.iter_mut() {
+        for v in decoder.value.iter_mut() {
             *v = f64::from_bits(u64::from_le_bytes(reader.take()?));
         }
         for f in frames - rows as u64..frames {
@@ -334,9 +337,10 @@ pub fn decode_offline(
         "pyin observations"
     );
     let mut decoder = PyinDecoder::new(pyin, voiced_probs.len());
+    let mut scratch = pyin.scratch();
     let mut decisions = Vec::with_capacity(voiced_probs.len());
     for (observation, &vp) in observations.chunks_exact(n_states).zip(voiced_probs) {
-        let early = decoder.push(pyin, observation, vp);
+        let early = decoder.push(pyin, &mut scratch, observation, vp);
         debug_assert!(early.is_none());
     }
     decoder.finish(pyin, &mut |d| decisions.push(d));

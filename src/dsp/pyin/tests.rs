@@ -114,13 +114,14 @@ fn assert_banded_equals_dense(pyin: &Pyin, samples: &[f32], every: usize) -> usi
     let vps: Vec<f64> = frames.iter().map(|&k| vps[k]).collect();
     let (value, ptr) = dense_viterbi(pyin, &obs);
     let mut decoder = PyinDecoder::new(pyin, vps.len());
+    let mut scratch = pyin.scratch();
     let mut out_of_band = 0;
     let n = pyin.n_pitch_bins;
     for (t, (o, &vp)) in obs.chunks_exact(ns).zip(&vps).enumerate() {
-        assert!(decoder.push(pyin, o, vp).is_none());
+        assert!(decoder.push(pyin, &mut scratch, o, vp).is_none());
         for s in 0..ns {
             assert_eq!(
-                decoder.viterbi.value[s].to_bits(),
+                decoder.value[s].to_bits(),
                 value[t * ns + s].to_bits(),
                 "frame {t} state {s}"
             );
@@ -266,8 +267,10 @@ fn avx2_and_portable_steps_agree() {
     let n = fast.n_states();
     let mut a = PyinDecoder::new(&fast, 8);
     let mut b = PyinDecoder::new(&portable, 8);
+    let mut scratch = fast.scratch();
     for (o, &vp) in obs.chunks_exact(n).zip(&vps) {
-        assert_eq!(a.push(&fast, o, vp), b.push(&portable, o, vp));
+        let decided = a.push(&fast, &mut scratch, o, vp);
+        assert_eq!(decided, b.push(&portable, &mut scratch, o, vp));
         assert_eq!(a.to_bytes(), b.to_bytes());
     }
 }
@@ -314,9 +317,10 @@ fn fixed_lag_streaming() {
     let offline = decode_offline(&pyin, &obs, &vps);
     let run = |lag: usize| {
         let mut decoder = PyinDecoder::new(&pyin, lag);
+        let mut scratch = pyin.scratch();
         let mut out = Vec::new();
         for (k, (o, &vp)) in obs.chunks_exact(n).zip(&vps).enumerate() {
-            let d = decoder.push(&pyin, o, vp);
+            let d = decoder.push(&pyin, &mut scratch, o, vp);
             assert_eq!(d.is_some(), k >= lag);
             out.extend(d);
             assert_eq!(decoder.pending(), (k + 1).min(lag));
@@ -349,6 +353,7 @@ fn serialised_state_continues_identically() {
     let pyin = pyin();
     let (obs, vps) = observe_all(&pyin, &signal());
     let n = pyin.n_states();
+    let mut scratch = pyin.scratch();
     for lag in [0, 1, 12] {
         for cut in [0, 1, 5, 12, 13, 60] {
             let mut whole = PyinDecoder::new(&pyin, lag);
@@ -361,19 +366,19 @@ fn serialised_state_continues_identically() {
                     assert_eq!(restored.to_bytes(), bytes);
                     assert_eq!(restored.pending(), whole.pending());
                 }
-                a.extend(whole.push(&pyin, o, vp));
-                b.extend(restored.push(&pyin, o, vp));
+                a.extend(whole.push(&pyin, &mut scratch, o, vp));
+                b.extend(restored.push(&pyin, &mut scratch, o, vp));
             }
             whole.finish(&pyin, &mut |d| a.push(d));
             restored.finish(&pyin, &mut |d| b.push(d));
             assert_eq!(a, b, "lag {lag} cut {cut}");
-            assert_eq!(whole.viterbi.value, restored.viterbi.value);
+            assert_eq!(whole.value, restored.value);
         }
     }
     // Corrupt or foreign state is refused.
     let mut decoder = PyinDecoder::new(&pyin, 4);
     for (o, &vp) in obs.chunks_exact(n).zip(&vps).take(9) {
-        decoder.push(&pyin, o, vp);
+        decoder.push(&pyin, &mut scratch, o, vp);
     }
     let bytes = decoder.to_bytes();
     assert_eq!(bytes.len(), 25 + 8 * n + 2 * 3 * n + 8 * 4);
