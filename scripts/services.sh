@@ -417,7 +417,11 @@ start_kafka() {
     local d="$STATE/kafka" cid
     write_kafka_config
     if [ ! -f "$d/data/meta.properties" ]; then
-        cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        # A random base64url id, never starting with '-': StorageTool would take it for an option.
+        cid="-"
+        while [[ "$cid" == -* ]]; do
+            cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        done
         if ! java -Xmx256m "-Dlog4j.configuration=file:$KAFKA_DIR/tools-log4j.properties" \
             -cp "$KAFKA_JARS/*" kafka.tools.StorageTool format -t "$cid" -c "$d/server.properties" \
             >"$d/format.log" 2>&1; then
