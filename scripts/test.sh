@@ -15,6 +15,17 @@ OFFLINE_TESTS=(cli dsp_parity dsp_streaming pyin_parity float_text producer_wake
   deploy_systemd deploy_k8s deploy_container)
 
 started=$SECONDS
+# A hung test must fail the run with a message, not run into CI's own limit.
+bounded() { # SECONDS COMMAND...
+  local limit="$1" rc=0
+  shift
+  timeout --kill-after=30 "$limit" "$@" || rc=$?
+  if [[ $rc == 124 || $rc == 137 ]]; then
+    echo "test: stopped after $limit s; the test that hangs is the one libtest reported as" \
+      "'has been running for over 60 seconds' with no result line after it" >&2
+  fi
+  return "$rc"
+}
 phase() { # NAME COMMAND...
   local name="$1" t0=$SECONDS
   shift
@@ -59,7 +70,7 @@ for f in tests/*.rs; do
   t=$(basename "$f" .rs)
   [[ " ${OFFLINE_TESTS[*]} " == *" $t "* ]] || online_args+=(--test "$t")
 done
-phase "tests against Kafka and MongoDB" cargo test --locked "${online_args[@]}"
+phase "tests against Kafka and MongoDB" bounded 2400 cargo test --locked "${online_args[@]}"
 phase "the Python package (pytest, its own virtual environment)" bash python/run-tests.sh
 phase "deployment files (systemd-analyze verify, manifests)" \
   bash scripts/verify-deploy.sh "$PWD/target/debug/specflow"

@@ -314,7 +314,7 @@ async fn new_owner_restores_while_mongodb_is_down() {
     );
     // The first owner leaves (its last batches wait for MongoDB and are not committed).
     first.shutdown.request();
-    let _ = tokio::time::timeout(Duration::from_secs(60), first.handle).await;
+    let _ = first.stop_within(Duration::from_secs(60)).await;
     let second = spawn_worker(scenario.settings.clone());
     let assigned_by = Instant::now();
     assert!(

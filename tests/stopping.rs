@@ -40,6 +40,15 @@ struct Loaded {
 impl Loaded {
     /// Starts the load and a worker process with `drain_secs`, and waits until it stores.
     async fn start(name: &str, drain_secs: u64) -> Self {
+        Self::start_with(name, drain_secs, |_| {}).await
+    }
+
+    /// [`Loaded::start`] with `adjust` applied to the worker's settings.
+    async fn start_with(
+        name: &str,
+        drain_secs: u64,
+        adjust: impl FnOnce(&mut specflow::config::Settings),
+    ) -> Self {
         let names = Names::new(name);
         create_topics(&names, PARTITIONS).await;
         let mut settings = settings(&names);
@@ -49,6 +58,7 @@ impl Loaded {
         settings.output.retry_max_ms = 1_000;
         settings.source.session_timeout_ms = 6_000;
         settings.source.heartbeat_interval_ms = 1_000;
+        adjust(&mut settings);
         let streams = synthetic_streams("mic", STREAMS, 1, SECONDS);
         let expected = expected_records(&streams, &settings.dsp);
         let producer =
@@ -260,4 +270,58 @@ async fn a_second_signal_exits_at_once() {
         .await
         .unwrap();
     loaded.finish_with_second_worker().await;
+}
+
+/// A consumer that fails fatally can consume no more (librdkafka cannot recover it): here a
+/// static member fenced by a newer member with its `group.instance.id`, which librdkafka can
+/// also do to a member by itself after a session timeout (a broker restart). The worker must
+/// not sit idle with a dead consumer: it drains what it has, exits with 1 and says why, so
+/// that its supervisor starts it again; the newer member finishes the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_static_member_exits_for_its_supervisor_to_restart_it() {
+    let _serial = services_to_myself();
+    let mut loaded = Loaded::start_with("stop-fenced", 5, |settings| {
+        settings.source.instance_id = "pod-0".into();
+    })
+    .await;
+    let fenced_at = Instant::now();
+    let newer = spawn_worker(loaded.settings.clone());
+    // The fenced member learns it at its next heartbeat (1 s), then drains (5 s).
+    let bound = Duration::from_secs(1 + 5) + DEADLINE_MARGIN + Duration::from_secs(10);
+    let status = tokio::task::block_in_place(|| loaded.worker.wait_within(bound))
+        .expect("wait for the worker")
+        .unwrap_or_else(|| {
+            panic!(
+                "the fenced worker still runs {bound:?} after a newer member took its instance id:\n{}",
+                loaded.log_text()
+            )
+        });
+    eprintln!(
+        "the fenced worker exited with {status} after {:?}",
+        fenced_at.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status of the fenced worker:\n{}",
+        loaded.log_text()
+    );
+    let log = loaded.log_text();
+    assert!(
+        log.contains("failed fatally") && log.contains("FencedInstanceId"),
+        "the log says why:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "the worker panicked:\n{log}");
+    // The newer member owns the group now: it finishes the input.
+    loaded.producer.await.expect("producer");
+    let total: i64 = loaded
+        .expected
+        .values()
+        .map(|f| f.as_array().unwrap().len() as i64)
+        .sum();
+    let collection = collection(&loaded.names).await;
+    wait_for_frames(&collection, total, Duration::from_secs(180)).await;
+    assert_mongo_equals(&collection, &loaded.expected).await;
+    assert_topic_has_every_record(&loaded.names.output, &loaded.expected).await;
+    newer.stop().await;
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::warn;
 
+use crate::kafka::closing::ClosedApart;
 use crate::kafka::{BuildError, KafkaConfig};
 
 /// How long a metadata, watermark or offset lookup may take before the broker counts as down.
@@ -76,7 +77,8 @@ impl ConsumerContext for TailContext {}
 
 /// A live reader of the output topic.
 pub struct OutputTail {
-    consumer: StreamConsumer<TailContext>,
+    /// Closed apart: a close must not block the request's thread.
+    consumer: ClosedApart<StreamConsumer<TailContext>>,
     down: Arc<AtomicBool>,
 }
 
@@ -146,16 +148,20 @@ impl TailConfig {
             }
         }
         consumer.assign(&assignment)?;
-        Ok(OutputTail { consumer, down })
+        Ok(OutputTail {
+            consumer: ClosedApart::new("live tail", consumer),
+            down,
+        })
     }
 
     /// The keys of the last `per_partition` records of every partition, each with the newest
     /// Kafka timestamp (Unix ms) seen for it, newest first (blocking).
     pub fn recent_streams(&self, per_partition: i64) -> Result<Vec<(String, i64)>, TailError> {
         let consumer: BaseConsumer = self.kafka.create("consumer", &self.consumer_config()?)?;
+        let consumer = ClosedApart::new("recent streams", consumer);
         let mut assignment = TopicPartitionList::new();
         let mut remaining = HashMap::new();
-        for partition in self.partitions(&consumer)? {
+        for partition in self.partitions(&*consumer)? {
             let (low, high) = consumer.fetch_watermarks(&self.topic, partition, LOOKUP_TIMEOUT)?;
             let from = low.max(high - per_partition);
             if from < high {

@@ -419,6 +419,12 @@ impl Worker {
                 NextBatch::Stop => return Ok(()),
                 NextBatch::Empty => continue,
                 NextBatch::Idle => (Outbox::default(), Vec::new(), None),
+                NextBatch::Failed(failure) => {
+                    // No transaction is open between batches: nothing is left half done.
+                    error!(error = %failure, "Stopping: the Kafka consumer failed.");
+                    self.stop.request();
+                    return Err(failure.into());
+                }
                 NextBatch::Messages(batch) => {
                     // The group's generation the batch was consumed in: a rebalance after
                     // it makes the transaction's offsets refused, and the batch is rewound.

@@ -44,6 +44,23 @@ pub(super) enum NextBatch {
     Empty,
     /// The messages of the next batch, in the order received.
     Messages(Vec<OwnedMessage>),
+    /// The consumer failed fatally and can consume no more.
+    Failed(ConsumerFailed),
+}
+
+/// The consumer failed fatally (librdkafka's fatal error: a static member fenced by another
+/// member with its `group.instance.id`, which librdkafka can also do to itself after a
+/// session timeout, confluentinc/librdkafka#3437). librdkafka cannot recover such a client:
+/// the worker stops, and its supervisor starts a fresh one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Kafka consumer failed fatally and can consume no more ({code:?}: {reason}); the worker stops so that its supervisor (systemd's Restart=on-failure, Kubernetes) starts it again"
+)]
+pub struct ConsumerFailed {
+    /// librdkafka's error code.
+    pub code: rdkafka::types::RDKafkaErrorCode,
+    /// librdkafka's description.
+    pub reason: String,
 }
 
 /// The consumer and everything that follows its assignment.
@@ -200,10 +217,12 @@ impl Intake {
                 received = self.receive(IDLE_POLL) => received,
             };
             match received {
-                Received::Idle => return NextBatch::Idle,
+                Received::Idle => {
+                    return self.failed().map_or(NextBatch::Idle, NextBatch::Failed);
+                }
                 Received::Error(e) => {
                     warn!(error = %e, "Kafka consumer error.");
-                    return NextBatch::Empty;
+                    return self.failed().map_or(NextBatch::Empty, NextBatch::Failed);
                 }
                 Received::Message => {}
             }
@@ -229,6 +248,13 @@ impl Intake {
         } else {
             NextBatch::Messages(std::mem::take(&mut self.pending))
         }
+    }
+
+    /// The consumer's fatal error, if it had one (checked when nothing arrives: a failed
+    /// consumer delivers nothing, and says so nowhere else).
+    fn failed(&self) -> Option<ConsumerFailed> {
+        let (code, reason) = self.consumer.client().fatal_error()?;
+        Some(ConsumerFailed { code, reason })
     }
 
     /// Evicts streams idle for `idle_timeout` and updates the stream and assignment gauges;

@@ -237,6 +237,7 @@ impl Worker {
         // Deliveries under way, oldest first, and the latest one's "jobs queued" signal.
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
         let mut last_queued: Option<Queued> = None;
+        let mut consumer_failed = None;
         // Ok(true): stopped cleanly; Ok(false): a store writer stopped (it reports why).
         let mut result: Result<bool, SinkError> = loop {
             if self.stop.is_requested() {
@@ -253,6 +254,13 @@ impl Worker {
                 NextBatch::Empty => continue,
                 NextBatch::Idle => (Outbox::default(), Vec::new()),
                 NextBatch::Messages(batch) => self.compute_batch(batch),
+                NextBatch::Failed(failure) => {
+                    // What is under way is finished by the drain deadline, as at a stop.
+                    error!(error = %failure, "Stopping: the Kafka consumer failed.");
+                    self.stop.request();
+                    consumer_failed = Some(failure);
+                    break Ok(true);
+                }
             };
             let due = self.intake.sweep(idle_timeout, &self.metrics);
             let evictions = self.store.jobs_for_checkpoints(due);
@@ -311,10 +319,11 @@ impl Worker {
                 delivery.abandon();
             }
         }
-        result.map(|_| ()).map_err(|e| {
+        result.map_err(|e| {
             error!(error = %e, "Batch could not be sent; its offsets were not stored and it will be replayed.");
             failure_at_stop(&self.stop, e, "a batch could not be sent to Kafka")
-        })
+        })?;
+        consumer_failed.map_or(Ok(()), |failure| Err(failure.into()))
     }
 
     /// Waits until the pending-records budget has room for each writer's share of a batch and

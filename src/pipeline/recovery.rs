@@ -22,6 +22,7 @@ use super::state::checkpoint_topic as checkpoint;
 use super::state::streams::{ExtractorCache, PartitionStreams};
 use crate::config::Settings;
 use crate::kafka::BuildError;
+use crate::kafka::closing::ClosedApart;
 use crate::sources::kafka::SourceContext;
 use crate::telemetry::metrics::Metrics;
 
@@ -53,7 +54,7 @@ pub(super) struct Restores {
     /// Asks for the checkpoint partitions' watermarks ([`checkpoint::read_partition`]).
     bounds: Arc<BaseConsumer>,
     /// Reads the group's committed input offsets (exactly-once mode); never joins the group.
-    committed: Option<Arc<BaseConsumer>>,
+    committed: Option<Arc<ClosedApart<BaseConsumer>>>,
     /// The input topic.
     input: String,
     /// The checkpoint topic.
@@ -81,7 +82,7 @@ impl Restores {
                 .set("enable.auto.commit", "false")
                 .set("isolation.level", "read_committed");
             let reader: BaseConsumer = settings.kafka.create("offset reader", &reader)?;
-            Some(Arc::new(reader))
+            Some(Arc::new(ClosedApart::new("offset reader", reader)))
         } else {
             None
         };

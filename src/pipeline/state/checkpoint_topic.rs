@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::checkpoint::{CheckpointError, StreamCheckpoint};
+use crate::kafka::closing::ClosedApart;
 use crate::kafka::topics::{TopicError, await_listed};
 use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
@@ -80,6 +81,8 @@ pub fn read_partition(
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer<RestoreContext> =
             client.create_with_context(RestoreContext).map_err(kafka)?;
+        // A close that waits for the group coordinator must not hold up the restore.
+        let consumer = ClosedApart::new("checkpoint restore", consumer);
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)

@@ -34,4 +34,4 @@ pub use framing::{Expect, Framing};
 pub use metrics::{MissingMetric, Scrape, http_get};
 pub use names::{Names, create_topics, unique};
 pub use wav::{read_mono_wav, wav_format};
-pub use worker::WorkerProcess;
+pub use worker::{Supervised, WorkerProcess};

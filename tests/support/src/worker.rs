@@ -100,3 +100,60 @@ impl Drop for WorkerProcess {
         }
     }
 }
+
+/// A worker process started again whenever it exits, as its supervisor would (systemd's
+/// `Restart=on-failure`, Kubernetes): a worker exits when its consumer fails fatally (a static
+/// member fenced after a session timeout, for example) and relies on this.
+pub struct Supervised {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Supervised {
+    /// Runs `start()` now and again each time the process it returned exits.
+    pub fn start(mut start: impl FnMut() -> WorkerProcess + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut restarts = 0;
+            let mut worker = start();
+            loop {
+                if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = worker.sigterm();
+                    if !matches!(worker.wait_within(Duration::from_secs(30)), Ok(Some(_))) {
+                        let _ = worker.kill();
+                    }
+                    return restarts;
+                }
+                if let Ok(Some(status)) = worker.try_wait() {
+                    eprintln!("supervisor: the worker exited ({status}); starting it again");
+                    restarts += 1;
+                    worker = start();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the worker (SIGTERM, SIGKILL after 30 s); returns how often it was restarted.
+    pub fn stop(mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -15,7 +15,6 @@ use specflow::shutdown::Shutdown;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 use crate as support;
 use specflow::config::Settings;
@@ -28,7 +27,9 @@ mod records;
 
 pub use private::PrivateServices;
 pub use records::*;
-pub use support::{Chunk, Names, Scrape, chunk_stream, fixed_chunks, synthetic_pcm, unique};
+pub use support::{
+    Chunk, Names, Scrape, Supervised, chunk_stream, fixed_chunks, synthetic_pcm, unique,
+};
 
 pub fn brokers() -> String {
     std::env::var("SPECFLOW_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -143,40 +144,67 @@ pub async fn try_send_all(
     Ok(())
 }
 
-/// A worker running in this process.
+/// A worker running in this process, on a runtime and a thread of its own as `main` runs it:
+/// a worker that does not stop fails its test ([`RunningWorker::stop`]) instead of holding up
+/// the shutdown of the test's runtime, and a test that fails first asks its worker to stop.
 pub struct RunningWorker {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub handle: JoinHandle<anyhow::Result<()>>,
+    outcome: Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
 }
 
 pub fn spawn_worker(settings: Settings) -> RunningWorker {
     let shutdown = Shutdown::new(Duration::from_secs(settings.shutdown.drain_timeout_secs));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let handle = tokio::spawn(specflow::pipeline::run(
-        settings,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let (report, outcome) = tokio::sync::oneshot::channel();
+    let run = specflow::pipeline::run(settings, metrics.clone(), health.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name("specflow-worker".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("the worker's runtime");
+            let _ = report.send(runtime.block_on(run));
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        })
+        .expect("the worker's thread");
     RunningWorker {
         shutdown,
         metrics,
         health,
-        handle,
+        outcome: Some(outcome),
     }
 }
 
 impl RunningWorker {
-    pub async fn stop(self) {
+    /// Asks the worker to stop and waits up to `timeout` for it; `None` if it still runs.
+    pub async fn stop_within(mut self, timeout: Duration) -> Option<anyhow::Result<()>> {
         self.shutdown.request();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
+        let outcome = self.outcome.take().expect("awaited once");
+        tokio::time::timeout(timeout, outcome)
+            .await
+            .ok()
+            .map(|outcome| outcome.expect("the worker's thread reports its outcome"))
+    }
+
+    /// Stops the worker, which must exit cleanly within 60 s.
+    pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(60))
             .await
             .expect("worker stops within 60 s")
-            .expect("worker task")
             .expect("worker exits cleanly");
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        if self.outcome.is_some() {
+            self.shutdown.request();
+        }
     }
 }
 
@@ -338,6 +366,11 @@ impl WorkerProcess {
         let process = support::WorkerProcess::start(binary, config, log, env.iter().copied())
             .expect("start specflow");
         Self(process)
+    }
+
+    /// The process itself (for [`support::Supervised`]).
+    pub fn into_process(self) -> support::WorkerProcess {
+        self.0
     }
 
     /// SIGKILL, no drain.
