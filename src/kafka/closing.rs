@@ -5,7 +5,8 @@
 //! coordinator for good when the brokers do not answer
 //! (<https://github.com/confluentinc/librdkafka/issues/3740>), so such a drop can block the
 //! thread it runs on forever: a checkpoint restore would never finish, a runtime would never
-//! shut down. [`ClosedApart`] drops its consumer on a thread of its own instead.
+//! shut down. [`ClosedApart`] drops its consumer on a thread of its own instead; it serves a
+//! replaced producer too, whose drop purges and flushes what it still holds.
 
 use std::ops::Deref;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use tracing::{debug, warn};
 /// A close that takes longer than this is logged as a warning.
 const SLOW_CLOSE: Duration = Duration::from_secs(5);
 
-/// A Kafka consumer closed on a thread of its own when dropped; derefs to the consumer.
+/// A Kafka client (a consumer, or a replaced producer) closed on a thread of its own when
+/// dropped; derefs to the client.
 pub struct ClosedApart<C: Send + 'static> {
     consumer: Option<C>,
     /// What the consumer is for, named in the log.
@@ -57,15 +59,15 @@ impl<C: Send + 'static> Drop for ClosedApart<C> {
                 if started.elapsed() > SLOW_CLOSE {
                     warn!(
                         consumer = what,
-                        waited_ms, "A Kafka consumer took long to close."
+                        waited_ms, "A Kafka client took long to close."
                     );
                 } else {
-                    debug!(consumer = what, waited_ms, "Kafka consumer closed.");
+                    debug!(consumer = what, waited_ms, "Kafka client closed.");
                 }
             });
         if let Err(e) = closing {
             // The closure, and the consumer with it, was dropped here by the failed spawn.
-            warn!(consumer = what, error = %e, "Cannot start a thread to close a Kafka consumer; it was closed in place.");
+            warn!(consumer = what, error = %e, "Cannot start a thread to close a Kafka client; it was closed in place.");
         }
     }
 }

@@ -223,6 +223,11 @@ impl FromClientConfigAndContext<ReachabilityContext> for DeliveryProducer {
 }
 
 impl DeliveryProducer {
+    /// Whether `other` is a clone of this producer (the same client).
+    pub fn is(&self, other: &DeliveryProducer) -> bool {
+        Arc::ptr_eq(&self.producer, &other.producer)
+    }
+
     /// The name of the thread that serves this producer's delivery reports (`kafka-dr-<n>`).
     pub fn thread_name(&self) -> &str {
         &self.thread_name

@@ -60,6 +60,11 @@ pub struct ReachabilityContext {
 }
 
 impl ReachabilityContext {
+    /// A context that updates `state` (a replacement client keeps its predecessor's).
+    pub fn sharing(state: Arc<BrokerState>) -> Self {
+        Self { state }
+    }
+
     /// The state this context updates.
     pub fn state(&self) -> Arc<BrokerState> {
         self.state.clone()

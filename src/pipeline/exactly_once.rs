@@ -34,6 +34,7 @@ use super::state::checkpoint_topic as checkpoint;
 use super::store::{count_checkpoints, insert_documents, latest_checkpoints};
 use super::{Worker, failure_at_stop, now_ms};
 use crate::config::Settings;
+use crate::kafka::closing::ClosedApart;
 use crate::kafka::producer::DeliveryProducer;
 use crate::shutdown::{Shutdown, Unfinished};
 use crate::sinks::SinkError;
@@ -56,6 +57,11 @@ pub(super) enum Transaction {
     /// The producer was fenced: nothing of it is visible, every partition must be rewound and
     /// the producer replaced ([`Transactions::replace_producer`]).
     Fenced,
+    /// Aborted because its deliveries timed out while the brokers answer: the partitions it
+    /// touched must be rewound and the producer renewed ([`Transactions::renew_producer`];
+    /// librdkafka can keep a partition without a leader for good after a broker restart,
+    /// confluentinc/librdkafka#5430).
+    Stuck,
 }
 
 /// The transactional producer and what each transaction writes to.
@@ -155,10 +161,30 @@ impl Transactions {
             _ = self.stop.requested() => return Ok(()),
         }
         self.fenced_pause = (self.fenced_pause * 2).min(MAX_FENCED_PAUSE);
-        self.output = self
-            .settings
-            .output
-            .build(&self.settings.kafka, Some(&self.transactional_id))?;
+        self.rebuild_producer().await
+    }
+
+    /// Replaces a producer whose deliveries timed out while the brokers answer (see
+    /// [`Transaction::Stuck`]) with a new one under the same transactional id.
+    pub(super) async fn renew_producer(&mut self) -> anyhow::Result<()> {
+        warn!(
+            transactional_id = %self.transactional_id,
+            "Kafka deliveries timed out while the brokers answer; the transactional producer is replaced (librdkafka can keep a partition without a leader after a broker restart, confluentinc/librdkafka#5430)."
+        );
+        self.rebuild_producer().await
+    }
+
+    /// A new producer under the same transactional id, its transactions initialised (which
+    /// fences the old one).
+    async fn rebuild_producer(&mut self) -> anyhow::Result<()> {
+        let old = std::mem::replace(
+            &mut self.output,
+            self.settings
+                .output
+                .build(&self.settings.kafka, Some(&self.transactional_id))?,
+        );
+        // Its drop purges and flushes, which may wait for the broker.
+        drop(ClosedApart::new("replaced producer", old));
         self.dead_letters = DeadLetterSink::new(&self.settings.dead_letter, self.output.clone());
         self.init().await
     }
@@ -190,7 +216,11 @@ impl Transactions {
             Ok(()) => Ok(Transaction::Committed),
             Err((reason, e)) => {
                 warn!(error = %e, reason, "Transaction failed; aborting it.");
-                self.abort(reason).await
+                let stuck = e.is_delivery_timeout() && self.output.brokers().known_up();
+                match self.abort(reason).await {
+                    Ok(Transaction::Aborted) if stuck => Ok(Transaction::Stuck),
+                    outcome => outcome,
+                }
             }
         };
         match outcome {
@@ -489,6 +519,12 @@ impl Worker {
                     let rewound = self.intake.rewind(assigned);
                     self.metrics.partitions_rewound_total.inc_by(rewound as u64);
                     transactions.replace_producer().await?;
+                    self.health.watch_producer(transactions.output().brokers());
+                }
+                Ok(Transaction::Stuck) => {
+                    let rewound = self.intake.rewind(touched);
+                    self.metrics.partitions_rewound_total.inc_by(rewound as u64);
+                    transactions.renew_producer().await?;
                     self.health.watch_producer(transactions.output().brokers());
                 }
                 Err(e) => {

@@ -1,12 +1,16 @@
 //! Kafka sink: one idempotent producer for feature records (and, shared, dead letters).
 
 use bytes::Bytes;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tracing::warn;
 
 use super::SinkError;
+use crate::kafka::closing::ClosedApart;
 use crate::kafka::producer::{DeliveryProducer, producer_config};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
 use crate::kafka::valid_topic_name;
@@ -196,21 +200,42 @@ impl KafkaSinkConfig {
         let context = ReachabilityContext::default();
         let brokers = context.state();
         let producer: DeliveryProducer = kafka.create_with_context("producer", &config, context)?;
+        // A transactional producer is replaced by its owner, which re-initialises it.
+        let renewal = transactional_id.is_none().then(|| {
+            Arc::new(Renewal {
+                kafka: kafka.clone(),
+                config,
+            })
+        });
         Ok(KafkaSink {
-            producer,
+            producer: Arc::new(RwLock::new(producer)),
+            renewal,
             topic: self.topic.clone(),
             brokers,
         })
     }
 }
 
+/// How to build another producer like the first: its client and its config.
+struct Renewal {
+    kafka: KafkaConfig,
+    config: rdkafka::ClientConfig,
+}
+
 /// How long a send waits for room while the producer's queue is full.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The output producer.
+/// The output producer. Its clones share it, and share its replacement: librdkafka (2.12.1
+/// to 2.14.1 at least) can leave a partition without a leader for good after a broker restart
+/// (a metadata update with leader -1, confluentinc/librdkafka#5430), and every delivery to it
+/// then times out although the brokers answer. A delivery that times out while the brokers
+/// are up therefore replaces a non-transactional producer with a new one (the batch is sent
+/// again by the caller's retry, as after any failed delivery).
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: DeliveryProducer,
+    producer: Arc<RwLock<DeliveryProducer>>,
+    /// How to build a replacement; `None` for a transactional producer.
+    renewal: Option<Arc<Renewal>>,
     topic: String,
     brokers: Arc<BrokerState>,
 }
@@ -221,9 +246,12 @@ impl KafkaSink {
         &self.topic
     }
 
-    /// The underlying producer (shared with the dead-letter sink).
-    pub fn producer(&self) -> &DeliveryProducer {
-        &self.producer
+    /// The underlying producer now (shared with the dead-letter sink).
+    pub fn producer(&self) -> DeliveryProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the brokers answer, as this producer sees them.
@@ -236,29 +264,75 @@ impl KafkaSink {
     /// checkpoints all go out here.
     pub async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), SinkError> {
         let topic = record.topic;
-        self.producer
-            .send(record, QUEUE_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(failed_on(topic))
+        let producer = self.producer();
+        let outcome = producer.send(record, QUEUE_TIMEOUT).await;
+        self.after_delivery(&producer, outcome.map(|_| ()), topic)
     }
 
     /// Sends a feature record to the output topic and waits for its acknowledgement (as
     /// [`send`](Self::send)).
     pub async fn send_record(&self, key: &[u8], payload: Bytes) -> Result<(), SinkError> {
-        self.producer
-            .send(
-                FutureRecord::to(&self.topic).key(key).payload(&payload[..]),
-                QUEUE_TIMEOUT,
-            )
-            .await
-            .map(|_| ())
-            .map_err(failed_on(&self.topic))
+        let producer = self.producer();
+        let record = FutureRecord::to(&self.topic).key(key).payload(&payload[..]);
+        let outcome = producer.send(record, QUEUE_TIMEOUT).await;
+        self.after_delivery(&producer, outcome.map(|_| ()), &self.topic)
     }
 
     /// Waits until everything queued is delivered, or the timeout passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer.flush(timeout).map_err(failed_on(&self.topic))
+        self.producer()
+            .flush(timeout)
+            .map_err(failed_on(&self.topic))
+    }
+
+    /// The sink's outcome of a delivery by `producer` to `topic`; a timed-out delivery while
+    /// the brokers are up replaces the producer (see [`KafkaSink`]), once for all the
+    /// deliveries of the producer that timed out.
+    fn after_delivery(
+        &self,
+        producer: &DeliveryProducer,
+        outcome: Result<(), KafkaError>,
+        topic: &str,
+    ) -> Result<(), SinkError> {
+        let Err(error) = outcome else {
+            return Ok(());
+        };
+        if matches!(
+            error,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+        ) && self.brokers.known_up()
+            && let Some(renewal) = &self.renewal
+        {
+            self.renew(renewal, producer);
+        }
+        Err(failed_on(topic)(error))
+    }
+
+    /// Replaces `failed` (unless it was replaced already) with a new producer built alike.
+    fn renew(&self, renewal: &Renewal, failed: &DeliveryProducer) {
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !current.is(failed) {
+            return;
+        }
+        let context = ReachabilityContext::sharing(self.brokers.clone());
+        match renewal.kafka.create_with_context::<_, DeliveryProducer>(
+            "producer",
+            &renewal.config,
+            context,
+        ) {
+            Ok(renewed) => {
+                warn!(
+                    topic = %self.topic,
+                    "Kafka deliveries timed out while the brokers answer; the producer is replaced (librdkafka can keep a partition without a leader after a broker restart, confluentinc/librdkafka#5430)."
+                );
+                let failed = std::mem::replace(&mut *current, renewed);
+                // Its drop purges and flushes; the sends under way have their outcome already.
+                drop(ClosedApart::new("replaced producer", failed));
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot build a producer to replace the one whose deliveries timed out.")
+            }
+        }
     }
 }
 
@@ -273,6 +347,62 @@ fn failed_on(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink whose producer is never asked to reach its broker (nothing listens there).
+    fn offline_sink(transactional_id: Option<&str>) -> KafkaSink {
+        let kafka = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaConfig::default()
+        };
+        KafkaSinkConfig {
+            exactly_once: transactional_id.is_some(),
+            ..KafkaSinkConfig::default()
+        }
+        .build(&kafka, transactional_id)
+        .expect("producer")
+    }
+
+    fn timed_out() -> Result<(), KafkaError> {
+        Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ))
+    }
+
+    #[test]
+    fn a_delivery_timeout_while_the_brokers_answer_replaces_the_producer_once() {
+        let sink = offline_sink(None);
+        let clone = sink.clone();
+        let first = sink.producer();
+        sink.brokers.set(true);
+        let error = sink
+            .after_delivery(&first, timed_out(), "features")
+            .expect_err("the delivery failed");
+        assert!(error.is_delivery_timeout(), "{error}");
+        assert!(error.to_string().contains("features"), "{error}");
+        let second = clone.producer();
+        assert!(!second.is(&first), "the clones share the new producer");
+        // The other deliveries of the replaced producer that timed out replace nothing more.
+        let _ = clone.after_delivery(&first, timed_out(), "features");
+        assert!(sink.producer().is(&second));
+        // Other errors, and timeouts while the brokers are down, keep the producer.
+        let other = Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        let _ = sink.after_delivery(&second, other, "features");
+        sink.brokers.set(false);
+        let _ = sink.after_delivery(&second, timed_out(), "features");
+        assert!(sink.producer().is(&second));
+        assert!(sink.after_delivery(&second, Ok(()), "features").is_ok());
+    }
+
+    #[test]
+    fn a_transactional_producer_is_left_to_its_owner() {
+        let sink = offline_sink(Some("specflow-test"));
+        let first = sink.producer();
+        sink.brokers.set(true);
+        let _ = sink.after_delivery(&first, timed_out(), "features");
+        assert!(sink.producer().is(&first));
+    }
 
     #[test]
     fn retry_settings_are_checked_and_named() {

@@ -27,6 +27,15 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// True for a Kafka delivery that timed out (`output.delivery_timeout_ms` passed).
+    pub fn is_delivery_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka { source, .. } if source.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
+        )
+    }
+
     /// True when the same write may succeed later (server unreachable, timeouts).
     pub fn retryable(&self) -> bool {
         match self {

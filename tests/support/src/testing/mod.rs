@@ -155,6 +155,10 @@ pub struct RunningWorker {
 }
 
 pub fn spawn_worker(settings: Settings) -> RunningWorker {
+    // The worker's log, on stderr (not captured by the test harness), when RUST_LOG asks.
+    if std::env::var_os("RUST_LOG").is_some() {
+        settings.log.init();
+    }
     let shutdown = Shutdown::new(Duration::from_secs(settings.shutdown.drain_timeout_secs));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
