@@ -57,7 +57,7 @@ pub(super) enum Transaction {
     /// The producer was fenced: nothing of it is visible, every partition must be rewound and
     /// the producer replaced ([`Transactions::replace_producer`]).
     Fenced,
-    /// Aborted because its deliveries timed out while the brokers answer: the partitions it
+    /// Aborted because its deliveries timed out: the partitions it
     /// touched must be rewound and the producer renewed ([`Transactions::renew_producer`];
     /// librdkafka can keep a partition without a leader for good after a broker restart,
     /// confluentinc/librdkafka#5430).
@@ -164,12 +164,12 @@ impl Transactions {
         self.rebuild_producer().await
     }
 
-    /// Replaces a producer whose deliveries timed out while the brokers answer (see
+    /// Replaces a producer whose deliveries timed out (see
     /// [`Transaction::Stuck`]) with a new one under the same transactional id.
     pub(super) async fn renew_producer(&mut self) -> anyhow::Result<()> {
         warn!(
             transactional_id = %self.transactional_id,
-            "Kafka deliveries timed out while the brokers answer; the transactional producer is replaced (librdkafka can keep a partition without a leader after a broker restart, confluentinc/librdkafka#5430)."
+            "Kafka deliveries timed out; the transactional producer is replaced (librdkafka can keep a partition without a leader after a broker restart, confluentinc/librdkafka#5430)."
         );
         self.rebuild_producer().await
     }
@@ -216,7 +216,7 @@ impl Transactions {
             Ok(()) => Ok(Transaction::Committed),
             Err((reason, e)) => {
                 warn!(error = %e, reason, "Transaction failed; aborting it.");
-                let stuck = e.is_delivery_timeout() && self.output.brokers().known_up();
+                let stuck = e.is_delivery_timeout();
                 match self.abort(reason).await {
                     Ok(Transaction::Aborted) if stuck => Ok(Transaction::Stuck),
                     outcome => outcome,
