@@ -149,22 +149,7 @@ impl Loaded {
     async fn finish_with_second_worker(self) {
         self.producer.await.expect("producer");
         let second = spawn_worker(self.settings.clone());
-        let total: i64 = self
-            .expected
-            .values()
-            .map(|f| f.as_array().unwrap().len() as i64)
-            .sum();
-        let collection = collection(&self.names).await;
-        wait_for_frames(&collection, total, Duration::from_secs(180)).await;
-        assert!(
-            holds_for(Duration::from_secs(1), async || stored_frames(&collection)
-                .await
-                == total)
-            .await,
-            "more than the expected {total} frames were stored"
-        );
-        assert_mongo_equals(&collection, &self.expected).await;
-        assert_topic_has_every_record(&self.names.output, &self.expected).await;
+        assert_stored_as_uninterrupted(&self.names, &self.expected).await;
         second.stop().await;
     }
 }
@@ -314,14 +299,6 @@ async fn a_fenced_static_member_exits_for_its_supervisor_to_restart_it() {
     assert!(!log.contains("panicked"), "the worker panicked:\n{log}");
     // The newer member owns the group now: it finishes the input.
     loaded.producer.await.expect("producer");
-    let total: i64 = loaded
-        .expected
-        .values()
-        .map(|f| f.as_array().unwrap().len() as i64)
-        .sum();
-    let collection = collection(&loaded.names).await;
-    wait_for_frames(&collection, total, Duration::from_secs(180)).await;
-    assert_mongo_equals(&collection, &loaded.expected).await;
-    assert_topic_has_every_record(&loaded.names.output, &loaded.expected).await;
+    assert_stored_as_uninterrupted(&loaded.names, &loaded.expected).await;
     newer.stop().await;
 }

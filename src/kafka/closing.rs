@@ -1,4 +1,4 @@
-//! Consumers whose close never blocks their owner.
+//! Kafka clients whose close never blocks their owner.
 //!
 //! rdkafka closes a consumer that has a `group.id` when it is dropped, and waits without a
 //! bound until librdkafka reports it closed. librdkafka can keep looking for the group
@@ -19,16 +19,16 @@ const SLOW_CLOSE: Duration = Duration::from_secs(5);
 /// A Kafka client (a consumer, or a replaced producer) closed on a thread of its own when
 /// dropped; derefs to the client.
 pub struct ClosedApart<C: Send + 'static> {
-    consumer: Option<C>,
-    /// What the consumer is for, named in the log.
+    client: Option<C>,
+    /// What the client is for, named in the log.
     what: &'static str,
 }
 
 impl<C: Send + 'static> ClosedApart<C> {
-    /// Wraps `consumer`, used for `what` (named in the log).
-    pub fn new(what: &'static str, consumer: C) -> Self {
+    /// Wraps `client`, used for `what` (named in the log).
+    pub fn new(what: &'static str, client: C) -> Self {
         Self {
-            consumer: Some(consumer),
+            client: Some(client),
             what,
         }
     }
@@ -38,15 +38,15 @@ impl<C: Send + 'static> Deref for ClosedApart<C> {
     type Target = C;
 
     fn deref(&self) -> &C {
-        self.consumer
+        self.client
             .as_ref()
-            .expect("the consumer is only taken by drop")
+            .expect("the client is only taken by drop")
     }
 }
 
 impl<C: Send + 'static> Drop for ClosedApart<C> {
     fn drop(&mut self) {
-        let Some(consumer) = self.consumer.take() else {
+        let Some(client) = self.client.take() else {
             return;
         };
         let what = self.what;
@@ -54,20 +54,20 @@ impl<C: Send + 'static> Drop for ClosedApart<C> {
             .name("specflow-close".into())
             .spawn(move || {
                 let started = Instant::now();
-                drop(consumer);
+                drop(client);
                 let waited_ms = started.elapsed().as_millis() as u64;
                 if started.elapsed() > SLOW_CLOSE {
                     warn!(
-                        consumer = what,
+                        client = what,
                         waited_ms, "A Kafka client took long to close."
                     );
                 } else {
-                    debug!(consumer = what, waited_ms, "Kafka client closed.");
+                    debug!(client = what, waited_ms, "Kafka client closed.");
                 }
             });
         if let Err(e) = closing {
-            // The closure, and the consumer with it, was dropped here by the failed spawn.
-            warn!(consumer = what, error = %e, "Cannot start a thread to close a Kafka client; it was closed in place.");
+            // The closure, and the client with it, was dropped here by the failed spawn.
+            warn!(client = what, error = %e, "Cannot start a thread to close a Kafka client; it was closed in place.");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Kafka client settings shared by every Kafka client specflow makes: the connection and
 //! security config ([`KafkaConfig`], `[kafka]`), topic names and topic creation ([`topics`]),
 //! broker reachability as a producer sees it ([`reachability`]), the producer with
-//! awaitable deliveries every specflow producer is ([`producer`]), and consumers whose close
+//! awaitable deliveries every specflow producer is ([`producer`]), and clients whose close
 //! never blocks their owner ([`closing`]).
 //!
 //! A leaf module: the source, the sinks and the checkpoint topic build their clients from it,

@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
-use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -295,17 +294,15 @@ impl KafkaSink {
         outcome: Result<(), KafkaError>,
         topic: &str,
     ) -> Result<(), SinkError> {
-        let Err(error) = outcome else {
+        let Err(error) = outcome.map_err(failed_on(topic)) else {
             return Ok(());
         };
-        if matches!(
-            error,
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
-        ) && let Some(renewal) = &self.renewal
+        if error.is_delivery_timeout()
+            && let Some(renewal) = &self.renewal
         {
             self.renew(renewal, producer);
         }
-        Err(failed_on(topic)(error))
+        Err(error)
     }
 
     /// Replaces `failed` (unless it was replaced already) with a new producer built alike.
@@ -347,6 +344,7 @@ fn failed_on(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
 
     /// A sink whose producer is never asked to reach its broker (nothing listens there).
     fn offline_sink(transactional_id: Option<&str>) -> KafkaSink {
@@ -373,7 +371,6 @@ mod tests {
         let sink = offline_sink(None);
         let clone = sink.clone();
         let first = sink.producer();
-        sink.brokers.set(true);
         let error = sink
             .after_delivery(&first, timed_out(), "features")
             .expect_err("the delivery failed");
@@ -397,7 +394,6 @@ mod tests {
     fn a_transactional_producer_is_left_to_its_owner() {
         let sink = offline_sink(Some("specflow-test"));
         let first = sink.producer();
-        sink.brokers.set(true);
         let _ = sink.after_delivery(&first, timed_out(), "features");
         assert!(sink.producer().is(&first));
     }

@@ -309,3 +309,34 @@ pub fn spawn_paced_producer_to(
         }
     })
 }
+
+/// Once every expected frame is stored (up to 180 s), MongoDB holds exactly `expected` (no
+/// more frames a second later) and the output topic every expected record.
+pub async fn assert_stored_as_uninterrupted(
+    names: &Names,
+    expected: &std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    let total: i64 = expected
+        .values()
+        .map(|f| f.as_array().unwrap().len() as i64)
+        .sum();
+    let collection = collection(names).await;
+    let started = Instant::now();
+    wait_for_frames(&collection, total, Duration::from_secs(180)).await;
+    eprintln!("all frames stored after {:?}", started.elapsed());
+    // An in-flight duplicate (which must not exist) would land now: the count must stay.
+    assert!(
+        holds_for(Duration::from_secs(1), async || stored_frames(&collection)
+            .await
+            == total)
+        .await,
+        "more than the expected {total} frames were stored"
+    );
+    assert_mongo_equals(&collection, expected).await;
+    let records = assert_topic_has_every_record(&names.output, expected).await;
+    eprintln!(
+        "{records} output records for {} expected, checked after {:?}",
+        expected.len(),
+        started.elapsed()
+    );
+}
