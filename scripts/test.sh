@@ -9,12 +9,17 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # libtest reads RUST_TEST_THREADS; criterion benches (run once each in test mode) do not take
 # --test-threads, so the flag cannot go on the command line.
 export RUST_TEST_THREADS="${SPECFLOW_TEST_THREADS:-2}"
+# One full run builds every test binary once: incremental caches would only add gigabytes of
+# disk (a fresh CI clone never reuses them). Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Integration tests that talk to no service; every other tests/*.rs needs Kafka and MongoDB.
 OFFLINE_TESTS=(cli dsp_parity dsp_streaming pyin_parity float_text producer_wakeups
   deploy_systemd deploy_k8s deploy_container)
 
 started=$SECONDS
+disk_report() { echo "test: disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free; target/ $(du -sh target 2>/dev/null | cut -f1)"; }
+disk_report
 # A hung test must fail the run with a message, not run into CI's own limit.
 bounded() { # SECONDS COMMAND...
   local limit="$1" rc=0
@@ -32,6 +37,7 @@ phase() { # NAME COMMAND...
   echo "test: $name"
   "$@"
   echo "test: $name: done in $((SECONDS - t0)) s"
+  disk_report
 }
 
 phase "the repository stands on its own" bash scripts/check-standalone.sh
