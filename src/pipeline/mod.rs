@@ -280,10 +280,7 @@ impl Worker {
                 && let Some(mut oldest) = in_flight.pop_front()
             {
                 // A stop does not wait here: the drain waits for it, up to the deadline.
-                let outcome = tokio::select! {
-                    outcome = oldest.finish() => Some(outcome),
-                    _ = self.stop.requested() => None,
-                };
+                let outcome = self.polling_until(oldest.finish(), max_batch).await;
                 match outcome {
                     Some(Ok(true)) => {}
                     Some(stopped) => break stopped,
@@ -327,27 +324,44 @@ impl Worker {
     }
 
     /// Waits until the pending-records budget has room for each writer's share of a batch and
-    /// takes it (given back when the job is dropped). While waiting it keeps polling the
-    /// consumer (into the pending batch, up to `max_batch` messages), which serves rebalances
-    /// and keeps the member in the group however long MongoDB takes. False when a stop was
-    /// requested.
+    /// takes it (given back when the job is dropped), polling the consumer meanwhile
+    /// ([`Self::polling_until`]): MongoDB may take long. False when a stop was requested.
     async fn reserve_room(&mut self, jobs: &mut [StoreJob], max_batch: usize) -> bool {
-        let room = self.store.room();
+        let room = self.store.room().clone();
         for job in jobs.iter_mut().filter(|job| !job.documents.is_empty()) {
-            let taken = room.take_for(job);
-            tokio::pin!(taken);
-            loop {
-                let polling = self.intake.below_batch_limit(max_batch);
-                tokio::select! {
-                    biased;
-                    _ = self.stop.requested() => return false,
-                    _ = &mut taken => break,
-                    _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
-                    _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
-                }
+            if self
+                .polling_until(room.take_for(job), max_batch)
+                .await
+                .is_none()
+            {
+                return false;
             }
         }
         true
+    }
+
+    /// Waits for `until` while polling the consumer (into the pending batch, up to `max_batch`
+    /// messages), which serves rebalances and keeps the member in the group however long the
+    /// wait: a store writer waiting for MongoDB, or a delivery waiting for Kafka to take its
+    /// batch after a broker restart (a consumer left unpolled for longer than its session
+    /// loses its partitions, confluentinc/librdkafka#3450). `None` when a stop was requested
+    /// first.
+    async fn polling_until<T>(
+        &mut self,
+        until: impl Future<Output = T>,
+        max_batch: usize,
+    ) -> Option<T> {
+        tokio::pin!(until);
+        loop {
+            let polling = self.intake.below_batch_limit(max_batch);
+            tokio::select! {
+                biased;
+                _ = self.stop.requested() => return None,
+                out = &mut until => return Some(out),
+                _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
+                _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
+            }
+        }
     }
 
     /// Computes one batch; returns what goes to Kafka and, per store writer, what MongoDB and

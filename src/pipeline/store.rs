@@ -25,7 +25,9 @@ use crate::sinks::mongo::MongoSink;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
-/// The budget of records waiting for the store writers (`mongo.max_pending_records`).
+/// The budget of records waiting for the store writers (`mongo.max_pending_records`); clones
+/// share it.
+#[derive(Clone)]
 pub(super) struct PendingRoom {
     permits: Arc<tokio::sync::Semaphore>,
     capacity: usize,

@@ -289,21 +289,22 @@ pub fn spawn_paced_producer_to(
     pace: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut producer = producer_for(&brokers);
+        let mut producer = renewable_producer_for(&brokers);
         let rounds = streams.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
         for round in 0..rounds {
             let batch: Vec<Chunk> = streams
                 .iter()
                 .filter_map(|(_, c)| c.get(round).cloned())
                 .collect();
-            // A broker restart can fail a delivery: send the round again with a fresh producer
-            // (a chunk delivered twice overlaps itself and is dead-lettered, not recomputed).
+            // A broker restart can fail a delivery, or leave the producer unable to deliver
+            // (its deliveries then time out): send the round again with a fresh producer (a
+            // chunk delivered twice overlaps itself and is dead-lettered, not recomputed).
             let mut attempts = 0;
             while let Err(e) = try_send_all(&producer, &topic, &batch).await {
                 attempts += 1;
                 assert!(attempts < 10, "cannot deliver round {round}: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                producer = producer_for(&brokers);
+                producer = renewable_producer_for(&brokers);
             }
             tokio::time::sleep(pace).await;
         }
