@@ -30,6 +30,9 @@ fn fault_settings(names: &Names) -> specflow::config::Settings {
     // A crashed member's partitions come back after the broker's minimum session timeout.
     s.source.session_timeout_ms = 6_000;
     s.source.heartbeat_interval_ms = 1_000;
+    // A member left out of its group by a broker restart subscribes again within the test's
+    // wait for the broker to come back.
+    s.source.rejoin_timeout_ms = 15_000;
     s
 }
 

@@ -14,6 +14,7 @@ use super::backpressure::PauseGate;
 use super::batch::CheckpointRecords;
 use super::recovery::Restores;
 use super::state::streams::PartitionStreams;
+use crate::clock::unix_ms;
 use crate::config::Settings;
 use crate::shutdown::Unfinished;
 use crate::sources::kafka::{SourceContext, commit_stored_offsets};
@@ -75,6 +76,12 @@ pub(super) struct Intake {
     /// The offset of the first message received per partition since it was assigned: where a
     /// rewind goes back to when the group has no committed offset for it.
     first_received: HashMap<i32, i64>,
+    /// The input topic (subscribed again by [`Intake::rejoin_if_stranded`]).
+    topic: String,
+    /// `source.rejoin_timeout_ms`.
+    rejoin_timeout: Duration,
+    /// How fresh the group statistics must be to judge the membership by them.
+    statistics_stale: Duration,
 }
 
 impl Intake {
@@ -93,6 +100,12 @@ impl Intake {
             .context("cannot subscribe")?;
         info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
         health.set_consuming();
+        let statistics_ms = settings
+            .kafka
+            .consumer
+            .get("statistics.interval.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(5_000);
         Ok(Self {
             consumer,
             health,
@@ -100,6 +113,9 @@ impl Intake {
             tables: HashMap::new(),
             restores,
             first_received: HashMap::new(),
+            topic: settings.source.topic.clone(),
+            rejoin_timeout: Duration::from_millis(settings.source.rejoin_timeout_ms),
+            statistics_stale: Duration::from_millis(3 * statistics_ms),
         })
     }
 
@@ -218,6 +234,7 @@ impl Intake {
             };
             match received {
                 Received::Idle => {
+                    self.rejoin_if_stranded();
                     return self.failed().map_or(NextBatch::Idle, NextBatch::Failed);
                 }
                 Received::Error(e) => {
@@ -247,6 +264,32 @@ impl Intake {
             NextBatch::Empty
         } else {
             NextBatch::Messages(std::mem::take(&mut self.pending))
+        }
+    }
+
+    /// Subscribes again when the consumer has been out of a settled group membership for
+    /// `source.rejoin_timeout_ms`: after a broker restart, a member whose session timed out
+    /// while the coordinator was away can wait for that coordinator for good, assigned nothing
+    /// and saying nothing. Subscribing again leaves the group and joins it afresh. Checked
+    /// when nothing arrives (a stranded member receives nothing).
+    fn rejoin_if_stranded(&mut self) {
+        let membership = self.consumer.context().membership();
+        let Some((unsettled, state)) = membership.unsettled_for(unix_ms(), self.statistics_stale)
+        else {
+            return;
+        };
+        if unsettled < self.rejoin_timeout {
+            return;
+        }
+        warn!(
+            unsettled_ms = unsettled.as_millis() as u64,
+            group_state = %state,
+            "The consumer has been out of its group too long; subscribing again."
+        );
+        membership.restart_clock(unix_ms());
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            warn!(error = %e, "Cannot subscribe again; retrying after the rejoin timeout.");
         }
     }
 

@@ -9,8 +9,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use tracing::{info, warn};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+use crate::clock::unix_ms;
 
 use crate::kafka::reachability::any_broker_up;
 use crate::kafka::{BuildError, KafkaConfig, valid_topic_name};
@@ -71,6 +75,11 @@ pub struct KafkaSourceConfig {
     /// `heartbeat.interval.ms`: how often the member tells the coordinator it is alive (at most
     /// a third of the session timeout).
     pub heartbeat_interval_ms: u64,
+    /// How long the consumer may stay out of a settled group membership (librdkafka's
+    /// statistics: group state other than `up`/`steady`) before it subscribes again: after a
+    /// broker restart, a consumer whose session timed out can wait for its group coordinator
+    /// for good. At least the session timeout.
+    pub rejoin_timeout_ms: u64,
 }
 
 impl Default for KafkaSourceConfig {
@@ -88,6 +97,7 @@ impl Default for KafkaSourceConfig {
             instance_id: String::new(),
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 2_000,
+            rejoin_timeout_ms: 60_000,
         }
     }
 }
@@ -156,6 +166,13 @@ impl KafkaSourceConfig {
                 "source.instance_id",
                 &self.instance_id,
                 "must be at most 249 characters, without spaces or control characters",
+            ));
+        }
+        if self.rejoin_timeout_ms < self.session_timeout_ms || self.rejoin_timeout_ms > 3_600_000 {
+            problems.push(Problem::new(
+                "source.rejoin_timeout_ms",
+                self.rejoin_timeout_ms,
+                "must be at least source.session_timeout_ms and at most 3600000",
             ));
         }
         problems
@@ -227,6 +244,7 @@ pub struct SourceContext {
     events: Arc<Mutex<RebalanceEvents>>,
     metrics: Arc<Metrics>,
     health: Option<Arc<Health>>,
+    membership: Arc<Membership>,
 }
 
 impl SourceContext {
@@ -237,7 +255,13 @@ impl SourceContext {
             events: Arc::default(),
             metrics,
             health: None,
+            membership: Arc::new(Membership::new(unix_ms())),
         }
+    }
+
+    /// How the consumer stands in its group.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
     /// Also reports broker reachability (from librdkafka's statistics) to `health`.
@@ -259,6 +283,11 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        if let Some(group) = &statistics.cgrp {
+            debug!(state = %group.state, join_state = %group.join_state, assigned = group.assignment_size, "Consumer group statistics.");
+            self.membership
+                .report(&group.state, &group.join_state, unix_ms());
+        }
         if let Some(health) = &self.health {
             health.set_kafka_ok(any_broker_up(&statistics));
         }
@@ -270,6 +299,60 @@ impl ClientContext for SourceContext {
                 }
             }
         }
+    }
+}
+
+/// How the consumer stands in its group, from librdkafka's statistics (every
+/// `statistics.interval.ms`) and its assignments: when it was last a settled member (group
+/// state `up`, join state `steady`), and what it reported last.
+#[derive(Debug)]
+pub struct Membership {
+    settled_ms: AtomicI64,
+    reported_ms: AtomicI64,
+    last_state: Mutex<String>,
+}
+
+impl Membership {
+    /// A member that counts as settled at `now_ms` (its first join has that long to happen).
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            settled_ms: AtomicI64::new(now_ms),
+            reported_ms: AtomicI64::new(0),
+            last_state: Mutex::new(String::new()),
+        }
+    }
+
+    /// Records a report of the group state and join state at `now_ms`.
+    pub fn report(&self, state: &str, join_state: &str, now_ms: i64) {
+        if state == "up" && join_state == "steady" {
+            self.settled_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.reported_ms.store(now_ms, Ordering::Relaxed);
+        *self.last_state.lock().unwrap_or_else(|e| e.into_inner()) =
+            format!("{state}/{join_state}");
+    }
+
+    /// Counts as settled from `now_ms` on (after subscribing again).
+    pub fn restart_clock(&self, now_ms: i64) {
+        self.settled_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// How long the member has been unsettled as of `now_ms`, with its last reported state:
+    /// `None` while it is settled or when no statistics came within `stale` (nothing known).
+    pub fn unsettled_for(&self, now_ms: i64, stale: Duration) -> Option<(Duration, String)> {
+        let reported = self.reported_ms.load(Ordering::Relaxed);
+        let settled = self.settled_ms.load(Ordering::Relaxed);
+        let fresh = now_ms.saturating_sub(reported) <= stale.as_millis() as i64;
+        if !fresh || settled >= reported {
+            return None;
+        }
+        let state = self
+            .last_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unsettled_ms = now_ms.saturating_sub(settled).max(0) as u64;
+        Some((Duration::from_millis(unsettled_ms), state))
     }
 }
 
@@ -312,6 +395,7 @@ impl ConsumerContext for SourceContext {
                 if let Some(health) = &self.health {
                     health.set_kafka_ok(true);
                 }
+                self.membership.report("up", "steady", unix_ms());
                 self.metrics.rebalances_total.inc();
                 self.events
                     .lock()
@@ -363,5 +447,44 @@ mod tests {
         let reasons = health.readiness().reasons;
         assert!(!reasons.contains(&"kafka unreachable"), "{reasons:?}");
         assert_eq!(consumer.context().take_events().assigned, vec![0]);
+    }
+
+    #[test]
+    fn a_member_is_stranded_only_while_fresh_statistics_say_it_is_unsettled() {
+        let stale = Duration::from_secs(15);
+        let membership = Membership::new(1_000);
+        // Nothing reported yet: nothing known.
+        assert!(membership.unsettled_for(100_000, stale).is_none());
+        membership.report("up", "steady", 2_000);
+        assert!(membership.unsettled_for(3_000, stale).is_none());
+        // Its session timed out while the coordinator was away.
+        membership.report("wait-coord", "init", 7_000);
+        let (unsettled, state) = membership.unsettled_for(12_000, stale).unwrap();
+        assert_eq!(
+            unsettled,
+            Duration::from_millis(10_000),
+            "since it was last settled"
+        );
+        assert_eq!(state, "wait-coord/init");
+        // The statistics stopped (`statistics.interval.ms = 0`, or a stuck client): unknown.
+        assert!(membership.unsettled_for(7_000 + 15_001, stale).is_none());
+        // Subscribed again: the clock restarts; settled again: nothing to do.
+        membership.restart_clock(30_000);
+        membership.report("query-coord", "init", 31_000);
+        assert_eq!(
+            membership.unsettled_for(32_000, stale).unwrap().0,
+            Duration::from_millis(2_000)
+        );
+        membership.report("up", "steady", 33_000);
+        assert!(membership.unsettled_for(34_000, stale).is_none());
+    }
+
+    #[test]
+    fn the_rejoin_timeout_is_at_least_the_session() {
+        let mut config = KafkaSourceConfig::default();
+        assert!(config.validate().is_empty());
+        config.rejoin_timeout_ms = config.session_timeout_ms - 1;
+        let problems = format!("{:?}", config.validate());
+        assert!(problems.contains("source.rejoin_timeout_ms"), "{problems}");
     }
 }
