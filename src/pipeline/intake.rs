@@ -51,8 +51,9 @@ pub(super) enum NextBatch {
 
 /// The consumer failed fatally (librdkafka's fatal error: a static member fenced by another
 /// member with its `group.instance.id`, which librdkafka can also do to itself after a
-/// session timeout, confluentinc/librdkafka#3437). librdkafka cannot recover such a client:
-/// the worker stops, and its supervisor starts a fresh one.
+/// session timeout, confluentinc/librdkafka#3437), or stayed out of its group although
+/// reconnected and subscribed again ([`Intake`]'s rejoin). librdkafka cannot recover such a
+/// client: the worker stops, and its supervisor starts a fresh one.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the Kafka consumer failed fatally and can consume no more ({code:?}: {reason}); the worker stops so that its supervisor (systemd's Restart=on-failure, Kubernetes) starts it again"
@@ -82,6 +83,8 @@ pub(super) struct Intake {
     rejoin_timeout: Duration,
     /// How fresh the group statistics must be to judge the membership by them.
     statistics_stale: Duration,
+    /// Rejoin attempts since the consumer was last settled.
+    rejoin_attempts: u32,
 }
 
 impl Intake {
@@ -116,6 +119,7 @@ impl Intake {
             topic: settings.source.topic.clone(),
             rejoin_timeout: Duration::from_millis(settings.source.rejoin_timeout_ms),
             statistics_stale: Duration::from_millis(3 * statistics_ms),
+            rejoin_attempts: 0,
         })
     }
 
@@ -234,8 +238,8 @@ impl Intake {
             };
             match received {
                 Received::Idle => {
-                    self.rejoin_if_stranded();
-                    return self.failed().map_or(NextBatch::Idle, NextBatch::Failed);
+                    let failed = self.rejoin_if_stranded().or_else(|| self.failed());
+                    return failed.map_or(NextBatch::Idle, NextBatch::Failed);
                 }
                 Received::Error(e) => {
                     warn!(error = %e, "Kafka consumer error.");
@@ -267,30 +271,57 @@ impl Intake {
         }
     }
 
-    /// Subscribes again when the consumer has been out of a settled group membership for
-    /// `source.rejoin_timeout_ms`: after a broker restart, a member whose session timed out
-    /// while the coordinator was away can wait for that coordinator for good, assigned nothing
-    /// and saying nothing. Subscribing again leaves the group and joins it afresh. Checked
-    /// when nothing arrives (a stranded member receives nothing).
-    fn rejoin_if_stranded(&mut self) {
+    /// Gets a consumer that has been out of a settled group membership for
+    /// `source.rejoin_timeout_ms` back into its group. After a broker restart, a member whose
+    /// session timed out while the coordinator was away can stay in librdkafka's coordinator
+    /// query for good, assigned nothing and saying nothing. First a metadata request (a
+    /// broker connection for the query); a member still out at the next timeout subscribes
+    /// again (leaves the group and joins afresh); one still out after that has a client
+    /// librdkafka no longer connects (seen: its metadata requests time out while the broker
+    /// serves everyone else), and the consumer counts as failed: the worker stops for its
+    /// supervisor to start it with fresh clients. Checked when nothing arrives (a stranded
+    /// member receives nothing).
+    fn rejoin_if_stranded(&mut self) -> Option<ConsumerFailed> {
         let membership = self.consumer.context().membership();
         let Some((unsettled, state)) = membership.unsettled_for(unix_ms(), self.statistics_stale)
         else {
-            return;
+            self.rejoin_attempts = 0;
+            return None;
         };
         if unsettled < self.rejoin_timeout {
-            return;
+            return None;
         }
+        if self.rejoin_attempts >= REJOIN_ATTEMPTS {
+            return Some(ConsumerFailed {
+                code: rdkafka::types::RDKafkaErrorCode::CoordinatorNotAvailable,
+                reason: format!(
+                    "out of its consumer group (librdkafka group state {state}) for about {} s, although reconnected and subscribed again",
+                    (self.rejoin_timeout * (REJOIN_ATTEMPTS + 1)).as_secs()
+                ),
+            });
+        }
+        self.rejoin_attempts += 1;
         warn!(
             unsettled_ms = unsettled.as_millis() as u64,
             group_state = %state,
-            "The consumer has been out of its group too long; subscribing again."
+            attempt = self.rejoin_attempts,
+            "The consumer has been out of its group too long; reconnecting it."
         );
         membership.restart_clock(unix_ms());
-        self.consumer.unsubscribe();
-        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
-            warn!(error = %e, "Cannot subscribe again; retrying after the rejoin timeout.");
+        let consumer = &self.consumer;
+        let topic = self.topic.as_str();
+        let metadata =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT));
+        if let Err(e) = metadata {
+            warn!(error = %e, "No broker answered a metadata request.");
         }
+        if self.rejoin_attempts > 1 {
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[topic]) {
+                warn!(error = %e, "Cannot subscribe again; retrying after the rejoin timeout.");
+            }
+        }
+        None
     }
 
     /// The consumer's fatal error, if it had one (checked when nothing arrives: a failed
@@ -334,6 +365,13 @@ impl Intake {
 fn is_all_brokers_down(error: &rdkafka::error::KafkaError) -> bool {
     error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
 }
+
+/// Attempts to get a stranded consumer back into its group (a metadata request, then
+/// subscribing again) before it counts as failed.
+const REJOIN_ATTEMPTS: u32 = 2;
+
+/// How long a stranded consumer's metadata request may wait for a broker.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the closing thread reports.
 enum Closing {

@@ -209,6 +209,15 @@ impl RunningWorker {
             .map(|outcome| outcome.expect("the worker's thread reports its outcome"))
     }
 
+    /// Waits up to `timeout` for the worker to end by itself (no stop asked); `None` if it
+    /// still runs.
+    pub async fn exited_within(mut self, timeout: Duration) -> Option<anyhow::Result<()>> {
+        let outcome = self.outcome.as_mut().expect("awaited once");
+        let ended = tokio::time::timeout(timeout, outcome).await.ok()?;
+        self.outcome = None;
+        Some(ended.expect("the worker's thread reports its outcome"))
+    }
+
     /// Stops the worker, which must exit cleanly within 60 s.
     pub async fn stop(self) {
         self.stop_within(Duration::from_secs(60))
