@@ -271,7 +271,7 @@ impl Intake {
         }
     }
 
-    /// Gets a consumer that has been out of a settled group membership for
+    /// Gets a consumer that has been without its group coordinator for
     /// `source.rejoin_timeout_ms` back into its group. After a broker restart, a member whose
     /// session timed out while the coordinator was away can stay in librdkafka's coordinator
     /// query for good, assigned nothing and saying nothing. First a metadata request (a
@@ -305,7 +305,7 @@ impl Intake {
             unsettled_ms = unsettled.as_millis() as u64,
             group_state = %state,
             attempt = self.rejoin_attempts,
-            "The consumer has been out of its group too long; reconnecting it."
+            "The consumer has been without its group coordinator too long; reconnecting it."
         );
         membership.restart_clock(unix_ms());
         let consumer = &self.consumer;

@@ -75,10 +75,10 @@ pub struct KafkaSourceConfig {
     /// `heartbeat.interval.ms`: how often the member tells the coordinator it is alive (at most
     /// a third of the session timeout).
     pub heartbeat_interval_ms: u64,
-    /// How long the consumer may stay out of a settled group membership (librdkafka's
-    /// statistics: group state other than `up`/`steady`) before it subscribes again: after a
-    /// broker restart, a consumer whose session timed out can wait for its group coordinator
-    /// for good. At least the session timeout.
+    /// How long the consumer may stay without its group coordinator (librdkafka's statistics:
+    /// group state other than `up`) before it is reconnected, then subscribed again, then
+    /// counted as failed: after a broker restart, a consumer whose session timed out can wait
+    /// for its coordinator for good. At least the session timeout.
     pub rejoin_timeout_ms: u64,
 }
 
@@ -303,8 +303,10 @@ impl ClientContext for SourceContext {
 }
 
 /// How the consumer stands in its group, from librdkafka's statistics (every
-/// `statistics.interval.ms`) and its assignments: when it was last a settled member (group
-/// state `up`, join state `steady`), and what it reported last.
+/// `statistics.interval.ms`) and its assignments: when it last had its group coordinator
+/// (group state `up`; joins and rebalances in progress count as settled: they are
+/// librdkafka's business and can take up to `max.poll.interval.ms`), and what it reported
+/// last.
 #[derive(Debug)]
 pub struct Membership {
     settled_ms: AtomicI64,
@@ -324,7 +326,7 @@ impl Membership {
 
     /// Records a report of the group state and join state at `now_ms`.
     pub fn report(&self, state: &str, join_state: &str, now_ms: i64) {
-        if state == "up" && join_state == "steady" {
+        if state == "up" {
             self.settled_ms.store(now_ms, Ordering::Relaxed);
         }
         self.reported_ms.store(now_ms, Ordering::Relaxed);
@@ -457,12 +459,15 @@ mod tests {
         assert!(membership.unsettled_for(100_000, stale).is_none());
         membership.report("up", "steady", 2_000);
         assert!(membership.unsettled_for(3_000, stale).is_none());
+        // A rebalance in progress with the coordinator up is settled.
+        membership.report("up", "wait-join", 4_000);
+        assert!(membership.unsettled_for(5_000, stale).is_none());
         // Its session timed out while the coordinator was away.
         membership.report("wait-coord", "init", 7_000);
         let (unsettled, state) = membership.unsettled_for(12_000, stale).unwrap();
         assert_eq!(
             unsettled,
-            Duration::from_millis(10_000),
+            Duration::from_millis(8_000),
             "since it was last settled"
         );
         assert_eq!(state, "wait-coord/init");
