@@ -17,7 +17,7 @@ use super::state::streams::PartitionStreams;
 use crate::clock::unix_ms;
 use crate::config::Settings;
 use crate::shutdown::Unfinished;
-use crate::sources::kafka::{SourceContext, commit_stored_offsets};
+use crate::sources::kafka::{KafkaSourceConfig, SourceContext, commit_stored_offsets};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
@@ -103,12 +103,6 @@ impl Intake {
             .context("cannot subscribe")?;
         info!(topic = %settings.source.topic, group = %settings.source.group_id, "Consuming.");
         health.set_consuming();
-        let statistics_ms = settings
-            .kafka
-            .consumer
-            .get("statistics.interval.ms")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(5_000);
         Ok(Self {
             consumer,
             health,
@@ -118,7 +112,7 @@ impl Intake {
             first_received: HashMap::new(),
             topic: settings.source.topic.clone(),
             rejoin_timeout: Duration::from_millis(settings.source.rejoin_timeout_ms),
-            statistics_stale: Duration::from_millis(3 * statistics_ms),
+            statistics_stale: 3 * KafkaSourceConfig::statistics_interval(&settings.kafka),
             rejoin_attempts: 0,
         })
     }

@@ -22,6 +22,10 @@ use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 use crate::validation::Problem;
 
+/// The consumer's `statistics.interval.ms` unless `[kafka.consumer]` sets it: consumer lag,
+/// broker reachability and the group state ([`Membership`]) come with each report.
+pub const CONSUMER_STATISTICS_INTERVAL_MS: u64 = 5_000;
+
 /// `source.auto_offset_reset`: where a group without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +182,17 @@ impl KafkaSourceConfig {
         problems
     }
 
+    /// How often the consumer reports statistics: `[kafka.consumer]`'s
+    /// `statistics.interval.ms`, else [`CONSUMER_STATISTICS_INTERVAL_MS`] (0: never).
+    pub fn statistics_interval(kafka: &KafkaConfig) -> Duration {
+        let ms = kafka
+            .consumer
+            .get("statistics.interval.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(CONSUMER_STATISTICS_INTERVAL_MS);
+        Duration::from_millis(ms)
+    }
+
     /// Builds the consumer (not yet subscribed).
     pub fn build(
         &self,
@@ -212,7 +227,10 @@ impl KafkaSourceConfig {
             config.set("isolation.level", "read_committed");
         }
         if !kafka.consumer.contains_key("statistics.interval.ms") {
-            config.set("statistics.interval.ms", "5000");
+            config.set(
+                "statistics.interval.ms",
+                CONSUMER_STATISTICS_INTERVAL_MS.to_string(),
+            );
         }
         kafka.create_with_context("consumer", &config, context)
     }
