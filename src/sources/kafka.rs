@@ -262,7 +262,7 @@ pub struct SourceContext {
     events: Arc<Mutex<RebalanceEvents>>,
     metrics: Arc<Metrics>,
     health: Option<Arc<Health>>,
-    membership: Arc<Membership>,
+    membership: Membership,
 }
 
 impl SourceContext {
@@ -273,12 +273,12 @@ impl SourceContext {
             events: Arc::default(),
             metrics,
             health: None,
-            membership: Arc::new(Membership::new(unix_ms())),
+            membership: Membership::new(unix_ms()),
         }
     }
 
     /// How the consumer stands in its group.
-    pub fn membership(&self) -> &Arc<Membership> {
+    pub fn membership(&self) -> &Membership {
         &self.membership
     }
 
@@ -327,7 +327,11 @@ impl ClientContext for SourceContext {
 /// last.
 #[derive(Debug)]
 pub struct Membership {
+    /// The last report with the coordinator up (or the creation).
     settled_ms: AtomicI64,
+    /// The last [`Membership::restart_clock`]: unsettled time counts from it, but it is no
+    /// report of a settled member.
+    restarted_ms: AtomicI64,
     reported_ms: AtomicI64,
     last_state: Mutex<String>,
 }
@@ -337,6 +341,7 @@ impl Membership {
     pub fn new(now_ms: i64) -> Self {
         Self {
             settled_ms: AtomicI64::new(now_ms),
+            restarted_ms: AtomicI64::new(now_ms),
             reported_ms: AtomicI64::new(0),
             last_state: Mutex::new(String::new()),
         }
@@ -352,13 +357,15 @@ impl Membership {
             format!("{state}/{join_state}");
     }
 
-    /// Counts as settled from `now_ms` on (after subscribing again).
+    /// Counts unsettled time from `now_ms` on (after an attempt to rejoin), until a report
+    /// shows the member settled.
     pub fn restart_clock(&self, now_ms: i64) {
-        self.settled_ms.store(now_ms, Ordering::Relaxed);
+        self.restarted_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// How long the member has been unsettled as of `now_ms`, with its last reported state:
-    /// `None` while it is settled or when no statistics came within `stale` (nothing known).
+    /// How long the member has been unsettled as of `now_ms` (since it was last settled, or
+    /// since the clock restarted if later), with its last reported state: `None` while it is
+    /// settled or when no statistics came within `stale` (nothing known).
     pub fn unsettled_for(&self, now_ms: i64, stale: Duration) -> Option<(Duration, String)> {
         let reported = self.reported_ms.load(Ordering::Relaxed);
         let settled = self.settled_ms.load(Ordering::Relaxed);
@@ -371,7 +378,8 @@ impl Membership {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let unsettled_ms = now_ms.saturating_sub(settled).max(0) as u64;
+        let since = settled.max(self.restarted_ms.load(Ordering::Relaxed));
+        let unsettled_ms = now_ms.saturating_sub(since).max(0) as u64;
         Some((Duration::from_millis(unsettled_ms), state))
     }
 }
@@ -500,6 +508,13 @@ mod tests {
         );
         membership.report("up", "steady", 33_000);
         assert!(membership.unsettled_for(34_000, stale).is_none());
+        // A clock restart is no settled report: still stranded, counted from the restart.
+        membership.report("query-coord", "init", 40_000);
+        membership.restart_clock(41_000);
+        assert_eq!(
+            membership.unsettled_for(42_000, stale).map(|(d, _)| d),
+            Some(Duration::from_millis(1_000))
+        );
     }
 
     #[test]
