@@ -200,17 +200,13 @@ pub fn spawn_worker(settings: Settings) -> RunningWorker {
 
 impl RunningWorker {
     /// Asks the worker to stop and waits up to `timeout` for it; `None` if it still runs.
-    pub async fn stop_within(mut self, timeout: Duration) -> Option<anyhow::Result<()>> {
+    pub async fn stop_within(self, timeout: Duration) -> Option<anyhow::Result<()>> {
         self.shutdown.request();
-        let outcome = self.outcome.take().expect("awaited once");
-        tokio::time::timeout(timeout, outcome)
-            .await
-            .ok()
-            .map(|outcome| outcome.expect("the worker's thread reports its outcome"))
+        self.exited_within(timeout).await
     }
 
     /// Waits up to `timeout` for the worker to end by itself (no stop asked); `None` if it
-    /// still runs.
+    /// still runs (it is then asked to stop, as on drop).
     pub async fn exited_within(mut self, timeout: Duration) -> Option<anyhow::Result<()>> {
         let outcome = self.outcome.as_mut().expect("awaited once");
         let ended = tokio::time::timeout(timeout, outcome).await.ok()?;
