@@ -72,20 +72,41 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
         path: name.clone(),
         source,
     };
-    let interleaved: Vec<f64> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
-            let scale = f64::from(1u32 << (bits - 1));
-            reader
-                .into_samples::<i32>()
-                .map(|s| s.map(|v| f64::from(v) / scale))
-                .collect::<Result<_, _>>()
-                .map_err(data_err)?
+    let per_frame = usize::from(channels);
+    // The header's sample count, trusted for the first allocation only up to 2^26 samples.
+    let len = (reader.len() as usize).min(1 << 26);
+    // 16-bit PCM, the common case, is read straight into its `i16`s: its `f64` value `v / 2^15`
+    // is exact, so the mono mix below is the same as through the general path.
+    if (spec.sample_format, spec.bits_per_sample) == (hound::SampleFormat::Int, 16) {
+        let mut pcm_s16 = Vec::with_capacity(len);
+        for sample in reader.into_samples::<i16>() {
+            pcm_s16.push(sample.map_err(data_err)?);
         }
-        (hound::SampleFormat::Float, 32) => reader
-            .into_samples::<f32>()
-            .map(|s| s.map(f64::from))
-            .collect::<Result<_, _>>()
-            .map_err(data_err)?,
+        let samples = pcm_s16
+            .chunks_exact(per_frame)
+            .map(|frame| mono_of(frame.iter().map(|&v| f64::from(v) / 32_768.0), per_frame))
+            .collect();
+        return Ok(MonoAudio {
+            sample_rate: spec.sample_rate,
+            channels,
+            bits_per_sample: spec.bits_per_sample,
+            samples,
+            pcm_s16,
+        });
+    }
+    let mut interleaved: Vec<f64> = Vec::with_capacity(len);
+    match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
+            let scale = f64::from(1u32 << (bits - 1));
+            for sample in reader.into_samples::<i32>() {
+                interleaved.push(f64::from(sample.map_err(data_err)?) / scale);
+            }
+        }
+        (hound::SampleFormat::Float, 32) => {
+            for sample in reader.into_samples::<f32>() {
+                interleaved.push(f64::from(sample.map_err(data_err)?));
+            }
+        }
         (format, bits) => {
             return Err(WavError::Unsupported {
                 path: name,
@@ -97,11 +118,10 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
                 },
             });
         }
-    };
-    let per_frame = usize::from(channels);
+    }
     let samples = interleaved
         .chunks_exact(per_frame)
-        .map(|frame| (frame.iter().sum::<f64>() / per_frame as f64) as f32)
+        .map(|frame| mono_of(frame.iter().copied(), per_frame))
         .collect();
     let pcm_s16 = interleaved
         .iter()
@@ -114,6 +134,12 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
         samples,
         pcm_s16,
     })
+}
+
+/// The mono sample of one frame's channel values (in `[-1, 1)`): their mean in `f64`, rounded
+/// once to `f32`.
+fn mono_of(values: impl Iterator<Item = f64>, channels: usize) -> f32 {
+    (values.sum::<f64>() / channels as f64) as f32
 }
 
 /// Why WAV bytes could not be decoded to wire PCM.

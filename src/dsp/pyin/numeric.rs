@@ -97,13 +97,23 @@ pub(super) fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     hash
 }
 
-/// Index of the first maximum (numpy's `argmax`).
+/// Index of the first maximum (numpy's `argmax`; a NaN is passed over unless it comes first).
+///
+/// Two passes: the maximum in four independent lanes (vectorisable: a maximum does not
+/// depend on the order it is taken in), then the first value equal to it.
 pub(super) fn first_argmax(values: &[f64]) -> usize {
-    let (mut best, mut top) = (0, values[0]);
-    for (i, &v) in values.iter().enumerate() {
-        if v > top {
-            (best, top) = (i, v);
+    let larger = |a: f64, b: f64| if a > b { a } else { b };
+    let mut lanes = [values[0]; 4];
+    let mut chunks = values.chunks_exact(4);
+    for chunk in &mut chunks {
+        for lane in 0..4 {
+            lanes[lane] = larger(chunk[lane], lanes[lane]);
         }
     }
-    best
+    let mut top = larger(larger(lanes[0], lanes[1]), larger(lanes[2], lanes[3]));
+    for &v in chunks.remainder() {
+        top = larger(v, top);
+    }
+    // A NaN first stays the maximum (nothing is larger) and equals nothing: index 0.
+    values.iter().position(|&v| v == top).unwrap_or(0)
 }

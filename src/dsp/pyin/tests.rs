@@ -207,6 +207,36 @@ fn triangle_and_pairwise_sum_as_numpy() {
 }
 
 #[test]
+fn first_argmax_is_the_first_strict_maximum_of_a_scan() {
+    // The one-pass definition: the index where the running maximum last strictly grew.
+    let scan = |values: &[f64]| {
+        let (mut best, mut top) = (0, values[0]);
+        for (i, &v) in values.iter().enumerate() {
+            if v > top {
+                (best, top) = (i, v);
+            }
+        }
+        best
+    };
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let cases: Vec<Vec<f64>> = vec![
+        vec![1.0],
+        vec![1.0, 3.0, 3.0, 2.0, 3.0],
+        vec![-inf, -inf, -inf],
+        vec![nan, 5.0, 7.0, 1.0, 2.0],
+        vec![1.0, nan, 7.0, nan, 7.0, 2.0],
+        vec![-0.0, 0.0, -0.0, -1.0, 0.0],
+        vec![-1.0, 0.0, -0.0, 0.0, -0.0, -3.0, 0.0],
+        vec![-inf, inf, 2.0, inf],
+        (0..1204).map(|i| -f64::from((i * 7919) % 1201)).collect(),
+        (0..1203).map(|i| f64::from((i * 31) % 97)).collect(),
+    ];
+    for values in cases {
+        assert_eq!(first_argmax(&values), scan(&values), "{values:?}");
+    }
+}
+
+#[test]
 fn sine_is_voiced_at_its_pitch() {
     let pyin = pyin();
     let samples: Vec<f32> = (0..16000)
