@@ -356,7 +356,10 @@ fn band_max(values: &[f64], trans: &[f64]) -> f64 {
             lanes[lane] = if s > lanes[lane] { s } else { lanes[lane] };
         }
     }
-    let mut top = lanes[0].max(lanes[1]).max(lanes[2].max(lanes[3]));
+    // A lane only ever takes a sum larger than it, so no lane is NaN and a select is `max`
+    // (`f64::max` also tests for NaN, in the chain every band waits on).
+    let larger = |a: f64, b: f64| if a > b { a } else { b };
+    let mut top = larger(larger(lanes[0], lanes[1]), larger(lanes[2], lanes[3]));
     for (&v, &t) in v4.remainder().iter().zip(t4.remainder()) {
         let s = v + t;
         top = if s > top { s } else { top };
