@@ -5,7 +5,7 @@
 //! - [`decode_wav_pcm`]: WAV bytes (a gateway request body) as the wire carries PCM, in a
 //!   [`SampleFormat`] the worker decodes.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use super::SampleFormat;
@@ -78,10 +78,7 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
     // 16-bit PCM, the common case, is read straight into its `i16`s: its `f64` value `v / 2^15`
     // is exact, so the mono mix below is the same as through the general path.
     if (spec.sample_format, spec.bits_per_sample) == (hound::SampleFormat::Int, 16) {
-        let mut pcm_s16 = Vec::with_capacity(len);
-        for sample in reader.into_samples::<i16>() {
-            pcm_s16.push(sample.map_err(data_err)?);
-        }
+        let pcm_s16 = read_pcm_s16(reader, len).map_err(data_err)?;
         let samples = pcm_s16
             .chunks_exact(per_frame)
             .map(|frame| mono_of(frame.iter().map(|&v| f64::from(v) / 32_768.0), per_frame))
@@ -134,6 +131,36 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
         samples,
         pcm_s16,
     })
+}
+
+/// The samples of a 16-bit PCM file whose header `reader` has read: the first through hound,
+/// which checks that a sample takes two bytes, the rest converted from the data chunk's bytes
+/// in 64 KiB blocks (hound reads one sample per call). `capacity` sizes the first allocation.
+fn read_pcm_s16<R: Read>(
+    mut reader: hound::WavReader<R>,
+    capacity: usize,
+) -> Result<Vec<i16>, hound::Error> {
+    let len = reader.len() as usize;
+    let mut pcm = Vec::with_capacity(capacity);
+    let Some(first) = reader.samples::<i16>().next() else {
+        return Ok(pcm);
+    };
+    pcm.push(first?);
+    let mut data = reader.into_inner();
+    let mut block = vec![0u8; 1 << 16];
+    let mut remaining = (len - 1) * 2;
+    while remaining > 0 {
+        let bytes = &mut block[..remaining.min(1 << 16)];
+        // A data chunk that ends early fails here (UnexpectedEof), as hound's own reads would.
+        data.read_exact(bytes)?;
+        pcm.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|pair| i16::from_le_bytes([pair[0], pair[1]])),
+        );
+        remaining -= bytes.len();
+    }
+    Ok(pcm)
 }
 
 /// The mono sample of one frame's channel values (in `[-1, 1)`): their mean in `f64`, rounded
@@ -275,6 +302,29 @@ mod tests {
             .map(|f| ((f64::from(f[0]) / 32_768.0 + f64::from(f[1]) / 32_768.0) / 2.0) as f32)
             .collect();
         assert_eq!(audio.samples, expected);
+    }
+
+    #[test]
+    fn long_and_empty_16_bit_files_read_as_hound_reads_them() {
+        // 100,001 samples: the data chunk spans four 64 KiB blocks and ends inside the last.
+        let pcm: Vec<i16> = (0..100_001u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 16) as u16 as i16)
+            .collect();
+        let file = written(&wav_bytes(int_spec(1, 16_000, 16), &pcm));
+        let by_hound: Vec<i16> = hound::WavReader::open(file.path())
+            .unwrap()
+            .into_samples::<i16>()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(by_hound, pcm);
+        let audio = read_wav(file.path()).unwrap();
+        assert_eq!(audio.pcm_s16, pcm);
+        assert_eq!(audio.samples.len(), pcm.len());
+        assert_eq!(audio.samples[7], (f64::from(pcm[7]) / 32_768.0) as f32);
+
+        let empty = written(&wav_bytes::<i16>(int_spec(1, 16_000, 16), &[]));
+        let audio = read_wav(empty.path()).unwrap();
+        assert!(audio.samples.is_empty() && audio.pcm_s16.is_empty());
     }
 
     #[test]
