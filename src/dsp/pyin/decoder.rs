@@ -5,7 +5,7 @@
 //! frame. The fixed-lag bookkeeping around it (the ring of back-pointer rows, decisions,
 //! snapshots) is in `streaming`.
 
-use super::numeric::{TINY, numpy_sum, triangle};
+use super::numeric::{TINY, larger, numpy_sum, triangle};
 
 /// The banded log-transition matrix of the HMM over `2 * n_bins` states: librosa's
 /// `kron(transition_loop(2, 1 - switch_prob), transition_local(n_bins, width, "triangle"))`
@@ -356,9 +356,8 @@ fn band_max(values: &[f64], trans: &[f64]) -> f64 {
             lanes[lane] = if s > lanes[lane] { s } else { lanes[lane] };
         }
     }
-    // A lane only ever takes a sum larger than it, so no lane is NaN and a select is `max`
+    // A lane only ever takes a sum larger than it, so no lane is NaN and `larger` is `max`
     // (`f64::max` also tests for NaN, in the chain every band waits on).
-    let larger = |a: f64, b: f64| if a > b { a } else { b };
     let mut top = larger(larger(lanes[0], lanes[1]), larger(lanes[2], lanes[3]));
     for (&v, &t) in v4.remainder().iter().zip(t4.remainder()) {
         let s = v + t;

@@ -97,12 +97,18 @@ pub(super) fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     hash
 }
 
+/// The larger of `a` and `b`, as a select: `b` unless `a > b`. It is `f64::max` where neither
+/// is NaN, without `max`'s NaN test; a NaN `a` is passed over.
+#[inline(always)]
+pub(super) fn larger(a: f64, b: f64) -> f64 {
+    if a > b { a } else { b }
+}
+
 /// Index of the first maximum (numpy's `argmax`; a NaN is passed over unless it comes first).
 ///
 /// Two passes: the maximum in four independent lanes (vectorisable: a maximum does not
 /// depend on the order it is taken in), then the first value equal to it.
 pub(super) fn first_argmax(values: &[f64]) -> usize {
-    let larger = |a: f64, b: f64| if a > b { a } else { b };
     let mut lanes = [values[0]; 4];
     let mut chunks = values.chunks_exact(4);
     for chunk in &mut chunks {
