@@ -73,12 +73,10 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
         source,
     };
     let per_frame = usize::from(channels);
-    // The header's sample count, trusted for the first allocation only up to 2^26 samples.
-    let len = (reader.len() as usize).min(1 << 26);
     // 16-bit PCM, the common case, is read straight into its `i16`s: its `f64` value `v / 2^15`
     // is exact, so the mono mix below is the same as through the general path.
     if (spec.sample_format, spec.bits_per_sample) == (hound::SampleFormat::Int, 16) {
-        let pcm_s16 = read_pcm_s16(reader, len).map_err(data_err)?;
+        let pcm_s16 = read_pcm_s16(reader).map_err(data_err)?;
         let samples = pcm_s16
             .chunks_exact(per_frame)
             .map(|frame| mono_of(frame.iter().map(|&v| f64::from(v) / 32_768.0), per_frame))
@@ -91,7 +89,7 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
             pcm_s16,
         });
     }
-    let mut interleaved: Vec<f64> = Vec::with_capacity(len);
+    let mut interleaved: Vec<f64> = Vec::with_capacity(first_allocation(&reader));
     match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
             let scale = f64::from(1u32 << (bits - 1));
@@ -133,15 +131,18 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio, WavError> {
     })
 }
 
+/// Samples to allocate for before reading: the header's count, trusted only up to 2^26 (a
+/// header that claims more grows its buffer as the samples arrive).
+fn first_allocation<R: Read>(reader: &hound::WavReader<R>) -> usize {
+    (reader.len() as usize).min(1 << 26)
+}
+
 /// The samples of a 16-bit PCM file whose header `reader` has read: the first through hound,
 /// which checks that a sample takes two bytes, the rest converted from the data chunk's bytes
-/// in 64 KiB blocks (hound reads one sample per call). `capacity` sizes the first allocation.
-fn read_pcm_s16<R: Read>(
-    mut reader: hound::WavReader<R>,
-    capacity: usize,
-) -> Result<Vec<i16>, hound::Error> {
+/// in 64 KiB blocks (hound reads one sample per call).
+fn read_pcm_s16<R: Read>(mut reader: hound::WavReader<R>) -> Result<Vec<i16>, hound::Error> {
     let len = reader.len() as usize;
-    let mut pcm = Vec::with_capacity(capacity);
+    let mut pcm = Vec::with_capacity(first_allocation(&reader));
     let Some(first) = reader.samples::<i16>().next() else {
         return Ok(pcm);
     };
