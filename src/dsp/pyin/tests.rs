@@ -2,6 +2,7 @@
 //! against a direct evaluation, the banded Viterbi against a dense one, the AVX2 step against
 //! the portable one, fixed-lag streaming against offline decoding, and snapshots.
 
+use super::decoder::per_target_tables;
 use super::numeric::{TINY, beta_cdf_int, first_argmax, numpy_sum, triangle};
 use super::params::PyinParams;
 use super::streaming::{PyinDecoder, decode_offline};
@@ -63,15 +64,11 @@ fn observe_all(pyin: &Pyin, samples: &[f32]) -> (Vec<f64>, Vec<f64>) {
 fn dense_viterbi(pyin: &Pyin, obs: &[f64]) -> (Vec<f64>, Vec<usize>) {
     let n = pyin.n_pitch_bins;
     let ns = 2 * n;
-    let stride = 2 * pyin.bands.half_width + 1;
     let mut log_trans = vec![pyin.bands.log_floor; ns * ns];
     for j in 0..n {
         for r in 0..pyin.bands.band_len[j] {
             let i = pyin.bands.band_lo[j] + r;
-            let (same, cross) = (
-                pyin.bands.log_same[j * stride + r],
-                pyin.bands.log_cross[j * stride + r],
-            );
+            let (same, cross) = (pyin.bands.same(j)[r], pyin.bands.cross(j)[r]);
             log_trans[i * ns + j] = same;
             log_trans[(n + i) * ns + n + j] = same;
             log_trans[i * ns + n + j] = cross;
@@ -286,6 +283,43 @@ fn banded_viterbi_equals_dense_viterbi() {
     let even = Pyin::new(&params, SR, 512, 128).expect("valid parameters");
     assert_eq!(even.transition_width(), 16);
     assert_banded_equals_dense(&even, &samples, 5);
+}
+
+#[test]
+fn shared_table_rows_hold_every_target_s_own_transitions() {
+    // Default parameters, and a narrow band over few bins (every row at an edge).
+    for (params, sr, hop) in [
+        (PyinParams::default(), SR, 160),
+        (
+            PyinParams {
+                fmin: 100.0,
+                fmax: 200.0,
+                ..PyinParams::default()
+            },
+            8000.0,
+            20,
+        ),
+    ] {
+        let pyin = Pyin::new(&params, sr, 512, hop).expect("valid parameters");
+        let bands = &pyin.bands;
+        let (n, stride) = (bands.n_bins, 2 * bands.half_width + 1);
+        let [same, cross] = per_target_tables(n, pyin.transition_width, params.switch_prob);
+        let mut distinct = std::collections::HashSet::new();
+        for j in 0..n {
+            let band = j * stride..j * stride + bands.band_len[j];
+            let bits = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(bands.same(j)),
+                bits(&same[band.clone()]),
+                "same, bin {j}"
+            );
+            assert_eq!(bits(bands.cross(j)), bits(&cross[band]), "cross, bin {j}");
+            distinct.insert(bands.same(j).as_ptr());
+        }
+        // Most interior bins share a row (their totals round alike).
+        let rows = distinct.len();
+        assert!(rows < n / 4 + 4 * bands.half_width, "{rows} rows of {n}");
+    }
 }
 
 #[test]
