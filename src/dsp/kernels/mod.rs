@@ -9,6 +9,8 @@
 
 pub mod portable;
 
+pub use portable::WINDOW;
+
 /// The kernels, as a zero-sized token passed by value: code generic over `K: Kernels` is
 /// compiled once per implementation.
 pub trait Kernels: Copy {
@@ -22,6 +24,10 @@ pub trait Kernels: Copy {
     fn sum_squares(self, x: &[f32]) -> f64;
     /// `sum_k s[k] (f[k] - centre)^2` (as [`portable::square_deviation`]).
     fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64;
+    /// The first `r` in `from..=to` with the largest `values[r] + trans[r]`, and that sum (as
+    /// [`portable::window_argmax`]). Needs `from <= to < from + WINDOW`, `WINDOW <= values.len()
+    /// <= trans.len()` and no NaN.
+    fn window_argmax(self, values: &[f64], trans: &[f64], from: usize, to: usize) -> (f64, usize);
     /// `out[r] = dot(rows[r * x.len()..][..x.len()], x)` for each `r < out.len()`.
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
         if x.is_empty() {
@@ -69,6 +75,10 @@ impl Kernels for Portable {
     fn square_deviation(self, s: &[f64], f: &[f64], centre: f64) -> f64 {
         portable::square_deviation(s, f, centre)
     }
+    #[inline(always)]
+    fn window_argmax(self, values: &[f64], trans: &[f64], from: usize, to: usize) -> (f64, usize) {
+        portable::window_argmax(values, trans, from, to)
+    }
 }
 
 /// The AVX2 kernels. Only [`Avx2::detect`] makes one, on a CPU that has AVX2, so holding one is
@@ -115,6 +125,11 @@ impl Kernels for Avx2 {
         unsafe { x86::square_deviation(s, f, centre) }
     }
     #[inline(always)]
+    fn window_argmax(self, values: &[f64], trans: &[f64], from: usize, to: usize) -> (f64, usize) {
+        // SAFETY: as above.
+        unsafe { x86::window_argmax(values, trans, from, to) }
+    }
+    #[inline(always)]
     fn dot_rows(self, rows: &[f64], x: &[f64], out: &mut [f64]) {
         // SAFETY: as above.
         unsafe { x86::dot_rows(rows, x, out) }
@@ -132,13 +147,17 @@ impl Kernels for Avx2 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, __m256d, _mm_add_ps, _mm_cvtsd_f64, _mm_cvtss_f32, _mm_hadd_pd, _mm_hadd_ps,
-        _mm_loadu_ps, _mm_movehdup_ps, _mm_unpackhi_pd, _mm256_add_pd, _mm256_add_ps,
-        _mm256_castpd256_pd128, _mm256_castps256_ps128, _mm256_cvtps_pd, _mm256_extractf128_pd,
-        _mm256_extractf128_ps, _mm256_loadu_pd, _mm256_loadu_ps, _mm256_mul_pd, _mm256_mul_ps,
-        _mm256_set1_pd, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_sub_pd,
+        __m256, __m256d, __m256i, _CMP_EQ_OQ, _mm_add_ps, _mm_cvtsd_f64, _mm_cvtss_f32,
+        _mm_hadd_pd, _mm_hadd_ps, _mm_loadu_ps, _mm_movehdup_ps, _mm_unpackhi_pd, _mm256_add_pd,
+        _mm256_add_ps, _mm256_and_si256, _mm256_blendv_pd, _mm256_castpd256_pd128,
+        _mm256_castps256_ps128, _mm256_castsi256_pd, _mm256_cmp_pd, _mm256_cmpgt_epi64,
+        _mm256_cvtps_pd, _mm256_cvtsd_f64, _mm256_extractf128_pd, _mm256_extractf128_ps,
+        _mm256_loadu_pd, _mm256_loadu_ps, _mm256_max_pd, _mm256_movemask_pd, _mm256_mul_pd,
+        _mm256_mul_ps, _mm256_permute_pd, _mm256_permute2f128_pd, _mm256_set1_epi64x,
+        _mm256_set1_pd, _mm256_setr_epi64x, _mm256_setzero_pd, _mm256_setzero_ps, _mm256_sub_pd,
     };
 
+    use super::WINDOW;
     use super::portable::{
         dot_tail, dot_tail_f32, square_deviation_tail, sum_squares_tail, sum_tail,
     };
@@ -369,6 +388,48 @@ mod x86 {
             r += 1;
         }
     }
+
+    /// [`super::portable::window_argmax`] in two registers: the [`WINDOW`] sums from
+    /// `min(from, len - WINDOW)`, those outside `from..=to` masked to `-inf`, their maximum,
+    /// then the first lane equal to it (no branch).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn window_argmax(
+        values: &[f64],
+        trans: &[f64],
+        from: usize,
+        to: usize,
+    ) -> (f64, usize) {
+        // Memory safety needs only this (then `base + WINDOW <= values.len()`); a range
+        // outside the window finds no lane, and indexing past the slice below panics.
+        assert!(WINDOW <= values.len() && values.len() <= trans.len());
+        let base = from.min(values.len() - WINDOW);
+        let (first, last) = ((from - base) as i64, (to - base) as i64);
+        let keep = |lanes: __m256i| {
+            _mm256_castsi256_pd(_mm256_and_si256(
+                _mm256_cmpgt_epi64(lanes, _mm256_set1_epi64x(first - 1)),
+                _mm256_cmpgt_epi64(_mm256_set1_epi64x(last + 1), lanes),
+            ))
+        };
+        let minus_inf = _mm256_set1_pd(f64::NEG_INFINITY);
+        // SAFETY: base + WINDOW <= values.len() <= trans.len() (asserted above).
+        let (low, high) = unsafe {
+            let (v, t) = (values.as_ptr().add(base), trans.as_ptr().add(base));
+            (
+                _mm256_add_pd(_mm256_loadu_pd(v), _mm256_loadu_pd(t)),
+                _mm256_add_pd(_mm256_loadu_pd(v.add(4)), _mm256_loadu_pd(t.add(4))),
+            )
+        };
+        let low = _mm256_blendv_pd(minus_inf, low, keep(_mm256_setr_epi64x(0, 1, 2, 3)));
+        let high = _mm256_blendv_pd(minus_inf, high, keep(_mm256_setr_epi64x(4, 5, 6, 7)));
+        let top = _mm256_max_pd(low, high);
+        let top = _mm256_max_pd(top, _mm256_permute2f128_pd::<1>(top, top));
+        let top = _mm256_max_pd(top, _mm256_permute_pd::<0b0101>(top));
+        let hits = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(low, top)) as u32
+            | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(high, top)) as u32) << 4;
+        let r = base + hits.trailing_zeros() as usize;
+        assert!(r < values.len(), "window_argmax: empty range {from}..={to}");
+        (_mm256_cvtsd_f64(top), r)
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -419,6 +480,32 @@ mod tests {
                 avx2.sum_squares(&a32).to_bits(),
                 "sum_squares {len}"
             );
+            if len >= WINDOW {
+                // Every range of at most WINDOW entries, with ties (values rounded coarsely).
+                let coarse: Vec<f64> = a.iter().map(|v| (v * 4.0).round() / 4.0).collect();
+                let zeros = vec![0.0; len];
+                for (values, trans) in [(&a, &b), (&coarse, &zeros)] {
+                    for from in 0..len {
+                        for to in from..(from + WINDOW).min(len) {
+                            let scan = (from..=to).fold(from, |best, r| {
+                                if values[r] + trans[r] > values[best] + trans[best] {
+                                    r
+                                } else {
+                                    best
+                                }
+                            });
+                            let expected = (values[scan] + trans[scan], scan);
+                            let found = [
+                                Portable.window_argmax(values, trans, from, to),
+                                avx2.window_argmax(values, trans, from, to),
+                            ];
+                            for (top, r) in found {
+                                assert_eq!((top.to_bits(), r), (expected.0.to_bits(), expected.1));
+                            }
+                        }
+                    }
+                }
+            }
             // Rows: 13 (three groups of four and one alone), against one dot per row.
             let rows = 13;
             let matrix = values(rows * len, 7 + len as u64);

@@ -12,6 +12,30 @@ pub fn reduce_lanes<T: Copy + std::ops::Add<Output = T>>(lanes: [T; 8]) -> T {
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
 }
 
+/// Entries taken at once by [`window_argmax`].
+pub const WINDOW: usize = 8;
+
+/// The first `r` in `from..=to` with the largest `values[r] + trans[r]`, and that sum: the
+/// [`WINDOW`] sums from `min(from, len - WINDOW)`, those outside the range at `-inf`, their
+/// maximum in a fixed tree of selects (`a` if `a > b`, else `b`, as `vmaxpd`), then the first
+/// equal to it. Needs `from <= to < from + WINDOW`, `WINDOW <= values.len() <= trans.len()`
+/// and no NaN.
+#[inline(always)]
+pub fn window_argmax(values: &[f64], trans: &[f64], from: usize, to: usize) -> (f64, usize) {
+    let larger = |a: f64, b: f64| if a > b { a } else { b };
+    let base = from.min(values.len() - WINDOW);
+    let mut sums = [f64::NEG_INFINITY; WINDOW];
+    for (k, sum) in sums.iter_mut().enumerate() {
+        if (from..=to).contains(&(base + k)) {
+            *sum = values[base + k] + trans[base + k];
+        }
+    }
+    let pairs: [f64; 4] = std::array::from_fn(|k| larger(sums[k], sums[k + 4]));
+    let top = larger(larger(pairs[0], pairs[2]), larger(pairs[1], pairs[3]));
+    let first = sums.iter().position(|&s| s == top).unwrap_or(0);
+    (top, base + first)
+}
+
 /// Dot product with eight independent partial sums (vectorisable; a fixed summation order).
 #[inline(always)]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {

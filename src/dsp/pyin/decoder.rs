@@ -1,167 +1,12 @@
-//! The pYIN hidden Markov model's transitions and its Viterbi step: [`TransitionBands`], the
-//! banded log-transition tables (librosa's triangular local transition within and across
-//! voicing), [`StepWork`], the per-thread work buffers of a step, and [`step`], which advances
-//! a stream's best-path log-probabilities by one frame and writes the back-pointers of the new
-//! frame. The fixed-lag bookkeeping around it (the ring of back-pointer rows, decisions,
-//! snapshots) is in `streaming`.
+//! pYIN's Viterbi step: [`StepWork`], the per-thread work buffers of a step, and [`step`],
+//! which advances a stream's best-path log-probabilities by one frame over the banded
+//! transitions (`transitions`) and writes the back-pointers of the new frame. The fixed-lag
+//! bookkeeping around it (the ring of back-pointer rows, decisions, snapshots) is in
+//! `streaming`.
 
-use super::numeric::{TINY, larger, numpy_sum, triangle};
-
-/// The banded log-transition matrix of the HMM over `2 * n_bins` states: librosa's
-/// `kron(transition_loop(2, 1 - switch_prob), transition_local(n_bins, width, "triangle"))`
-/// as `log(T + tiny)`, kept only within the band of each target bin.
-#[derive(Clone, Debug)]
-pub(super) struct TransitionBands {
-    /// Number of pitch bins; states `0..n_bins` are voiced, `n_bins..2 * n_bins` unvoiced.
-    pub(super) n_bins: usize,
-    /// Half-width `h` of the band: state `i` reaches `j` (within or across voicing) when
-    /// `|i - j| <= h` (modulo `n_bins`).
-    pub(super) half_width: usize,
-    /// First predecessor bin of each target bin (`max(0, j - h)`).
-    pub(super) band_lo: Vec<usize>,
-    /// Number of predecessor bins of each target bin.
-    pub(super) band_len: Vec<usize>,
-    /// The row of [`Self::log_same`] and [`Self::log_cross`] of each target bin: bins whose
-    /// bands hold the same log-transitions, bit for bit, share one (most interior bins do:
-    /// 97 rows for the 602 bins of the defaults), so that the tables stay in the cache.
-    row: Vec<usize>,
-    /// `log(T + tiny)` for transitions within the same voicing, by row (stride `2h + 1`);
-    /// the row of target bin `j` holds predecessor bins `band_lo[j]..`.
-    log_same: Vec<f64>,
-    /// The same across voicing.
-    log_cross: Vec<f64>,
-    /// Largest entry of each target bin's `log_same` band.
-    pub(super) max_same: Vec<f64>,
-    /// Largest entry of each target bin's `log_cross` band.
-    pub(super) max_cross: Vec<f64>,
-    /// `log(0 + tiny)`: every transition outside the band.
-    pub(super) log_floor: f64,
-}
-
-impl TransitionBands {
-    /// The bands for `n_bins` pitch bins, a triangle of `transition_width <= n_bins` bins and
-    /// `switch_prob` between voiced and unvoiced.
-    pub(super) fn new(n_bins: usize, transition_width: usize, switch_prob: f64) -> Self {
-        let half_width = transition_width / 2;
-        let stride = 2 * half_width + 1;
-        let (band_lo, band_len) = bands(n_bins, half_width);
-        let [log_same, log_cross] = per_target_tables(n_bins, transition_width, switch_prob);
-        let log_floor = TINY.ln();
-        let band_maxima = |table: &[f64]| -> Vec<f64> {
-            (0..n_bins)
-                .map(|j| {
-                    table[j * stride..j * stride + band_len[j]]
-                        .iter()
-                        .fold(f64::NEG_INFINITY, |m, &x| m.max(x))
-                })
-                .collect()
-        };
-        let max_same = band_maxima(&log_same);
-        let max_cross = band_maxima(&log_cross);
-        // One row per distinct band (both tables, bit for bit), in order of first use.
-        let mut rows = std::collections::HashMap::new();
-        let (mut same_rows, mut cross_rows) = (Vec::new(), Vec::new());
-        let row = (0..n_bins)
-            .map(|j| {
-                let band = j * stride..(j + 1) * stride;
-                let key: Vec<u64> = log_same[band.clone()]
-                    .iter()
-                    .chain(&log_cross[band.clone()])
-                    .map(|x| x.to_bits())
-                    .collect();
-                *rows.entry(key).or_insert_with(|| {
-                    same_rows.extend_from_slice(&log_same[band.clone()]);
-                    cross_rows.extend_from_slice(&log_cross[band]);
-                    same_rows.len() / stride - 1
-                })
-            })
-            .collect();
-        Self {
-            n_bins,
-            half_width,
-            band_lo,
-            band_len,
-            row,
-            log_same: same_rows,
-            log_cross: cross_rows,
-            max_same,
-            max_cross,
-            log_floor,
-        }
-    }
-}
-
-/// The first predecessor bin (`max(0, j - h)`) and the number of predecessor bins of each
-/// target bin `j` of a band of half-width `h`.
-fn bands(n_bins: usize, half_width: usize) -> (Vec<usize>, Vec<usize>) {
-    let band_lo: Vec<usize> = (0..n_bins).map(|j| j.saturating_sub(half_width)).collect();
-    let band_len = (0..n_bins)
-        .map(|j| (j + half_width).min(n_bins - 1) + 1 - band_lo[j])
-        .collect();
-    (band_lo, band_len)
-}
-
-/// The log-transitions within and across voicing into every target bin `j` (a row of
-/// `2h + 1` entries, predecessor bins `max(0, j - h)..`, `log(tiny)` past the band), one row
-/// per target: librosa's `transition_local(n_bins, width, window="triangle", wrap=False)`
-/// row by row as librosa builds it, then `kron(transition_loop(2, 1 - switch_prob), ·)` and
-/// `log(· + tiny)`.
-pub(super) fn per_target_tables(
-    n_bins: usize,
-    transition_width: usize,
-    switch_prob: f64,
-) -> [Vec<f64>; 2] {
-    let half_width = transition_width / 2;
-    let stride = 2 * half_width + 1;
-    let (band_lo, _) = bands(n_bins, half_width);
-    let window = triangle(transition_width);
-    let lpad = (n_bins - transition_width) / 2;
-    let p_same = 1.0 - switch_prob;
-    let p_cross = (1.0 - p_same) / 1.0; // transition_loop's (1 - p) / (n_states - 1)
-    let mut log_same = vec![TINY.ln(); n_bins * stride];
-    let mut log_cross = vec![TINY.ln(); n_bins * stride];
-    let mut row = vec![0.0; n_bins];
-    for i in 0..n_bins {
-        let shift = (n_bins / 2 + i + 1) % n_bins;
-        let keep_lo = i.saturating_sub(half_width);
-        let keep_hi = (i + half_width + 1).min(n_bins);
-        for (j, r) in row.iter_mut().enumerate() {
-            // np.roll(pad_center(window, n_bins), shift)[j], knocked out off the band.
-            let p = (j + n_bins - shift) % n_bins;
-            *r = if (keep_lo..keep_hi).contains(&j) && (lpad..lpad + transition_width).contains(&p)
-            {
-                window[p - lpad]
-            } else {
-                0.0
-            };
-        }
-        let total = numpy_sum(&row);
-        for j in keep_lo..keep_hi {
-            let t = row[j] / total;
-            let at = j * stride + (i - band_lo[j]);
-            log_same[at] = (p_same * t + TINY).ln();
-            log_cross[at] = (p_cross * t + TINY).ln();
-        }
-    }
-    [log_same, log_cross]
-}
-
-impl TransitionBands {
-    /// `log(T + tiny)` into target bin `j` from the band's bins `band_lo[j]..` of the same
-    /// voicing.
-    #[inline(always)]
-    pub(super) fn same(&self, j: usize) -> &[f64] {
-        let at = self.row[j] * (2 * self.half_width + 1);
-        &self.log_same[at..at + self.band_len[j]]
-    }
-
-    /// The same from the other voicing.
-    #[inline(always)]
-    pub(super) fn cross(&self, j: usize) -> &[f64] {
-        let at = self.row[j] * (2 * self.half_width + 1);
-        &self.log_cross[at..at + self.band_len[j]]
-    }
-}
+use super::numeric::larger;
+use super::transitions::TransitionBands;
+use crate::dsp::kernels::{Avx2, Kernels, Portable, WINDOW};
 
 /// Per-thread work buffers of [`step`], allocated once by [`StepWork::new`]; a stream's own
 /// state is only its best-path log-probabilities (and its back-pointers, in `streaming`).
@@ -198,39 +43,42 @@ impl StepWork {
     }
 }
 
-/// One Viterbi step (see [`step_portable`]), compiled for AVX2 when `use_avx2`. `value` holds
-/// the best-path log-probability of every state after the last frame and is advanced to the
-/// new frame, whose `log(p + tiny)` observations are in `work.log_obs`; `pointers`, when given,
-/// receives the back-pointer of every state of the new frame.
+/// One Viterbi step (see [`step_portable`]), with the AVX2 kernels and compiled for AVX2 when
+/// `avx2` is given. `value` holds the best-path log-probability of every state after the last
+/// frame and is advanced to the new frame, whose `log(p + tiny)` observations are in
+/// `work.log_obs`; `pointers`, when given, receives the back-pointer of every state of the new
+/// frame.
 pub(super) fn step(
     value: &mut Vec<f64>,
     work: &mut StepWork,
     bands: &TransitionBands,
-    use_avx2: bool,
+    avx2: Option<Avx2>,
     pointers: Option<&mut [u16]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if use_avx2 {
-        // SAFETY: `use_avx2` is only true when the CPU reports AVX2 (`avx2_available`).
-        unsafe { step_avx2(value, work, bands, pointers) };
+    if let Some(kernels) = avx2 {
+        // SAFETY: an `Avx2` exists only on a CPU with AVX2 (`Avx2::detect`).
+        unsafe { step_avx2(kernels, value, work, bands, pointers) };
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = use_avx2;
-    step_portable(value, work, bands, pointers);
+    let _ = avx2;
+    step_portable(Portable, value, work, bands, pointers);
 }
 
-/// [`step_portable`] compiled with AVX2 enabled. No FMA (LLVM does not fuse without
-/// fast-math) and a fixed order of operations: bit-identical to the portable build.
+/// [`step_portable`] with the AVX2 kernels, compiled with AVX2 enabled. No FMA (LLVM does not
+/// fuse without fast-math) and a fixed order of operations: bit-identical to the portable
+/// build.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn step_avx2(
+    kernels: Avx2,
     value: &mut Vec<f64>,
     work: &mut StepWork,
     bands: &TransitionBands,
     pointers: Option<&mut [u16]>,
 ) {
-    step_portable(value, work, bands, pointers);
+    step_portable(kernels, value, work, bands, pointers);
 }
 
 /// One Viterbi step: `value := log_obs + max_k (value[k] + log_trans[k, ·])`, storing the
@@ -238,19 +86,34 @@ unsafe fn step_avx2(
 ///
 /// For target bin `j` (voiced and unvoiced together), the predecessors are the voiced and the
 /// unvoiced bins of the band around `j` (log-transition tables `log_same` / `log_cross`, see
-/// [`scan_block`]), and every other state at the constant `log(tiny)`. Of those, only the
+/// [`Frame::decide`]), and every other state at the constant `log(tiny)`. Of those, only the
 /// first argmax `g` of `value + log(tiny)` over all states can win: when `g` lies outside the
 /// band it is the best of them, and when it lies inside, its own band score is at least its
 /// floor score (rounding is monotone) with a lower index than any other state's equal floor
 /// score. A block's band is skipped when an upper bound of its scores (its largest value plus
 /// its largest log-transition) is below the best candidate found; the bound holds in floating
 /// point, so skipping is exact.
+///
+/// The first argmax of a band (one block of predecessors, one table) is monotone in the
+/// target: at least that of any lower target, at most that of any higher one. For targets
+/// `j, j + 1` and the first argmax `a` of `j`: every `i < a` in the band of `j + 1` is in the
+/// band of `j`, where its rounded score is below `a`'s, so its exact score is too (rounding is
+/// monotone). For `j + 1` each exact score gains `T[j + 1][i] - T[j][i]`, and `i` gains less
+/// than `a` by at least the tables' concavity (`TransitionBands::concavity`), so `a`'s exact
+/// score exceeds `i`'s by more than that. When the concavity exceeds a unit in the last place
+/// of every score (the frame's test on `deepest`; always, unless the values reach about 10^12,
+/// centuries of audio), the rounded scores keep that order strictly, and no `i < a` is the
+/// first argmax of `j + 1`. So targets are decided in groups of eight: the end of the group
+/// from its whole bands, then each target halfway between two decided ones, searching only
+/// between their first argmaxes: a few bins, taken [`WINDOW`] at a time without a branch
+/// ([`Kernels::window_argmax`]).
 #[inline(always)]
-fn step_portable(
+fn step_portable<K: Kernels>(
+    kernels: K,
     value: &mut Vec<f64>,
     work: &mut StepWork,
     bands: &TransitionBands,
-    mut pointers: Option<&mut [u16]>,
+    pointers: Option<&mut [u16]>,
 ) {
     let n = bands.n_bins;
     let stride = 2 * bands.half_width + 1;
@@ -281,89 +144,213 @@ fn step_portable(
             &bands.band_lo,
             &bands.band_len,
             stride,
+            bands.full_bands.clone(),
             [to_block_end, from_block_start],
             &mut band_top[states],
         );
     }
-    for j in 0..n {
-        let lo = bands.band_lo[j];
-        let len = bands.band_len[j];
-        let tables = BandTables {
-            same: bands.same(j),
-            cross: bands.cross(j),
-            max_same: bands.max_same[j],
-            max_cross: bands.max_cross[j],
-        };
-        let (mut voiced, mut unvoiced) = (Best::NONE, Best::NONE);
-        // The best state outside the band first: its score often shows that a block's band
-        // cannot win.
-        if floor_bin < n && !(lo..lo + len).contains(&floor_bin) {
-            voiced = floor;
-            unvoiced = floor;
+    // Every score is a value plus a log-transition, so of magnitude below `deepest`.
+    let deepest = largest_magnitude(value) + bands.band_magnitude;
+    let frame = Frame {
+        kernels,
+        value,
+        bands,
+        band_top,
+        floor,
+        floor_bin,
+    };
+    let mut out = Decided {
+        next,
+        log_obs,
+        pointers,
+    };
+    if bands.concavity > deepest * (2.0 * f64::EPSILON) {
+        // The first argmax is monotone: in groups of four, the end, then the middle between
+        // the ends, then the two between those.
+        let mut at_start = frame.decide(0, UNKNOWN, UNKNOWN, &mut out);
+        let mut start = 0;
+        while start + 8 < n {
+            let end = start + 8;
+            let at_end = frame.decide(end, UNKNOWN, UNKNOWN, &mut out);
+            let at_4 = frame.decide(start + 4, at_start, at_end, &mut out);
+            let at_2 = frame.decide(start + 2, at_start, at_4, &mut out);
+            let at_6 = frame.decide(start + 6, at_4, at_end, &mut out);
+            frame.decide(start + 1, at_start, at_2, &mut out);
+            frame.decide(start + 3, at_2, at_4, &mut out);
+            frame.decide(start + 5, at_4, at_6, &mut out);
+            frame.decide(start + 7, at_6, at_end, &mut out);
+            (start, at_start) = (end, at_end);
         }
-        let from_voiced = &value[lo..lo + len];
-        let from_unvoiced = &value[n + lo..n + lo + len];
-        let (top_v, top_u) = (band_top[j], band_top[n + j]);
-        // The more promising block first, so that the other one is often skipped.
-        if top_v >= top_u {
-            scan_block(from_voiced, lo, top_v, &tables, &mut voiced, &mut unvoiced);
-            scan_block(
-                from_unvoiced,
-                n + lo,
-                top_u,
-                &tables,
-                &mut unvoiced,
-                &mut voiced,
-            );
-        } else {
-            scan_block(
-                from_unvoiced,
-                n + lo,
-                top_u,
-                &tables,
-                &mut unvoiced,
-                &mut voiced,
-            );
-            scan_block(from_voiced, lo, top_v, &tables, &mut voiced, &mut unvoiced);
+        for j in start + 1..n {
+            at_start = frame.decide(j, at_start, UNKNOWN, &mut out);
         }
-        next[j] = log_obs[j] + voiced.score;
-        next[n + j] = log_obs[n + j] + unvoiced.score;
-        if let Some(row) = pointers.as_deref_mut() {
-            row[j] = voiced.state as u16;
-            row[n + j] = unvoiced.state as u16;
+    } else {
+        for j in 0..n {
+            frame.decide(j, UNKNOWN, UNKNOWN, &mut out);
         }
     }
     std::mem::swap(value, next);
 }
 
-/// The log-transitions into one target bin from the band of one block: `same` towards the
-/// target of the block's voicing, `cross` towards the other, and their largest entries.
-struct BandTables<'a> {
-    same: &'a [f64],
-    cross: &'a [f64],
-    max_same: f64,
-    max_cross: f64,
+/// The first argmax (bin) of a band for each of the four problems (block of the
+/// predecessors, table), `u32::MAX` when it is not known.
+type Argmaxes = [u32; 4];
+
+/// No first argmax known.
+const UNKNOWN: Argmaxes = [u32::MAX; 4];
+
+/// What a step reads for every target.
+struct Frame<'a, K> {
+    /// The kernels of the band searches.
+    kernels: K,
+    /// Best-path log-probabilities after the last frame.
+    value: &'a [f64],
+    bands: &'a TransitionBands,
+    /// An upper bound of the values in each target's band, voiced block then unvoiced.
+    band_top: &'a [f64],
+    /// The first argmax of `value + log(tiny)` and its bin (`n_bins`: none).
+    floor: Best,
+    floor_bin: usize,
 }
 
-/// Offers the band of one block (`values`, states `first..`, largest value at most `top`) to
-/// `own`, the target of the same voicing (through `same`), and `other`, the target of the
-/// other voicing (through `cross`), each unless an upper bound of the band's scores (`top`
-/// plus the largest log-transition) is below its best candidate so far. Rounding is monotone,
-/// so the bound holds in floating point and skipping is exact.
-#[inline(always)]
-fn scan_block(
-    values: &[f64],
-    first: usize,
-    top: f64,
-    tables: &BandTables<'_>,
-    own: &mut Best,
-    other: &mut Best,
-) {
-    for (best, trans, max) in [
-        (own, tables.same, tables.max_same),
-        (other, tables.cross, tables.max_cross),
-    ] {
-        best.offer_band(values, trans, first, top + max);
+/// What a step writes for every target.
+struct Decided<'a> {
+    next: &'a mut [f64],
+    log_obs: &'a [f64],
+    pointers: Option<&'a mut [u16]>,
+}
+
+impl<K: Kernels> Frame<'_, K> {
+    /// Decides target bin `j`, voiced and unvoiced, into `out`, and returns the first argmax
+    /// of each of its bands that was computed. `left` and `right` are those of decided
+    /// targets below and above `j` (or [`UNKNOWN`]), which bound `j`'s when the first argmax
+    /// is monotone.
+    #[inline(always)]
+    fn decide(&self, j: usize, left: Argmaxes, right: Argmaxes, out: &mut Decided<'_>) -> Argmaxes {
+        let bands = self.bands;
+        let n = bands.n_bins;
+        let lo = bands.band_lo[j];
+        let len = bands.band_len[j];
+        let (same, cross) = (bands.same(j), bands.cross(j));
+        let (mut voiced, mut unvoiced) = (Best::NONE, Best::NONE);
+        // The best state outside the band first: its score often shows that a block's band
+        // cannot win.
+        if self.floor_bin < n && !(lo..lo + len).contains(&self.floor_bin) {
+            voiced = self.floor;
+            unvoiced = self.floor;
+        }
+        let from_voiced = &self.value[lo..lo + len];
+        let from_unvoiced = &self.value[n + lo..n + lo + len];
+        let (top_v, top_u) = (self.band_top[j], self.band_top[n + j]);
+        let (max_same, max_cross) = (bands.max_same[j], bands.max_cross[j]);
+        let band = |p: usize| Hints {
+            lo,
+            left: left[p],
+            right: right[p],
+        };
+        let mut found = UNKNOWN;
+        // The more promising block first, so that the other one is often skipped.
+        if top_v >= top_u {
+            found[0] = voiced.offer_band(
+                self.kernels,
+                from_voiced,
+                same,
+                lo,
+                top_v + max_same,
+                band(0),
+            );
+            found[1] = unvoiced.offer_band(
+                self.kernels,
+                from_voiced,
+                cross,
+                lo,
+                top_v + max_cross,
+                band(1),
+            );
+            found[2] = unvoiced.offer_band(
+                self.kernels,
+                from_unvoiced,
+                same,
+                n + lo,
+                top_u + max_same,
+                band(2),
+            );
+            found[3] = voiced.offer_band(
+                self.kernels,
+                from_unvoiced,
+                cross,
+                n + lo,
+                top_u + max_cross,
+                band(3),
+            );
+        } else {
+            found[2] = unvoiced.offer_band(
+                self.kernels,
+                from_unvoiced,
+                same,
+                n + lo,
+                top_u + max_same,
+                band(2),
+            );
+            found[3] = voiced.offer_band(
+                self.kernels,
+                from_unvoiced,
+                cross,
+                n + lo,
+                top_u + max_cross,
+                band(3),
+            );
+            found[0] = voiced.offer_band(
+                self.kernels,
+                from_voiced,
+                same,
+                lo,
+                top_v + max_same,
+                band(0),
+            );
+            found[1] = unvoiced.offer_band(
+                self.kernels,
+                from_voiced,
+                cross,
+                lo,
+                top_v + max_cross,
+                band(1),
+            );
+        }
+        out.next[j] = out.log_obs[j] + voiced.score;
+        out.next[n + j] = out.log_obs[n + j] + unvoiced.score;
+        if let Some(row) = out.pointers.as_deref_mut() {
+            row[j] = voiced.state as u16;
+            row[n + j] = unvoiced.state as u16;
+        }
+        found
+    }
+}
+
+/// Where a band starts (`lo`, its first bin) and the first argmaxes (bins) of the same
+/// problem for a decided target below (`left`) and above (`right`), `u32::MAX` when unknown.
+#[derive(Clone, Copy)]
+struct Hints {
+    lo: usize,
+    left: u32,
+    right: u32,
+}
+
+impl Hints {
+    /// The offsets `from..=to` in a band of `len` where its first argmax lies.
+    #[inline(always)]
+    fn range(self, len: usize) -> (usize, usize) {
+        let from = if self.left == u32::MAX {
+            0
+        } else {
+            (self.left as usize).saturating_sub(self.lo)
+        };
+        let to = if self.right == u32::MAX {
+            len - 1
+        } else {
+            (self.right as usize).saturating_sub(self.lo).min(len - 1)
+        };
+        if from <= to { (from, to) } else { (0, len - 1) }
     }
 }
 
@@ -390,18 +377,35 @@ impl Best {
         }
     }
 
-    /// Offers the best of `values[r] + trans[r]` (state `first + r`), unless `bound` (an upper
-    /// bound of those sums) shows that it cannot win.
+    /// Offers the best of `values[r] + trans[r]` (state `first + r`), unless `bound` (an
+    /// upper bound of those sums) shows that it cannot win; the first argmax lies in
+    /// `hints.range`. Returns its bin when it was found (`u32::MAX` when not).
     #[inline(always)]
-    fn offer_band(&mut self, values: &[f64], trans: &[f64], first: usize, bound: f64) {
+    fn offer_band<K: Kernels>(
+        &mut self,
+        kernels: K,
+        values: &[f64],
+        trans: &[f64],
+        first: usize,
+        bound: f64,
+        hints: Hints,
+    ) -> u32 {
         if bound < self.score {
-            return;
+            return u32::MAX;
         }
-        let top = band_max(values, trans);
-        if top < self.score {
-            return;
-        }
-        self.offer(top, first + first_equal(values, trans, top));
+        let (from, to) = hints.range(values.len());
+        let (top, r) = if to - from < WINDOW && values.len() >= WINDOW {
+            kernels.window_argmax(values, trans, from, to)
+        } else {
+            let (values, trans) = (&values[from..=to], &trans[from..=to]);
+            let top = band_max(values, trans);
+            if top < self.score {
+                return u32::MAX;
+            }
+            (top, from + first_equal(values, trans, top))
+        };
+        self.offer(top, first + r);
+        (hints.lo + r) as u32
     }
 }
 
@@ -447,6 +451,23 @@ fn first_equal(values: &[f64], trans: &[f64], top: f64) -> usize {
     base + rest.take_while(|&(&v, &t)| v + t != top).count()
 }
 
+/// The largest `|v|` of `values` (`0` when empty), in four independent lanes (vectorisable).
+#[inline(always)]
+fn largest_magnitude(values: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let mut chunks = values.chunks_exact(4);
+    for chunk in &mut chunks {
+        for lane in 0..4 {
+            lanes[lane] = larger(chunk[lane].abs(), lanes[lane]);
+        }
+    }
+    let top = larger(larger(lanes[0], lanes[1]), larger(lanes[2], lanes[3]));
+    chunks
+        .remainder()
+        .iter()
+        .fold(top, |m, &v| larger(v.abs(), m))
+}
+
 /// An upper bound of `max(values[lo[j]..lo[j] + len[j]])` for windows of at most `width`
 /// entries (van Herk / Gil-Werman, branch-free): with blocks of `width` entries, the maximum from
 /// the window start to the end of its block and from the start of the block of the window end
@@ -458,6 +479,7 @@ fn window_max(
     lo: &[usize],
     len: &[usize],
     width: usize,
+    full: std::ops::Range<usize>,
     [to_end, from_start]: [&mut [f64]; 2],
     out: &mut [f64],
 ) {
@@ -477,8 +499,19 @@ fn window_max(
             *y = m;
         }
     }
-    for ((o, &lo), &len) in out.iter_mut().zip(lo).zip(len) {
-        let (a, b) = (to_end[lo], from_start[lo + len - 1]);
-        *o = if a > b { a } else { b };
+    let window = |j: usize| larger(to_end[lo[j]], from_start[lo[j] + len[j] - 1]);
+    for j in (0..full.start).chain(full.end..out.len()) {
+        out[j] = window(j);
+    }
+    // The windows of full width, `j - h..=j + h`, as slices (vectorisable).
+    let h = width / 2;
+    if !full.is_empty() {
+        for ((o, &a), &b) in out[full.clone()]
+            .iter_mut()
+            .zip(&to_end[full.start - h..full.end - h])
+            .zip(&from_start[full.start + h..full.end + h])
+        {
+            *o = larger(a, b);
+        }
     }
 }

@@ -68,8 +68,9 @@
 //! - `numeric`: numpy / scipy helpers reproduced bit for bit (pairwise sum, argmax, beta CDF,
 //!   triangle window, `tiny`) and the fingerprint hash.
 //! - `params`: [`PyinParams`] and their validation.
-//! - `decoder`: the banded log-transition tables, the Viterbi step with its back-pointers and
-//!   its per-thread work buffers.
+//! - `transitions`: the banded log-transition tables (one row per distinct band) and the
+//!   bounds the step relies on.
+//! - `decoder`: the Viterbi step with its back-pointers and its per-thread work buffers.
 //! - `tables`: [`Pyin`], the immutable tables of one configuration.
 //! - `observation`: [`PyinScratch`] and [`Pyin::observe`], the per-frame probabilities.
 //! - `streaming`: [`PyinDecoder`], the fixed-lag state of a stream and its snapshots,
@@ -83,6 +84,7 @@ mod streaming;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod transitions;
 
 pub use observation::PyinScratch;
 pub use params::PyinParams;

@@ -151,7 +151,7 @@ impl PyinDecoder {
             } else {
                 None
             };
-            step(&mut self.value, work, &pyin.bands, pyin.use_avx2, pointers);
+            step(&mut self.value, work, &pyin.bands, pyin.avx2, pointers);
         }
         let frame = self.frames;
         self.voiced_probs[(frame % (self.lag as u64 + 1)) as usize] = voiced_prob;

@@ -5,9 +5,10 @@
 
 use rustfft::FftPlanner;
 
-use super::decoder::TransitionBands;
 use super::numeric::{TINY, beta_cdf_int, fnv1a, numpy_sum};
 use super::params::{PyinParams, bins_per_semitone, n_pitch_bins};
+use super::transitions::TransitionBands;
+use crate::dsp::kernels::Avx2;
 use crate::dsp::real_fft::{Autocorrelation, fast_even_len};
 
 /// Immutable pYIN tables for one `(params, sample_rate, frame_length, hop_length)`: FFT plans,
@@ -53,8 +54,8 @@ pub struct Pyin {
     pub(super) log_init: f64,
     /// Hash of the parameters and sizes, checked by the decoder and its snapshots.
     pub(super) fingerprint: u64,
-    /// Run the Viterbi step compiled for AVX2 (same results, detected at run time).
-    pub(super) use_avx2: bool,
+    /// The AVX2 kernels for the Viterbi step, when the CPU has AVX2 (same results).
+    pub(super) avx2: Option<Avx2>,
 }
 
 impl std::fmt::Debug for Pyin {
@@ -207,7 +208,7 @@ impl Pyin {
             bands,
             log_init,
             fingerprint,
-            use_avx2: avx2_available(),
+            avx2: Avx2::detect(),
         })
     }
 
@@ -249,17 +250,5 @@ impl Pyin {
     /// Centre frequency in Hz of pitch bin `bin`: `fmin * 2^(bin / (12 * bins_per_semitone))`.
     pub fn bin_frequency(&self, bin: usize) -> f64 {
         self.freqs[bin]
-    }
-}
-
-/// Whether the CPU has AVX2 (for the Viterbi step, compiled twice).
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

@@ -2,11 +2,12 @@
 //! against a direct evaluation, the banded Viterbi against a dense one, the AVX2 step against
 //! the portable one, fixed-lag streaming against offline decoding, and snapshots.
 
-use super::decoder::per_target_tables;
+use super::decoder::{StepWork, step};
 use super::numeric::{TINY, beta_cdf_int, first_argmax, numpy_sum, triangle};
 use super::params::PyinParams;
 use super::streaming::{PyinDecoder, decode_offline};
 use super::tables::Pyin;
+use super::transitions::per_target_tables;
 
 const SR: f64 = 16000.0;
 
@@ -58,10 +59,9 @@ fn observe_all(pyin: &Pyin, samples: &[f32]) -> (Vec<f64>, Vec<f64>) {
     (obs, vps)
 }
 
-/// librosa's `viterbi` with the dense `n_states x n_states` log-transition matrix (as
-/// `log(T + tiny)` from the band tables): the value and back-pointer of every state at
-/// every frame.
-fn dense_viterbi(pyin: &Pyin, obs: &[f64]) -> (Vec<f64>, Vec<usize>) {
+/// The dense `n_states x n_states` log-transition matrix (from state, to state) of the band
+/// tables, `log(tiny)` off the bands.
+fn dense_log_trans(pyin: &Pyin) -> Vec<f64> {
     let n = pyin.n_pitch_bins;
     let ns = 2 * n;
     let mut log_trans = vec![pyin.bands.log_floor; ns * ns];
@@ -75,6 +75,15 @@ fn dense_viterbi(pyin: &Pyin, obs: &[f64]) -> (Vec<f64>, Vec<usize>) {
             log_trans[(n + i) * ns + j] = cross;
         }
     }
+    log_trans
+}
+
+/// librosa's `viterbi` with the dense `n_states x n_states` log-transition matrix (as
+/// `log(T + tiny)` from the band tables): the value and back-pointer of every state at
+/// every frame.
+fn dense_viterbi(pyin: &Pyin, obs: &[f64]) -> (Vec<f64>, Vec<usize>) {
+    let ns = 2 * pyin.n_pitch_bins;
+    let log_trans = dense_log_trans(pyin);
     let frames = obs.len() / ns;
     let log_prob: Vec<f64> = obs.iter().map(|&p| (p + TINY).ln()).collect();
     let mut value = vec![0.0; frames * ns];
@@ -323,10 +332,75 @@ fn shared_table_rows_hold_every_target_s_own_transitions() {
 }
 
 #[test]
+fn one_step_takes_numpy_s_first_argmax_for_any_values() {
+    // The step's searches (bounds, the floor state, the monotone first argmax between
+    // neighbours) against a scan of every state, on values no Viterbi run would give:
+    // random, with ties (equal values around symmetric bands), and so deep (10^13) that the
+    // monotone search is off.
+    let pyin = pyin();
+    let n = pyin.n_pitch_bins;
+    let ns = 2 * n;
+    let log_trans = dense_log_trans(&pyin);
+    let mut state = 0x2545_f491_u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut cases: Vec<(&str, Vec<f64>)> = vec![
+        ("random", (0..ns).map(|_| -60.0 * random()).collect()),
+        ("constant", vec![-3.25; ns]),
+        (
+            "steps of 1/4",
+            (0..ns).map(|_| -(40.0 * random()).round() / 4.0).collect(),
+        ),
+        (
+            "tent",
+            (0..ns)
+                .map(|k| -0.05 * (k % n).abs_diff(n / 3) as f64 - 9.0)
+                .collect(),
+        ),
+    ];
+    let deep: Vec<(&str, Vec<f64>)> = cases
+        .iter()
+        .map(|(_, v)| ("deep", v.iter().map(|x| x - 1e13).collect()))
+        .collect();
+    cases.extend(deep);
+    let log_obs: Vec<f64> = (0..ns).map(|_| (random() + TINY).ln()).collect();
+    for (name, value) in &cases {
+        for avx2 in [None, crate::dsp::kernels::Avx2::detect()] {
+            let mut stepped = value.clone();
+            let mut work = StepWork::new(n);
+            work.log_obs.copy_from_slice(&log_obs);
+            let mut pointers = vec![0u16; ns];
+            step(
+                &mut stepped,
+                &mut work,
+                &pyin.bands,
+                avx2,
+                Some(&mut pointers),
+            );
+            for j in 0..ns {
+                let scores = (0..ns).map(|k| value[k] + log_trans[k * ns + j]);
+                let best = first_argmax(&scores.collect::<Vec<_>>());
+                let top = value[best] + log_trans[best * ns + j];
+                assert_eq!(usize::from(pointers[j]), best, "{name}: pointer of {j}");
+                assert_eq!(
+                    stepped[j].to_bits(),
+                    (log_obs[j] + top).to_bits(),
+                    "{name}: value of {j}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn avx2_and_portable_steps_agree() {
     let fast = pyin();
     let mut portable = pyin();
-    portable.use_avx2 = false;
+    portable.avx2 = None;
     let (obs, vps) = observe_all(&fast, &signal());
     let n = fast.n_states();
     let mut a = PyinDecoder::new(&fast, 8);
