@@ -248,74 +248,35 @@ impl<K: Kernels> Frame<'_, K> {
             left: left[p],
             right: right[p],
         };
+        let tables = Tables {
+            same,
+            cross,
+            max_same,
+            max_cross,
+        };
+        let voiced_band = BlockBand {
+            values: from_voiced,
+            first: lo,
+            top: top_v,
+        };
+        let unvoiced_band = BlockBand {
+            values: from_unvoiced,
+            first: n + lo,
+            top: top_u,
+        };
         let mut found = UNKNOWN;
+        let k = self.kernels;
         // The more promising block first, so that the other one is often skipped.
         if top_v >= top_u {
-            found[0] = voiced.offer_band(
-                self.kernels,
-                from_voiced,
-                same,
-                lo,
-                top_v + max_same,
-                band(0),
-            );
-            found[1] = unvoiced.offer_band(
-                self.kernels,
-                from_voiced,
-                cross,
-                lo,
-                top_v + max_cross,
-                band(1),
-            );
-            found[2] = unvoiced.offer_band(
-                self.kernels,
-                from_unvoiced,
-                same,
-                n + lo,
-                top_u + max_same,
-                band(2),
-            );
-            found[3] = voiced.offer_band(
-                self.kernels,
-                from_unvoiced,
-                cross,
-                n + lo,
-                top_u + max_cross,
-                band(3),
-            );
+            [found[0], found[1]] =
+                voiced_band.offer(k, &tables, &mut voiced, &mut unvoiced, [band(0), band(1)]);
+            [found[2], found[3]] =
+                unvoiced_band.offer(k, &tables, &mut unvoiced, &mut voiced, [band(2), band(3)]);
         } else {
-            found[2] = unvoiced.offer_band(
-                self.kernels,
-                from_unvoiced,
-                same,
-                n + lo,
-                top_u + max_same,
-                band(2),
-            );
-            found[3] = voiced.offer_band(
-                self.kernels,
-                from_unvoiced,
-                cross,
-                n + lo,
-                top_u + max_cross,
-                band(3),
-            );
-            found[0] = voiced.offer_band(
-                self.kernels,
-                from_voiced,
-                same,
-                lo,
-                top_v + max_same,
-                band(0),
-            );
-            found[1] = unvoiced.offer_band(
-                self.kernels,
-                from_voiced,
-                cross,
-                lo,
-                top_v + max_cross,
-                band(1),
-            );
+            [found[2], found[3]] =
+                unvoiced_band.offer(k, &tables, &mut unvoiced, &mut voiced, [band(2), band(3)]);
+            [found[0], found[1]] =
+                voiced_band.offer(k, &tables, &mut voiced, &mut unvoiced, [band(0), band(1)]);
         }
         out.next[j] = out.log_obs[j] + voiced.score;
         out.next[n + j] = out.log_obs[n + j] + unvoiced.score;
@@ -324,6 +285,58 @@ impl<K: Kernels> Frame<'_, K> {
             row[n + j] = unvoiced.state as u16;
         }
         found
+    }
+}
+
+/// The log-transitions into one target bin from its band: `same` from the predecessors of
+/// the target's voicing, `cross` from the other, and their largest entries.
+struct Tables<'a> {
+    same: &'a [f64],
+    cross: &'a [f64],
+    max_same: f64,
+    max_cross: f64,
+}
+
+/// The band of one block of predecessors around a target bin: its values, the state of the
+/// first, and an upper bound of the values.
+struct BlockBand<'a> {
+    values: &'a [f64],
+    first: usize,
+    top: f64,
+}
+
+impl BlockBand<'_> {
+    /// Offers the band to `own`, the target of the block's voicing (through `same`), and to
+    /// `other`, the target of the other voicing (through `cross`); returns the first argmax
+    /// (bin) found for each (`u32::MAX`: none), searched where `hints` say.
+    #[inline(always)]
+    fn offer<K: Kernels>(
+        &self,
+        kernels: K,
+        tables: &Tables<'_>,
+        own: &mut Best,
+        other: &mut Best,
+        [same_hints, cross_hints]: [Hints; 2],
+    ) -> [u32; 2] {
+        let (values, first, top) = (self.values, self.first, self.top);
+        [
+            own.offer_band(
+                kernels,
+                values,
+                tables.same,
+                first,
+                top + tables.max_same,
+                same_hints,
+            ),
+            other.offer_band(
+                kernels,
+                values,
+                tables.cross,
+                first,
+                top + tables.max_cross,
+                cross_hints,
+            ),
+        ]
     }
 }
 
