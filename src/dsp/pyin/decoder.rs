@@ -165,8 +165,8 @@ fn step_portable<K: Kernels>(
         pointers,
     };
     if bands.concavity > deepest * (2.0 * f64::EPSILON) {
-        // The first argmax is monotone: in groups of four, the end, then the middle between
-        // the ends, then the two between those.
+        // The first argmax is monotone: in groups of eight, the end, then the middle between
+        // the ends, then the two between those, then the four between those.
         let mut at_start = frame.decide(0, UNKNOWN, UNKNOWN, &mut out);
         let mut start = 0;
         while start + 8 < n {
@@ -215,8 +215,11 @@ struct Frame<'a, K> {
 
 /// What a step writes for every target.
 struct Decided<'a> {
+    /// The new frame's best-path log-probabilities.
     next: &'a mut [f64],
+    /// `log(p + tiny)` of the new frame's observations, added to each target's best score.
     log_obs: &'a [f64],
+    /// The new frame's back-pointers, when kept.
     pointers: Option<&'a mut [u16]>,
 }
 
