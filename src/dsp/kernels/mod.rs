@@ -1,5 +1,6 @@
 //! The vector kernels the per-frame features are built on: dot products (one row, or a matrix's
-//! rows against one vector), sums and sums of squares, each with one fixed summation order.
+//! rows against one vector), sums and sums of squares, each with one fixed summation order,
+//! and the windowed first argmax of pYIN's Viterbi step.
 //!
 //! [`Portable`] is plain Rust over fixed lane arrays ([`portable::dot`] and the rest). LLVM
 //! vectorises those poorly (128-bit halves and lane shuffles), so [`Avx2`] writes the same lanes
