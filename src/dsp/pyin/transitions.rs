@@ -39,7 +39,7 @@ pub(super) struct TransitionBands {
     /// A lower bound of how much `T[j + 1][i] - T[j][i]` grows from each predecessor bin `i`
     /// to `i + 1` (both in the bands of both targets `j, j + 1`), in either table; `0` when it
     /// does not always grow. It makes the first argmax of every band monotone in the target
-    /// (see [`step_portable`]).
+    /// (see `decoder::step_portable`).
     pub(super) concavity: f64,
     /// The largest magnitude of a log-transition within a band.
     pub(super) band_magnitude: f64,
