@@ -16,12 +16,11 @@ pub(super) struct StepWork {
     next: Vec<f64>,
     /// `log(p + tiny)` of the new frame's observation probabilities, filled before a step.
     pub(super) log_obs: Vec<f64>,
-    /// An upper bound of the largest value in the band of each target (voiced block, then
-    /// unvoiced).
+    /// The largest value in the band of each target (voiced block, then unvoiced).
     band_top: Vec<f64>,
-    /// Work buffers of [`window_max`].
-    to_block_end: Vec<f64>,
-    from_block_start: Vec<f64>,
+    /// Work buffers of [`band_tops`].
+    windows: Vec<f64>,
+    doubled: Vec<f64>,
 }
 
 impl StepWork {
@@ -32,14 +31,14 @@ impl StepWork {
             next: vec![0.0; n_states],
             log_obs: vec![0.0; n_states],
             band_top: vec![0.0; n_states],
-            to_block_end: vec![0.0; n_bins],
-            from_block_start: vec![0.0; n_bins],
+            windows: vec![0.0; n_bins],
+            doubled: vec![0.0; n_bins],
         }
     }
 
     /// Whether the buffers are sized for `n_bins` pitch bins.
     pub(super) fn fits(&self, n_bins: usize) -> bool {
-        self.next.len() == 2 * n_bins && self.to_block_end.len() == n_bins
+        self.next.len() == 2 * n_bins && self.windows.len() == n_bins
     }
 }
 
@@ -121,16 +120,19 @@ fn step_portable<K: Kernels>(
         next,
         log_obs,
         band_top,
-        to_block_end,
-        from_block_start,
+        windows,
+        doubled,
     } = work;
-    let mut floor = Best::NONE;
-    for (k, &v) in value.iter().enumerate() {
-        let s = v + bands.log_floor;
-        if s > floor.score {
-            floor = Best { score: s, state: k };
+    // The first argmax of the floor scores (`NONE` when every score is -inf).
+    let floor_top = band_max(value, &bands.floor_row);
+    let floor = if floor_top > f64::NEG_INFINITY {
+        Best {
+            score: floor_top,
+            state: first_equal(value, &bands.floor_row, floor_top),
         }
-    }
+    } else {
+        Best::NONE
+    };
     // The bin of `g` (`n`: none), to test whether it lies in a band.
     let floor_bin = if floor.state == usize::MAX {
         n
@@ -139,13 +141,13 @@ fn step_portable<K: Kernels>(
     };
     for block in 0..2 {
         let states = block * n..block * n + n;
-        window_max(
+        band_tops(
             &value[states.clone()],
             &bands.band_lo,
             &bands.band_len,
             stride,
             bands.full_bands.clone(),
-            [to_block_end, from_block_start],
+            [windows, doubled],
             &mut band_top[states],
         );
     }
@@ -206,7 +208,7 @@ struct Frame<'a, K> {
     /// Best-path log-probabilities after the last frame.
     value: &'a [f64],
     bands: &'a TransitionBands,
-    /// An upper bound of the values in each target's band, voiced block then unvoiced.
+    /// The largest value in each target's band, voiced block then unvoiced.
     band_top: &'a [f64],
     /// The first argmax of `value + log(tiny)` and its bin (`n_bins`: none).
     floor: Best,
@@ -484,50 +486,116 @@ fn largest_magnitude(values: &[f64]) -> f64 {
         .fold(top, |m, &v| larger(v.abs(), m))
 }
 
-/// An upper bound of `max(values[lo[j]..lo[j] + len[j]])` for windows of at most `width`
-/// entries (van Herk / Gil-Werman, branch-free): with blocks of `width` entries, the maximum from
-/// the window start to the end of its block and from the start of the block of the window end
-/// to that end. Exact when the window spans two blocks or starts a block; otherwise it may
-/// include a few entries after the window, which keeps it an upper bound.
+/// The largest value of each target's band, `values[lo[j]..lo[j] + len[j]]`. The clipped
+/// bands at the edges (targets outside `full`: from the first value, or to the last) as running
+/// maxima. The bands of `width` values (targets `full`, band `j - width / 2..`) from window
+/// maxima doubled in place (`windows[i]` the largest of `values[i..i + 2^k]`, one vectorisable
+/// pass per doubling), each band the larger of two overlapping windows.
 #[inline(always)]
-fn window_max(
+fn band_tops(
     values: &[f64],
     lo: &[usize],
     len: &[usize],
     width: usize,
     full: std::ops::Range<usize>,
-    [to_end, from_start]: [&mut [f64]; 2],
+    [windows, doubled]: [&mut [f64]; 2],
     out: &mut [f64],
 ) {
-    for ((v, e), s) in values
-        .chunks(width)
-        .zip(to_end.chunks_mut(width))
-        .zip(from_start.chunks_mut(width))
-    {
-        let mut m = f64::NEG_INFINITY;
-        for (&x, y) in v.iter().zip(s.iter_mut()) {
-            m = if x > m { x } else { m };
-            *y = m;
-        }
-        let mut m = f64::NEG_INFINITY;
-        for (&x, y) in v.iter().zip(e.iter_mut()).rev() {
-            m = if x > m { x } else { m };
-            *y = m;
-        }
+    let n = values.len();
+    let (mut top, mut seen) = (f64::NEG_INFINITY, 0);
+    for j in 0..full.start {
+        debug_assert_eq!(lo[j], 0);
+        let end = lo[j] + len[j];
+        top = values[seen..end].iter().fold(top, |m, &x| larger(x, m));
+        (out[j], seen) = (top, end);
     }
-    let window = |j: usize| larger(to_end[lo[j]], from_start[lo[j] + len[j] - 1]);
-    for j in (0..full.start).chain(full.end..out.len()) {
-        out[j] = window(j);
+    let (mut top, mut seen) = (f64::NEG_INFINITY, n);
+    for j in (full.end..n).rev() {
+        debug_assert_eq!(lo[j] + len[j], n);
+        top = values[lo[j]..seen].iter().fold(top, |m, &x| larger(x, m));
+        (out[j], seen) = (top, lo[j]);
     }
-    // The windows of full width, `j - h..=j + h`, as slices (vectorisable).
-    let h = width / 2;
-    if !full.is_empty() {
-        for ((o, &a), &b) in out[full.clone()]
+    if full.is_empty() {
+        return;
+    }
+    let (mut windows, mut doubled) = (windows, doubled);
+    windows.copy_from_slice(values);
+    let mut span = 1;
+    while 2 * span <= width {
+        for ((d, &a), &b) in doubled[..n - span]
             .iter_mut()
-            .zip(&to_end[full.start - h..full.end - h])
-            .zip(&from_start[full.start + h..full.end + h])
+            .zip(&windows[..n - span])
+            .zip(&windows[span..])
         {
-            *o = larger(a, b);
+            *d = larger(a, b);
+        }
+        // The last windows end at the last value: they stay as they are.
+        doubled[n - span..].copy_from_slice(&windows[n - span..]);
+        std::mem::swap(&mut windows, &mut doubled);
+        span *= 2;
+    }
+    // Band `a..a + width` is covered by the windows at `a` and at `a + width - span`.
+    let first = full.start - width / 2;
+    let count = full.len();
+    for ((o, &a), &b) in out[full]
+        .iter_mut()
+        .zip(&windows[first..first + count])
+        .zip(&windows[first + width - span..first + width - span + count])
+    {
+        *o = larger(a, b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::band_tops;
+
+    #[test]
+    fn band_tops_are_the_largest_value_of_every_band() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (n, h) in [
+            (602, 20),
+            (602, 0),
+            (50, 3),
+            (41, 20),
+            (9, 4),
+            (64, 16),
+            (100, 31),
+        ] {
+            let width = 2 * h + 1;
+            let lo: Vec<usize> = (0..n).map(|j: usize| j.saturating_sub(h)).collect();
+            let len: Vec<usize> = (0..n).map(|j| (j + h).min(n - 1) + 1 - lo[j]).collect();
+            for round in 0..20 {
+                let values: Vec<f64> = (0..n)
+                    .map(|_| match next() % 16 {
+                        0 if round % 2 == 1 => f64::NEG_INFINITY,
+                        1 => -3.0,
+                        r => -(r as f64) * 1e3 + (next() % 1000) as f64 * 0.37,
+                    })
+                    .collect();
+                let (mut windows, mut doubled, mut out) =
+                    (vec![0.0; n], vec![7e9; n], vec![0.0; n]);
+                band_tops(
+                    &values,
+                    &lo,
+                    &len,
+                    width,
+                    h..(n - h).max(h),
+                    [&mut windows, &mut doubled],
+                    &mut out,
+                );
+                for j in 0..n {
+                    let band = &values[lo[j]..lo[j] + len[j]];
+                    let want = band.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                    assert_eq!(out[j].to_bits(), want.to_bits(), "n {n}, h {h}, target {j}");
+                }
+            }
         }
     }
 }

@@ -64,7 +64,7 @@ fn observe_all(pyin: &Pyin, samples: &[f32]) -> (Vec<f64>, Vec<f64>) {
 fn dense_log_trans(pyin: &Pyin) -> Vec<f64> {
     let n = pyin.n_pitch_bins;
     let ns = 2 * n;
-    let mut log_trans = vec![pyin.bands.log_floor; ns * ns];
+    let mut log_trans = vec![pyin.bands.floor_row[0]; ns * ns];
     for j in 0..n {
         for r in 0..pyin.bands.band_len[j] {
             let i = pyin.bands.band_lo[j] + r;
@@ -172,7 +172,7 @@ fn defaults_match_librosa() {
     // scipy.stats.beta.cdf(0.05, 2, 18) and (0.37, 2, 18)
     assert!((beta_cdf_int(0.05, 2, 18) - 0.24529279492938452).abs() < 1e-15);
     assert!((beta_cdf_int(0.37, 2, 18) - 0.9981277723286026).abs() < 1e-15);
-    assert_eq!(pyin.bands.log_floor, -708.3964185322641);
+    assert_eq!(pyin.bands.floor_row[0], -708.3964185322641);
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Pyin>();
     send_sync::<PyinDecoder>();

@@ -34,8 +34,9 @@ pub(super) struct TransitionBands {
     pub(super) max_same: Vec<f64>,
     /// Largest entry of each target bin's `log_cross` band.
     pub(super) max_cross: Vec<f64>,
-    /// `log(0 + tiny)`: every transition outside the band.
-    pub(super) log_floor: f64,
+    /// `log(0 + tiny)`, every transition outside the band, once per state (`2 * n_bins`): the
+    /// floor scores of all states are `value + floor_row`, found by the same kernels as a band.
+    pub(super) floor_row: Vec<f64>,
     /// A lower bound of how much `T[j + 1][i] - T[j][i]` grows from each predecessor bin `i`
     /// to `i + 1` (both in the bands of both targets `j, j + 1`), in either table; `0` when it
     /// does not always grow. It makes the first argmax of every band monotone in the target
@@ -53,7 +54,6 @@ impl TransitionBands {
         let stride = 2 * half_width + 1;
         let (band_lo, band_len) = bands(n_bins, half_width);
         let [log_same, log_cross] = per_target_tables(n_bins, transition_width, switch_prob);
-        let log_floor = TINY.ln();
         let band_maxima = |table: &[f64]| -> Vec<f64> {
             (0..n_bins)
                 .map(|j| {
@@ -103,7 +103,7 @@ impl TransitionBands {
             log_cross: cross_rows,
             max_same,
             max_cross,
-            log_floor,
+            floor_row: vec![TINY.ln(); 2 * n_bins],
             concavity,
             band_magnitude,
         }
