@@ -14,7 +14,7 @@ export RUST_TEST_THREADS="${SPECFLOW_TEST_THREADS:-2}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Integration tests that talk to no service; every other tests/*.rs needs Kafka and MongoDB.
-OFFLINE_TESTS=(cli dsp_parity dsp_streaming pyin_parity float_text producer_wakeups
+OFFLINE_TESTS=(cli dsp_parity dsp_streaming pyin_parity pyin_golden float_text producer_wakeups
   deploy_systemd deploy_k8s deploy_container)
 
 started=$SECONDS

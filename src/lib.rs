@@ -21,7 +21,8 @@
 //!   YIN, pYIN, streaming per-stream state. No I/O, no async.
 //! - [`record`]: the feature record: its serde view (the definition) and the encoders that
 //!   write its JSON (Kafka) and BSON (MongoDB) straight to bytes in one walk (`record::encode`).
-//! - [`sinks`]: the output topic, the dead-letter topic and MongoDB, each a config + build.
+//! - [`sinks`]: the output topic and MongoDB, each a config + build, and the dead-letter
+//!   topic, which wraps the output topic's sink.
 //!
 //! - [`gateway`]: `specflow gateway`, the HTTP/WebSocket front door: audio in (produced to
 //!   the input topic as the worker's own messages), stored features out (`[gateway]`).
@@ -38,8 +39,8 @@
 //! - [`shutdown`]: stop requests, the drain deadline, the watchdog and the exit codes.
 //! - [`clock`]: the Unix-milliseconds wall clock.
 //!
-//! The commands besides `run` (`check`, `extract`, `produce`, `inspect`) live in the binary
-//! (`src/cli/`), not in this library.
+//! The commands besides `run` (`check`, `extract`, `produce`, `inspect`, `loadtest`) live in
+//! the binary (`src/cli/`), not in this library.
 
 pub mod audio;
 pub mod clock;

@@ -13,7 +13,7 @@ use common::*;
 use rdkafka::Message;
 use serde_json::Value;
 use specflow::sinks::dead_letter::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,6 +24,24 @@ const SECONDS: f64 = 4.0;
 const POISON: usize = 12;
 /// The private broker's port for the restart test (its controller's is the next one).
 const PRIVATE_KAFKA_PORT: u16 = 19492;
+
+/// Every partition a worker's `log` says it was assigned (its "Partitions assigned." lines,
+/// whose list is the last bracket of the line, after any colour codes).
+fn assigned_partitions(log: &Path) -> BTreeSet<i32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|line| line.contains("Partitions assigned."))
+        .filter_map(|line| {
+            let list = &line[line.rfind('[')? + 1..];
+            Some(list[..list.find(']')?].to_owned())
+        })
+        .flat_map(|list| {
+            list.split(", ")
+                .filter_map(|p| p.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
 
 /// The workload: synthetic streams, plus poison messages (each dead-lettered once).
 fn workload() -> Vec<(String, Vec<Chunk>)> {
@@ -219,7 +237,14 @@ async fn a_fenced_zombie_writes_nothing_visible() {
     let successor = start_worker(&config, &log_b);
     wait_for_log(&log_b, "Transactions initialised", Duration::from_secs(60)).await;
     // The zombie's session expires; the successor takes every partition and goes on.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let every_partition: BTreeSet<i32> = (0..PARTITIONS).collect();
+    assert!(
+        eventually(Duration::from_secs(60), async || assigned_partitions(
+            &log_b
+        ) == every_partition)
+        .await,
+        "the successor was not assigned every partition within 60 s"
+    );
     zombie.resume();
     wait_for_log(&log_a, "Producer fenced", Duration::from_secs(60)).await;
     producer.await.unwrap();
@@ -274,6 +299,8 @@ async fn a_broker_restart_mid_transaction_shows_every_record_once() {
         Duration::from_millis(80),
     );
     wait_for_log(&log, "Transaction committed", Duration::from_secs(90)).await;
+    // Pacing, not a wait for a state: the input flows at 80 ms a round, so a second later the
+    // restart lands while transactions are open.
     tokio::time::sleep(Duration::from_secs(1)).await;
     private.run(&["restart", "kafka"]);
     producer.await.unwrap();

@@ -307,7 +307,14 @@ async fn the_page_asks_for_a_token_and_says_what_failed() {
     browser.save_screenshot("unknown-stream.png").await;
     // The token is kept for the tab.
     browser.goto(&gateway.url("/")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || browser
+            .attribute("recent-streams", "loaded")
+            .await
+            == "true")
+        .await,
+        "the reloaded page lists the streams with the kept token"
+    );
     assert!(
         !browser.shown("token-form").await,
         "the tab keeps the token"

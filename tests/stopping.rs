@@ -167,7 +167,14 @@ async fn stop_during(outage: Outage, name: &str, drain_secs: u64) {
             let stopped = tokio::task::spawn_blocking(move || StoppedService::stop(service))
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The worker has met the outage: its consumer lost the broker, or a MongoDB
+            // write failed.
+            let symptom = if service == "kafka" {
+                "BrokerTransportFailure"
+            } else {
+                "Sink write failed"
+            };
+            wait_for_log(&loaded.log, symptom, Duration::from_secs(60)).await;
             let code = loaded.stop_within_bound();
             tokio::task::spawn_blocking(move || stopped.start())
                 .await
@@ -220,7 +227,12 @@ async fn a_second_signal_exits_at_once() {
         .await
         .unwrap();
     loaded.worker.sigterm().expect("first SIGTERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_log(
+        &loaded.log,
+        "Stop requested; draining",
+        Duration::from_secs(10),
+    )
+    .await;
     let second = Instant::now();
     loaded.worker.sigterm().expect("second SIGTERM");
     let status = loaded

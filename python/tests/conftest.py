@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import time
 import wave
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,6 +26,16 @@ def read_wav(path: pathlib.Path) -> tuple[np.ndarray, int]:
         channels, rate = w.getnchannels(), w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     return (pcm.reshape(-1, channels).T.astype(np.float32) / np.float32(32768)), rate
+
+
+def eventually(condition: Callable[[], bool], seconds: float, every: float = 0.5) -> bool:
+    """Whether `condition` holds within `seconds`, asked every `every` seconds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
 
 
 def mono(y: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import specflow
-from conftest import CONFIG, DATA, REPO, assert_frames_equal, mono, read_wav
+from conftest import CONFIG, DATA, REPO, assert_frames_equal, eventually, mono, read_wav
 
 BROKERS = os.environ.get("SPECFLOW_TEST_BROKERS", "127.0.0.1:9092")
 MONGO_URI = os.environ.get("SPECFLOW_TEST_MONGO_URI", "mongodb://127.0.0.1:27017")
@@ -54,13 +54,7 @@ def service_addresses() -> list[str]:
 
 
 def wait_for_services(seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        if all(reachable(a) for a in service_addresses()):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
+    return eventually(lambda: all(reachable(a) for a in service_addresses()), seconds, every=1)
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +104,10 @@ def run_worker(binary, config, layout: str, run_id: str) -> dict[str, tuple[list
     worker = subprocess.Popen([str(binary), "run", "--config", str(config)], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while "Consuming." not in open(log.name).read():
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise Unavailable(f"the worker did not start:\n{open(log.name).read()[-3000:]}")
-            time.sleep(0.5)
+        started = eventually(lambda: "Consuming." in open(log.name).read()
+                             or worker.poll() is not None, 90)
+        if not started or worker.poll() is not None:
+            raise Unavailable(f"the worker did not start:\n{open(log.name).read()[-3000:]}")
         expected = {}
         for name, wav in STREAMS.items():
             produce = subprocess.run(
@@ -135,22 +128,23 @@ def run_worker(binary, config, layout: str, run_id: str) -> dict[str, tuple[list
         client = pymongo.MongoClient(MONGO_URI, serverSelectionTimeoutMS=5000)
         try:
             collection = client[database]["features"]
-            deadline = time.monotonic() + 120
-            while True:
+            stored: dict = {}
+
+            def all_stored() -> bool:
+                """Reads the streams' documents into `stored`; stops early if the worker died."""
                 try:
                     docs = list(collection.find({"stream_id": {"$in": list(expected)}}))
                 except pymongo.errors.PyMongoError as e:
                     raise Unavailable(f"MongoDB: {e}") from e
-                stored: dict = {}
+                stored.clear()
                 for doc in docs:
                     stored.setdefault(doc["stream_id"], {})[doc["first_frame"]] = (
                         doc, doc["frame_count"])
-                if complete(stored):
-                    break
-                if time.monotonic() > deadline or worker.poll() is not None:
-                    raise Unavailable(f"MongoDB holds {[(s, len(r)) for s, r in stored.items()]} "
-                                      f"records; worker log:\n{open(log.name).read()[-3000:]}")
-                time.sleep(0.5)
+                return complete(stored) or worker.poll() is not None
+
+            if not eventually(all_stored, 120) or not complete(stored):
+                raise Unavailable(f"MongoDB holds {[(s, len(r)) for s, r in stored.items()]} "
+                                  f"records; worker log:\n{open(log.name).read()[-3000:]}")
             client.drop_database(database)
         finally:
             client.close()

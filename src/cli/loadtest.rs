@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite;
 
 use super::produce::{Signal, synthesize};
-use specflow::clock::unix_ms as now_ms;
+use specflow::clock::unix_ms;
 use specflow::config::Settings;
 
 /// `specflow loadtest` arguments.
@@ -133,7 +133,7 @@ struct StreamOutcome {
 
 /// Runs the load test.
 pub async fn loadtest(settings: Settings, args: LoadtestArgs) -> anyhow::Result<LoadtestReport> {
-    let run = format!("{}{}-", args.stream_prefix, now_ms() % 1_000_000_000);
+    let run = format!("{}{}-", args.stream_prefix, unix_ms() % 1_000_000_000);
     let base = args.via.trim_end_matches('/').to_owned();
     let samples_per_chunk = (u64::from(args.sample_rate) * args.chunk_ms / 1000).max(1) as usize;
     let observing = Arc::new(AtomicBool::new(true));
@@ -229,7 +229,7 @@ async fn http_stream(
                 ("sample_rate", args.sample_rate.to_string()),
                 ("channels", "1".to_owned()),
                 ("start_sample", (k * samples_per_chunk).to_string()),
-                ("timestamp_ms", now_ms().to_string()),
+                ("timestamp_ms", unix_ms().to_string()),
                 ("eos", u8::from(eos).to_string()),
             ])
             .header("content-type", "application/octet-stream")
@@ -280,7 +280,7 @@ async fn ws_stream(
     let (mut tx, mut rx) = socket.split();
     let format = serde_json::json!({
         "format": "s16le", "sample_rate": args.sample_rate, "channels": 1,
-        "start_sample": 0, "timestamp_ms": now_ms(),
+        "start_sample": 0, "timestamp_ms": unix_ms(),
     });
     tx.send(tungstenite::Message::Text(format.to_string().into()))
         .await?;
@@ -402,7 +402,7 @@ async fn spawn_observer(
             else {
                 continue;
             };
-            let received = now_ms();
+            let received = unix_ms();
             if !message.key().is_some_and(|k| k.starts_with(run.as_bytes())) {
                 continue;
             }

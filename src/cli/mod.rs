@@ -1,6 +1,7 @@
 //! The commands around the worker: `check`, `extract` (offline features of a WAV file),
-//! `produce` (a load generator), `loadtest` (load through `specflow gateway`) and `inspect` (a look at what a deployment wrote). Part of the
-//! binary, not of the library: none of it runs inside the worker.
+//! `produce` (a load generator), `loadtest` (load through `specflow gateway`) and `inspect` (a
+//! look at what a deployment wrote). Part of the binary, not of the library: none of it runs
+//! inside the worker.
 
 pub mod extract;
 pub mod inspect;

@@ -142,7 +142,7 @@ fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) ->
     stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
 }
 
-use specflow::clock::unix_ms as now_ms;
+use specflow::clock::unix_ms;
 
 /// Sends the streams and waits for every acknowledgement.
 pub async fn produce(
@@ -189,7 +189,7 @@ pub async fn produce(
     // Capture time of each stream's first sample. Without `realtime` the audio is sent faster
     // than it plays, so each chunk is stamped start + start_sample / sample_rate (its capture
     // time), not the time it was sent.
-    let stream_start_ms = now_ms();
+    let stream_start_ms = unix_ms();
     let mut summary = ProduceSummary {
         messages: 0,
         bytes: 0,
@@ -225,7 +225,7 @@ pub async fn produce(
             let last = end == audio.samples.len();
             let start_sample = (chunk * frames_per_chunk) as u64;
             let timestamp = if options.realtime {
-                now_ms()
+                unix_ms()
             } else {
                 capture_time_ms(stream_start_ms, start_sample, audio.sample_rate)
             };

@@ -179,7 +179,7 @@ async fn discard_refused_body(mut body: Body) {
 }
 
 /// The current time, Unix milliseconds.
-use crate::clock::unix_ms as now_ms;
+use crate::clock::unix_ms;
 
 /// A query or header value as an unsigned integer, or `400 bad_parameter` naming it.
 fn parse_u64(name: &'static str, text: &str) -> Result<u64, ApiError> {
@@ -222,7 +222,7 @@ pub(super) async fn post_chunks(
                 format!("timestamp_ms = {text:?}: too large"),
             )
         })?,
-        None => now_ms(),
+        None => unix_ms(),
     };
     let eos = match param(&query.eos, &headers, "audio-eos").map(str::trim) {
         None | Some("0" | "false" | "") => false,

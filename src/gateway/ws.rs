@@ -34,7 +34,7 @@ use super::chunks::{BodyPlace, PcmLayout, plan_chunks, raw_layout};
 use super::error::ApiError;
 use super::producer::Delivered;
 use crate::audio::decode_stream_id;
-use crate::clock::unix_ms as now_ms;
+use crate::clock::unix_ms;
 
 /// The session's first (text) message (other fields are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -162,7 +162,7 @@ fn position_of(
     Ok(Position {
         layout,
         start_sample,
-        timestamp_ms: format.timestamp_ms.unwrap_or_else(now_ms),
+        timestamp_ms: format.timestamp_ms.unwrap_or_else(unix_ms),
         next_sample: start_sample,
         durable: start_sample,
         reported: None,

@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
+use super::Sinks;
 use super::backpressure::{Backoff, PauseGate};
 use super::batch::{Outbox, OutputRecord, StoreJob};
 use super::store::StoreQueues;
-use super::{Sinks, now_ms};
+use crate::clock::unix_ms;
 use crate::sinks::SinkError;
 use crate::sinks::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka::KafkaSink;
@@ -146,7 +147,7 @@ impl Courier {
             );
             let (record_results, letter_results) = futures::join!(record_sends, letter_sends);
             let mut first_error = None;
-            let now = now_ms();
+            let now = unix_ms();
             let mut still_records = Vec::new();
             for (record, result) in pending_records.iter().zip(record_results) {
                 match result {

@@ -32,7 +32,8 @@ use super::batch::{Outbox, StoreJob};
 use super::intake::NextBatch;
 use super::state::checkpoint_topic as checkpoint;
 use super::store::{count_checkpoints, insert_documents, latest_checkpoints};
-use super::{Worker, failure_at_stop, now_ms};
+use super::{Worker, failure_at_stop};
+use crate::clock::unix_ms;
 use crate::config::Settings;
 use crate::kafka::closing::ClosedApart;
 use crate::kafka::producer::DeliveryProducer;
@@ -360,7 +361,7 @@ impl Transactions {
             count_checkpoints(metrics, records);
         }
         // The records are visible to readers now (MongoDB, when on, stored them before).
-        let now = now_ms();
+        let now = unix_ms();
         let end_ms: Vec<i64> = if outbox.records.is_empty() {
             job.end_ms.clone()
         } else {

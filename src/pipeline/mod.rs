@@ -68,8 +68,6 @@ use store::{StoreUnfinished, StoreWriters};
 /// How long the start-up check waits for topics the worker did not create to be listed.
 const EXISTING_TOPICS_WAIT: Duration = Duration::from_secs(10);
 
-use crate::clock::unix_ms as now_ms;
-
 /// Runs the worker until a stop is requested, then drains, flushes and commits by the
 /// stop's deadline (plus [`CLOSE_GRACE`] for closing the consumer). An [`Unfinished`] error
 /// means work was left unstored (a sink down at the stop, or the deadline passed): it is

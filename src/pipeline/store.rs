@@ -12,11 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use super::Sinks;
 use super::backpressure::{Backoff, PauseGate};
 use super::batch::{CheckpointRecords, Outbox, Outcome, OutputRecord, PartitionResult, StoreJob};
 use super::state::checkpoint_topic as checkpoint;
 use super::state::streams::PartitionStreams;
-use super::{Sinks, now_ms};
+use crate::clock::unix_ms;
 use crate::config::Settings;
 use crate::record::EncodedRecord;
 use crate::sinks::SinkError;
@@ -330,7 +331,7 @@ impl StoreWriter {
             "Batch stored."
         );
         if self.mongo.is_some() {
-            let now = now_ms();
+            let now = unix_ms();
             for end_ms in &job.end_ms {
                 metrics
                     .end_to_end_latency_seconds

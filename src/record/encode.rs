@@ -9,6 +9,7 @@
 use super::{DocumentLayout, FeatureRecord, SCHEMA_VERSION};
 use crate::dsp::FeatureName;
 use crate::dsp::batch::as_i64;
+use mongodb::bson::spec::ElementType;
 
 /// Where a value goes: a named field of an object, or the `i`-th element of an array.
 #[derive(Debug, Clone, Copy)]
@@ -246,18 +247,6 @@ pub(super) struct BsonOut {
     depth: usize,
 }
 
-/// BSON element types.
-mod element {
-    pub const DOUBLE: u8 = 0x01;
-    pub const STRING: u8 = 0x02;
-    pub const DOCUMENT: u8 = 0x03;
-    pub const ARRAY: u8 = 0x04;
-    pub const BOOLEAN: u8 = 0x08;
-    pub const NULL: u8 = 0x0A;
-    pub const INT32: u8 = 0x10;
-    pub const INT64: u8 = 0x12;
-}
-
 impl BsonOut {
     /// A writer appending to `buf` (empty).
     pub(super) fn new(buf: Vec<u8>) -> Self {
@@ -270,8 +259,8 @@ impl BsonOut {
 
     /// The element's type byte and key (a C string; array keys are the decimal index).
     #[inline(always)]
-    fn element(&mut self, kind: u8, key: Key<'_>) {
-        self.buf.push(kind);
+    fn element(&mut self, kind: ElementType, key: Key<'_>) {
+        self.buf.push(kind as u8);
         match key {
             Key::Name(name) => {
                 debug_assert!(!name.contains('\0'), "BSON keys hold no NUL: {name}");
@@ -291,7 +280,7 @@ impl BsonOut {
     /// Appends `document` (complete BSON bytes, the `columns` field) as the embedded document
     /// `key`.
     pub(super) fn document(&mut self, key: &str, document: &[u8]) {
-        self.element(element::DOCUMENT, Key::Name(key));
+        self.element(ElementType::EmbeddedDocument, Key::Name(key));
         self.buf.extend_from_slice(document);
     }
 
@@ -312,12 +301,12 @@ impl Out for BsonOut {
     }
 
     fn begin_object(&mut self, key: Key<'_>) {
-        self.element(element::DOCUMENT, key);
+        self.element(ElementType::EmbeddedDocument, key);
         self.open();
     }
 
     fn begin_array(&mut self, key: Key<'_>) {
-        self.element(element::ARRAY, key);
+        self.element(ElementType::Array, key);
         self.open();
     }
 
@@ -330,12 +319,12 @@ impl Out for BsonOut {
     }
 
     fn i32(&mut self, key: Key<'_>, value: i32) {
-        self.element(element::INT32, key);
+        self.element(ElementType::Int32, key);
         self.buf.extend_from_slice(&value.to_le_bytes());
     }
 
     fn i64(&mut self, key: Key<'_>, value: i64) {
-        self.element(element::INT64, key);
+        self.element(ElementType::Int64, key);
         self.buf.extend_from_slice(&value.to_le_bytes());
     }
 
@@ -346,12 +335,12 @@ impl Out for BsonOut {
 
     #[inline(always)]
     fn f64(&mut self, key: Key<'_>, value: f64) {
-        self.element(element::DOUBLE, key);
+        self.element(ElementType::Double, key);
         self.buf.extend_from_slice(&value.to_le_bytes());
     }
 
     fn str(&mut self, key: Key<'_>, value: &str) {
-        self.element(element::STRING, key);
+        self.element(ElementType::String, key);
         let len = i32::try_from(value.len() + 1).expect("a string is far below 2 GiB");
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(value.as_bytes());
@@ -359,12 +348,12 @@ impl Out for BsonOut {
     }
 
     fn bool(&mut self, key: Key<'_>, value: bool) {
-        self.element(element::BOOLEAN, key);
+        self.element(ElementType::Boolean, key);
         self.buf.push(u8::from(value));
     }
 
     fn null(&mut self, key: Key<'_>) {
-        self.element(element::NULL, key);
+        self.element(ElementType::Null, key);
     }
 
     fn f32_array(&mut self, key: Key<'_>, values: &[f32]) {

@@ -1,4 +1,5 @@
-//! Where feature records and rejected messages go: each sink is a config plus `build()`.
+//! Where feature records and rejected messages go: the Kafka and MongoDB sinks are each a
+//! config plus `build()`; the dead-letter sink wraps the Kafka sink (`DeadLetterSink::new`).
 
 pub mod dead_letter;
 pub mod kafka;

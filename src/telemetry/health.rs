@@ -30,6 +30,7 @@ pub struct HealthReport {
     pub reasons: Vec<&'static str>,
 }
 
+/// [`crate::clock::unix_ms`] as the unsigned value the heartbeat holds.
 fn now_ms() -> u64 {
     crate::clock::unix_ms().max(0) as u64
 }

@@ -3,9 +3,10 @@
 //! [`Browser`] starts its own chromedriver on a free port and kills it when dropped.
 
 use serde_json::{Value, json};
+use specflow_test_support::testing::eventually;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where the browser tests leave their screenshots: `target/test-artifacts/gateway_page/`.
 pub fn artifacts_dir() -> PathBuf {
@@ -67,18 +68,15 @@ impl Browser {
         let driver = Driver(child);
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http.get(format!("{base}/status")).send().await;
-            if let Ok(response) = ready
-                && let Ok(status) = response.json::<Value>().await
-                && status["value"]["ready"] == true
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "chromedriver not ready in 20 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = eventually(Duration::from_secs(20), async || {
+            let Ok(response) = http.get(format!("{base}/status")).send().await else {
+                return false;
+            };
+            let status = response.json::<Value>().await.unwrap_or_default();
+            status["value"]["ready"] == true
+        })
+        .await;
+        assert!(ready, "chromedriver not ready in 20 s");
         let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),

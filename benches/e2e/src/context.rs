@@ -496,7 +496,10 @@ impl Ctx {
     /// Sample rate and channels of the benchmark's audio.
     pub fn audio_format(&self) -> anyhow::Result<(u32, u16)> {
         Ok(match signal(&self.args.signal) {
-            Signal::Wav(path) => specflow_test_support::wav_format(&path)?,
+            Signal::Wav(path) => {
+                let audio = specflow::audio::wav::read_wav(&path)?;
+                (audio.sample_rate, audio.channels)
+            }
             _ => (16_000, 1),
         })
     }

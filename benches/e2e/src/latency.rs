@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use specflow_test_support::{Scrape, http_get};
 
-use crate::context::{Ctx, Pace, proc_status_bytes, say, tail, wall_ms};
+use crate::context::{Ctx, Pace, proc_status_bytes, say, tail};
 use crate::report::{
     LatencyRun, LatencySummary, LatencyWholeRun, LatencyWindow, MongoLookups, MongoMethod, mean,
     percentile, round2, round3,
 };
+use specflow::clock::unix_ms_f64;
 
 /// One record seen on the output topic.
 struct Observed {
@@ -155,7 +156,7 @@ async fn poll_mongo(
                         .find_one(doc! { "_id": id })
                         .projection(doc! { "_id": 1 })
                         .await;
-                    (i, matches!(found, Ok(Some(_))), wall_ms())
+                    (i, matches!(found, Ok(Some(_))), unix_ms_f64())
                 }
             })
             .buffer_unordered(POLL_CONCURRENCY)
@@ -193,7 +194,7 @@ async fn poll_mongo(
             .round_ms
             .push(round_started.elapsed().as_secs_f64() * 1000.0);
     }
-    let now = wall_ms();
+    let now = unix_ms_f64();
     result.unresolved = pending
         .iter()
         .map(|p| (p.source_ms, now - p.source_ms as f64))
@@ -226,7 +227,7 @@ async fn poll_written(
         let Ok((200, body)) = http_get(address, "/metrics").await else {
             continue;
         };
-        let now = wall_ms();
+        let now = unix_ms_f64();
         scrapes.push(started.elapsed().as_secs_f64() * 1000.0);
         let written = Scrape::parse(&body).get("mongo_documents_written_total")?;
         if written > last {
@@ -293,7 +294,7 @@ pub async fn latency_phase(
                     m = observer.recv() => m,
                     _ = stop.cancelled() => break,
                 };
-                let now = wall_ms();
+                let now = unix_ms_f64();
                 let Ok(message) = message else { continue };
                 let Some((id, source_ms)) = message.payload().and_then(record_head) else {
                     unparsed += 1;
@@ -373,7 +374,7 @@ pub async fn latency_phase(
     let cpu = window_start.until(&window_end);
     let producer_status = tokio::task::spawn_blocking(move || producer.wait()).await??;
     let producer_wall = load_started.elapsed().as_secs_f64();
-    let load_end_ms = wall_ms();
+    let load_end_ms = unix_ms_f64();
     if !producer_status.success() {
         bail!(
             "specflow produce --realtime failed; log {}:\n{}",
@@ -392,7 +393,7 @@ pub async fn latency_phase(
             observe.await?
         }
     };
-    let observed_until_ms = wall_ms();
+    let observed_until_ms = unix_ms_f64();
     stop.cancel();
     while !poller.is_finished() && Instant::now() < drain_deadline + Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;

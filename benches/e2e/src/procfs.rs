@@ -1,17 +1,9 @@
-//! Small helpers of the benchmark: the wall clock, progress lines, and CPU and memory read
+//! Small helpers of the benchmark: progress lines, and CPU and memory read
 //! from `/proc` (per process, per thread, machine-wide), the services' process ids.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Wall-clock time in Unix milliseconds, with sub-millisecond precision.
-pub fn wall_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
 
 /// Progress line on stderr.
 pub fn say(message: impl AsRef<str>) {

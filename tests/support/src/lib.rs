@@ -8,7 +8,7 @@
 //!   [`specflow::audio::headers::ChunkHeaders`], and deterministic test audio.
 //! - [`framing`]: the `[dsp]` framing arithmetic: frames each chunk completes, records and
 //!   messages a load produces.
-//! - [`wav`]: reading WAV files with `hound`.
+//! - [`wav`]: reading WAV files with the library's reader.
 //! - [`worker`]: a `specflow run` child process that is killed when dropped.
 //! - [`metrics`]: `GET` on the worker's HTTP endpoint and the Prometheus text format, where a
 //!   missing metric is an error, not a zero.
@@ -33,5 +33,5 @@ pub use chunks::{Chunk, chunk_stream, fixed_chunks, synthetic_pcm};
 pub use framing::{Expect, Framing};
 pub use metrics::{MissingMetric, Scrape, http_get};
 pub use names::{Names, create_topics, unique};
-pub use wav::{read_mono_wav, wav_format};
+pub use wav::read_mono_wav;
 pub use worker::{Supervised, WorkerProcess};

@@ -87,26 +87,29 @@ pub fn producer() -> FutureProducer {
 
 /// An idempotent producer for `brokers`.
 pub fn producer_for(brokers: &str) -> FutureProducer {
-    producer_config(brokers).create().expect("producer")
+    test_producer_config(brokers).create().expect("producer")
 }
 
 /// [`producer_for`] whose deliveries fail after 15 s instead of librdkafka's 300: for feeders
 /// that retry with a fresh producer, since after a broker restart a producer can keep a
 /// partition without a leader for good and never deliver again (confluentinc/librdkafka#5430).
 pub fn renewable_producer_for(brokers: &str) -> FutureProducer {
-    producer_config(brokers)
+    test_producer_config(brokers)
         .set("message.timeout.ms", "15000")
         .create()
         .expect("producer")
 }
 
-fn producer_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2");
-    config
+/// The test feeders' producer settings: the worker's own producer configuration
+/// ([`specflow::kafka::producer::producer_config`]: idempotent, `acks=all`) for `brokers`,
+/// with a 2 ms linger.
+fn test_producer_config(brokers: &str) -> ClientConfig {
+    let kafka = specflow::kafka::KafkaConfig {
+        brokers: brokers.to_owned(),
+        ..Default::default()
+    };
+    specflow::kafka::producer::producer_config(&kafka, &[("linger.ms", "2".to_owned())])
+        .expect("producer configuration")
 }
 
 pub async fn send_all(producer: &FutureProducer, topic: &str, chunks: &[Chunk]) {
