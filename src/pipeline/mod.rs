@@ -1,15 +1,15 @@
 //! The worker: recv → decode → DSP (off the async runtime, partitions in parallel) → sinks →
 //! checkpoints → offsets.
 //!
-//! - [`intake`]: the consumer, the pending batch and the per-partition stream tables;
-//! - [`recovery`]: restoring an assigned partition's streams from the checkpoint topic;
-//! - [`compute`]: the DSP fan-out over the worker threads;
-//! - [`deliver`]: records and dead letters to Kafka, with retries, then the jobs to the writers;
-//! - [`store`]: the MongoDB and checkpoint writers, the pending-records budget, offsets;
-//! - [`backpressure`]: the pause gate and the backoff;
-//! - [`exactly_once`]: with `output.exactly_once`, the loop that stores each batch by one Kafka
-//!   transaction (records, dead letters, checkpoints, offsets) instead of [`deliver`] and
-//!   [`store`]'s writers.
+//! - `intake`: the consumer, the pending batch and the per-partition stream tables;
+//! - `recovery`: restoring an assigned partition's streams from the checkpoint topic;
+//! - `compute`: the DSP fan-out over the worker threads;
+//! - `deliver`: records and dead letters to Kafka, with retries, then the jobs to the writers;
+//! - `store`: the MongoDB and checkpoint writers, the pending-records budget, offsets;
+//! - `backpressure`: the pause gate and the backoff;
+//! - `exactly_once`: with `output.exactly_once`, the loop that stores each batch by one Kafka
+//!   transaction (records, dead letters, checkpoints, offsets) instead of `deliver` and
+//!   `store`'s writers.
 //!
 //! The processing loop computes and sends a batch while the batch before it is still being
 //! acknowledged (at most two deliveries under way): a delivery task sends a batch's records

@@ -153,7 +153,7 @@ impl FeatureRecord<'_> {
         self.chunk_timestamp_ms + (delta * 1000 / i128::from(self.sample_rate.max(1))) as i64
     }
 
-    /// JSON bytes for the output topic (the serde view's bytes, written by [`encode::JsonOut`]).
+    /// JSON bytes for the output topic (the serde view's bytes, written by `encode::JsonOut`).
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = JsonOut::new(Vec::with_capacity(self.json_len_estimate()));
         out.begin_document();
@@ -172,7 +172,7 @@ impl FeatureRecord<'_> {
     }
 
     /// BSON document for MongoDB in `layout`, with `_id` first, written straight to bytes
-    /// (what the driver sends as is) by [`encode::BsonOut`]: the bytes of the serde view.
+    /// (what the driver sends as is) by `encode::BsonOut`: the bytes of the serde view.
     pub fn to_document(&self, layout: DocumentLayout) -> Result<RawDocumentBuf, DocumentError> {
         // BSON is about as long as the JSON (11–12 bytes per float against up to 15 characters),
         // so the JSON's estimate holds it too.
