@@ -13,6 +13,7 @@ use tracing::info;
 use specflow::audio::SampleFormat;
 use specflow::audio::headers::ChunkHeaders;
 use specflow::audio::wav::read_wav;
+use specflow::clock::unix_ms;
 use specflow::config::Settings;
 use specflow::kafka::producer::{owned_headers, producer_config};
 use specflow::kafka::topics::{LISTED_WAIT, await_listed};
@@ -141,8 +142,6 @@ pub(super) fn synthesize(
 fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) -> i64 {
     stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
 }
-
-use specflow::clock::unix_ms;
 
 /// Sends the streams and waits for every acknowledgement.
 pub async fn produce(

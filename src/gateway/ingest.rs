@@ -20,6 +20,7 @@ use super::error::ApiError;
 use super::producer::{Delivered, produce_chunks};
 use crate::audio::decode_stream_id;
 use crate::audio::wav::decode_wav_pcm;
+use crate::clock::unix_ms;
 
 /// Query parameters of `POST /v1/streams/{id}/chunks` (each may also come as a header:
 /// `Audio-Format`, `Audio-Sample-Rate`, `Audio-Channels`, `Audio-Start-Sample`,
@@ -177,9 +178,6 @@ async fn discard_refused_body(mut body: Body) {
     };
     let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, drain).await;
 }
-
-/// The current time, Unix milliseconds.
-use crate::clock::unix_ms;
 
 /// A query or header value as an unsigned integer, or `400 bad_parameter` naming it.
 fn parse_u64(name: &'static str, text: &str) -> Result<u64, ApiError> {

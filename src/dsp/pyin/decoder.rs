@@ -492,7 +492,7 @@ fn largest_magnitude(values: &[f64]) -> f64 {
 /// maxima doubled in place (`windows[i]` the largest of `values[i..i + 2^k]`, one vectorisable
 /// pass per doubling), each band the larger of two overlapping windows.
 #[inline(always)]
-fn band_tops(
+pub(super) fn band_tops(
     values: &[f64],
     lo: &[usize],
     len: &[usize],
@@ -543,59 +543,5 @@ fn band_tops(
         .zip(&windows[first + width - span..first + width - span + count])
     {
         *o = larger(a, b);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::band_tops;
-
-    #[test]
-    fn band_tops_are_the_largest_value_of_every_band() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for (n, h) in [
-            (602, 20),
-            (602, 0),
-            (50, 3),
-            (41, 20),
-            (9, 4),
-            (64, 16),
-            (100, 31),
-        ] {
-            let width = 2 * h + 1;
-            let lo: Vec<usize> = (0..n).map(|j: usize| j.saturating_sub(h)).collect();
-            let len: Vec<usize> = (0..n).map(|j| (j + h).min(n - 1) + 1 - lo[j]).collect();
-            for round in 0..20 {
-                let values: Vec<f64> = (0..n)
-                    .map(|_| match next() % 16 {
-                        0 if round % 2 == 1 => f64::NEG_INFINITY,
-                        1 => -3.0,
-                        r => -(r as f64) * 1e3 + (next() % 1000) as f64 * 0.37,
-                    })
-                    .collect();
-                let (mut windows, mut doubled, mut out) =
-                    (vec![0.0; n], vec![7e9; n], vec![0.0; n]);
-                band_tops(
-                    &values,
-                    &lo,
-                    &len,
-                    width,
-                    h..(n - h).max(h),
-                    [&mut windows, &mut doubled],
-                    &mut out,
-                );
-                for j in 0..n {
-                    let band = &values[lo[j]..lo[j] + len[j]];
-                    let want = band.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-                    assert_eq!(out[j].to_bits(), want.to_bits(), "n {n}, h {h}, target {j}");
-                }
-            }
-        }
     }
 }

@@ -2,12 +2,12 @@
 //! against a direct evaluation, the banded Viterbi against a dense one, the AVX2 step against
 //! the portable one, fixed-lag streaming against offline decoding, and snapshots.
 
-use super::decoder::{StepWork, step};
+use super::decoder::{StepWork, band_tops, step};
 use super::numeric::{TINY, beta_cdf_int, first_argmax, numpy_sum, triangle};
 use super::params::PyinParams;
 use super::streaming::{PyinDecoder, decode_offline};
 use super::tables::Pyin;
-use super::transitions::per_target_tables;
+use super::transitions::{TransitionBands, per_target_tables};
 
 const SR: f64 = 16000.0;
 
@@ -331,6 +331,62 @@ fn shared_table_rows_hold_every_target_s_own_transitions() {
     }
 }
 
+/// A xorshift generator from `seed` (not 0).
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+#[test]
+fn band_tops_are_the_largest_value_of_every_band() {
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    // (bins, transition width): the defaults', a band of one, bands as wide as the bins.
+    for (n, width) in [
+        (602, 41),
+        (602, 1),
+        (50, 7),
+        (41, 41),
+        (9, 9),
+        (64, 33),
+        (100, 63),
+    ] {
+        let bands = TransitionBands::new(n, width, 0.01);
+        for round in 0..20 {
+            let values: Vec<f64> = (0..n)
+                .map(|_| match next() % 16 {
+                    0 if round % 2 == 1 => f64::NEG_INFINITY,
+                    1 => -3.0,
+                    r => -(r as f64) * 1e3 + (next() % 1000) as f64 * 0.37,
+                })
+                .collect();
+            // Stale data in the work buffer must not leak into a top.
+            let (mut windows, mut doubled, mut out) = (vec![0.0; n], vec![7e9; n], vec![0.0; n]);
+            band_tops(
+                &values,
+                &bands.band_lo,
+                &bands.band_len,
+                2 * bands.half_width + 1,
+                bands.full_bands.clone(),
+                [&mut windows, &mut doubled],
+                &mut out,
+            );
+            for j in 0..n {
+                let band = &values[bands.band_lo[j]..bands.band_lo[j] + bands.band_len[j]];
+                let want = band.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                assert_eq!(
+                    out[j].to_bits(),
+                    want.to_bits(),
+                    "{n} bins, width {width}, target {j}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn one_step_takes_numpy_s_first_argmax_for_any_values() {
     // The step's searches (bounds, the floor state, the monotone first argmax between
@@ -341,13 +397,8 @@ fn one_step_takes_numpy_s_first_argmax_for_any_values() {
     let n = pyin.n_pitch_bins;
     let ns = 2 * n;
     let log_trans = dense_log_trans(&pyin);
-    let mut state = 0x2545_f491_u64;
-    let mut random = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut bits = xorshift(0x2545_f491);
+    let mut random = move || (bits() >> 11) as f64 / (1u64 << 53) as f64;
     let mut cases: Vec<(&str, Vec<f64>)> = vec![
         ("random", (0..ns).map(|_| -60.0 * random()).collect()),
         ("constant", vec![-3.25; ns]),
