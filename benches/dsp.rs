@@ -16,6 +16,9 @@ const SECONDS: usize = 10;
 const CHUNK_SECONDS: f64 = 0.1;
 
 /// Linear chirp from 100 Hz to 0.45 * rate at amplitude 0.5 plus uniform noise of amplitude 0.05.
+/// The noise is a xorshift sequence written out, not `rand`: it is the signal every earlier
+/// criterion round measured, so a bench built at an older commit (the back-to-back comparisons in
+/// `benches/README.md`) draws the very same samples.
 fn chirp_plus_noise(rate: u32) -> Vec<f32> {
     let rate = f64::from(rate);
     let len = SECONDS * rate as usize;

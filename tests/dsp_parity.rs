@@ -7,6 +7,8 @@
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
 use specflow::dsp::{
@@ -403,16 +405,9 @@ fn band_energy_of_a_sine_falls_in_its_band() {
 
 #[test]
 fn band_energy_of_white_noise_sums_to_its_mean_square() {
-    // A fixed pseudo-random sequence (xorshift), uniform in [-0.5, 0.5).
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<f32> = (0..16000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-        })
-        .collect();
+    // A fixed pseudo-random sequence, uniform in [-0.5, 0.5).
+    let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+    let noise: Vec<f32> = (0..16000).map(|_| rng.random_range(-0.5..0.5)).collect();
     let config = DspConfig {
         bands: vec![[0.0, 4000.0], [4000.0, 8000.0]],
         ..config_with(&["band_energy"])

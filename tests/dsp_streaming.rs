@@ -6,6 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use specflow::dsp::{
     DspConfig, FeatureExtractor, FeatureName, FrameBatch, PitchMethod, StreamState, WindowKind,
 };
@@ -190,15 +192,8 @@ proptest! {
 }
 
 fn noise(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32 * 0.5
-        })
-        .collect()
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-0.5..0.5)).collect()
 }
 
 /// Frames of `late` equal the frames of `early` with the same index, apart from flux on the first.

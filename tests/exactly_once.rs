@@ -10,6 +10,8 @@
 use specflow_test_support::testing as common;
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use rdkafka::Message;
 use serde_json::Value;
 use specflow::sinks::dead_letter::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER};
@@ -191,7 +193,7 @@ async fn sigkill_mid_batch_with_a_second_worker_shows_every_record_once() {
             .matches("Transactions initialised")
             .count()
     };
-    let mut seed = 0x0e05_u64;
+    let mut rng = StdRng::seed_from_u64(0x0e05);
     for started in 1..=4 {
         assert!(
             eventually(Duration::from_secs(60), async || committed(&log_a)
@@ -199,10 +201,7 @@ async fn sigkill_mid_batch_with_a_second_worker_shows_every_record_once() {
             .await,
             "worker a ({started}) did not initialise its transactions"
         );
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(700 + seed % 1_500)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(700..2_200))).await;
         worker_a.kill();
         worker_a = start_worker(&config_a, &log_a);
     }

@@ -9,6 +9,8 @@
 use specflow_test_support::testing as common;
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use std::time::{Duration, Instant};
 
 const STREAMS: u64 = 20;
@@ -90,17 +92,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .matches("Consuming.")
             .count()
     };
-    let mut seed = 0x5eed_u64;
+    let mut rng = StdRng::seed_from_u64(0x5eed);
     for started in 1..=5 {
         assert!(
             eventually(Duration::from_secs(60), async || consuming() >= started).await,
             "worker {started} did not start consuming"
         );
         // Then a random moment in its run: anywhere from mid-restore to mid-batch.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let moment = Duration::from_millis(500 + seed % 3_000);
+        let moment = Duration::from_millis(rng.random_range(500..3_500));
         tokio::time::sleep(moment).await;
         worker.kill();
         worker = WorkerProcess::start(

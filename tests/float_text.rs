@@ -6,6 +6,9 @@
 
 use std::ops::RangeInclusive;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 /// serde_json's text for a value whose shortest digits and leading-digit exponent are those of
 /// `scientific` (std's `{:e}`): fixed notation when the exponent is in `fixed`, else `d.ddde±x`.
 fn laid_out(scientific: &str, fixed: RangeInclusive<i32>) -> String {
@@ -59,15 +62,10 @@ fn differs_in_a_tie(got: &str, want: &str, round_trips: bool) -> bool {
         })
 }
 
-/// xorshift64: reproducible bit patterns.
+/// Reproducible random bit patterns.
 fn bit_patterns(count: usize) -> impl Iterator<Item = u64> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..count).map(move |_| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    })
+    let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
+    (0..count).map(move |_| rng.next_u64())
 }
 
 #[test]

@@ -9,6 +9,8 @@ mod gateway_support;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use gateway_support::{RATE, RunningGateway, SERVICES, all_frames, s16, setup};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,12 +44,9 @@ async fn stream_over_ws(
         .unwrap();
     let mut sent = Vec::new();
     let mut start = 0usize;
-    let mut rng = 7u64 + stream.len() as u64;
+    let mut rng = StdRng::seed_from_u64(7 + stream.len() as u64);
     while start < pcm.len() {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let len = (1 + rng as usize % 1_500).min(pcm.len() - start);
+        let len = rng.random_range(1..=1_500).min(pcm.len() - start);
         let part = &pcm[start..start + len];
         socket
             .send(tungstenite::Message::Binary(s16(part).into()))

@@ -23,7 +23,9 @@ struct Case {
     samples: Vec<f32>,
 }
 
-/// xorshift64*, in `[0, 1)`.
+/// xorshift64*, in `[0, 1)`. The synthetic signals and random chunkings hashed in
+/// `tests/data/pyin_golden.txt` are drawn from it, so it is part of those cases' definition and
+/// stays written out here: `rand`'s generators do not promise the same stream across releases.
 struct Rng(u64);
 
 impl Rng {

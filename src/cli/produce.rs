@@ -3,6 +3,8 @@
 
 use anyhow::Context as _;
 use futures::future::join_all;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -117,21 +119,12 @@ pub(super) fn synthesize(
                 .collect(),
         },
         Signal::Noise => {
-            let mut state = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407)
-                | 1;
+            // Each stream its own reproducible noise, uniform over half the 16-bit range.
+            let mut rng = StdRng::seed_from_u64(seed);
             Pcm {
                 sample_rate,
                 channels: 1,
-                samples: (0..n)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        ((state >> 48) as i16) / 2
-                    })
-                    .collect(),
+                samples: (0..n).map(|_| rng.random_range(-16_384..16_384)).collect(),
             }
         }
     })

@@ -201,6 +201,8 @@ impl Yin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
 
     #[test]
     fn sine_pitch() {
@@ -259,13 +261,8 @@ mod tests {
         let mut planner = FftPlanner::new();
         let yin = Yin::new(sr, 512, 65.0, 2093.0, 0.1, &mut planner);
         let mut scratch = yin.scratch();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut noise = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        };
+        let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+        let mut noise = move || rng.random_range(-1.0..1.0);
         let (mut voiced, mut frames) = (0, 0);
         // Tones from 70 Hz to 1.9 kHz under noise from none to drowning, at amplitudes from
         // full scale down to the denormal range, and silence.

@@ -436,18 +436,14 @@ mod x86 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
 
     /// Values of mixed sign and magnitude, different per `seed`.
     fn values(len: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = StdRng::seed_from_u64(seed);
         (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.3)
-                    * 10f64.powi((state % 7) as i32 - 3)
-            })
+            .map(|_| rng.random_range(-0.3..0.7) * 10f64.powi(rng.random_range(-3..=3)))
             .collect()
     }
 

@@ -2,6 +2,9 @@
 //! against a direct evaluation, the banded Viterbi against a dense one, the AVX2 step against
 //! the portable one, fixed-lag streaming against offline decoding, and snapshots.
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
 use super::decoder::{StepWork, band_tops, step};
 use super::numeric::{TINY, beta_cdf_int, first_argmax, numpy_sum, triangle};
 use super::params::PyinParams;
@@ -17,13 +20,8 @@ fn pyin() -> Pyin {
 
 /// A test signal: silence, a 220 Hz tone gliding to 330 Hz, silence, noise, a 440 Hz tone.
 fn signal() -> Vec<f32> {
-    let mut state = 0x1234_5678_u32;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        f64::from(state) / f64::from(u32::MAX) - 0.5
-    };
+    let mut rng = StdRng::seed_from_u64(0x1234_5678);
+    let mut noise = move || rng.random_range(-0.5..0.5);
     let mut phase = 0.0;
     (0..24000)
         .map(|i| {
@@ -331,19 +329,9 @@ fn shared_table_rows_hold_every_target_s_own_transitions() {
     }
 }
 
-/// A xorshift generator from `seed` (not 0).
-fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
-    move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    }
-}
-
 #[test]
 fn band_tops_are_the_largest_value_of_every_band() {
-    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
     // (bins, transition width): the defaults', a band of one, bands as wide as the bins.
     for (n, width) in [
         (602, 41),
@@ -357,10 +345,10 @@ fn band_tops_are_the_largest_value_of_every_band() {
         let bands = TransitionBands::new(n, width, 0.01);
         for round in 0..20 {
             let values: Vec<f64> = (0..n)
-                .map(|_| match next() % 16 {
+                .map(|_| match rng.random_range(0..16) {
                     0 if round % 2 == 1 => f64::NEG_INFINITY,
                     1 => -3.0,
-                    r => -(r as f64) * 1e3 + (next() % 1000) as f64 * 0.37,
+                    r => -f64::from(r) * 1e3 + f64::from(rng.random_range(0..1000)) * 0.37,
                 })
                 .collect();
             // Stale data in the work buffer must not leak into a top.
@@ -397,8 +385,8 @@ fn one_step_takes_numpy_s_first_argmax_for_any_values() {
     let n = pyin.n_pitch_bins;
     let ns = 2 * n;
     let log_trans = dense_log_trans(&pyin);
-    let mut bits = xorshift(0x2545_f491);
-    let mut random = move || (bits() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut rng = StdRng::seed_from_u64(0x2545_f491);
+    let mut random = move || rng.random::<f64>();
     let mut cases: Vec<(&str, Vec<f64>)> = vec![
         ("random", (0..ns).map(|_| -60.0 * random()).collect()),
         ("constant", vec![-3.25; ns]),

@@ -1,6 +1,8 @@
 //! Input messages: chunks of s16 PCM with the `audio.*` headers
 //! ([`specflow::audio::headers::ChunkHeaders`]), and deterministic test audio.
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use specflow::audio::SampleFormat;
@@ -75,19 +77,13 @@ pub fn chunk_stream(
     seed: u64,
     max_frames: usize,
 ) -> Vec<Chunk> {
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = StdRng::seed_from_u64(seed);
     let width = usize::from(channels);
     let frames = pcm.len() / width;
     let mut chunks = Vec::new();
     let mut start = 0usize;
     while start < frames {
-        let len = (1 + (next() as usize % max_frames)).min(frames - start);
+        let len = rng.random_range(1..=max_frames).min(frames - start);
         let headers = ChunkHeaders::pcm(SampleFormat::S16le, sample_rate, channels, start as u64)
             .with_timestamp_ms(EPOCH_MS + start as i64 * 1000 / i64::from(sample_rate))
             .with_eos(start + len == frames);
@@ -118,13 +114,10 @@ pub fn fixed_chunks(key: &str, pcm: &[i16], chunk: usize) -> Vec<Chunk> {
 pub fn synthetic_pcm(seed: u64, seconds: f64) -> Vec<i16> {
     let n = (seconds * 16_000.0) as usize;
     let hz = 110.0 + 37.0 * seed as f64;
-    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let noise = ((rng >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 0.05;
+            let noise = rng.random_range(-0.025..0.025);
             let silent = i > n / 2 && i < n / 2 + 3000;
             let tone = if silent {
                 0.0
