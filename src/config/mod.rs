@@ -69,7 +69,9 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// The thread count to use (resolves 0 to the number of cores).
+    /// The thread count to use (resolves 0 to the CPUs available). Resolving 0 reads the
+    /// process's cgroup CPU quota from several files, so call it once at start-up, not per
+    /// batch.
     pub fn effective_worker_threads(&self) -> usize {
         if self.worker_threads == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)

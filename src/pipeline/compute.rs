@@ -32,7 +32,10 @@ pub(super) struct Compute {
     metrics: Arc<Metrics>,
     cache: Arc<ExtractorCache>,
     scratch: Vec<Scratch>,
-    /// `runtime.worker_threads` threads, started once (`None` with one thread: a batch is
+    /// `runtime.worker_threads` resolved once (0 is the CPUs available, which takes a read of
+    /// the cgroup files each time it is asked).
+    threads: usize,
+    /// `threads` threads, started once (`None` with one thread: a batch is
     /// computed on the calling thread).
     pool: Option<rayon::ThreadPool>,
 }
@@ -77,6 +80,7 @@ impl Compute {
             metrics,
             cache,
             scratch: Vec::new(),
+            threads,
             pool,
         })
     }
@@ -181,12 +185,7 @@ impl Compute {
         tables: &mut HashMap<i32, PartitionStreams>,
         by_partition: Vec<(i32, Vec<OwnedMessage>)>,
     ) -> Vec<PartitionResult> {
-        let threads = self
-            .settings
-            .runtime
-            .effective_worker_threads()
-            .min(by_partition.len())
-            .max(1);
+        let threads = self.threads.min(by_partition.len()).max(1);
         while self.scratch.len() < threads {
             self.scratch.push(Scratch::default());
         }
