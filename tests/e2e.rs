@@ -413,29 +413,17 @@ async fn produce_stamps_capture_time_not_send_time() {
     let names = Names::new("produce-time");
     create_topics(&names, 1).await;
     let settings = settings(&names);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("specflow.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"))
-        .args(["produce", "--config"])
-        .arg(&config)
-        .arg("--wav")
-        .arg(reference_signal("speech_16k.wav"))
-        .args([
+    let stdout = produce_speech(
+        specflow_test_support::specflow_binary!(),
+        &settings,
+        &[
             "--streams",
             "2",
             "--stream-prefix",
             "speaker-",
             "--chunk-ms",
             "70",
-        ])
-        .output()
-        .expect("run specflow produce");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "specflow produce failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     // "produced N messages, B bytes"
     let produced: u64 = stdout

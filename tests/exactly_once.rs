@@ -318,25 +318,12 @@ async fn instances_joining_and_leaving_show_every_record_once() {
     let expected = expected_records(&streams[..STREAMS as usize], &settings.dsp);
     // Paced over ~8 s so that the rebalances fall inside the run.
     let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(200));
-    let first = spawn_worker(settings.clone());
-    assert!(
-        eventually(Duration::from_secs(30), async || first
-            .metrics
-            .transactions_committed_total
-            .get()
-            > 1)
-        .await,
-        "the first instance committed transactions"
-    );
-    let second = spawn_worker(settings.clone());
-    let third = spawn_worker(settings.clone());
-    assert!(
-        eventually(Duration::from_secs(60), async || [&first, &second, &third]
-            .iter()
-            .all(|w| w.metrics.assigned_partitions.get() > 0))
-        .await,
-        "the partitions were spread over the three instances"
-    );
+    let [first, second, third] = three_instances(
+        &settings,
+        |m| m.transactions_committed_total.get() > 1,
+        "the first instance committed transactions",
+    )
+    .await;
     first.stop().await;
     producer.await.unwrap();
     assert_exactly_once(&brokers(), &names, &expected).await;

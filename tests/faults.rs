@@ -122,26 +122,12 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 async fn rebalance_one_to_three_to_two_instances() {
     let _serial = services_to_myself();
     let scenario = Scenario::start("rebalance", Duration::from_millis(80)).await;
-    let settings = scenario.settings.clone();
-    let first = spawn_worker(settings.clone());
-    assert!(
-        eventually(Duration::from_secs(30), async || first
-            .metrics
-            .records_produced_total
-            .get()
-            > 0)
-        .await,
-        "the first instance produced records"
-    );
-    let second = spawn_worker(settings.clone());
-    let third = spawn_worker(settings.clone());
-    assert!(
-        eventually(Duration::from_secs(60), async || [&first, &second, &third]
-            .iter()
-            .all(|w| w.metrics.assigned_partitions.get() > 0))
-        .await,
-        "the partitions were spread over the three instances"
-    );
+    let [first, second, third] = three_instances(
+        &scenario.settings,
+        |m| m.records_produced_total.get() > 0,
+        "the first instance produced records",
+    )
+    .await;
     let first_metrics = first.metrics.clone();
     first.stop().await;
     scenario.finish().await;

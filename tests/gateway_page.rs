@@ -214,21 +214,10 @@ async fn watch_mode_follows_a_produced_stream_live_and_from_its_start() {
     wait_for(&browser, "state", 30, |s| s == "live").await;
     assert!(browser.shown("error").await, "an unknown stream is said so");
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("specflow.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_specflow"))
-        .args(["produce", "--config"])
-        .arg(&config)
-        .arg("--wav")
-        .arg(reference_signal("speech_16k.wav"))
-        .args(["--streams", "1", "--stream-prefix", &prefix])
-        .output()
-        .expect("run specflow produce");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    produce_speech(
+        specflow_test_support::specflow_binary!(),
+        &settings,
+        &["--streams", "1", "--stream-prefix", &prefix],
     );
     let collection = collection(&names).await;
     let stored = settled_frames(&collection).await;

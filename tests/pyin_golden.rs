@@ -205,24 +205,14 @@ fn extract_hash(case: &Case, chunking: Chunking) -> String {
 /// The decoder alone at `lag` (`None`: offline), on the case's observations: every decision's
 /// `f64` bits and the serialised state every 17 frames.
 fn decoder_hash(case: &Case, lag: Option<usize>) -> String {
-    let config = &case.config;
-    let rate = f64::from(case.sample_rate);
-    let pyin = Pyin::new(
-        &config.pyin_params(),
-        rate,
-        config.frame_length,
-        config.hop_length,
-    )
-    .expect("valid parameters");
-    let (len, hop, n) = (config.frame_length, config.hop_length, pyin.n_states());
-    let frames = (case.samples.len().saturating_sub(len)) / hop + 1;
+    let common::Observed {
+        pyin,
+        frames,
+        observations,
+        voiced_probs,
+    } = common::observe_every_frame(&case.config, case.sample_rate, &case.samples);
+    let n = pyin.n_states();
     let mut scratch = pyin.scratch();
-    let mut observations = vec![0.0; frames * n];
-    let voiced_probs: Vec<f64> = observations
-        .chunks_exact_mut(n)
-        .enumerate()
-        .map(|(k, out)| pyin.observe(&case.samples[k * hop..k * hop + len], &mut scratch, out))
-        .collect();
     let mut hasher = Sha256::new();
     for o in &observations {
         hasher.update(o.to_bits().to_le_bytes());

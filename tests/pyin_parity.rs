@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use specflow::dsp::pyin::{PitchDecision, Pyin, PyinDecoder, decode_offline};
+use specflow::dsp::pyin::{PitchDecision, PyinDecoder, decode_offline};
 use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
 
 use specflow_test_support::testing as common;
@@ -202,29 +202,18 @@ fn streaming_pyin_matches_librosa_on_every_reference_case() {
 fn offline_viterbi_and_every_lag_match_librosa() {
     let mut failures = Vec::new();
     for reference in references() {
-        let config = &reference.config;
-        let pyin = Pyin::new(
-            &config.pyin_params(),
-            f64::from(reference.sample_rate),
-            config.frame_length,
-            config.hop_length,
-        )
-        .expect("valid parameters");
-        let (len, hop, n) = (config.frame_length, config.hop_length, pyin.n_states());
-        let frames = (reference.samples.len().saturating_sub(len)) / hop + 1;
+        let common::Observed {
+            pyin,
+            frames,
+            observations,
+            voiced_probs,
+        } = common::observe_every_frame(
+            &reference.config,
+            reference.sample_rate,
+            &reference.samples,
+        );
+        let n = pyin.n_states();
         let mut scratch = pyin.scratch();
-        let mut observations = vec![0.0; frames * n];
-        let voiced_probs: Vec<f64> = observations
-            .chunks_exact_mut(n)
-            .enumerate()
-            .map(|(k, out)| {
-                pyin.observe(
-                    &reference.samples[k * hop..k * hop + len],
-                    &mut scratch,
-                    out,
-                )
-            })
-            .collect();
         let offline = decode_offline(&pyin, &observations, &voiced_probs);
         failures.extend(
             Agreement::of(&reference, &offline).failures(&format!("{} offline", reference.name)),

@@ -393,57 +393,51 @@ mod tests {
         assert!(err.contains("nope"), "{err}");
     }
 
-    #[test]
-    fn every_problem_is_listed_with_its_key() {
-        let f = file(
-            "[dsp]\nhop_length = 0\n[input]\nsample_rate = 0\n[output]\ntopic = \"audio.raw\"\n",
-        );
+    /// The problems `validate` lists for a config file of `text`, as printed.
+    fn problems_of(text: &str) -> Vec<String> {
+        let f = file(text);
         let settings = Settings::load_with_env(Some(f.path()), no_env()).unwrap();
-        let problems: Vec<String> = settings
+        settings
             .validate()
             .iter()
             .map(ToString::to_string)
-            .collect();
+            .collect()
+    }
+
+    /// Asserts that one of `problems` starts with `text`.
+    fn assert_listed(problems: &[String], text: &str) {
         assert!(
-            problems
-                .iter()
-                .any(|p| p == "dsp.hop_length = 0: must be between 1 and frame_length"),
-            "{problems:?}"
+            problems.iter().any(|p| p.starts_with(text)),
+            "no problem starts with {text:?}: {problems:?}"
         );
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("input.sample_rate = 0:")),
-            "{problems:?}"
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let problems = problems_of(
+            "[dsp]\nhop_length = 0\n[input]\nsample_rate = 0\n[output]\ntopic = \"audio.raw\"\n",
         );
-        assert!(
-            problems
-                .iter()
-                .any(|p| p == "output.topic = audio.raw: must differ from source.topic"),
-            "{problems:?}"
+        assert_listed(
+            &problems,
+            "dsp.hop_length = 0: must be between 1 and frame_length",
+        );
+        assert_listed(&problems, "input.sample_rate = 0:");
+        assert_listed(
+            &problems,
+            "output.topic = audio.raw: must differ from source.topic",
         );
     }
 
     #[test]
     fn unknown_feature_is_listed_with_every_other_problem() {
-        let f = file("[dsp]\nfeatures = [\"rms\", \"loudness\"]\nhop_length = 0\n");
-        let settings = Settings::load_with_env(Some(f.path()), no_env()).unwrap();
-        let problems: Vec<String> = settings
-            .validate()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert!(
-            problems.iter().any(|p| p.starts_with(
-                "dsp.features = loudness: unknown feature; expected \"all\" or one of rms, zcr, "
-            )),
-            "{problems:?}"
+        let problems = problems_of("[dsp]\nfeatures = [\"rms\", \"loudness\"]\nhop_length = 0\n");
+        assert_listed(
+            &problems,
+            "dsp.features = loudness: unknown feature; expected \"all\" or one of rms, zcr, ",
         );
-        assert!(
-            problems
-                .iter()
-                .any(|p| p == "dsp.hop_length = 0: must be between 1 and frame_length"),
-            "{problems:?}"
+        assert_listed(
+            &problems,
+            "dsp.hop_length = 0: must be between 1 and frame_length",
         );
     }
 

@@ -115,7 +115,6 @@ fn step_portable<K: Kernels>(
     pointers: Option<&mut [u16]>,
 ) {
     let n = bands.n_bins;
-    let stride = 2 * bands.half_width + 1;
     let StepWork {
         next,
         log_obs,
@@ -143,10 +142,7 @@ fn step_portable<K: Kernels>(
         let states = block * n..block * n + n;
         band_tops(
             &value[states.clone()],
-            &bands.band_lo,
-            &bands.band_len,
-            stride,
-            bands.full_bands.clone(),
+            bands,
             [windows, doubled],
             &mut band_top[states],
         );
@@ -486,21 +482,22 @@ fn largest_magnitude(values: &[f64]) -> f64 {
         .fold(top, |m, &v| larger(v.abs(), m))
 }
 
-/// The largest value of each target's band, `values[lo[j]..lo[j] + len[j]]`. The clipped
-/// bands at the edges (targets outside `full`: from the first value, or to the last) as running
-/// maxima. The bands of `width` values (targets `full`, band `j - width / 2..`) from window
-/// maxima doubled in place (`windows[i]` the largest of `values[i..i + 2^k]`, one vectorisable
-/// pass per doubling), each band the larger of two overlapping windows.
+/// The largest value of each target's band of one block, `values[lo[j]..lo[j] + len[j]]`
+/// (`values`: the block's `n_bins` values; `lo`, `len`: the bands' `band_lo` and `band_len`).
+/// The clipped bands at the edges (targets outside `full_bands`: from the first value, or to
+/// the last) as running maxima. The bands of `width = 2h + 1` values (targets `full_bands`,
+/// band `j - h..`) from window maxima doubled in place (`windows[i]` the largest of
+/// `values[i..i + 2^k]`, one vectorisable pass per doubling), each band the larger of two
+/// overlapping windows.
 #[inline(always)]
 pub(super) fn band_tops(
     values: &[f64],
-    lo: &[usize],
-    len: &[usize],
-    width: usize,
-    full: std::ops::Range<usize>,
+    bands: &TransitionBands,
     [windows, doubled]: [&mut [f64]; 2],
     out: &mut [f64],
 ) {
+    let (lo, len, full) = (&bands.band_lo, &bands.band_len, bands.full_bands.clone());
+    let width = 2 * bands.half_width + 1;
     let n = values.len();
     let (mut top, mut seen) = (f64::NEG_INFINITY, 0);
     for j in 0..full.start {

@@ -353,15 +353,7 @@ fn band_tops_are_the_largest_value_of_every_band() {
                 .collect();
             // Stale data in the work buffer must not leak into a top.
             let (mut windows, mut doubled, mut out) = (vec![0.0; n], vec![7e9; n], vec![0.0; n]);
-            band_tops(
-                &values,
-                &bands.band_lo,
-                &bands.band_len,
-                2 * bands.half_width + 1,
-                bands.full_bands.clone(),
-                [&mut windows, &mut doubled],
-                &mut out,
-            );
+            band_tops(&values, &bands, [&mut windows, &mut doubled], &mut out);
             for j in 0..n {
                 let band = &values[bands.band_lo[j]..bands.band_lo[j] + bands.band_len[j]];
                 let want = band.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));

@@ -1,8 +1,8 @@
 //! What only the integration tests use, as one prelude (`use specflow_test_support::testing::*`):
 //! the services' addresses from the environment (SPECFLOW_TEST_BROKERS, SPECFLOW_TEST_MONGO_URI;
 //! the services come from `scripts/services.sh up`), settings for a test's names, producers,
-//! the worker in process and as a process, stopping a service, polling helpers, and (in
-//! [`records`]) what MongoDB and the output topic hold against an uninterrupted run. Helpers
+//! the worker in process and as a process, stopping a service, polling helpers, pYIN's
+//! observations of a whole signal ([`observe_every_frame`]), and (in [`records`]) what MongoDB and the output topic hold against an uninterrupted run. Helpers
 //! panic with a message instead of returning `Result`s.
 
 use rdkafka::ClientConfig;
@@ -22,9 +22,11 @@ use specflow::telemetry::health::Health;
 use specflow::telemetry::metrics::Metrics;
 
 // Not every test binary uses every helper.
+mod observations;
 mod private;
 mod records;
 
+pub use observations::{Observed, observe_every_frame};
 pub use private::PrivateServices;
 pub use records::*;
 pub use support::{
@@ -224,6 +226,36 @@ impl RunningWorker {
             .expect("worker stops within 60 s")
             .expect("worker exits cleanly");
     }
+}
+
+/// One consumer group growing from one instance to three: starts a worker, waits up to 30 s
+/// for `working` to hold of its metrics (`what` names it in the failure), then starts two
+/// more with the same settings and waits up to 60 s until each of the three has partitions.
+pub async fn three_instances(
+    settings: &Settings,
+    working: impl Fn(&Metrics) -> bool,
+    what: &str,
+) -> [RunningWorker; 3] {
+    let first = spawn_worker(settings.clone());
+    assert!(
+        eventually(Duration::from_secs(30), async || working(&first.metrics)).await,
+        "{what}"
+    );
+    let workers = [
+        first,
+        spawn_worker(settings.clone()),
+        spawn_worker(settings.clone()),
+    ];
+    assert!(
+        eventually(Duration::from_secs(60), async || workers.iter().all(|w| w
+            .metrics
+            .assigned_partitions
+            .get()
+            > 0))
+        .await,
+        "the partitions were spread over the three instances"
+    );
+    workers
 }
 
 impl Drop for RunningWorker {
@@ -475,6 +507,30 @@ pub async fn send_to_partition(
 /// averaged in f64), and its sample rate.
 pub fn read_mono_wav(path: &std::path::Path) -> (Vec<f32>, u32) {
     support::read_mono_wav(path).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs `specflow produce` (the binary at `binary`, see [`specflow_binary!`]) on the shipped
+/// speech, with `settings` as its config file and `args` after `--wav`; returns its standard
+/// output, and fails the test with its standard error when it fails.
+pub fn produce_speech(binary: &std::path::Path, settings: &Settings, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("specflow.toml");
+    let text = toml::to_string(settings).expect("the settings as TOML");
+    std::fs::write(&config, text).expect("the config file written");
+    let output = std::process::Command::new(binary)
+        .args(["produce", "--config"])
+        .arg(&config)
+        .arg("--wav")
+        .arg(reference_signal("speech_16k.wav"))
+        .args(args)
+        .output()
+        .expect("run specflow produce");
+    assert!(
+        output.status.success(),
+        "specflow produce failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The test crate's own `specflow` binary (`CARGO_BIN_EXE_specflow` of the crate that expands
