@@ -183,7 +183,7 @@ impl FrameBatch {
         name.scalar_slot().map(|slot| &self.scalars[slot][..])
     }
 
-    /// Every frame's voicing decision, in frame order (all false when `f0` is not selected).
+    /// Every frame's voicing decision, in frame order (empty when `f0` is not selected).
     pub fn voiced_column(&self) -> &[bool] {
         &self.voiced
     }
@@ -244,19 +244,19 @@ impl FrameBatch {
     }
 
     /// Appends a pitch still to be decided (pYIN): unvoiced, probability 0, until
-    /// [`Self::set_last_pitch`].
+    /// [`Self::set_pitch`].
     pub(crate) fn push_pending_pitch(&mut self) {
         self.push_f0(None);
         self.voiced_prob.push(0.0);
     }
 
-    /// Sets the pitch decision of the last frame.
-    pub(crate) fn set_last_pitch(&mut self, f0: Option<f64>, voiced_prob: f64) {
+    /// Sets the pitch decision of frame `i`.
+    pub(crate) fn set_pitch(&mut self, i: usize, f0: Option<f64>, voiced_prob: f64) {
         let slot = FeatureName::F0.scalar_slot().unwrap_or_default();
         if let (Some(value), Some(voiced), Some(prob)) = (
-            self.scalars[slot].last_mut(),
-            self.voiced.last_mut(),
-            self.voiced_prob.last_mut(),
+            self.scalars[slot].get_mut(i),
+            self.voiced.get_mut(i),
+            self.voiced_prob.get_mut(i),
         ) {
             *value = f0.map_or(0.0, finite_f32);
             *voiced = f0.is_some();
@@ -264,33 +264,38 @@ impl FrameBatch {
         }
     }
 
-    /// Moves the oldest frame to the end of `out` (which takes this batch's layout).
+    /// Moves the `count` oldest frames to the end of `out` (which takes this batch's layout),
+    /// shifting the frames left behind once.
     ///
     /// # Panics
-    /// When the batch is empty.
-    pub(crate) fn move_front_to(&mut self, out: &mut FrameBatch) {
-        assert!(!self.is_empty(), "no frame to move");
+    /// When the batch holds fewer than `count` frames.
+    pub(crate) fn move_front_to(&mut self, out: &mut FrameBatch, count: usize) {
+        assert!(
+            count <= self.len(),
+            "{count} frames to move, {} held",
+            self.len()
+        );
         out.set_layout(&self.layout);
-        out.indexes.push(self.indexes.remove(0));
-        out.start_samples.push(self.start_samples.remove(0));
+        out.indexes.extend(self.indexes.drain(..count));
+        out.start_samples.extend(self.start_samples.drain(..count));
         for (from, to) in self.scalars.iter_mut().zip(out.scalars.iter_mut()) {
             if !from.is_empty() {
-                to.push(from.remove(0));
+                to.extend(from.drain(..count));
             }
         }
         if !self.voiced.is_empty() {
-            out.voiced.push(self.voiced.remove(0));
+            out.voiced.extend(self.voiced.drain(..count));
         }
         if !self.voiced_prob.is_empty() {
-            out.voiced_prob.push(self.voiced_prob.remove(0));
+            out.voiced_prob.extend(self.voiced_prob.drain(..count));
         }
         for &name in &self.layout.selected {
             let (Some(slot), width) = (name.vector_slot(), self.layout.width(name)) else {
                 continue;
             };
             let (from, to) = (&mut self.vectors[slot], &mut out.vectors[slot]);
-            if width > 0 && from.len() >= width {
-                to.extend(from.drain(..width));
+            if width > 0 && from.len() >= count * width {
+                to.extend(from.drain(..count * width));
             }
         }
     }

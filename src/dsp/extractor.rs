@@ -75,12 +75,27 @@ pub struct Workspace {
     pyin: Option<PyinWork>,
 }
 
+/// Moves the oldest waiting frames of `pending`, one for each of `decided` (their pitch
+/// decisions, in frame order), to the end of `out` with their decisions, shifting the frames
+/// still waiting once for all of them.
+fn emit_decided(pending: &mut FrameBatch, decided: &[PitchDecision], out: &mut FrameBatch) {
+    let first = out.len();
+    pending.move_front_to(out, decided.len());
+    for (i, decision) in decided.iter().enumerate() {
+        out.set_pitch(first + i, decision.f0, decision.voiced_prob);
+    }
+}
+
 /// Per-thread pYIN buffers: FFT scratch, the frame's observation probabilities and its
-/// voicing probability.
+/// voicing probability, and the decisions of one [`FeatureExtractor::process`] call.
 struct PyinWork {
     scratch: PyinScratch,
     observation: Vec<f64>,
     voiced_prob: f64,
+    /// Decisions made during the call for the oldest waiting frames, in frame order, not yet
+    /// handed out: they go out together ([`emit_decided`]) half a lag's worth at a time and at
+    /// the end of the call, so that the waiting frames are not all shifted for every decision.
+    decided: Vec<PitchDecision>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -267,6 +282,7 @@ impl FeatureExtractor {
                 scratch: pyin.scratch(),
                 observation: vec![0.0; pyin.n_states()],
                 voiced_prob: 0.0,
+                decided: Vec::new(),
             }),
         }
     }
@@ -305,10 +321,9 @@ impl FeatureExtractor {
             return;
         };
         let PitchTrack { decoder, pending } = track;
-        decoder.finish(pyin, &mut |decision: PitchDecision| {
-            pending.move_front_to(out);
-            out.set_last_pitch(decision.f0, decision.voiced_prob);
-        });
+        let mut decided = Vec::with_capacity(pending.len());
+        decoder.finish(pyin, &mut |decision: PitchDecision| decided.push(decision));
+        emit_decided(pending, &decided, out);
     }
 
     /// Continues a stream at `start_sample` after a gap: its waiting frames are decoded in full
@@ -446,7 +461,7 @@ impl FeatureExtractor {
             copy_finite(&mut ws.frame[filled..], &samples[from..from + rest]);
 
             match (&self.pyin, state.pitch.take()) {
-                (Some((pyin, _)), Some(mut track)) => {
+                (Some((pyin, lag)), Some(mut track)) => {
                     // With pYIN the frame waits for its pitch decision in the stream's state.
                     track.pending.push_frame(state.next_frame, start);
                     self.compute_frame(ws, state, &mut track.pending);
@@ -457,8 +472,14 @@ impl FeatureExtractor {
                         &work.observation,
                         work.voiced_prob,
                     ) {
-                        track.pending.move_front_to(out);
-                        out.set_last_pitch(decision.f0, decision.voiced_prob);
+                        work.decided.push(decision);
+                        // Half a lag's worth at a time: the stream holds at most one and a half
+                        // lags of waiting frames (the columns keep their size), and each frame
+                        // is shifted about twice instead of once per later decision.
+                        if work.decided.len() >= (*lag / 2).max(1) {
+                            emit_decided(&mut track.pending, &work.decided, out);
+                            work.decided.clear();
+                        }
                     }
                     state.pitch = Some(track);
                 }
@@ -469,6 +490,10 @@ impl FeatureExtractor {
                 }
             }
             state.next_frame += 1;
+        }
+        if let (Some(track), Some(work)) = (state.pitch.as_mut(), ws.pyin.as_mut()) {
+            emit_decided(&mut track.pending, &work.decided, out);
+            work.decided.clear();
         }
 
         // Keep only the samples the next frame still needs.
@@ -652,47 +677,5 @@ fn copy_finite(dst: &mut [f32], src: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn assert_send_sync<T: Send + Sync>() {}
-
-    #[test]
-    fn avx2_and_portable_kernels_agree_bit_for_bit() {
-        let config = DspConfig {
-            frame_length: 400,
-            hop_length: 123,
-            pitch_fmin: 90.0,
-            ..DspConfig::default()
-        };
-        let mut extractor = FeatureExtractor::new(&config, 16000).unwrap();
-        let signal: Vec<f32> = (0..8000u32)
-            .map(|i| {
-                (0.4 * (f64::from(i) * 0.07).sin() + 0.1 * (f64::from(i * i % 977) / 977.0 - 0.5))
-                    as f32
-            })
-            .collect();
-        let mut run = |use_avx2: bool| {
-            extractor.avx2 = if use_avx2 { Avx2::detect() } else { None };
-            let mut ws = extractor.workspace();
-            let mut state = extractor.new_stream(0);
-            let mut out = FrameBatch::new();
-            extractor.process(&mut ws, &mut state, &signal, &mut out);
-            out.frames()
-                .map(|f| serde_json::to_string(&f).unwrap())
-                .collect::<Vec<_>>()
-        };
-        let portable = run(false);
-        assert!(!portable.is_empty());
-        if Avx2::detect().is_some() {
-            assert_eq!(portable, run(true));
-        }
-    }
-
-    #[test]
-    fn extractor_is_send_sync() {
-        assert_send_sync::<FeatureExtractor>();
-        assert_send_sync::<Workspace>();
-        assert_send_sync::<StreamState>();
-    }
-}
+#[path = "extractor_tests.rs"]
+mod tests;

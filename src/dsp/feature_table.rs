@@ -32,7 +32,8 @@ pub enum FeatureName {
     SpectralFlux,
     /// Frequency of the strongest spectral peak in Hz, refined by interpolation.
     DominantFrequency,
-    /// YIN fundamental frequency in Hz (null when unvoiced); also emits `voiced`.
+    /// Fundamental frequency in Hz from YIN or pYIN (`pitch_method`; null when unvoiced); also
+    /// emits `voiced`, and with pYIN `voiced_prob`.
     F0,
     /// Mel power spectrum (`n_mels` values).
     Mel,

@@ -45,9 +45,9 @@ pub struct DspConfig {
     pub n_mfcc: usize,
     /// Fraction of the spectral magnitude below the roll-off frequency, in `(0, 1)`.
     pub rolloff_percent: f64,
-    /// Lowest f0 the YIN pitch tracker looks for, in Hz.
+    /// Lowest f0 the pitch tracker (YIN or pYIN) looks for, in Hz.
     pub pitch_fmin: f64,
-    /// Highest f0 the YIN pitch tracker looks for, in Hz.
+    /// Highest f0 the pitch tracker (YIN or pYIN) looks for, in Hz.
     pub pitch_fmax: f64,
     /// YIN trough threshold (`pitch_method = "yin"`): a frame is voiced when its normalised
     /// difference dips below it.

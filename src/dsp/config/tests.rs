@@ -12,7 +12,8 @@ fn problem_for<'a>(problems: &'a [Problem], key: &str) -> &'a Problem {
 #[test]
 fn defaults_are_valid_at_16k_and_2048_frames_at_higher_rates() {
     assert_eq!(DspConfig::default().validate_for_rate(16000), Vec::new());
-    // 512 samples cannot hold two 65 Hz periods above 16.6 kHz.
+    // pYIN (the default) needs one period of pitch_fmin within frame_length - 1 samples: 512
+    // samples cannot hold one 65 Hz period above about 33.2 kHz.
     assert_eq!(DspConfig::default().validate_for_rate(48000).len(), 1);
     let long = DspConfig {
         frame_length: 2048,

@@ -155,7 +155,7 @@ impl Pyin {
         }
     }
 
-    /// Troughs of `scratch.cmnd` and their probabilities (steps 2, 3 and 5 of librosa).
+    /// Troughs of `scratch.cmnd` and their probabilities (steps 2 and 3 of the `pyin` module docs).
     fn trough_probabilities(&self, scratch: &mut PyinScratch) {
         let PyinScratch {
             cmnd,

@@ -430,6 +430,9 @@ fn one_step_takes_numpy_s_first_argmax_for_any_values() {
 #[test]
 fn avx2_and_portable_steps_agree() {
     let fast = pyin();
+    if fast.avx2.is_none() {
+        eprintln!("no AVX2 on this CPU: the portable step is compared with itself");
+    }
     let mut portable = pyin();
     portable.avx2 = None;
     let (obs, vps) = observe_all(&fast, &signal());
