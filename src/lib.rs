@@ -12,11 +12,12 @@
 //!   each other, so that no stage depends on another), `exactly_once` (`output.exactly_once`:
 //!   one Kafka transaction per batch, rewinds after an abort), and `mod.rs` orchestrating them.
 //! - [`pipeline::state`]: stream state and its checkpoint: the per-partition stream table
-//!   (alignment on `audio.start_sample`, gaps, eviction), the checkpoint record and its value
-//!   format, and the compacted checkpoint topic (co-partitioned with the input): restore,
-//!   writes, checks.
+//!   (`streams`: alignment on `audio.start_sample`, gaps, eviction), the checkpoint record and
+//!   its value format (`checkpoint`), the compacted checkpoint topic, co-partitioned with the
+//!   input (`checkpoint_topic`: restore, writes, checks), and its settings (`config`,
+//!   `[checkpoint]`).
 //! - [`audio`]: the input wire format: key, `audio.*` headers ([`audio::headers`]), PCM payload
-//!   → mono samples.
+//!   → mono samples; WAV files and WAV bodies ([`audio::wav`]).
 //! - [`dsp`]: pure, synchronous feature extraction: window, real FFT, mel/chroma filter banks,
 //!   YIN, pYIN, streaming per-stream state. No I/O, no async.
 //! - [`record`]: the feature record: its serde view (the definition) and the encoders that
@@ -25,22 +26,26 @@
 //!   topic, which wraps the output topic's sink.
 //!
 //! - [`gateway`]: `specflow gateway`, the HTTP/WebSocket front door: audio in (produced to
-//!   the input topic as the worker's own messages), stored features out (`[gateway]`).
+//!   the input topic as the worker's own messages), stored and live features out, a browser
+//!   page (`[gateway]`).
 //!
 //! Shared by all of them:
-//! - [`kafka`]: Kafka client settings (`[kafka]`): connection, security, topic names, topic
-//!   creation, and the producer with awaitable deliveries every producer is
-//!   ([`kafka::producer`]). A leaf: it knows none of its users.
+//! - [`kafka`]: Kafka client settings (`[kafka]`, [`kafka::client`]): connection, security,
+//!   topic names and topic creation ([`kafka::topics`]), broker reachability as a producer
+//!   sees it ([`kafka::reachability`]), the producer with awaitable deliveries every producer
+//!   is ([`kafka::producer`]), and clients whose close never blocks their owner
+//!   ([`kafka::closing`]). A leaf: it knows none of its users.
 //! - [`secret`]: secret values and secret files.
 //! - [`config`]: the settings tree; defaults → TOML file → `SPECFLOW__SECTION__KEY`
 //!   environment; validation that lists every problem with its key.
 //! - [`validation`]: the config problem type.
-//! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`.
+//! - [`telemetry`]: logging, Prometheus metrics, `/metrics` `/healthz` `/readyz`, and systemd
+//!   notifications ([`telemetry::systemd`]).
 //! - [`shutdown`]: stop requests, the drain deadline, the watchdog and the exit codes.
 //! - [`clock`]: the Unix-milliseconds wall clock.
 //!
-//! The commands besides `run` (`check`, `extract`, `produce`, `inspect`, `loadtest`) live in
-//! the binary (`src/cli/`), not in this library.
+//! The commands besides `run` and `gateway` (`check`, `extract`, `produce`, `inspect`,
+//! `loadtest`) live in the binary (`src/cli/`), not in this library.
 
 pub mod audio;
 pub mod clock;

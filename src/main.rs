@@ -191,7 +191,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = Shutdown::new(std::time::Duration::from_secs(
         settings.shutdown.drain_timeout_secs,
     ));
-    shutdown.install_signal_handlers();
+    shutdown
+        .install_signal_handlers()
+        .context("cannot serve stop signals")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let mut http = None;

@@ -35,6 +35,28 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 /// rest is for the runtime's shutdown and the process exit.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// Why the signal handlers could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalSetupError {
+    /// The signal thread could not be started.
+    #[error("cannot start the signal thread: {0}")]
+    Thread(std::io::Error),
+    /// The signal thread's runtime could not be built.
+    #[error("cannot build the signal thread's runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A signal handler could not be registered.
+    #[error("cannot handle {signal}: {source}")]
+    Handler {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The signal thread ended without saying whether its handlers are in place.
+    #[error("the signal thread ended before its handlers were in place")]
+    Gone,
+}
+
 /// A stop request shared by everything that must stop: a cancellation token and the moment the
 /// stop was asked for, which fixes the deadline.
 #[derive(Clone, Debug)]
@@ -88,29 +110,47 @@ impl Shutdown {
 
     /// Serves SIGTERM and SIGINT on a thread of its own: the first requests the stop and arms
     /// the watchdog (exit [`EXIT_UNFINISHED`] at the deadline plus [`DEADLINE_MARGIN`]), a
-    /// second exits at once with [`EXIT_ABORTED`]. Returns once the handlers are in place.
-    pub fn install_signal_handlers(&self) {
+    /// second exits at once with [`EXIT_ABORTED`]. Returns once the handlers are in place, or
+    /// why they could not be.
+    pub fn install_signal_handlers(&self) -> Result<(), SignalSetupError> {
         let shutdown = self.clone();
         let (ready, installed) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("specflow-signals".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .expect("signal runtime");
-                runtime.block_on(shutdown.serve_signals(ready));
+                {
+                    Ok(runtime) => runtime.block_on(shutdown.serve_signals(ready)),
+                    Err(e) => {
+                        let _ = ready.send(Err(SignalSetupError::Runtime(e)));
+                    }
+                }
             })
-            .expect("signal thread");
-        // The thread reports once its handlers are registered (or that it could not).
-        let _ = installed.recv();
+            .map_err(SignalSetupError::Thread)?;
+        // The thread reports once its handlers are registered (or why it could not).
+        installed.recv().unwrap_or(Err(SignalSetupError::Gone))
     }
 
-    async fn serve_signals(self, ready: std::sync::mpsc::SyncSender<()>) {
+    async fn serve_signals(self, ready: std::sync::mpsc::SyncSender<Result<(), SignalSetupError>>) {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let _ = ready.send(());
+        let handler = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| SignalSetupError::Handler {
+                signal: name,
+                source,
+            })
+        };
+        let (mut term, mut int) = match handler(SignalKind::terminate(), "SIGTERM")
+            .and_then(|term| Ok((term, handler(SignalKind::interrupt(), "SIGINT")?)))
+        {
+            Ok(handlers) => handlers,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
         let first = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

@@ -19,6 +19,30 @@ pub const TIMESTAMP_MS: &str = "audio.timestamp_ms";
 /// Header set to `1` on a stream's last chunk.
 pub const EOS: &str = "audio.eos";
 
+/// The value of an `audio.eos` header (or the gateway's `eos` parameter): `1`/`true` is the
+/// end of the stream, `0`/`false`/empty is not; anything else is `None`.
+pub fn parse_eos(text: &str) -> Option<bool> {
+    match text {
+        "1" | "true" => Some(true),
+        "0" | "false" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Capture time, in Unix milliseconds, of the stream sample `sample` (per channel) when the
+/// sample `reference_sample` was captured at `reference_ms` (`audio.timestamp_ms` of
+/// `audio.start_sample`): whole milliseconds, truncated toward the reference; a rate of 0
+/// counts as 1.
+pub fn capture_time_ms(
+    reference_ms: i64,
+    reference_sample: u64,
+    sample: u64,
+    sample_rate: u32,
+) -> i64 {
+    let delta = i128::from(sample) - i128::from(reference_sample);
+    reference_ms + (delta * 1000 / i128::from(sample_rate.max(1))) as i64
+}
+
 /// The headers of one chunk, as a producer sets them. A header left `None` is not sent, and
 /// the worker falls back to its `[input]` default (or, for the timestamp, the Kafka timestamp).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,6 +140,15 @@ mod tests {
         assert_eq!(meta.timestamp_ms, Some(1_700_000_000_100));
         assert!(meta.eos);
         assert_eq!(meta.frames, 2);
+    }
+
+    #[test]
+    fn capture_time_follows_the_sample_position() {
+        assert_eq!(capture_time_ms(1_000, 0, 0, 16_000), 1_000);
+        assert_eq!(capture_time_ms(1_000, 0, 1_120, 16_000), 1_070);
+        assert_eq!(capture_time_ms(5, 0, 44_100, 44_100), 1_005);
+        assert_eq!(capture_time_ms(1_000, 160, 0, 16_000), 990);
+        assert_eq!(capture_time_ms(1_000, 1, 0, 16_000), 1_000);
     }
 
     #[test]

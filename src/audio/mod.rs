@@ -2,8 +2,9 @@
 //! and their [`ChunkMeta`].
 //!
 //! Pure and synchronous: the Kafka source hands in borrowed bytes, this module returns
-//! mono `f32` samples in `[-1, 1)` plus the chunk's metadata, or a [`DecodeError`] that
-//! names exactly what was wrong (it becomes the dead-letter `error` header).
+//! mono `f32` samples (integer PCM scaled into `[-1, 1)`; `f32le` samples as sent, any finite
+//! value, not clamped) plus the chunk's metadata, or a [`DecodeError`] that names exactly what
+//! was wrong (it becomes the dead-letter `error` header).
 
 pub mod headers;
 pub mod wav;
@@ -360,11 +361,8 @@ pub fn decode<'h>(
             }
             HEADER_EOS => {
                 let text = header_str(HEADER_EOS, value)?;
-                eos = match text {
-                    "1" | "true" => true,
-                    "0" | "false" | "" => false,
-                    _ => return Err(bad_header(HEADER_EOS, text, "expected 1 or 0")),
-                };
+                eos = headers::parse_eos(text)
+                    .ok_or_else(|| bad_header(HEADER_EOS, text, "expected 1 or 0"))?;
             }
             _ => {}
         }

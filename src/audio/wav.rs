@@ -50,7 +50,8 @@ pub struct MonoAudio {
     pub channels: u16,
     /// Bits per sample in the file (8, 16, 24 or 32).
     pub bits_per_sample: u16,
-    /// Mono samples in `[-1, 1)`.
+    /// Mono samples: integer PCM scaled into `[-1, 1)`; 32-bit float samples as stored (not
+    /// clamped or checked).
     pub samples: Vec<f32>,
     /// The file's interleaved samples as 16-bit PCM (what `produce` sends), per channel.
     pub pcm_s16: Vec<i16>,
@@ -164,8 +165,8 @@ fn read_pcm_s16<R: Read>(mut reader: hound::WavReader<R>) -> Result<Vec<i16>, ho
     Ok(pcm)
 }
 
-/// The mono sample of one frame's channel values (in `[-1, 1)`): their mean in `f64`, rounded
-/// once to `f32`.
+/// The mono sample of one frame's channel values (in `[-1, 1)` for integer PCM; a float file's
+/// as stored): their mean in `f64`, rounded once to `f32`.
 fn mono_of(values: impl Iterator<Item = f64>, channels: usize) -> f32 {
     (values.sum::<f64>() / channels as f64) as f32
 }

@@ -5,19 +5,20 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::info;
 
 use specflow::audio::SampleFormat;
-use specflow::audio::headers::ChunkHeaders;
+use specflow::audio::headers::{ChunkHeaders, capture_time_ms};
 use specflow::audio::wav::read_wav;
 use specflow::clock::unix_ms;
 use specflow::config::Settings;
-use specflow::kafka::producer::{owned_headers, producer_config};
+use specflow::kafka::producer::{
+    Delivery, DeliveryOutcome, DeliveryProducer, owned_headers, producer_config,
+};
+use specflow::kafka::reachability::ReachabilityContext;
 use specflow::kafka::topics::{LISTED_WAIT, await_listed};
 use specflow::sinks::kafka::QUEUE_TIMEOUT;
 
@@ -130,12 +131,6 @@ pub(super) fn synthesize(
     })
 }
 
-/// Capture time in Unix ms of the sample `start_sample` of a stream whose first sample was
-/// captured at `stream_start_ms`.
-fn capture_time_ms(stream_start_ms: i64, start_sample: u64, sample_rate: u32) -> i64 {
-    stream_start_ms + (start_sample * 1000 / u64::from(sample_rate.max(1))) as i64
-}
-
 /// Sends the streams and waits for every acknowledgement.
 pub async fn produce(
     settings: &Settings,
@@ -144,7 +139,10 @@ pub async fn produce(
     // A real-time source sends each chunk as it is captured; a bulk load batches.
     let linger_ms = if options.realtime { "0" } else { "5" };
     let config = producer_config(&settings.kafka, &[("linger.ms", linger_ms.to_string())])?;
-    let producer: FutureProducer = settings.kafka.create("producer", &config)?;
+    let producer: DeliveryProducer =
+        settings
+            .kafka
+            .create_with_context("producer", &config, ReachabilityContext::default())?;
     let topic = options
         .topic
         .clone()
@@ -188,7 +186,7 @@ pub async fn produce(
     };
     // Acknowledgements of the round before, awaited after the next round is sent (real time
     // only: each chunk goes out at its own instant, never held back by an acknowledgement).
-    let mut unacknowledged: Vec<(DeliveryFuture, u64)> = Vec::new();
+    let mut unacknowledged: Vec<(Delivery, u64)> = Vec::new();
     let streams = pcm.len() as u64;
     for chunk in 0..chunks {
         let round_due = started + Duration::from_millis(chunk as u64 * options.chunk_ms);
@@ -219,7 +217,7 @@ pub async fn produce(
             let timestamp = if options.realtime {
                 unix_ms()
             } else {
-                capture_time_ms(stream_start_ms, start_sample, audio.sample_rate)
+                capture_time_ms(stream_start_ms, 0, start_sample, audio.sample_rate)
             };
             let headers = ChunkHeaders::pcm(
                 SampleFormat::S16le,
@@ -236,35 +234,34 @@ pub async fn produce(
                 continue;
             }
             let bytes = payload.len() as u64;
-            match producer.send_result(chunk_record(&topic, &key, &payload, &header_pairs)) {
+            match producer.enqueue(chunk_record(&topic, &key, &payload, &header_pairs)) {
                 Ok(delivery) => acknowledgements.push((delivery, bytes)),
                 // The producer's queue is full: wait for room (rare at real-time rates).
-                Err((_, record)) => {
+                Err(_) => {
                     producer
-                        .send(record, Timeout::After(QUEUE_TIMEOUT))
+                        .send(
+                            chunk_record(&topic, &key, &payload, &header_pairs),
+                            QUEUE_TIMEOUT,
+                        )
                         .await
-                        .map_err(|(e, _)| e)
                         .context("delivery failed")?;
                     summary.count(bytes);
                 }
             }
         }
         let sends = bulk.iter().map(|(key, payload, pairs)| {
-            producer.send(
-                chunk_record(&topic, key, payload, pairs),
-                Timeout::After(QUEUE_TIMEOUT),
-            )
+            producer.send(chunk_record(&topic, key, payload, pairs), QUEUE_TIMEOUT)
         });
         for (result, (_, payload, _)) in join_all(sends).await.into_iter().zip(&bulk) {
-            result.map_err(|(e, _)| e).context("delivery failed")?;
+            result.context("delivery failed")?;
             summary.count(payload.len() as u64);
         }
         for (delivery, bytes) in std::mem::replace(&mut unacknowledged, acknowledgements) {
-            acknowledge(delivery.await, bytes, &mut summary)?;
+            acknowledge(delivery.acknowledged().await, bytes, &mut summary)?;
         }
     }
     for (delivery, bytes) in unacknowledged {
-        acknowledge(delivery.await, bytes, &mut summary)?;
+        acknowledge(delivery.acknowledged().await, bytes, &mut summary)?;
     }
     info!(
         messages = summary.messages,
@@ -277,14 +274,11 @@ pub async fn produce(
 
 /// Counts one real-time send once its acknowledgement arrived.
 fn acknowledge(
-    delivery: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    delivery: DeliveryOutcome,
     bytes: u64,
     summary: &mut ProduceSummary,
 ) -> anyhow::Result<()> {
-    delivery
-        .context("the producer went away")?
-        .map_err(|(e, _)| e)
-        .context("delivery failed")?;
+    delivery.context("delivery failed")?;
     summary.count(bytes);
     Ok(())
 }
@@ -300,16 +294,4 @@ fn chunk_record<'a>(
         .key(key)
         .payload(payload)
         .headers(owned_headers(header_pairs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::capture_time_ms;
-
-    #[test]
-    fn capture_time_follows_the_sample_position() {
-        assert_eq!(capture_time_ms(1_000, 0, 16_000), 1_000);
-        assert_eq!(capture_time_ms(1_000, 1_120, 16_000), 1_070);
-        assert_eq!(capture_time_ms(5, 44_100, 44_100), 1_005);
-    }
 }

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use super::error::ApiError;
-use crate::audio::headers::{self as wire, ChunkHeaders};
+use crate::audio::headers::{self as wire, ChunkHeaders, capture_time_ms};
 use crate::audio::{ChunkMeta, DecodeError, InputConfig, SampleFormat, decode};
 
 /// How a body's PCM is laid out, after validation.
@@ -97,9 +97,12 @@ pub fn plan_chunks(
             layout.channels,
             start_sample + offset,
         )
-        .with_timestamp_ms(
-            timestamp_ms + (offset as i128 * 1000 / i128::from(layout.sample_rate)) as i64,
-        )
+        .with_timestamp_ms(capture_time_ms(
+            timestamp_ms,
+            start_sample,
+            start_sample + offset,
+            layout.sample_rate,
+        ))
         .with_eos(eos && i == last);
         let pairs = headers.to_pairs();
         decode(

@@ -21,6 +21,18 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
 }
 
+/// A query or header value parsed as `T` (surrounding spaces ignored), or
+/// [`ApiError::bad_parameter`] naming it and saying what it must be (`expected`).
+pub fn parse_parameter<T: std::str::FromStr>(
+    name: &str,
+    text: &str,
+    expected: &str,
+) -> Result<T, ApiError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ApiError::bad_parameter(name, text, expected))
+}
+
 /// The JSON body of a refusal.
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
@@ -32,6 +44,11 @@ impl ApiError {
     /// `400 Bad Request`.
     pub fn bad_request(reason: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, reason, message)
+    }
+
+    /// `400 bad_parameter`: the query or header value `text` of `name`, and what is wrong.
+    pub fn bad_parameter(name: &str, text: &str, problem: &str) -> Self {
+        Self::bad_request("bad_parameter", format!("{name} = {text:?}: {problem}"))
     }
 
     /// An answer with `status`.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Shared;
-use super::error::ApiError;
+use super::error::{ApiError, parse_parameter};
 use crate::audio::decode_stream_id;
 use crate::dsp::FeatureName;
 use crate::sinks::mongo::{MongoSink, MongoSinkConfig};
@@ -159,13 +159,9 @@ pub struct FeaturesPage {
     pub next_cursor: Option<String>,
 }
 
+/// A query value as a signed integer, or `400 bad_parameter` naming it.
 pub(super) fn parse_i64(name: &str, text: &str) -> Result<i64, ApiError> {
-    text.trim().parse().map_err(|_| {
-        ApiError::bad_request(
-            "bad_parameter",
-            format!("{name} = {text:?}: not an integer"),
-        )
-    })
+    parse_parameter(name, text, "not an integer")
 }
 
 /// Which frame fields a `features=` list keeps (`None`: all). `f0` brings `voiced` and
@@ -322,9 +318,10 @@ pub(super) async fn get_features(
         Some(text) => match text.trim().parse::<usize>() {
             Ok(n) if n >= 1 => n.min(max),
             _ => {
-                return Err(ApiError::bad_request(
-                    "bad_parameter",
-                    format!("limit = {text:?}: must be an integer of at least 1"),
+                return Err(ApiError::bad_parameter(
+                    "limit",
+                    text,
+                    "must be an integer of at least 1",
                 ));
             }
         },

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::chunks::{BodyPlace, PcmLayout, plan_chunks, raw_layout};
-use super::error::ApiError;
-use super::producer::{Delivered, produce_chunks};
+use super::error::{ApiError, parse_parameter};
+use super::producer::produce_chunks;
 use crate::audio::decode_stream_id;
+use crate::audio::headers::parse_eos;
 use crate::audio::wav::decode_wav_pcm;
 use crate::clock::unix_ms;
+use crate::kafka::producer::Stored;
 
 /// Query parameters of `POST /v1/streams/{id}/chunks` (each may also come as a header:
 /// `Audio-Format`, `Audio-Sample-Rate`, `Audio-Channels`, `Audio-Start-Sample`,
@@ -180,13 +182,8 @@ async fn discard_refused_body(mut body: Body) {
 }
 
 /// A query or header value as an unsigned integer, or `400 bad_parameter` naming it.
-fn parse_u64(name: &'static str, text: &str) -> Result<u64, ApiError> {
-    text.trim().parse().map_err(|_| {
-        ApiError::bad_request(
-            "bad_parameter",
-            format!("{name} = {text:?}: not a non-negative integer"),
-        )
-    })
+fn parse_u64(name: &str, text: &str) -> Result<u64, ApiError> {
+    parse_parameter(name, text, "not a non-negative integer")
 }
 
 /// `POST /v1/streams/{stream_id}/chunks`.
@@ -214,23 +211,14 @@ pub(super) async fn post_chunks(
         })
         .and_then(|text| parse_u64("start_sample", text))?;
     let timestamp_ms = match param(&query.timestamp_ms, &headers, "audio-timestamp-ms") {
-        Some(text) => i64::try_from(parse_u64("timestamp_ms", text)?).map_err(|_| {
-            ApiError::bad_request(
-                "bad_parameter",
-                format!("timestamp_ms = {text:?}: too large"),
-            )
-        })?,
+        Some(text) => i64::try_from(parse_u64("timestamp_ms", text)?)
+            .map_err(|_| ApiError::bad_parameter("timestamp_ms", text, "too large"))?,
         None => unix_ms(),
     };
     let eos = match param(&query.eos, &headers, "audio-eos").map(str::trim) {
-        None | Some("0" | "false" | "") => false,
-        Some("1" | "true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_parameter",
-                format!("eos = {other:?}: expected 1 or 0"),
-            ));
-        }
+        None => false,
+        Some(text) => parse_eos(text)
+            .ok_or_else(|| ApiError::bad_parameter("eos", text, "expected 1 or 0"))?,
     };
     let body = read_body(&headers, body, settings.gateway.max_body_bytes).await?;
     let described = raw_layout(
@@ -270,7 +258,7 @@ pub(super) async fn post_chunks(
         .metrics
         .bytes_accepted_total
         .inc_by(pcm.len() as u64);
-    let first = delivered.first().copied().unwrap_or(Delivered {
+    let first = delivered.first().copied().unwrap_or(Stored {
         partition: -1,
         offset: -1,
     });

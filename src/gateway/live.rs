@@ -84,6 +84,11 @@ fn tail_config(gateway: &Shared) -> TailConfig {
     }
 }
 
+/// What a blocking output-topic read that panicked or was cancelled becomes, in words.
+fn reader_failed(error: tokio::task::JoinError) -> String {
+    format!("the output topic reader failed: {error}")
+}
+
 fn kafka_refusal(gateway: &Shared, error: TailError) -> ApiError {
     ApiError::retry_later(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +113,13 @@ pub(super) async fn recent_streams(State(gateway): State<Shared>) -> Result<Json
     let found =
         tokio::task::spawn_blocking(move || config.recent_streams(RECENT_RECORDS_PER_PARTITION))
             .await
-            .expect("recent streams task");
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    reader_failed(e),
+                )
+            })?;
     let streams: Vec<RecentStream> = found
         .map_err(|e| kafka_refusal(&gateway, e))?
         .into_iter()
@@ -330,7 +341,7 @@ async fn feed_frames(
     let config = tail_config(gateway);
     let tail = tokio::task::spawn_blocking(move || config.open(start))
         .await
-        .expect("tail task")?;
+        .map_err(|e| LiveEnd::new("internal_error", reader_failed(e), close_code::ERROR))??;
     let from_ms = from_ms.unwrap_or(i64::MIN);
     let mut last_sent = -1i64;
     let mut known = None;

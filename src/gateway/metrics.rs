@@ -1,8 +1,7 @@
 //! The gateway's own Prometheus metrics (`specflow_gateway_*`), in their own registry.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use std::time::Duration;
 
@@ -141,10 +140,6 @@ impl GatewayMetrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("utf-8 metrics")
+        crate::telemetry::metrics::render_registry(&self.registry)
     }
 }

@@ -31,12 +31,11 @@ pub mod tail;
 pub mod ws;
 
 use anyhow::Context as _;
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +45,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::telemetry::health::HealthReport;
+use crate::telemetry::http::{health_response, metrics_response};
 use auth::TokenHashes;
 use metrics::GatewayMetrics;
 use producer::ChunkProducer;
@@ -165,11 +165,13 @@ where
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let shutdown =
         crate::shutdown::Shutdown::new(Duration::from_secs(settings.shutdown.drain_timeout_secs));
-    shutdown.install_signal_handlers();
+    shutdown
+        .install_signal_handlers()
+        .context("cannot serve stop signals")?;
     let stop = shutdown.clone();
     let (address, server) = bind(settings, async move { stop.requested().await }).await?;
     info!(%address, "Gateway listening (page at /; /v1/streams/{{id}}/chunks, /ws, /features, /features/live; /metrics /healthz /readyz).");
-    crate::telemetry::systemd::Notifier::default().ready();
+    crate::telemetry::systemd::Notifier::default().ready("listening");
     server.await
 }
 
@@ -186,22 +188,16 @@ async fn count_request(State(gateway): State<Shared>, request: Request, next: Ne
     response
 }
 
-async fn metrics_text(State(gateway): State<Shared>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(),
-    )
+async fn metrics_text(State(gateway): State<Shared>) -> Response {
+    metrics_response(gateway.metrics.render())
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(HealthReport {
-        status: "ok",
-        reasons: Vec::new(),
-    })
+async fn healthz() -> Response {
+    health_response(HealthReport::from_reasons(Vec::new()))
 }
 
 /// Ready when the broker answers (and MongoDB, when the features endpoint uses it).
-async fn readyz(State(gateway): State<Shared>) -> impl IntoResponse {
+async fn readyz(State(gateway): State<Shared>) -> Response {
     let mut reasons = Vec::new();
     if !gateway.producer.broker_up() {
         reasons.push("kafka unreachable");
@@ -211,13 +207,7 @@ async fn readyz(State(gateway): State<Shared>) -> impl IntoResponse {
     {
         reasons.push("mongodb unreachable");
     }
-    let code = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let status = if reasons.is_empty() { "ok" } else { "fail" };
-    (code, Json(HealthReport { status, reasons }))
+    health_response(HealthReport::from_reasons(reasons))
 }
 
 #[cfg(test)]

@@ -14,8 +14,11 @@ use super::error::ApiError;
 use crate::audio::headers::ChunkHeaders;
 use crate::config::Settings;
 use crate::kafka::BuildError;
-use crate::kafka::producer::{Delivery, DeliveryProducer, owned_headers, producer_config};
+use crate::kafka::producer::{Delivery, DeliveryProducer, Stored, owned_headers, producer_config};
 use crate::kafka::reachability::{BrokerState, ReachabilityContext, STATISTICS_INTERVAL_MS};
+
+/// How often a chunk waiting for room in a full producer queue tries again.
+const QUEUE_FULL_POLL: Duration = Duration::from_millis(5);
 
 /// The gateway's producer to `source.topic`: idempotent, `acks=all`, bounded queue.
 pub struct ChunkProducer {
@@ -25,9 +28,6 @@ pub struct ChunkProducer {
     retry_after_secs: u64,
     delivery_timeout: Duration,
 }
-
-/// Where one acknowledged chunk went: its partition of `source.topic` and offset.
-pub use crate::kafka::producer::Stored as Delivered;
 
 impl ChunkProducer {
     /// Builds the producer from `[kafka]` and `[gateway]`.
@@ -118,8 +118,32 @@ impl ChunkProducer {
         }
     }
 
+    /// The deadline for queueing the chunks of one request or WebSocket message: the
+    /// delivery timeout from now.
+    pub fn queue_deadline(&self) -> Instant {
+        Instant::now() + self.delivery_timeout
+    }
+
+    /// Queues one chunk, waiting while the producer queue is full (it drains as the broker
+    /// acknowledges) until `deadline`; `Ok(None)` when it is still full then (nothing queued).
+    pub async fn enqueue_before(
+        &self,
+        stream_id: &str,
+        payload: &[u8],
+        headers: &ChunkHeaders,
+        deadline: Instant,
+    ) -> Result<Option<Delivery>, ApiError> {
+        loop {
+            match self.enqueue(stream_id, payload, headers)? {
+                Some(delivery) => return Ok(Some(delivery)),
+                None if Instant::now() < deadline => tokio::time::sleep(QUEUE_FULL_POLL).await,
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// Waits for one chunk's acknowledgement.
-    pub async fn acknowledged(&self, delivery: Delivery) -> Result<Delivered, ApiError> {
+    pub async fn acknowledged(&self, delivery: Delivery) -> Result<Stored, ApiError> {
         match delivery.acknowledged().await {
             Ok(stored) => Ok(stored),
             Err(KafkaError::Canceled) => {
@@ -148,30 +172,31 @@ pub async fn produce_chunks(
     stream_id: &str,
     pcm: &[u8],
     chunks: &[PlannedChunk],
-) -> Result<Vec<Delivered>, ApiError> {
+) -> Result<Vec<Stored>, ApiError> {
     producer.check_reachable()?;
     let mut deliveries = Vec::with_capacity(chunks.len());
-    let deadline = Instant::now() + producer.delivery_timeout;
+    let deadline = producer.queue_deadline();
     for chunk in chunks {
-        let delivery = loop {
-            match producer.enqueue(stream_id, &pcm[chunk.range.clone()], &chunk.headers)? {
-                Some(delivery) => break delivery,
-                // Nothing queued yet: refuse at once, so that a 429 produced nothing.
-                None if deliveries.is_empty() => return Err(producer.queue_full()),
-                // Part of the body is queued: wait for room (the queue drains as the broker
-                // acknowledges) rather than answer 429 for a body half produced.
-                None if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                None => {
-                    for delivery in deliveries {
-                        let _ = producer.acknowledged(delivery).await;
-                    }
-                    return Err(producer.queue_full());
-                }
-            }
+        // Nothing queued yet: refuse at once, so that a 429 produced nothing. Part of the body
+        // queued: wait for room rather than answer 429 for a body half produced.
+        let wait_until = if deliveries.is_empty() {
+            Instant::now()
+        } else {
+            deadline
         };
-        deliveries.push(delivery);
+        let payload = &pcm[chunk.range.clone()];
+        match producer
+            .enqueue_before(stream_id, payload, &chunk.headers, wait_until)
+            .await?
+        {
+            Some(delivery) => deliveries.push(delivery),
+            None => {
+                for delivery in deliveries {
+                    let _ = producer.acknowledged(delivery).await;
+                }
+                return Err(producer.queue_full());
+            }
+        }
     }
     let mut delivered = Vec::with_capacity(deliveries.len());
     let mut failure = None;

@@ -10,7 +10,6 @@
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::kafka::closing::ClosedApart;
+use crate::kafka::reachability::is_all_brokers_down;
 use crate::kafka::{BuildError, KafkaConfig};
 
 /// How long a metadata, watermark or offset lookup may take before the broker counts as down.
@@ -66,7 +66,7 @@ struct TailContext {
 
 impl ClientContext for TailContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+        if is_all_brokers_down(&error) {
             self.down.store(true, Ordering::Release);
         }
         warn!(error = %error, reason, "Live feed Kafka consumer error.");

@@ -32,9 +32,10 @@ use tracing::{info, warn};
 use super::Shared;
 use super::chunks::{BodyPlace, PcmLayout, plan_chunks, raw_layout};
 use super::error::ApiError;
-use super::producer::Delivered;
 use crate::audio::decode_stream_id;
+use crate::audio::headers::capture_time_ms;
 use crate::clock::unix_ms;
+use crate::kafka::producer::Stored;
 
 /// The session's first (text) message (other fields are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -69,8 +70,8 @@ fn close_code_of(error: &ApiError) -> u16 {
     }
 }
 
-/// A chunk failed after it was queued.
-fn gateway_unavailable(gateway: &Shared) -> ApiError {
+/// `503 kafka_unavailable`: chunks were queued but the broker did not acknowledge every one.
+fn chunks_unacknowledged(gateway: &Shared) -> ApiError {
     ApiError::retry_later(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "kafka_unavailable",
@@ -84,7 +85,8 @@ fn gateway_unavailable(gateway: &Shared) -> ApiError {
 pub struct ServerMessage {
     /// Samples (per channel, counted from the stream's start) acknowledged by the broker.
     pub durable_samples: u64,
-    /// Set on the last acknowledgement after a normal close.
+    /// Set on the last acknowledgement, sent after the client's `{"eos": true}` once every
+    /// chunk, the `audio.eos` one included, is acknowledged (never after a close frame).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eos: bool,
     /// The refusal reason, when the session ends on an error.
@@ -184,14 +186,17 @@ struct Position {
 
 impl Position {
     fn timestamp_of(&self, sample: u64) -> i64 {
-        self.timestamp_ms
-            + ((sample - self.start_sample) as i128 * 1000 / i128::from(self.layout.sample_rate))
-                as i64
+        capture_time_ms(
+            self.timestamp_ms,
+            self.start_sample,
+            sample,
+            self.layout.sample_rate,
+        )
     }
 }
 
 type PendingAck =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<Delivered, ApiError>)> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<Stored, ApiError>)> + Send>>;
 
 impl Session {
     async fn run(&mut self) {
@@ -259,7 +264,7 @@ impl Session {
                                 info!(stream_id = %self.stream_id, durable, "WebSocket stream ended; eos produced.");
                             }
                             Ok(()) => {
-                                let e = gateway_unavailable(&self.gateway);
+                                let e = chunks_unacknowledged(&self.gateway);
                                 self.fail(e, durable, close_code::ERROR).await;
                             }
                             Err(e) => {
@@ -383,21 +388,15 @@ impl Session {
         )?;
         gateway.producer.check_reachable()?;
         let frame_bytes = frame_bytes as u64;
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(gateway.settings.gateway.delivery_timeout_ms);
+        let deadline = gateway.producer.queue_deadline();
         for chunk in &chunks {
-            let delivery = loop {
-                match gateway.producer.enqueue(
-                    &self.stream_id,
-                    &pcm[chunk.range.clone()],
-                    &chunk.headers,
-                )? {
-                    Some(delivery) => break delivery,
-                    None if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    None => return Err(gateway.producer.queue_full()),
-                }
+            let payload = &pcm[chunk.range.clone()];
+            let Some(delivery) = gateway
+                .producer
+                .enqueue_before(&self.stream_id, payload, &chunk.headers, deadline)
+                .await?
+            else {
+                return Err(gateway.producer.queue_full());
             };
             let end = start + chunk.range.end as u64 / frame_bytes;
             let shared = gateway.clone();

@@ -268,6 +268,11 @@ impl DeliveryProducer {
         .await
     }
 
+    /// The underlying client (metadata requests, e.g. [`super::topics::await_listed`]).
+    pub fn client(&self) -> &rdkafka::client::Client<DeliveryContext> {
+        self.producer.client()
+    }
+
     /// Waits until everything queued is delivered, or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))

@@ -53,6 +53,12 @@ pub fn any_broker_up(statistics: &Statistics) -> bool {
         .any(|b| b.nodeid >= 0 && b.state == "UP")
 }
 
+/// Whether `error` says no broker can be reached (librdkafka's "all brokers down", whether a
+/// client's error callback or one of its calls reports it).
+pub fn is_all_brokers_down(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+}
+
 /// A client context that keeps a [`BrokerState`] up to date and logs client errors.
 #[derive(Debug, Clone, Default)]
 pub struct ReachabilityContext {
@@ -73,7 +79,7 @@ impl ReachabilityContext {
 
 impl ClientContext for ReachabilityContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+        if is_all_brokers_down(&error) {
             self.state.set(false);
         }
         warn!(error = %error, reason, "Kafka client error.");

@@ -1,5 +1,6 @@
-//! Back-pressure: the pause gate that stops consuming while a sink fails, and the backoff that
-//! paces the retries of a failed write.
+//! Back-pressure: the pause gate that stops consuming while a sink fails, the backoff that
+//! paces the retries of a failed write, and the doubling delay both it and the other retry
+//! loops (restores, transaction calls) wait by.
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -50,13 +51,13 @@ impl PauseGate {
     /// references to the consumer's partition objects, and a consumer destroyed while they
     /// live waits forever for its broker threads. Called by the drain before the close.
     pub(super) fn forget_paused(&self) {
-        let taken = self.held.lock().map(|mut held| held.1.take());
+        let taken = self.held.lock().unwrap_or_else(|e| e.into_inner()).1.take();
         drop(taken);
     }
 
     /// A sink began failing: the first holder pauses the whole assignment.
     fn hold(&self) {
-        let mut held = self.held.lock().expect("pause gate lock");
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.0 += 1;
         if held.0 == 1
             && let Some(consumer) = self.consumer()
@@ -81,7 +82,7 @@ impl PauseGate {
         };
         let mut list = TopicPartitionList::new();
         let _ = list.add_partition(consumer.context().topic(), partition);
-        let mut held = self.held.lock().expect("pause gate lock");
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.0 > 0 {
             if let Some(paused) = held.1.as_mut() {
                 let _ = paused.add_partition(consumer.context().topic(), partition);
@@ -95,7 +96,7 @@ impl PauseGate {
 
     /// A sink is back: the last holder resumes what was paused.
     fn release(&self) {
-        let mut held = self.held.lock().expect("pause gate lock");
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.0 = held.0.saturating_sub(1);
         if held.0 == 0
             && let Some(assignment) = held.1.take()
@@ -121,12 +122,54 @@ impl Drop for PauseGate {
     }
 }
 
+/// A retry delay that doubles after each wait, up to a ceiling.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetryDelay {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Default for RetryDelay {
+    /// 200 ms doubling to 5 s: the pace of a call retried until it succeeds or a stop
+    /// (restoring a partition, initialising or aborting a transaction).
+    fn default() -> Self {
+        Self::new(Duration::from_millis(200), Duration::from_secs(5))
+    }
+}
+
+impl RetryDelay {
+    /// A delay of `first`, doubling up to `max`.
+    pub(super) const fn new(first: Duration, max: Duration) -> Self {
+        Self { delay: first, max }
+    }
+
+    /// The wait before the next retry.
+    pub(super) fn current(&self) -> Duration {
+        self.delay
+    }
+
+    /// The wait before the next retry; the one after it is twice as long (up to the ceiling).
+    pub(super) fn next(&mut self) -> Duration {
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(self.max);
+        wait
+    }
+
+    /// Waits [`Self::next`], or until `stop` resolves if that comes first.
+    pub(super) async fn wait_unless(&mut self, stop: impl std::future::Future<Output = ()>) {
+        let wait = self.next();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop => {}
+        }
+    }
+}
+
 /// Exponential backoff with jitter for sink writes; while failing, the partitions are paused
 /// (through the [`PauseGate`]) and readiness is false, until [`Backoff::succeeded`].
 pub(super) struct Backoff<'a> {
     what: &'static str,
-    delay: Duration,
-    max: Duration,
+    delay: RetryDelay,
     shutdown: &'a CancellationToken,
     gate: &'a PauseGate,
     holding: bool,
@@ -142,8 +185,10 @@ impl<'a> Backoff<'a> {
     ) -> Self {
         Self {
             what,
-            delay: Duration::from_millis(initial_ms),
-            max: Duration::from_millis(max_ms),
+            delay: RetryDelay::new(
+                Duration::from_millis(initial_ms),
+                Duration::from_millis(max_ms),
+            ),
             shutdown,
             gate,
             holding: false,
@@ -160,14 +205,13 @@ impl<'a> Backoff<'a> {
             self.gate.hold();
             self.holding = true;
         }
-        let wait = self.delay.mul_f64(rand::random_range(0.5..1.5));
+        let wait = self.delay.next().mul_f64(rand::random_range(0.5..1.5));
         warn!(sink = self.what, error = %error, retry_in_ms = wait.as_millis() as u64, "Sink write failed; partitions paused, retrying.");
         self.gate.health.beat();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = self.shutdown.cancelled() => {}
         }
-        self.delay = (self.delay * 2).min(self.max);
         Ok(())
     }
 

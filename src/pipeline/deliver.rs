@@ -154,9 +154,7 @@ impl Courier {
                     Ok(()) => {
                         metrics.records_produced_total.inc();
                         if self.observe_latency {
-                            metrics
-                                .end_to_end_latency_seconds
-                                .observe((now - record.end_ms).max(0) as f64 / 1000.0);
+                            metrics.observe_end_to_end_latency(record.end_ms, now);
                         }
                     }
                     Err(e) => {
@@ -169,10 +167,7 @@ impl Courier {
             for (entry, result) in pending_letters.iter().zip(letter_results) {
                 let (letter, reason) = entry;
                 match result {
-                    Ok(()) => {
-                        metrics.dead_letter(reason);
-                        warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
-                    }
+                    Ok(()) => count_dead_letter(metrics, letter, reason),
                     Err(e) => {
                         still_letters.push(*entry);
                         first_error.get_or_insert(e);
@@ -195,4 +190,10 @@ impl Courier {
         );
         Ok(())
     }
+}
+
+/// Counts a dead letter the dead-letter topic has (under its `reason` label) and logs it.
+pub(super) fn count_dead_letter(metrics: &Metrics, letter: &DeadLetter, reason: &str) {
+    metrics.dead_letter(reason);
+    warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
 }

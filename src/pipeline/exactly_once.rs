@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-use super::backpressure::{Backoff, PauseGate};
+use super::backpressure::{Backoff, PauseGate, RetryDelay};
 use super::batch::{Outbox, StoreJob};
+use super::deliver::count_dead_letter;
 use super::intake::NextBatch;
 use super::state::checkpoint_topic as checkpoint;
 use super::store::{count_checkpoints, insert_documents, latest_checkpoints};
@@ -109,7 +110,7 @@ impl Transactions {
 
     /// `init_transactions`, retried with backoff until it succeeds or a stop is requested.
     async fn init(&self) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = RetryDelay::default();
         loop {
             let timeout = self.call_timeout();
             match self
@@ -133,12 +134,8 @@ impl Transactions {
                         ))
                         .into());
                     }
-                    warn!(transactional_id = %self.transactional_id, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot initialise transactions yet; retrying.");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.requested() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    warn!(transactional_id = %self.transactional_id, error = %e, retry_in_ms = delay.current().as_millis() as u64, "Cannot initialise transactions yet; retrying.");
+                    delay.wait_unless(self.stop.requested()).await;
                 }
             }
         }
@@ -303,7 +300,7 @@ impl Transactions {
     /// Aborts the open transaction (retrying while the broker is away, until a stop); says
     /// whether the producer was fenced instead.
     async fn abort(&self, reason: &'static str) -> Result<Transaction, SinkError> {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = RetryDelay::default();
         loop {
             let timeout = self.call_timeout();
             match self
@@ -335,12 +332,8 @@ impl Transactions {
                         self.metrics.transaction_aborted("stop");
                         return Err(self.failed(e));
                     }
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot abort the transaction yet; retrying.");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.requested() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    warn!(error = %e, retry_in_ms = delay.current().as_millis() as u64, "Cannot abort the transaction yet; retrying.");
+                    delay.wait_unless(self.stop.requested()).await;
                 }
             }
         }
@@ -353,8 +346,7 @@ impl Transactions {
             .records_produced_total
             .inc_by(outbox.records.len() as u64);
         for (letter, reason) in &outbox.letters {
-            metrics.dead_letter(reason);
-            warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "Message dead-lettered.");
+            count_dead_letter(metrics, letter, reason);
         }
         let latest = latest_checkpoints(&job.checkpoints);
         for records in latest.values() {
@@ -368,9 +360,7 @@ impl Transactions {
             outbox.records.iter().map(|r| r.end_ms).collect()
         };
         for end_ms in end_ms {
-            metrics
-                .end_to_end_latency_seconds
-                .observe((now - end_ms).max(0) as f64 / 1000.0);
+            metrics.observe_end_to_end_latency(end_ms, now);
         }
         debug!(
             records = outbox.records.len(),
@@ -477,8 +467,9 @@ impl Worker {
             touched.sort_unstable();
             touched.dedup();
             let outcome = {
-                let stop = &self.stop;
-                let store = transactions.store(&outbox, &job, group, &self.gate);
+                let stop = self.stop.clone();
+                let gate = self.gate.clone();
+                let store = transactions.store(&outbox, &job, group, &gate);
                 // A stop gives the transaction until the drain deadline; past it, it is left
                 // to the broker (aborted at its timeout, or when this id starts again).
                 let stored = async move {
@@ -490,16 +481,7 @@ impl Worker {
                         } => None,
                     }
                 };
-                tokio::pin!(stored);
-                loop {
-                    let polling = self.intake.below_batch_limit(max_batch);
-                    tokio::select! {
-                        biased;
-                        outcome = &mut stored => break outcome,
-                        _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
-                        _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
-                    }
-                }
+                self.polling_through_stop(stored, max_batch).await
             };
             let Some(outcome) = outcome else {
                 warn!(

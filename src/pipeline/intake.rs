@@ -16,6 +16,7 @@ use super::recovery::Restores;
 use super::state::streams::PartitionStreams;
 use crate::clock::unix_ms;
 use crate::config::Settings;
+use crate::kafka::reachability::is_all_brokers_down;
 use crate::shutdown::Unfinished;
 use crate::sources::kafka::{KafkaSourceConfig, SourceContext, commit_stored_offsets};
 use crate::telemetry::health::Health;
@@ -353,11 +354,6 @@ impl Intake {
         self.health.set_assigned(assigned > 0);
         due
     }
-}
-
-/// Whether a consumer error says no broker can be reached.
-fn is_all_brokers_down(error: &rdkafka::error::KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
 }
 
 /// Attempts to get a stranded consumer back into its group (a metadata request, then

@@ -349,13 +349,30 @@ impl Worker {
         until: impl Future<Output = T>,
         max_batch: usize,
     ) -> Option<T> {
+        let stop = self.stop.clone();
+        let until_stop = async move {
+            tokio::select! {
+                biased;
+                _ = stop.requested() => None,
+                out = until => Some(out),
+            }
+        };
+        self.polling_through_stop(until_stop, max_batch).await
+    }
+
+    /// [`Self::polling_until`] without the stop: only `until` ends the wait (a transaction
+    /// that must settle, whose future handles the stop itself).
+    async fn polling_through_stop<T>(
+        &mut self,
+        until: impl Future<Output = T>,
+        max_batch: usize,
+    ) -> T {
         tokio::pin!(until);
         loop {
             let polling = self.intake.below_batch_limit(max_batch);
             tokio::select! {
                 biased;
-                _ = self.stop.requested() => return None,
-                out = &mut until => return Some(out),
+                out = &mut until => return out,
                 _ = self.intake.receive(Duration::from_secs(1)), if polling => self.health.beat(),
                 _ = tokio::time::sleep(Duration::from_secs(1)), if !polling => self.health.beat(),
             }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-use super::backpressure::PauseGate;
+use super::backpressure::{PauseGate, RetryDelay};
 use super::state::checkpoint_topic as checkpoint;
 use super::state::streams::{ExtractorCache, PartitionStreams};
 use crate::config::Settings;
@@ -144,7 +144,7 @@ impl Restores {
         );
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let mut delay = Duration::from_millis(200);
+            let mut delay = RetryDelay::default();
             let read = || -> Result<_, String> {
                 // The committed offset first: its transaction's checkpoints are then committed.
                 let offset = match &committed {
@@ -179,12 +179,11 @@ impl Restores {
                         return;
                     }
                     Err(e) => {
-                        warn!(partition, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot read checkpoints; retrying.");
+                        warn!(partition, error = %e, retry_in_ms = delay.current().as_millis() as u64, "Cannot read checkpoints; retrying.");
                         if done.is_closed() {
                             return;
                         }
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        std::thread::sleep(delay.next());
                     }
                 }
             }

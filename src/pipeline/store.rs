@@ -333,9 +333,7 @@ impl StoreWriter {
         if self.mongo.is_some() {
             let now = unix_ms();
             for end_ms in &job.end_ms {
-                metrics
-                    .end_to_end_latency_seconds
-                    .observe((now - end_ms).max(0) as f64 / 1000.0);
+                metrics.observe_end_to_end_latency(*end_ms, now);
             }
         }
         let mut offsets = TopicPartitionList::new();

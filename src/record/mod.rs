@@ -1,8 +1,10 @@
 //! The feature record: one per input message that completes at least one frame.
 //!
-//! Serialised as JSON for the output topic and as BSON for MongoDB from the same view, so the
-//! two can never disagree. Everything in it is derived from the message and the stream's
-//! samples, which makes a replayed record identical to the original.
+//! Serialised as JSON for the output topic and as BSON for MongoDB by one walk over the record
+//! (`encode`'s `write_fields`, generic over its `Out` writers), so both carry the same fields
+//! and values. The serde view here defines the record and is the tests' reference: they check
+//! that the encoders write its bytes exactly. Everything in it is derived from the message and
+//! the stream's samples, which makes a replayed record identical to the original.
 
 use mongodb::bson::binary::Vector;
 use mongodb::bson::{self, RawArrayBuf, RawBson, RawDocumentBuf};
@@ -13,6 +15,7 @@ mod encode;
 
 use self::encode::{BsonOut, JsonOut, Out};
 use crate::audio::ChunkMeta;
+use crate::audio::headers::capture_time_ms;
 use crate::dsp::{DspConfig, FeatureName, FrameBatch};
 
 /// How a record's frames are laid out in its MongoDB document (`mongo.layout`).
@@ -149,8 +152,12 @@ impl FeatureRecord<'_> {
 
     /// Capture time of a stream sample, from this chunk's timestamp.
     pub fn timestamp_of(&self, sample: u64) -> i64 {
-        let delta = sample as i128 - self.chunk_start_sample as i128;
-        self.chunk_timestamp_ms + (delta * 1000 / i128::from(self.sample_rate.max(1))) as i64
+        capture_time_ms(
+            self.chunk_timestamp_ms,
+            self.chunk_start_sample,
+            sample,
+            self.sample_rate,
+        )
     }
 
     /// JSON bytes for the output topic (the serde view's bytes, written by `encode::JsonOut`).

@@ -1,9 +1,11 @@
 //! Kafka source: consumer-group membership, rebalance hooks and offset storage.
 //!
-//! Offsets are stored by hand (`enable.auto.offset.store=false`) only once a message's
-//! records are acknowledged by every sink and no live stream still needs its samples;
-//! librdkafka's auto-commit then commits what was stored, and a revocation commits
-//! synchronously before the partitions move.
+//! Offsets are stored by hand (`enable.auto.offset.store=false`): a partition's offset is the
+//! last handled offset + 1, stored only after the batch's records were acknowledged by Kafka,
+//! its documents written to MongoDB (when on) and its streams' checkpoints (which carry the
+//! stream state) written to the checkpoint topic. librdkafka's auto-commit then commits what
+//! was stored, and a revocation commits synchronously before the partitions move. In
+//! exactly-once mode (`output.exactly_once`) the offsets go in each batch's transaction instead.
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -54,7 +56,8 @@ pub struct KafkaSourceConfig {
     pub topic: String,
     /// Consumer group; instances with the same group share the partitions.
     pub group_id: String,
-    /// Create the input, output and dead-letter topics at startup when missing.
+    /// Create the input, output and (when enabled) dead-letter topics at startup when missing,
+    /// and the compacted checkpoint topic with as many partitions as the input topic.
     pub create_topics: bool,
     /// Partitions for topics created by `create_topics`.
     pub topic_partitions: i32,
@@ -295,7 +298,7 @@ impl SourceContext {
 
     /// Takes the partition changes seen since the last call.
     pub fn take_events(&self) -> RebalanceEvents {
-        std::mem::take(&mut *self.events.lock().expect("rebalance events lock"))
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -406,7 +409,7 @@ impl ConsumerContext for SourceContext {
             }
             self.events
                 .lock()
-                .expect("rebalance events lock")
+                .unwrap_or_else(|e| e.into_inner())
                 .revoked
                 .extend(partitions);
         }
@@ -427,7 +430,7 @@ impl ConsumerContext for SourceContext {
                 self.metrics.rebalances_total.inc();
                 self.events
                     .lock()
-                    .expect("rebalance events lock")
+                    .unwrap_or_else(|e| e.into_inner())
                     .assigned
                     .extend(partitions);
             }

@@ -30,6 +30,16 @@ pub struct HealthReport {
     pub reasons: Vec<&'static str>,
 }
 
+impl HealthReport {
+    /// `ok` without reasons, else `fail` with them.
+    pub fn from_reasons(reasons: Vec<&'static str>) -> Self {
+        Self {
+            status: if reasons.is_empty() { "ok" } else { "fail" },
+            reasons,
+        }
+    }
+}
+
 /// [`crate::clock::unix_ms`] as the unsigned value the heartbeat holds.
 fn now_ms() -> u64 {
     crate::clock::unix_ms().max(0) as u64
@@ -43,7 +53,7 @@ impl Health {
     }
     /// The worker is consuming (tells systemd READY=1).
     pub fn set_consuming(&self) {
-        self.systemd.ready();
+        self.systemd.ready("consuming");
     }
     /// Whether partitions are assigned.
     pub fn set_assigned(&self, value: bool) {
@@ -82,7 +92,7 @@ impl Health {
     pub fn liveness(&self, stall: Duration) -> HealthReport {
         let last = self.heartbeat_ms.load(Ordering::Relaxed);
         let alive = last != 0 && now_ms().saturating_sub(last) <= stall.as_millis() as u64;
-        report(if alive {
+        HealthReport::from_reasons(if alive {
             vec![]
         } else {
             vec!["processing loop has not run recently"]
@@ -114,13 +124,6 @@ impl Health {
         if self.draining.load(Ordering::Relaxed) {
             reasons.push("draining");
         }
-        report(reasons)
-    }
-}
-
-fn report(reasons: Vec<&'static str>) -> HealthReport {
-    HealthReport {
-        status: if reasons.is_empty() { "ok" } else { "fail" },
-        reasons,
+        HealthReport::from_reasons(reasons)
     }
 }

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::health::Health;
+use super::health::{Health, HealthReport};
 use super::metrics::Metrics;
 use crate::validation::Problem;
 
@@ -66,31 +66,31 @@ struct AppState {
     stall: Duration,
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+/// The answer of `/metrics`: a Prometheus text exposition.
+pub fn metrics_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let report = state.health.liveness(state.stall);
+/// The answer of `/healthz` or `/readyz`: `report` as JSON, `200` when ok, else `503`.
+pub fn health_response(report: HealthReport) -> Response {
     let code = if report.status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(report))
+    (code, Json(report)).into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let report = state.health.readiness();
-    let code = if report.status == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(report))
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    metrics_response(state.metrics.render())
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    health_response(state.health.liveness(state.stall))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    health_response(state.health.readiness())
 }
 
 /// Binds the endpoint; returns the bound address and the server future (run it until `shutdown`).

@@ -1,4 +1,6 @@
-//! Prometheus metrics of one worker. Names end in `_total`, `_seconds` or `_bytes`.
+//! Prometheus metrics of one worker, each named `specflow_<name>`. Counters end in `_total`
+//! and histograms in `_seconds`; gauges are named for what they hold (`consumer_lag`,
+//! `assigned_partitions`, `live_streams`, `paused_partitions`, `stream_state_bytes`).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -26,7 +28,9 @@ pub struct Metrics {
     pub dead_letters_total: IntCounterVec,
     /// Time to decode and compute one batch.
     pub processing_seconds: Histogram,
-    /// From a frame's capture time to its record being stored.
+    /// From a record's `end_ms` (the capture time of the end of its last frame) to the record
+    /// being stored: written to MongoDB, or, with MongoDB off, acknowledged by the output
+    /// topic; in exactly-once mode, its transaction committed.
     pub end_to_end_latency_seconds: Histogram,
     /// Consumer lag per partition, from librdkafka statistics.
     pub consumer_lag: IntGaugeVec,
@@ -269,6 +273,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Observes the end-to-end latency of a record whose `end_ms` it is, stored at `now_ms`
+    /// (0 when the clocks put the store first).
+    pub fn observe_end_to_end_latency(&self, end_ms: i64, now_ms: i64) {
+        self.end_to_end_latency_seconds
+            .observe((now_ms - end_ms).max(0) as f64 / 1000.0);
+    }
+
     /// Counts a dead letter under a short reason label.
     pub fn dead_letter(&self, reason: &str) {
         self.dead_letters_total.with_label_values(&[reason]).inc();
@@ -276,10 +287,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding");
-        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+        render_registry(&self.registry)
     }
+}
+
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render_registry(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding");
+    String::from_utf8(buffer).expect("prometheus text is UTF-8")
 }

@@ -1,4 +1,5 @@
-//! systemd integration (`Type=notify`): READY once consuming, STOPPING when draining, and
+//! systemd integration (`Type=notify`): READY once serving (the worker consuming, the gateway
+//! listening), with what it does as the STATUS, STOPPING when draining, and
 //! WATCHDOG heartbeats from the processing loop. Outside systemd every call is a no-op.
 
 use sd_notify::NotifyState;
@@ -26,9 +27,9 @@ impl Notifier {
         }
     }
 
-    /// The worker is consuming.
-    pub fn ready(&self) {
-        let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("consuming")]);
+    /// The service is ready; `status` says what it does (`consuming`, `listening`).
+    pub fn ready(&self, status: &str) {
+        let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
     /// The worker is draining before exit.

@@ -37,13 +37,6 @@ pub enum CheckpointError {
     Topic(String),
 }
 
-impl CheckpointError {
-    /// Whether the same read may succeed later.
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::Kafka { .. } | Self::Timeout { .. })
-    }
-}
-
 /// What restores one stream exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamCheckpoint {

@@ -52,8 +52,10 @@ pub struct CheckpointConfig {
     /// default): `<source.group_id>.checkpoints`, so that two groups reading the same input
     /// never share stream state.
     pub topic: String,
-    /// Longest time, in seconds, a restore may take to read a checkpoint partition to its end
-    /// before the worker gives up on the partition (it is then revoked and retried).
+    /// Longest time, in seconds, one attempt to restore a partition may take to read its
+    /// checkpoint partition to the end (and, in exactly-once mode, its committed offset). An
+    /// attempt that times out or fails is retried with backoff (200 ms doubling to 5 s) while
+    /// the partition stays paused, until it succeeds or the partition is revoked.
     pub restore_timeout_secs: u64,
 }
 
