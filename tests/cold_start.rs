@@ -9,8 +9,6 @@
 use specflow_test_support::testing as common;
 
 use common::*;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::time::Duration;
 
 const ROUNDS: usize = 3;
@@ -32,7 +30,7 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
         settings.source.topic_partitions = 3;
         settings.mongo.enabled = false;
         let config = logs.join(format!("round-{round}.toml"));
-        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        write_config(&config, &settings);
         let log = logs.join(format!("round-{round}.log"));
         let worker = WorkerProcess::start(
             specflow_test_support::specflow_binary!(),
@@ -51,7 +49,14 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
         try_send_all(&producer, &names.input, &chunks)
             .await
             .unwrap_or_else(|e| panic!("round {round}: cannot send the stream: {e}"));
-        let ids = read_record_ids(&brokers, &names.output, expected.len()).await;
+        let records = consume_from(
+            &brokers,
+            &names.output,
+            expected.len(),
+            Duration::from_secs(60),
+        )
+        .await;
+        let ids = record_ids(&records);
         let missing: Vec<_> = expected.keys().filter(|id| !ids.contains(*id)).collect();
         assert!(
             missing.is_empty(),
@@ -65,35 +70,4 @@ async fn a_worker_meeting_a_broker_that_starts_from_nothing_creates_its_topics_a
             "round {round}: the worker reported an error:\n{text}"
         );
     }
-}
-
-/// The `id`s of the records on `topic`, read from the start until `expected` arrived (or 60 s).
-async fn read_record_ids(
-    brokers: &str,
-    topic: &str,
-    expected: usize,
-) -> std::collections::HashSet<String> {
-    use rdkafka::Message;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("cold-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut ids = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < expected {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                let value: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record");
-                ids.insert(value["id"].as_str().expect("an id").to_string());
-            }
-            Ok(Err(e)) => panic!("consume error: {e}"),
-            Err(_) => break,
-        }
-    }
-    ids
 }

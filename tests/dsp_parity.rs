@@ -54,13 +54,63 @@ fn config_from_params(params: &Value) -> DspConfig {
     }
 }
 
+/// Every frame of a whole signal: fed at once, then the stream ended (`finish_stream`), so
+/// pYIN's lag holds no frame back.
 fn run_whole(config: &DspConfig, sample_rate: u32, samples: &[f32]) -> FrameBatch {
     let extractor = FeatureExtractor::new(config, sample_rate).expect("valid config");
     let mut ws = extractor.workspace();
     let mut state = extractor.new_stream(0);
     let mut out = FrameBatch::new();
     extractor.process(&mut ws, &mut state, samples, &mut out);
+    extractor.finish_stream(&mut state, &mut out);
     out
+}
+
+/// Frames of `frame_length` every `hop_length` that fit entirely in `samples` samples.
+fn complete_frames(config: &DspConfig, samples: usize) -> usize {
+    if samples < config.frame_length {
+        0
+    } else {
+        (samples - config.frame_length) / config.hop_length + 1
+    }
+}
+
+/// Asserts frame `i` of `batch` serialises with a number wherever a number is due: serde_json
+/// writes a non-finite float as null, so the only null allowed is the `f0` of an unvoiced frame.
+fn assert_serialises_finite(batch: &FrameBatch, i: usize, context: &str) {
+    fn no_null(value: &Value, path: &str, context: &str) {
+        match value {
+            Value::Null => panic!("{context}: {path} is null (a non-finite value)"),
+            Value::Number(n) => assert!(
+                n.as_f64().is_some_and(f64::is_finite),
+                "{context}: {path} = {n}"
+            ),
+            Value::Array(items) => {
+                for (j, item) in items.iter().enumerate() {
+                    no_null(item, &format!("{path}[{j}]"), context);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    no_null(item, &format!("{path}.{key}"), context);
+                }
+            }
+            Value::Bool(_) | Value::String(_) => {}
+        }
+    }
+    let json = serde_json::to_value(batch.frame(i)).expect("serialise frame");
+    let frame = json.as_object().expect("a frame is a JSON object");
+    for (key, value) in frame {
+        if key == "f0" && value.is_null() {
+            assert_eq!(
+                frame["voiced"],
+                Value::Bool(false),
+                "{context}: frame {i} has no f0 but is voiced"
+            );
+            continue;
+        }
+        no_null(value, &format!("frame {i}.{key}"), context);
+    }
 }
 
 /// Largest error seen for one feature of one file, and where.
@@ -115,10 +165,9 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
     }
     let features = &reference["features"];
 
-    // Every emitted value is finite and the frame serialises.
+    // Every emitted value is finite: it serialises as a number, never as null.
     for i in 0..batch.len() {
-        let json = serde_json::to_value(batch.frame(i)).expect("serialise frame");
-        assert!(json.is_object());
+        assert_serialises_finite(&batch, i, &file);
     }
 
     let scalars = [
@@ -133,6 +182,7 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
         let values = features[key]
             .as_array()
             .unwrap_or_else(|| panic!("{file}: no {key}"));
+        assert_eq!(values.len(), batch.len(), "{file}: {key} length");
         let mut worst = Worst::default();
         for (i, value) in values.iter().enumerate() {
             let expected = value.as_f64().unwrap();
@@ -161,6 +211,7 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
         let frames = features[key]
             .as_array()
             .unwrap_or_else(|| panic!("{file}: no {key}"));
+        assert_eq!(frames.len(), batch.len(), "{file}: {key} length");
         let mut worst = Worst::default();
         for (i, frame) in frames.iter().enumerate() {
             let expected: Vec<f64> = frame
@@ -209,6 +260,7 @@ fn check_case(json_path: &Path, signals: &Path, table: &mut Vec<String>) -> Vec<
     // recorded by make_reference.py as `yin_voiced`, must agree on >= 99% of ALL frames. f0: on
     // every frame the reference calls voiced, within 1% of librosa.yin on >= 97% of them.
     let f0_ref = features["f0_yin"].as_array().expect("f0_yin");
+    assert_eq!(f0_ref.len(), batch.len(), "{file}: f0_yin length");
     let voiced_ref: Vec<bool> = features["yin_voiced"]
         .as_array()
         .unwrap_or_else(|| {
@@ -471,11 +523,31 @@ fn silence_and_all_zero_frames_are_finite_and_unvoiced() {
     let config = DspConfig::default();
     let mut signal = vec![0.0f32; 3000];
     signal.extend(sine(220.0, 1e-6, 16000, 3000));
+    let non_finite_at = signal.len();
     signal.extend([f32::NAN, f32::INFINITY, 0.5, -0.5]);
+    // A frame's length of silence after them: every frame over them is complete.
+    signal.extend(vec![0.0f32; config.frame_length]);
     let batch = run_whole(&config, 16000, &signal);
+    assert_eq!(
+        batch.len(),
+        complete_frames(&config, signal.len()),
+        "every complete frame of the signal is emitted"
+    );
+    let frame_length = config.frame_length as u64;
+    let covers = |i: usize, sample: usize| {
+        let start = batch.start_sample(i);
+        start <= sample as u64 && (sample as u64) < start + frame_length
+    };
+    assert!(
+        (0..batch.len()).any(|i| covers(i, 4500)),
+        "a frame of the 1e-6 sine"
+    );
+    assert!(
+        (0..batch.len()).any(|i| covers(i, non_finite_at) && covers(i, non_finite_at + 1)),
+        "a frame over the NaN and the infinity"
+    );
     for i in 0..batch.len() {
-        let json = serde_json::to_string(&batch.frame(i)).unwrap();
-        assert!(!json.contains("NaN") && !json.contains("inf"), "{json}");
+        assert_serialises_finite(&batch, i, "silence, faint sine, non-finite samples");
         for &name in batch.selected() {
             if let Some(v) = batch.scalar(name, i) {
                 assert!(v.is_finite(), "frame {i} {name}: {v}");

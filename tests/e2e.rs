@@ -22,9 +22,8 @@ fn expected_frames(
     sample_rate: u32,
     dsp: &DspConfig,
 ) -> BTreeMap<u64, Value> {
-    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
     let mut mono = Vec::new();
-    decode_pcm(SampleFormat::S16le, channels, &bytes, &mut mono).unwrap();
+    decode_pcm(SampleFormat::S16le, channels, &s16le_bytes(pcm), &mut mono).unwrap();
     let extractor = FeatureExtractor::new(dsp, sample_rate).unwrap();
     let mut ws = extractor.workspace();
     let mut state = extractor.new_stream(0);
@@ -42,14 +41,8 @@ fn expected_frames(
 }
 
 fn read_pcm(name: &str) -> (Vec<i16>, u16, u32) {
-    let audio = specflow::audio::wav::read_wav(&reference_dir().join("signals").join(name))
-        .expect("reference WAV");
+    let audio = specflow::audio::wav::read_wav(&reference_signal(name)).expect("reference WAV");
     (audio.pcm_s16, audio.channels, audio.sample_rate)
-}
-
-fn strip_time(mut frame: Value) -> Value {
-    frame.as_object_mut().unwrap().remove("timestamp_ms");
-    frame
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,7 +50,8 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
     let names = Names::new("e2e");
     create_topics(&names, 3).await;
     let mut settings = settings(&names);
-    // 2048/512 frames fit YIN's 65 Hz period twice at 44.1 kHz as well as at 16 kHz.
+    // 2048/512 frames hold pYIN's longest period (65 Hz, within frame_length - 1 samples) at
+    // 44.1 kHz as well as at 16 kHz.
     settings.dsp.frame_length = 2048;
     settings.dsp.hop_length = 512;
     let dsp = settings.dsp.clone();
@@ -122,7 +116,7 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
             let previous = seen
                 .entry(stream.clone())
                 .or_default()
-                .insert(index, strip_time(frame.clone()));
+                .insert(index, without_timestamps(frame.clone()));
             assert!(previous.is_none(), "frame {index} of {stream} stored twice");
         }
     }
@@ -151,7 +145,7 @@ async fn reference_streams_arrive_exactly_once_with_offline_values() {
         for frame in value["frames"].as_array().unwrap() {
             let index = frame["index"].as_u64().unwrap();
             assert_eq!(
-                as_f32(strip_time(frame.clone())),
+                as_f32(without_timestamps(frame.clone())),
                 as_f32(expected[&stream][&index].clone()),
                 "kafka frame {index} of {stream}"
             );
@@ -301,15 +295,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_good_streams_complete()
         "one dead letter per poison message"
     );
     // The dead-letter topic has several partitions: match letters by reason, not by order.
-    let error_of = |letter: &rdkafka::message::OwnedMessage| {
-        let headers = letter.headers().expect("headers");
-        let error = headers
-            .iter()
-            .find(|h| h.key == "error")
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).to_string());
-        error.expect("error header")
-    };
+    let error_of = |letter: &rdkafka::message::OwnedMessage| header_of(letter, "error");
     for (chunk, reason) in &poison {
         let matching: Vec<_> = letters
             .iter()
@@ -434,12 +420,10 @@ async fn produce_stamps_capture_time_not_send_time() {
     let messages = consume(&names.input, produced as usize, Duration::from_secs(30)).await;
     assert_eq!(messages.len() as u64, produced);
     let header = |m: &rdkafka::message::OwnedMessage, name: &str| -> i64 {
-        let headers = m.headers().expect("headers");
-        (0..headers.count())
-            .map(|i| headers.get(i))
-            .find(|h| h.key == name)
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            .unwrap_or_else(|| panic!("header {name}"))
+        let value = header_of(m, name);
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("header {name} = {value:?}: {e}"))
     };
     let mut first: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut checked = 0;

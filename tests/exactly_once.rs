@@ -10,13 +10,11 @@
 use specflow_test_support::testing as common;
 
 use common::*;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use rdkafka::Message;
 use serde_json::Value;
 use specflow::sinks::dead_letter::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const PARTITIONS: i32 = 4;
@@ -80,13 +78,9 @@ fn exactly_once_settings(names: &Names, brokers: &str) -> specflow::config::Sett
 }
 
 /// Writes `settings` as a config file in `dir` named `name.toml`.
-fn write_config(
-    dir: &Path,
-    name: &str,
-    settings: &specflow::config::Settings,
-) -> std::path::PathBuf {
+fn config_in(dir: &Path, name: &str, settings: &specflow::config::Settings) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(settings).unwrap()).unwrap();
+    write_config(&path, settings);
     path
 }
 
@@ -113,10 +107,7 @@ async fn assert_exactly_once(brokers: &str, names: &Names, expected: &BTreeMap<S
         let Some(want) = expected.get(&id) else {
             panic!("record {id} is not one of an uninterrupted run");
         };
-        let mut frames = value["frames"].clone();
-        for frame in frames.as_array_mut().unwrap() {
-            frame.as_object_mut().unwrap().remove("timestamp_ms");
-        }
+        let frames = without_timestamps(value["frames"].clone());
         assert_eq!(
             as_f32(frames),
             as_f32(want.clone()),
@@ -139,20 +130,10 @@ async fn assert_exactly_once(brokers: &str, names: &Names, expected: &BTreeMap<S
     let letters = consume_from(brokers, &names.dead_letter, POISON, Duration::from_secs(60)).await;
     let mut sources: BTreeMap<(String, String), usize> = BTreeMap::new();
     for letter in &letters {
-        let header = |name: &str| {
-            use rdkafka::message::Headers;
-            let headers = letter.headers().expect("dead-letter headers");
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_else(|| panic!("dead letter without {name}"))
-        };
         *sources
             .entry((
-                header(SOURCE_PARTITION_HEADER),
-                header(SOURCE_OFFSET_HEADER),
+                header_of(letter, SOURCE_PARTITION_HEADER),
+                header_of(letter, SOURCE_OFFSET_HEADER),
             ))
             .or_default() += 1;
     }
@@ -180,31 +161,21 @@ async fn sigkill_mid_batch_with_a_second_worker_shows_every_record_once() {
     // Stable transactional ids (from the instance ids): a restarted worker aborts what its
     // killed predecessor left open at once.
     settings.source.instance_id = "a".into();
-    let config_a = write_config(&dir, "a", &settings);
+    let config_a = config_in(&dir, "a", &settings);
     settings.source.instance_id = "b".into();
-    let config_b = write_config(&dir, "b", &settings);
+    let config_b = config_in(&dir, "b", &settings);
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
     let worker_b = start_worker(&config_b, &log_b);
-    let mut worker_a = start_worker(&config_a, &log_a);
+    let worker_a = start_worker(&config_a, &log_a);
     let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(60));
-    let committed = |log: &Path| {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .matches("Transactions initialised")
-            .count()
+    let kills = RandomKills {
+        started: "Transactions initialised",
+        kills: 4,
+        moment_ms: 700..2_200,
+        seed: 0x0e05,
     };
-    let mut rng = StdRng::seed_from_u64(0x0e05);
-    for started in 1..=4 {
-        assert!(
-            eventually(Duration::from_secs(60), async || committed(&log_a)
-                >= started)
-            .await,
-            "worker a ({started}) did not initialise its transactions"
-        );
-        tokio::time::sleep(Duration::from_millis(rng.random_range(700..2_200))).await;
-        worker_a.kill();
-        worker_a = start_worker(&config_a, &log_a);
-    }
+    let worker_a =
+        kill_at_random_moments(worker_a, || start_worker(&config_a, &log_a), &log_a, &kills).await;
     producer.await.unwrap();
     assert_exactly_once(&brokers(), &names, &expected).await;
     // MongoDB, written before each transaction, holds the same records once.
@@ -225,7 +196,7 @@ async fn a_fenced_zombie_writes_nothing_visible() {
     let expected = expected_records(&streams[..STREAMS as usize], &settings.dsp);
     let dir = tempfile::tempdir().unwrap().keep();
     eprintln!("worker logs in {}", dir.display());
-    let config = write_config(&dir, "worker", &settings);
+    let config = config_in(&dir, "worker", &settings);
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
     // Slow enough (40 rounds, 20 s) that input is still coming when the zombie wakes up.
     let producer = spawn_paced_producer(names.input.clone(), streams, Duration::from_millis(500));
@@ -283,7 +254,7 @@ async fn a_broker_restart_mid_transaction_shows_every_record_once() {
         dir.display(),
         private.state().display()
     );
-    let config = write_config(&dir, "worker", &settings);
+    let config = config_in(&dir, "worker", &settings);
     let log = dir.join("worker.log");
     // Supervised: when the restart outlasts the session, librdkafka can fence the static
     // member by itself (a fatal consumer error); the worker then exits to be started again.

@@ -39,9 +39,9 @@ async fn bearer_tokens_are_required_once_configured() {
     assert_eq!(none.headers()["www-authenticate"], "Bearer");
     assert_eq!(none.json::<Value>().await.unwrap()["error"], "unauthorized");
     assert_eq!(send(Some("s3cre")).await.unwrap().status().as_u16(), 401);
-    assert_eq!(messages_in(&names.input, 2), 0);
+    assert_eq!(messages_in(&names.input, 2).await, 0);
     assert_eq!(send(Some("s3cret")).await.unwrap().status().as_u16(), 202);
-    assert_eq!(messages_in(&names.input, 2), 1);
+    assert_eq!(messages_in(&names.input, 2).await, 1);
     let features = client
         .get(gateway.url("/v1/streams/s/features"))
         .send()

@@ -8,9 +8,7 @@ mod gateway_support;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use gateway_support::{
-    RATE, RunningGateway, SERVICES, all_frames, messages_in, raw_query, s16, setup,
-};
+use gateway_support::{RATE, RunningGateway, SERVICES, all_frames, messages_in, raw_query, setup};
 use mongodb::bson::Document;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -165,7 +163,7 @@ async fn posted_audio_is_stored_like_audio_produced_to_kafka() {
             &gateway.url("/v1/streams/posted/chunks"),
             raw_query(start, eos),
             "application/octet-stream",
-            s16(body),
+            s16le_bytes(body),
         )
         .await;
         assert_eq!(status, 202, "{answer}");
@@ -418,7 +416,7 @@ async fn every_refusal_answers_its_code_and_produces_nothing() {
     assert_eq!(headers["retry-after"], "1");
     full.stop().await;
     assert_eq!(
-        messages_in(&names.input, 2),
+        messages_in(&names.input, 2).await,
         0,
         "refused requests produced nothing"
     );
@@ -432,7 +430,7 @@ async fn every_refusal_answers_its_code_and_produces_nothing() {
     )
     .await;
     assert_eq!(status, 202, "{answer}");
-    assert_eq!(messages_in(&names.input, 2), 1);
+    assert_eq!(messages_in(&names.input, 2).await, 1);
     gateway.stop().await;
 }
 
@@ -449,7 +447,7 @@ async fn broker_outage_answers_503_and_retries_lose_and_duplicate_nothing() {
     let chunks = fixed_chunks("out", &pcm, 1_600);
     let send = |i: usize| {
         let start = i * 1_600;
-        let body = s16(&pcm[start..(start + 1_600).min(pcm.len())]);
+        let body = s16le_bytes(&pcm[start..(start + 1_600).min(pcm.len())]);
         let eos = i + 1 == chunks.len();
         post(
             &client,

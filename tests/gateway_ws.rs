@@ -8,7 +8,7 @@ mod gateway_support;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use gateway_support::{RATE, RunningGateway, SERVICES, all_frames, s16, setup};
+use gateway_support::{RATE, RunningGateway, SERVICES, all_frames, setup};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -49,11 +49,11 @@ async fn stream_over_ws(
         let len = rng.random_range(1..=1_500).min(pcm.len() - start);
         let part = &pcm[start..start + len];
         socket
-            .send(tungstenite::Message::Binary(s16(part).into()))
+            .send(tungstenite::Message::Binary(s16le_bytes(part).into()))
             .await
             .unwrap();
         let headers = ChunkHeaders::pcm(SampleFormat::S16le, RATE, 1, start as u64);
-        sent.push(Chunk::new(stream, s16(part), &headers));
+        sent.push(Chunk::new(stream, s16le_bytes(part), &headers));
         start += len;
     }
     let end = if end_with_eos_message {
@@ -111,7 +111,9 @@ async fn websocket_stream_with_close_gives_eos_and_every_frame() {
     let url = format!("ws://{}/v1/streams/open/ws?format=s16le", gateway.address);
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
     socket
-        .send(tungstenite::Message::Binary(s16(&pcm[..3_200]).into()))
+        .send(tungstenite::Message::Binary(
+            s16le_bytes(&pcm[..3_200]).into(),
+        ))
         .await
         .unwrap();
     let reader = tokio::spawn(async move {

@@ -29,7 +29,7 @@ async fn metrics_and_health_follow_the_work() {
     settings.log.format = specflow::telemetry::LogFormat::Json;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("specflow.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    write_config(&config, &settings);
     let log = dir.path().join("worker.log");
     let child = WorkerProcess::start(
         specflow_test_support::specflow_binary!(),
@@ -148,7 +148,7 @@ async fn secrets_never_appear_in_logs_errors_metrics_or_check_print() {
     settings.mongo.connect_timeout_ms = 1_000;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("specflow.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    write_config(&config, &settings);
     let secret_file = dir.path().join("key-password");
     std::fs::write(&secret_file, KEY_SECRET).unwrap();
     let mongo_uri = format!("mongodb://specflow:{MONGO_SECRET}@127.0.0.1:1/?authSource=admin");

@@ -303,27 +303,61 @@ fn pyin_outputs_are_bit_identical_to_the_golden_hashes() {
 }
 
 /// What one live stream holds with pYIN (the daemon's default configuration, 16 kHz, after a
-/// second of audio): the decoder keeps only its best-path values, its back-pointer ring and
-/// the pending voiced probabilities (the step's work rows are per thread, in `PyinScratch`).
+/// second of audio in one call): the decoder keeps only its best-path values, its back-pointer
+/// ring and the pending voiced probabilities (the step's work rows are per thread, in
+/// `PyinScratch`); besides it the stream holds its buffered samples, the previous spectrum and
+/// the frames waiting for their pitch (not the call's other frames). A work row kept in the
+/// stream (`n_states` f64) would exceed that.
 #[test]
 fn a_pyin_stream_holds_no_work_rows() {
-    let extractor = FeatureExtractor::new(&DspConfig::default(), 16000).expect("config");
+    let config = DspConfig::default();
+    let extractor = FeatureExtractor::new(&config, 16000).expect("config");
     let mut ws = extractor.workspace();
     let mut state = extractor.new_stream(0);
     let mut out = FrameBatch::new();
     extractor.process(&mut ws, &mut state, &synthetic(1, 1), &mut out);
-    let pyin = Pyin::new(&DspConfig::default().pyin_params(), 16000.0, 512, 160).expect("pyin");
-    let decoder = PyinDecoder::new(&pyin, DspConfig::default().pitch_lag_frames);
-    let (n, lag) = (pyin.n_states(), decoder.lag());
+    let pyin = Pyin::new(&config.pyin_params(), 16000.0, 512, 160).expect("pyin");
+    let (n, lag) = (pyin.n_states(), config.pitch_lag_frames);
+    assert_eq!(
+        state.pending_frames(),
+        lag,
+        "frames waiting for their pitch"
+    );
     // Values (8 bytes per state), back-pointers (2 bytes per state and frame of lag), voiced
     // probabilities (8 bytes per frame of lag, plus one) and the finish path (2 per frame).
-    assert_eq!(
-        decoder.heap_bytes(),
-        8 * n + 2 * lag * n + 8 * (lag + 1) + 2 * lag
-    );
+    let decoder = 8 * n + 2 * lag * n + 8 * (lag + 1) + 2 * lag;
+    // Buffered samples (at most a frame of f32) and the previous magnitude spectrum (f64).
+    let samples = 4 * config.frame_length + 8 * (config.frame_length / 2 + 1);
+    // The waiting frames' columns as the snapshot lists them; their vectors may have grown to
+    // twice that.
+    let snapshot = state.snapshot();
+    let columns = snapshot
+        .pending_frames
+        .as_ref()
+        .expect("pYIN's waiting frames");
+    let pending = 8 * (columns.indexes.len() + columns.start_samples.len())
+        + columns.voiced.len()
+        + 4 * columns.voiced_prob.len()
+        + 4 * columns
+            .scalars
+            .iter()
+            .chain(&columns.vectors)
+            .map(Vec::len)
+            .sum::<usize>();
+    let held = state.heap_bytes();
     println!(
-        "pyin stream: {} heap bytes, of which the decoder {} ({n} states, lag {lag})",
-        state.heap_bytes(),
-        decoder.heap_bytes()
+        "pyin stream: {held} heap bytes; decoder {decoder} ({n} states, lag {lag}), samples and \
+         spectrum up to {samples}, {} waiting frames {pending}",
+        state.pending_frames()
+    );
+    assert!(
+        held >= decoder + pending,
+        "{held} bytes cannot hold the decoder ({decoder}) and the waiting frames ({pending})"
+    );
+    let bound = decoder + samples + 2 * pending;
+    assert!(
+        held <= bound,
+        "the stream holds {held} bytes, above {bound} (a work row is {} bytes)",
+        8 * n
     );
 }

@@ -10,8 +10,10 @@ use specflow_test_support::testing as common;
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use specflow::audio::SampleFormat;
+use specflow::audio::headers::ChunkHeaders;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -30,21 +32,11 @@ fn header(key: &str, value: &str) -> (String, String) {
     (key.to_string(), value.to_string())
 }
 
+/// A mono 16 kHz s16le chunk of stream `key` starting at sample `start` (no `audio.eos`).
 fn pcm_chunk(key: &str, pcm: &[i16], start: usize) -> Chunk {
-    Chunk {
-        key: Some(key.as_bytes().to_vec()),
-        payload: pcm.iter().flat_map(|s| s.to_le_bytes()).collect(),
-        headers: vec![
-            header("audio.format", "s16le"),
-            header("audio.sample_rate", "16000"),
-            header("audio.channels", "1"),
-            header("audio.start_sample", &start.to_string()),
-            header(
-                "audio.timestamp_ms",
-                &(1_700_000_000_000u64 + start as u64 / 16).to_string(),
-            ),
-        ],
-    }
+    let headers = ChunkHeaders::pcm(SampleFormat::S16le, 16_000, 1, start as u64)
+        .with_timestamp_ms(EPOCH_MS + start as i64 / 16);
+    Chunk::new(key, s16le_bytes(pcm), &headers)
 }
 
 fn variants(a: &[i16]) -> Vec<(String, Variant)> {
@@ -172,11 +164,7 @@ fn rewind(names: &Names, partitions: i32, offset: i64) {
 }
 
 fn error_of(letter: &OwnedMessage) -> String {
-    letter
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "error").and_then(|h| h.value))
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .expect("error header")
+    header_of(letter, "error")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,10 +323,7 @@ async fn kafka_only_mode_needs_no_mongodb() {
     for m in &outputs {
         let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         let id = value["id"].as_str().unwrap();
-        let mut frames = value["frames"].clone();
-        for frame in frames.as_array_mut().unwrap() {
-            frame.as_object_mut().unwrap().remove("timestamp_ms");
-        }
+        let frames = without_timestamps(value["frames"].clone());
         assert_eq!(
             Some(as_f32(frames)),
             expected.get(id).cloned().map(as_f32),

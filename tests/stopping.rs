@@ -66,7 +66,7 @@ impl Loaded {
         let dir = tempfile::tempdir().unwrap().keep();
         eprintln!("{name}: worker log in {}", dir.display());
         let config = dir.join("specflow.toml");
-        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        write_config(&config, &settings);
         let log = dir.join("worker.log");
         let binary = std::path::Path::new(env!("CARGO_BIN_EXE_specflow"));
         let worker = specflow_test_support::WorkerProcess::start(
@@ -105,11 +105,12 @@ impl Loaded {
         let bound = drain + DEADLINE_MARGIN;
         let signalled = Instant::now();
         self.worker.sigterm().expect("SIGTERM");
-        // Wait a little past the bound, so that an overrun is measured rather than cut off.
-        let status = self
-            .worker
-            .wait_within(bound + Duration::from_secs(10))
-            .expect("wait for the worker");
+        // Wait a little past the bound, so that an overrun is measured rather than cut off
+        // (a blocking wait: the runtime's other tasks go on meanwhile).
+        let status = tokio::task::block_in_place(|| {
+            self.worker.wait_within(bound + Duration::from_secs(10))
+        })
+        .expect("wait for the worker");
         let took = signalled.elapsed();
         let status = status.unwrap_or_else(|| {
             panic!(
@@ -235,9 +236,7 @@ async fn a_second_signal_exits_at_once() {
     .await;
     let second = Instant::now();
     loaded.worker.sigterm().expect("second SIGTERM");
-    let status = loaded
-        .worker
-        .wait_within(Duration::from_secs(5))
+    let status = tokio::task::block_in_place(|| loaded.worker.wait_within(Duration::from_secs(5)))
         .expect("wait for the worker");
     let took = second.elapsed();
     let status = status.unwrap_or_else(|| {

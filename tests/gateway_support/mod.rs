@@ -1,7 +1,8 @@
-//! Shared by the gateway's integration tests (`gateway_ingest`, `gateway_ws`, `gateway_api`):
-//! a gateway bound in-process on a free port ([`RunningGateway`]), the settings of one test
-//! ([`setup`]), the lock that keeps the broker outage test alone, and small helpers for PCM,
-//! raw-PCM queries and the input topic; [`browser`] drives headless Chromium (`gateway_page`).
+//! Shared by the gateway's integration tests (`gateway_ingest`, `gateway_ws`, `gateway_api`,
+//! `gateway_live`, `gateway_page`): a gateway bound in-process on a free port
+//! ([`RunningGateway`]), the settings of one test ([`setup`]), the lock that keeps the broker
+//! outage test alone, and small helpers for raw-PCM queries, the input topic and the frames
+//! MongoDB holds; [`browser`] drives headless Chromium (`gateway_page`).
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
@@ -76,11 +77,6 @@ pub async fn setup(test: &str) -> (Names, Settings) {
     (names, settings)
 }
 
-/// 16-bit samples as little-endian bytes.
-pub fn s16(pcm: &[i16]) -> Vec<u8> {
-    pcm.iter().flat_map(|s| s.to_le_bytes()).collect()
-}
-
 /// The query of a raw mono `s16le` body at `start` (its timestamp from [`EPOCH_MS`]).
 pub fn raw_query(start: u64, eos: bool) -> Vec<(&'static str, String)> {
     vec![
@@ -99,26 +95,34 @@ pub fn raw_query(start: u64, eos: bool) -> Vec<(&'static str, String)> {
 /// Sum of the end offsets of `topic`'s partitions: how many messages it ever received. A topic
 /// created a moment ago may not be in every broker's metadata yet (`UnknownPartition`): asked
 /// again for up to 30 s.
-pub fn messages_in(topic: &str, partitions: i32) -> i64 {
+pub async fn messages_in(topic: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("consumer");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    (0..partitions)
-        .map(|p| {
-            loop {
-                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                    Ok((_, high)) => break high,
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        eprintln!("watermarks of {topic}/{p} not yet known ({e}); asking again");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+    let mut total = 0;
+    let mut unknown = String::new();
+    let known = common::eventually(Duration::from_secs(30), async || {
+        total = 0;
+        for p in 0..partitions {
+            // A blocking metadata request (up to 10 s): the runtime's other tasks go on.
+            let asked = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            });
+            match asked {
+                Ok((_, high)) => total += high,
+                Err(e) => {
+                    unknown = format!("watermarks of {topic}/{p}: {e}");
+                    eprintln!("{unknown}; asking again");
+                    return false;
                 }
             }
-        })
-        .sum()
+        }
+        true
+    })
+    .await;
+    assert!(known, "{unknown}");
+    total
 }
 
 /// Frames the worker computes for a whole stream of `samples`.

@@ -2,8 +2,9 @@
 //! the services' addresses from the environment (SPECFLOW_TEST_BROKERS, SPECFLOW_TEST_MONGO_URI;
 //! the services come from `scripts/services.sh up`), settings for a test's names, producers,
 //! the worker in process and as a process, stopping a service, polling helpers, pYIN's
-//! observations of a whole signal ([`observe_every_frame`]), and (in [`records`]) what MongoDB and the output topic hold against an uninterrupted run. Helpers
-//! panic with a message instead of returning `Result`s.
+//! observations of a whole signal ([`observe_every_frame`]), and (in [`records`]) what MongoDB
+//! and the output topic hold against an uninterrupted run. Helpers panic with a message instead
+//! of returning `Result`s.
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
@@ -12,7 +13,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use specflow::shutdown::Shutdown;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ mod records;
 pub use observations::{Observed, observe_every_frame};
 pub use private::PrivateServices;
 pub use records::*;
+pub use support::chunks::{EPOCH_MS, s16le_bytes};
 pub use support::{
     Chunk, Names, Scrape, Supervised, chunk_stream, fixed_chunks, synthetic_pcm, unique,
 };
@@ -70,6 +72,13 @@ pub fn settings(names: &Names) -> Settings {
     s.http.enabled = false;
     s.runtime.worker_threads = 2;
     s
+}
+
+/// Writes `settings` as a TOML config file at `path` (for `specflow --config`).
+pub fn write_config(path: &Path, settings: &Settings) {
+    let text = toml::to_string(settings).expect("the settings as TOML");
+    std::fs::write(path, text)
+        .unwrap_or_else(|e| panic!("config file {} not written: {e}", path.display()));
 }
 
 /// Creates the four topics of `names` (the checkpoint topic compacted) with `partitions`.
@@ -464,6 +473,51 @@ impl WorkerProcess {
     }
 }
 
+/// How [`kill_at_random_moments`] crashes a worker process: `kills` times, each a random
+/// `moment_ms` (from `seed`) after the log shows its latest start's `started` line.
+pub struct RandomKills<'a> {
+    /// A line the worker logs once per start, once it is running (`"Consuming."`, ...).
+    pub started: &'a str,
+    /// How many times the worker is killed.
+    pub kills: usize,
+    /// The range of the delay between that line and the kill, in milliseconds.
+    pub moment_ms: std::ops::Range<u64>,
+    /// The seed of the delays.
+    pub seed: u64,
+}
+
+/// SIGKILLs `worker` (logging to `log`) at random moments of its runs and starts it again with
+/// `start` each time, as [`RandomKills`] says; returns the last one, still running. Each start
+/// must log `started` within 60 s.
+pub async fn kill_at_random_moments(
+    mut worker: WorkerProcess,
+    start: impl Fn() -> WorkerProcess,
+    log: &Path,
+    kills: &RandomKills<'_>,
+) -> WorkerProcess {
+    use rand::{RngExt, SeedableRng};
+    let started = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches(kills.started)
+            .count()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(kills.seed);
+    for run in 1..=kills.kills {
+        assert!(
+            eventually(Duration::from_secs(60), async || started() >= run).await,
+            "worker run {run} did not log {:?} within 60 s",
+            kills.started
+        );
+        // Pacing: a random moment in the run.
+        let moment = Duration::from_millis(rng.random_range(kills.moment_ms.clone()));
+        tokio::time::sleep(moment).await;
+        worker.kill();
+        worker = start();
+    }
+    worker
+}
+
 /// Dead letters a worker sent, over every reason (`specflow_dead_letters_total`).
 pub fn dead_letters_sent(metrics: &Metrics) -> u64 {
     Scrape::parse(&metrics.render()).sum_of("dead_letters_total") as u64
@@ -515,8 +569,7 @@ pub fn read_mono_wav(path: &std::path::Path) -> (Vec<f32>, u32) {
 pub fn produce_speech(binary: &std::path::Path, settings: &Settings, args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = dir.path().join("specflow.toml");
-    let text = toml::to_string(settings).expect("the settings as TOML");
-    std::fs::write(&config, text).expect("the config file written");
+    write_config(&config, settings);
     let output = std::process::Command::new(binary)
         .args(["produce", "--config"])
         .arg(&config)

@@ -154,11 +154,52 @@ pub async fn stored_records(
                 return (id, frames_of_columns(&doc));
             }
             let mut json = serde_json::to_value(&doc).unwrap();
-            let mut frames = json["frames"].take();
-            for frame in frames.as_array_mut().unwrap() {
-                frame.as_object_mut().unwrap().remove("timestamp_ms");
+            (id, without_timestamps(json["frames"].take()))
+        })
+        .collect()
+}
+
+/// `frames` without `timestamp_ms` (the only value that depends on when a frame was computed):
+/// one frame (a JSON object) or every frame of an array of them.
+pub fn without_timestamps(mut frames: serde_json::Value) -> serde_json::Value {
+    match &mut frames {
+        serde_json::Value::Array(items) => {
+            for frame in items {
+                frame
+                    .as_object_mut()
+                    .expect("a frame is a JSON object")
+                    .remove("timestamp_ms");
             }
-            (id, frames)
+        }
+        serde_json::Value::Object(frame) => {
+            frame.remove("timestamp_ms");
+        }
+        other => panic!("not a frame nor frames: {other}"),
+    }
+    frames
+}
+
+/// The value of header `name` of a Kafka message, as text; panics when it has none.
+pub fn header_of(message: &OwnedMessage, name: &str) -> String {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .and_then(|headers| headers.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| panic!("message without header {name}"))
+}
+
+/// The `id`s of output records (JSON payloads with an `id` field).
+pub fn record_ids(messages: &[OwnedMessage]) -> std::collections::HashSet<String> {
+    use rdkafka::Message;
+    messages
+        .iter()
+        .map(|m| {
+            let value: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("a JSON record");
+            value["id"].as_str().expect("a record id").to_owned()
         })
         .collect()
 }
@@ -253,13 +294,8 @@ pub async fn assert_topic_has_every_record(
     topic: &str,
     expected: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> usize {
-    use rdkafka::Message;
     let messages = consume(topic, expected.len(), Duration::from_secs(60)).await;
-    let mut seen = std::collections::HashSet::new();
-    for m in &messages {
-        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        seen.insert(value["id"].as_str().unwrap().to_string());
-    }
+    let seen = record_ids(&messages);
     let missing: Vec<_> = expected
         .keys()
         .filter(|k| !seen.contains(*k))
