@@ -526,6 +526,9 @@ impl FeatureExtractor {
     /// [`Self::compute_frame_with`] on the AVX2 kernels, compiled with AVX2 enabled. No FMA:
     /// LLVM does not fuse `a * b + c` without fast-math, and the kernels fix their summation
     /// order, so the results are bit-identical to the portable build.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2: the caller holds the `Avx2` that `Avx2::detect` made.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn compute_frame_avx2(

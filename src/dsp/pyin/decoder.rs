@@ -68,6 +68,9 @@ pub(super) fn step(
 /// [`step_portable`] with the AVX2 kernels, compiled with AVX2 enabled. No FMA (LLVM does not
 /// fuse without fast-math) and a fixed order of operations: bit-identical to the portable
 /// build.
+///
+/// # Safety
+/// The CPU must have AVX2: the caller holds the `Avx2` that `Avx2::detect` made.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn step_avx2(
