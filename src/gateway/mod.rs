@@ -50,9 +50,6 @@ use auth::TokenHashes;
 use metrics::GatewayMetrics;
 use producer::ChunkProducer;
 
-/// `[gateway]`, also at its old path (defined in [`config`]).
-pub use config::GatewayConfig;
-
 /// What every handler shares.
 pub(crate) struct Gateway {
     pub(crate) settings: Settings,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use specflow::config::Settings;
-use specflow::gateway::GatewayConfig;
+use specflow::gateway::config::GatewayConfig;
 use specflow::telemetry::http::HttpConfig;
 
 pub const K8S_DIR: &str = "deploy/k8s";
