@@ -326,6 +326,7 @@ fn a_pyin_stream_holds_no_work_rows() {
     // Values (8 bytes per state), back-pointers (2 bytes per state and frame of lag), voiced
     // probabilities (8 bytes per frame of lag, plus one) and the finish path (2 per frame).
     let decoder = 8 * n + 2 * lag * n + 8 * (lag + 1) + 2 * lag;
+    assert_eq!(PyinDecoder::new(&pyin, lag).heap_bytes(), decoder);
     // Buffered samples (at most a frame of f32) and the previous magnitude spectrum (f64).
     let samples = 4 * config.frame_length + 8 * (config.frame_length / 2 + 1);
     // The waiting frames' columns as the snapshot lists them; their vectors may have grown to

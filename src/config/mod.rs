@@ -404,11 +404,19 @@ mod tests {
             .collect()
     }
 
-    /// Asserts that one of `problems` starts with `text`.
-    fn assert_listed(problems: &[String], text: &str) {
+    /// Asserts that `problem` is one of `problems`.
+    fn assert_listed(problems: &[String], problem: &str) {
         assert!(
-            problems.iter().any(|p| p.starts_with(text)),
-            "no problem starts with {text:?}: {problems:?}"
+            problems.iter().any(|p| p == problem),
+            "{problem:?} is not listed: {problems:?}"
+        );
+    }
+
+    /// Asserts that one of `problems` starts with `prefix`.
+    fn assert_listed_from(problems: &[String], prefix: &str) {
+        assert!(
+            problems.iter().any(|p| p.starts_with(prefix)),
+            "no problem starts with {prefix:?}: {problems:?}"
         );
     }
 
@@ -421,7 +429,7 @@ mod tests {
             &problems,
             "dsp.hop_length = 0: must be between 1 and frame_length",
         );
-        assert_listed(&problems, "input.sample_rate = 0:");
+        assert_listed_from(&problems, "input.sample_rate = 0:");
         assert_listed(
             &problems,
             "output.topic = audio.raw: must differ from source.topic",
@@ -431,7 +439,7 @@ mod tests {
     #[test]
     fn unknown_feature_is_listed_with_every_other_problem() {
         let problems = problems_of("[dsp]\nfeatures = [\"rms\", \"loudness\"]\nhop_length = 0\n");
-        assert_listed(
+        assert_listed_from(
             &problems,
             "dsp.features = loudness: unknown feature; expected \"all\" or one of rms, zcr, ",
         );
