@@ -24,19 +24,10 @@ while (($#)); do
     esac
 done
 
-bash scripts/setup.sh
-bash scripts/services.sh up >/dev/null
-cargo build --release --locked --bin specflow
-bin="${CARGO_TARGET_DIR:-target}/release/specflow"
-run="gw$(date +%s)"
-out="target/bench/gateway-$run"
-mkdir -p "$out"
-
-export SPECFLOW__SOURCE__TOPIC="$run.in" SPECFLOW__SOURCE__GROUP_ID="$run" \
-    SPECFLOW__SOURCE__CREATE_TOPICS=true SPECFLOW__OUTPUT__TOPIC="$run.out" \
-    SPECFLOW__DEAD_LETTER__TOPIC="$run.dlq" SPECFLOW__MONGO__ENABLED=false \
-    SPECFLOW__DSP__PITCH_METHOD=yin SPECFLOW__HTTP__ADDRESS=127.0.0.1:0 \
-    SPECFLOW__GATEWAY__ADDRESS=127.0.0.1:18080
+source scripts/bench-run.sh
+bench_run_setup gw gateway
+export SPECFLOW__MONGO__ENABLED=false SPECFLOW__DSP__PITCH_METHOD=yin \
+    SPECFLOW__HTTP__ADDRESS=127.0.0.1:0 SPECFLOW__GATEWAY__ADDRESS=127.0.0.1:18080
 "$bin" run --config configs/specflow.toml >"$out/worker.log" 2>&1 &
 worker=$!
 "$bin" gateway --config configs/specflow.toml >"$out/gateway.log" 2>&1 &
@@ -48,7 +39,6 @@ for _ in $(seq 1 100); do
 done
 sleep 5 # the worker joins its group
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
 measure() {

@@ -29,17 +29,9 @@ while (($#)); do
 done
 command -v perf >/dev/null || { echo "profile-worker: perf is missing (apt-get install linux-perf)" >&2; exit 2; }
 
-bash scripts/setup.sh
-bash scripts/services.sh up >/dev/null
-cargo build --release --locked --bin specflow
-bin="${CARGO_TARGET_DIR:-target}/release/specflow"
-run="prof$(date +%s)"
-out="target/bench/profile-$run"
-mkdir -p "$out"
-export SPECFLOW__SOURCE__TOPIC="$run.in" SPECFLOW__SOURCE__GROUP_ID="$run" \
-    SPECFLOW__SOURCE__CREATE_TOPICS=true SPECFLOW__OUTPUT__TOPIC="$run.out" \
-    SPECFLOW__DEAD_LETTER__TOPIC="$run.dlq" SPECFLOW__MONGO__DATABASE="$run" \
-    SPECFLOW__DSP__PITCH_METHOD="$pitch" SPECFLOW__MONGO__LAYOUT="$layout" \
+source scripts/bench-run.sh
+bench_run_setup prof profile
+export SPECFLOW__DSP__PITCH_METHOD="$pitch" SPECFLOW__MONGO__LAYOUT="$layout" \
     SPECFLOW__HTTP__ADDRESS=127.0.0.1:19898
 bash scripts/services.sh topics --create --topic "$run.in" --partitions 6 >/dev/null
 "$bin" produce --config configs/specflow.toml --wav tests/data/signals/speech_16k.wav \
@@ -69,7 +61,7 @@ done_yet() {
 }
 until done_yet; do sleep 1; done
 sleep 2
-ticks=$(awk '{print $14 + $15}' "/proc/$worker/stat")
+ticks=$(cpu_ticks "$worker")
 kill -TERM "$worker"; wait "$perf_pid" 2>/dev/null || true
 cpu=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')
 echo "profile-worker: worker CPU ${cpu} s for $messages messages ($(awk -v c="$cpu" -v m="$messages" 'BEGIN { printf "%.0f", c / m * 1e6 }') µs per message)"

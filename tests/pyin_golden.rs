@@ -70,35 +70,13 @@ fn synthetic(seed: u64, seconds: usize) -> Vec<f32> {
 }
 
 fn cases() -> Vec<Case> {
-    let dir = common::reference_dir();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("pyin"))
-        .expect("pyin references")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    let mut cases: Vec<Case> = paths
-        .iter()
-        .map(|path| {
-            let json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
-            let params = &json["params"];
-            let (samples, sample_rate) =
-                common::read_mono_wav(&dir.join("signals").join(json["signal"].as_str().unwrap()));
-            Case {
-                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
-                sample_rate,
-                config: DspConfig {
-                    frame_length: params["frame_length"].as_u64().unwrap() as usize,
-                    hop_length: params["hop_length"].as_u64().unwrap() as usize,
-                    features: vec!["f0".into()],
-                    pitch_fmin: params["fmin"].as_f64().unwrap(),
-                    pitch_fmax: params["fmax"].as_f64().unwrap(),
-                    pitch_method: PitchMethod::Pyin,
-                    ..DspConfig::default()
-                },
-                samples,
-            }
+    let mut cases: Vec<Case> = common::pyin_references()
+        .into_iter()
+        .map(|reference| Case {
+            name: reference.name,
+            sample_rate: reference.sample_rate,
+            config: reference.config,
+            samples: reference.samples,
         })
         .collect();
     for seed in [1u64, 2] {

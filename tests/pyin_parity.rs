@@ -6,10 +6,8 @@
 //! all frames. Run with `--nocapture` for the table. The decoder alone (offline Viterbi and
 //! every lag) is compared too.
 
-use std::path::PathBuf;
-
 use specflow::dsp::pyin::{PitchDecision, PyinDecoder, decode_offline};
-use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch, PitchMethod};
+use specflow::dsp::{DspConfig, FeatureExtractor, FrameBatch};
 
 use specflow_test_support::testing as common;
 
@@ -24,42 +22,15 @@ struct Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let dir = common::reference_dir();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("pyin"))
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.join("pyin").display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no pyin references in {dir:?}");
-    paths
-        .iter()
-        .map(|path| {
-            let json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
-            let params = &json["params"];
-            assert_eq!(params["center"], false, "{path:?}");
-            let (samples, sample_rate) =
-                common::read_mono_wav(&dir.join("signals").join(json["signal"].as_str().unwrap()));
-            assert_eq!(
-                f64::from(sample_rate),
-                json["sample_rate"].as_f64().unwrap()
-            );
-            let config = DspConfig {
-                frame_length: params["frame_length"].as_u64().unwrap() as usize,
-                hop_length: params["hop_length"].as_u64().unwrap() as usize,
-                features: vec!["f0".into()],
-                pitch_fmin: params["fmin"].as_f64().unwrap(),
-                pitch_fmax: params["fmax"].as_f64().unwrap(),
-                pitch_method: PitchMethod::Pyin,
-                ..DspConfig::default()
-            };
-            let column = |key: &str| json[key].as_array().unwrap().clone();
+    common::pyin_references()
+        .into_iter()
+        .map(|case| {
+            let column = |key: &str| case.json[key].as_array().unwrap().clone();
             let reference = Reference {
-                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
-                sample_rate,
-                config,
-                samples,
+                name: case.name,
+                sample_rate: case.sample_rate,
+                config: case.config,
+                samples: case.samples,
                 f0: column("f0").iter().map(serde_json::Value::as_f64).collect(),
                 voiced: column("voiced")
                     .iter()
@@ -70,7 +41,7 @@ fn references() -> Vec<Reference> {
                     .map(|v| v.as_f64().unwrap())
                     .collect(),
             };
-            let frames = json["frames"].as_u64().unwrap() as usize;
+            let frames = case.json["frames"].as_u64().unwrap() as usize;
             assert_eq!(
                 (
                     reference.f0.len(),
@@ -78,7 +49,8 @@ fn references() -> Vec<Reference> {
                     reference.voiced_prob.len()
                 ),
                 (frames, frames, frames),
-                "{path:?}"
+                "{}",
+                reference.name
             );
             reference
         })

@@ -27,7 +27,7 @@ mod observations;
 mod private;
 mod records;
 
-pub use observations::{Observed, observe_every_frame};
+pub use observations::{Observed, PyinReference, observe_every_frame, pyin_references};
 pub use private::PrivateServices;
 pub use records::*;
 pub use support::chunks::{EPOCH_MS, s16le_bytes};

@@ -1,8 +1,70 @@
-//! pYIN's observations of every frame of a signal, computed once for the decoder tests
-//! (`pyin_parity`, `pyin_golden`), which then decode them offline and at several lags.
+//! pYIN's reference cases and the observations of every frame of a signal, for the decoder
+//! tests (`pyin_parity`, `pyin_golden`), which decode them offline and at several lags.
 
-use specflow::dsp::DspConfig;
+use std::path::PathBuf;
+
 use specflow::dsp::pyin::Pyin;
+use specflow::dsp::{DspConfig, PitchMethod};
+
+/// One of the `pyin/*.json` references: what `librosa.pyin` computed on a shipped signal, the
+/// signal, and the `[dsp]` section (pYIN, `f0` only) of the reference's parameters.
+pub struct PyinReference {
+    /// The file's stem, e.g. `speech_16k`.
+    pub name: String,
+    /// The whole reference (its `params`, `frames`, `f0`, `voiced`, `voiced_prob`).
+    pub json: serde_json::Value,
+    /// The signal, mixed to mono, and its sample rate.
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+    pub config: DspConfig,
+}
+
+/// Every `pyin/*.json` of [`super::reference_dir`], by file name. Fails the test when there is
+/// none, when one was made with `center = True`, or when its signal's sample rate is not the
+/// one it names.
+pub fn pyin_references() -> Vec<PyinReference> {
+    let dir = super::reference_dir().join("pyin");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no pyin references in {dir:?}");
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            let json: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            let params = &json["params"];
+            assert_eq!(params["center"], false, "{path:?}");
+            let signal = json["signal"].as_str().expect("the reference's signal");
+            let (samples, sample_rate) = super::read_mono_wav(&super::reference_signal(signal));
+            assert_eq!(
+                f64::from(sample_rate),
+                json["sample_rate"].as_f64().unwrap(),
+                "{path:?}"
+            );
+            let config = DspConfig {
+                frame_length: params["frame_length"].as_u64().unwrap() as usize,
+                hop_length: params["hop_length"].as_u64().unwrap() as usize,
+                features: vec!["f0".into()],
+                pitch_fmin: params["fmin"].as_f64().unwrap(),
+                pitch_fmax: params["fmax"].as_f64().unwrap(),
+                pitch_method: PitchMethod::Pyin,
+                ..DspConfig::default()
+            };
+            PyinReference {
+                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+                json,
+                samples,
+                sample_rate,
+                config,
+            }
+        })
+        .collect()
+}
 
 /// The model of a `[dsp]` section at a sample rate, and what it observes in every frame.
 pub struct Observed {
