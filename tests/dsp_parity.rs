@@ -5,7 +5,7 @@
 //! all made by `scripts/make_reference.py`. Run with `--nocapture` to see the error table.
 
 use std::f64::consts::PI;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -336,13 +336,7 @@ fn matches_librosa_reference_features() {
     let mut table = Vec::new();
     let mut cases = 0;
     let dir = common::reference_dir();
-    let mut jsons: Vec<PathBuf> = std::fs::read_dir(dir.join("features"))
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.join("features").display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    jsons.sort();
-    for json in jsons {
+    for json in common::reference_jsons("features") {
         cases += 1;
         failures.extend(check_case(&json, &dir.join("signals"), &mut table));
     }

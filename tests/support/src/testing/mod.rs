@@ -52,6 +52,20 @@ pub fn reference_dir() -> PathBuf {
         .unwrap_or_else(|| repository_root().join("tests/data"))
 }
 
+/// The reference files `SUBDIR/*.json` of [`reference_dir`] (`features`, `pyin`), sorted by
+/// name. Fails the test when the directory cannot be read or holds none.
+pub fn reference_jsons(subdir: &str) -> Vec<PathBuf> {
+    let dir = reference_dir().join(subdir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no reference files in {}", dir.display());
+    paths
+}
+
 /// The path of a shipped reference signal, `signals/NAME`.
 pub fn reference_signal(name: &str) -> PathBuf {
     reference_dir().join("signals").join(name)

@@ -1,8 +1,6 @@
 //! pYIN's reference cases and the observations of every frame of a signal, for the decoder
 //! tests (`pyin_parity`, `pyin_golden`), which decode them offline and at several lags.
 
-use std::path::PathBuf;
-
 use specflow::dsp::pyin::Pyin;
 use specflow::dsp::{DspConfig, PitchMethod};
 
@@ -19,19 +17,11 @@ pub struct PyinReference {
     pub config: DspConfig,
 }
 
-/// Every `pyin/*.json` of [`super::reference_dir`], by file name. Fails the test when there is
-/// none, when one was made with `center = True`, or when its signal's sample rate is not the
-/// one it names.
+/// Every `pyin/*.json` of [`super::reference_dir`], by file name ([`super::reference_jsons`]).
+/// Fails the test when there is none, when one was made with `center = True`, or when its
+/// signal's sample rate is not the one it names.
 pub fn pyin_references() -> Vec<PyinReference> {
-    let dir = super::reference_dir().join("pyin");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no pyin references in {dir:?}");
-    paths
+    super::reference_jsons("pyin")
         .iter()
         .map(|path| {
             let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
